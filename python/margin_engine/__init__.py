@@ -1,0 +1,22 @@
+"""margin-engine: margin, Greeks and liquidation for derivatives accounts at exchange scale.
+
+A Rust core (``margin_engine._core``) does the work over Arrow data; this package is its typed
+Python face. ``margin_engine.reference`` holds the same models in plain Python, for reading and
+as the oracle of the differential tests. See ``docs/`` and the methodology for the rules.
+"""
+
+from margin_engine._core import MarginInputError, __version__
+from margin_engine.api import Black76, Book, Market, Model, black76, greeks, margin, risk_arrays
+
+__all__ = [
+    "Black76",
+    "Book",
+    "MarginInputError",
+    "Market",
+    "Model",
+    "__version__",
+    "black76",
+    "greeks",
+    "margin",
+    "risk_arrays",
+]

@@ -1,0 +1,37 @@
+"""Type stubs of the compiled module (thin bindings over the Rust core)."""
+
+from typing import Any
+
+import numpy as np
+
+__version__: str
+
+class MarginInputError(ValueError):
+    """Bad input: names the table, the column and up to 10 offending keys or rows."""
+
+    table: str
+    column: str
+    problem: str
+    offenders: list[str]
+    count: int
+
+class Book:
+    def __init__(self, instruments: Any, assets: Any, risk_params: Any = None, margin_tiers: Any = None) -> None: ...
+    @property
+    def underlyings(self) -> list[str]: ...
+    @property
+    def num_instruments(self) -> int: ...
+
+class Market:
+    def __init__(self, index_prices: Any, marks: Any, valuation_time_ns: int) -> None: ...
+    @property
+    def valuation_time_ns(self) -> int: ...
+
+def margin(
+    book: Book, market: Market, positions: Any, balances: Any, model: str = "standard", threads: int | None = None
+) -> Any: ...
+def greeks(book: Book, market: Market, positions: Any, threads: int | None = None) -> Any: ...
+def risk_arrays(book: Book, market: Market) -> Any: ...
+def black76(
+    forward: np.ndarray, strike: np.ndarray, time: np.ndarray, vol: np.ndarray, is_call: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...

@@ -1,0 +1,149 @@
+"""The public API: :class:`Book`, :class:`Market` and the functions over them.
+
+Every function takes tables as anything that speaks the Arrow PyCapsule interface and returns a
+``pyarrow.Table``. The work runs in Rust with the GIL released, in parallel over accounts;
+``threads`` picks the number of worker threads (default: all cores) and never changes a result.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+
+from margin_engine import _core
+from margin_engine._inputs import arrow_input, arrow_table, timestamp_ns
+
+Model = Literal["standard", "portfolio"]
+
+
+class Book:
+    """Instruments, collateral assets, portfolio risk parameters and margin tiers, validated
+    once and reusable across calls (METHODOLOGY §1).
+
+    >>> import pyarrow as pa, margin_engine as me
+    >>> instruments = pa.table({"instrument": ["BTC-PERP"], "kind": ["perpetual"],
+    ...     "underlying": ["BTC"], "multiplier": [1.0],
+    ...     "expiry": pa.array([None], pa.timestamp("ns", "UTC")),
+    ...     "initial_margin_rate": [0.02], "maintenance_margin_rate": [0.01]})
+    >>> assets = pa.table({"asset": ["USD"], "price": [1.0], "initial_weight": [1.0],
+    ...     "maintenance_weight": [1.0], "initial_liability_weight": [1.0],
+    ...     "maintenance_liability_weight": [1.0]})
+    >>> me.Book(instruments, assets).underlyings
+    ['BTC']
+    """
+
+    def __init__(self, instruments: Any, assets: Any, risk_params: Any = None, margin_tiers: Any = None):
+        self.instruments: pa.Table = arrow_table(instruments, "instruments")
+        self.assets: pa.Table = arrow_table(assets, "assets")
+        self.risk_params: pa.Table | None = None if risk_params is None else arrow_table(risk_params, "risk_params")
+        self.margin_tiers: pa.Table | None = (
+            None if margin_tiers is None else arrow_table(margin_tiers, "margin_tiers")
+        )
+        self._core = _core.Book(self.instruments, self.assets, self.risk_params, self.margin_tiers)
+
+    @property
+    def underlyings(self) -> list[str]:
+        """Underlying names, in id (sorted) order."""
+        return list(self._core.underlyings)
+
+    def __repr__(self) -> str:
+        return (
+            f"Book({self.instruments.num_rows} instruments, {self.assets.num_rows} assets, "
+            f"underlyings={self.underlyings})"
+        )
+
+
+class Market:
+    """Index prices, marks (with implied vols; optionally supplied Greeks) and the valuation time.
+
+    ``valuation_time`` may be a datetime (naive = UTC), numpy datetime64, pandas Timestamp, ISO
+    string or integer nanoseconds since the epoch.
+    """
+
+    def __init__(self, index_prices: Any, marks: Any, valuation_time: Any):
+        self.index_prices: pa.Table = arrow_table(index_prices, "index_prices")
+        self.marks: pa.Table = arrow_table(marks, "marks")
+        self.valuation_time_ns: int = timestamp_ns(valuation_time)
+        self._core = _core.Market(self.index_prices, self.marks, self.valuation_time_ns)
+
+    def __repr__(self) -> str:
+        return f"Market({self.index_prices.num_rows} index prices, {self.marks.num_rows} marks)"
+
+
+def _table(result: Any) -> pa.Table:
+    return pa.table(result)
+
+
+def margin(
+    book: Book, positions: Any, balances: Any, market: Market, model: Model = "standard", threads: int | None = None
+) -> pa.Table:
+    """Margin of every account in positions or balances (METHODOLOGY §2–§4, §6).
+
+    Returns one row per account, sorted by ``account_id``: ``equity, collateral_initial,
+    collateral_maintenance, initial_margin, maintenance_margin, free_collateral, margin_excess,
+    health, status``. Raises :class:`MarginInputError` on bad input.
+    """
+    return _table(
+        _core.margin(
+            book._core,
+            market._core,
+            arrow_input(positions, "positions"),
+            arrow_input(balances, "balances"),
+            model,
+            threads,
+        )
+    )
+
+
+def greeks(book: Book, positions: Any, market: Market, threads: int | None = None) -> pa.Table:
+    """Greeks per account × underlying (METHODOLOGY §7): ``delta, delta_usd, gamma, gamma_usd,
+    vega, theta, long_notional, short_notional``."""
+    return _table(_core.greeks(book._core, market._core, arrow_input(positions, "positions"), threads))
+
+
+def risk_arrays(book: Book, market: Market) -> pa.Table:
+    """The per-contract scenario P&L of every instrument with a mark (METHODOLOGY §4), one row
+    per instrument × scenario: ``instrument, underlying, scenario, move, vol_state, extreme, pnl``."""
+    return _table(_core.risk_arrays(book._core, market._core))
+
+
+class Black76(NamedTuple):
+    """Black-76 price and Greeks per contract (vega per vol point, theta per calendar day)."""
+
+    price: np.ndarray
+    delta: np.ndarray
+    gamma: np.ndarray
+    vega: np.ndarray
+    theta: np.ndarray
+
+
+def _is_call(x: Any) -> np.ndarray:
+    a = np.asarray(x)
+    if a.dtype.kind in "US":
+        lowered = np.char.lower(a.astype(str))
+        if not np.isin(lowered, ["call", "put"]).all():
+            raise ValueError("is_call: strings must be 'call' or 'put'")
+        return lowered == "call"
+    return a.astype(bool)
+
+
+def black76(forward: Any, strike: Any, time: Any, vol: Any, is_call: Any) -> Black76:
+    """Vectorized Black-76 (r = 0, forward = index price; METHODOLOGY §5), broadcasting numpy-style.
+
+    >>> import margin_engine as me
+    >>> round(float(me.black76(100.0, 100.0, 1.0, 0.2, True).price), 6)
+    7.965567
+    """
+    f, k, t, v, c = np.broadcast_arrays(
+        np.asarray(forward, dtype=np.float64),
+        np.asarray(strike, dtype=np.float64),
+        np.asarray(time, dtype=np.float64),
+        np.asarray(vol, dtype=np.float64),
+        _is_call(is_call),
+    )
+    shape = f.shape
+    flat = [np.ascontiguousarray(a.reshape(-1)) for a in (f, k, t, v, c)]
+    out = _core.black76(*flat)
+    return Black76(*(np.asarray(a).reshape(shape) for a in out))

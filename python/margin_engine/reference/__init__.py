@@ -1,0 +1,26 @@
+"""Pure-Python reference implementation of the margin-engine methodology.
+
+Plain Python (loops, `math`, dicts), written for reading: one small function per rule of
+`METHODOLOGY.md`, each citing its section, following the summation orders and edge-case choices
+of `docs/methodology-notes.md`. It is the oracle of the differential tests against the Rust
+engine, so it adds the same numbers in the same order.
+
+Modules:
+- `_tables`    — Arrow inputs to Python records (§1; dense ids, sorted underlyings)
+- `black76`    — Black-76 price and Greeks (§5)
+- `valuation`  — netting, P&L, option value, collateral, equity (§2)
+- `standard`   — standard model, incl. margin tiers (§3)
+- `portfolio`  — portfolio model: scenarios, risk arrays, scan (§4)
+- `greeks`     — Greeks aggregation (§7)
+- `results`    — account rows, status and `margin` (§6)
+
+Inputs are duck-typed: a book has `instruments`, `assets`, `risk_params`, `margin_tiers`; a market
+has `index_prices`, `marks`, `valuation_time_ns`. Tables are anything `pyarrow.table()` accepts.
+"""
+
+from .black76 import Black76, black76, black76_scalar
+from .greeks import greeks
+from .portfolio import risk_arrays
+from .results import margin
+
+__all__ = ["Black76", "black76", "black76_scalar", "greeks", "margin", "risk_arrays"]

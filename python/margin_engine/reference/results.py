@@ -1,0 +1,136 @@
+"""Account results (spec §6) and the public `margin` function."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pyarrow as pa
+
+from ._tables import BalanceRow, BookData, MarketData, read_balances, read_book, read_market, read_positions
+from .portfolio import RiskArrays, portfolio_margin
+from .standard import standard_margin
+from .valuation import NettedPosition, net_positions, value_account
+
+Model = Literal["standard", "portfolio"]
+
+MARGIN_SCHEMA = pa.schema(
+    [
+        ("account_id", pa.uint64()),
+        ("equity", pa.float64()),
+        ("collateral_initial", pa.float64()),
+        ("collateral_maintenance", pa.float64()),
+        ("initial_margin", pa.float64()),
+        ("maintenance_margin", pa.float64()),
+        ("free_collateral", pa.float64()),
+        ("margin_excess", pa.float64()),
+        ("health", pa.float64()),
+        ("status", pa.utf8()),
+    ]
+)
+
+
+def account_status(
+    equity: float, collateral_initial: float, collateral_maintenance: float, im: float, mm: float
+) -> str:
+    """§6: `bankrupt` if equity < 0; else `liquidatable` if collateral_maintenance < MM; else
+    `margin_call` if collateral_initial < IM; else `healthy`."""
+    if equity < 0.0:
+        return "bankrupt"
+    if collateral_maintenance < mm:
+        return "liquidatable"
+    if collateral_initial < im:
+        return "margin_call"
+    return "healthy"
+
+
+def health(collateral_maintenance: float, mm: float) -> float | None:
+    """§6 `collateral_maintenance / MM`, null when `MM = 0`."""
+    if mm == 0.0:
+        return None
+    return collateral_maintenance / mm
+
+
+@dataclass(frozen=True)
+class AccountResult:
+    """One §6 row."""
+
+    account_id: int
+    equity: float
+    collateral_initial: float
+    collateral_maintenance: float
+    initial_margin: float
+    maintenance_margin: float
+    free_collateral: float
+    margin_excess: float
+    health: float | None
+    status: str
+
+
+def account_result(
+    account_id: int,
+    positions: list[NettedPosition],
+    balances: list[BalanceRow],
+    book: BookData,
+    market: MarketData,
+    model: Model,
+    arrays: RiskArrays,
+) -> AccountResult:
+    """§6 row of one account: §2 valuation, §3 or §4 margin, then
+    `free_collateral = collateral_initial − IM`, `margin_excess = collateral_maintenance − MM`."""
+    value = value_account(positions, balances, book, market)
+    if model == "standard":
+        im, mm = standard_margin(positions, book, market)
+    elif model == "portfolio":
+        im, mm = portfolio_margin(positions, book, market, arrays)
+    else:
+        raise ValueError(f"unknown model {model!r}: expected 'standard' or 'portfolio'")
+    equity = value.equity
+    ci = value.collateral_initial
+    cm = value.collateral_maintenance
+    return AccountResult(
+        account_id=account_id,
+        equity=equity,
+        collateral_initial=ci,
+        collateral_maintenance=cm,
+        initial_margin=im,
+        maintenance_margin=mm,
+        free_collateral=ci - im,
+        margin_excess=cm - mm,
+        health=health(cm, mm),
+        status=account_status(equity, ci, cm, im, mm),
+    )
+
+
+def margin(
+    book: Any,
+    positions: Any,
+    balances: Any,
+    market: Any,
+    model: Model = "standard",
+    threads: int | None = None,
+) -> pa.Table:
+    """§6: one row per account present in `positions` or `balances`, sorted by `account_id`.
+
+    `model` is `"standard"` (§3) or `"portfolio"` (§4). `threads` is accepted for API
+    compatibility and ignored.
+    """
+    del threads
+    if model not in ("standard", "portfolio"):
+        raise ValueError(f"unknown model {model!r}: expected 'standard' or 'portfolio'")
+    bd = read_book(book)
+    md = read_market(market, bd)
+    netted = net_positions(read_positions(positions, bd), bd, md)
+    balances_by_account: dict[int, list[BalanceRow]] = {}
+    for row in read_balances(balances, bd):
+        balances_by_account.setdefault(row.account_id, []).append(row)
+    arrays = RiskArrays(bd, md)
+
+    columns: dict[str, list[Any]] = {name: [] for name in MARGIN_SCHEMA.names}
+    for account in sorted(set(netted) | set(balances_by_account)):
+        result = account_result(
+            account, netted.get(account, []), balances_by_account.get(account, []), bd, md, model, arrays
+        )
+        for name in MARGIN_SCHEMA.names:
+            columns[name].append(getattr(result, name))
+    return pa.table(columns, schema=MARGIN_SCHEMA)

@@ -1,0 +1,169 @@
+//! Grouping input rows by account without a comparison sort.
+//!
+//! Positions and balances arrive in any row order with arbitrary `u64` account ids. We order row
+//! numbers by account with a stable LSD radix sort over only the bits in which the ids differ
+//! (input already sorted by account — the common case for exchange exports — costs one pass and
+//! no copy), then cut the sorted rows into one run per account. Stability keeps each account's
+//! rows in input order, which fixes the order of every later sum.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+/// Bits per radix digit: 2^11 counters fit in L1.
+const RADIX_BITS: u32 = 11;
+
+/// Row numbers in stable account order, or `None` if the ids are already non-decreasing.
+pub fn order_by_account(ids: &[u64]) -> Option<Vec<u32>> {
+    if ids.par_windows(2).all(|w| w[0] <= w[1]) {
+        return None;
+    }
+    let first = ids[0];
+    let varying = ids.par_iter().map(|id| id ^ first).reduce(|| 0, |a, b| a | b);
+    let bits = 64 - varying.leading_zeros();
+    let mut keys: Vec<u64> = ids.to_vec();
+    let mut rows: Vec<u32> = (0..ids.len() as u32).collect();
+    let mut keys_tmp = vec![0u64; ids.len()];
+    let mut rows_tmp = vec![0u32; ids.len()];
+    let buckets = 1usize << RADIX_BITS;
+    let mask = (buckets - 1) as u64;
+    let mut shift = 0;
+    while shift < bits {
+        let mut counts = vec![0usize; buckets];
+        for k in &keys {
+            counts[((k >> shift) & mask) as usize] += 1;
+        }
+        let mut total = 0;
+        for c in counts.iter_mut() {
+            let n = *c;
+            *c = total;
+            total += n;
+        }
+        for (k, r) in keys.iter().zip(&rows) {
+            let d = ((k >> shift) & mask) as usize;
+            keys_tmp[counts[d]] = *k;
+            rows_tmp[counts[d]] = *r;
+            counts[d] += 1;
+        }
+        std::mem::swap(&mut keys, &mut keys_tmp);
+        std::mem::swap(&mut rows, &mut rows_tmp);
+        shift += RADIX_BITS;
+    }
+    Some(rows)
+}
+
+/// Gathers `values` into the order `order` (or borrows them when there is no reordering).
+pub fn gather<T: Copy + Send + Sync>(values: &[T], order: Option<&[u32]>) -> Vec<T> {
+    match order {
+        None => values.to_vec(),
+        Some(o) => o.par_iter().with_min_len(1 << 14).map(|r| values[*r as usize]).collect(),
+    }
+}
+
+/// The distinct account ids of sorted ids, and where each one's run of rows starts
+/// (`starts` has one more entry: the end).
+pub fn runs(sorted_ids: &[u64]) -> (Vec<u64>, Vec<usize>) {
+    let mut accounts = Vec::new();
+    let mut starts = Vec::new();
+    for (i, id) in sorted_ids.iter().enumerate() {
+        if i == 0 || sorted_ids[i - 1] != *id {
+            accounts.push(*id);
+            starts.push(i);
+        }
+    }
+    starts.push(sorted_ids.len());
+    (accounts, starts)
+}
+
+/// One output account: its id and its rows in the (account-sorted) positions and balances.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountSlot {
+    pub account_id: u64,
+    pub positions: Range<usize>,
+    pub balances: Range<usize>,
+}
+
+/// Every account that has a position row or a balance row, ascending by id.
+pub fn merge_accounts(
+    position_accounts: &[u64],
+    position_starts: &[usize],
+    balance_accounts: &[u64],
+    balance_starts: &[usize],
+) -> Vec<AccountSlot> {
+    let mut out = Vec::with_capacity(position_accounts.len().max(balance_accounts.len()));
+    let (mut i, mut j) = (0, 0);
+    let empty_p = position_starts.last().copied().unwrap_or(0);
+    let empty_b = balance_starts.last().copied().unwrap_or(0);
+    while i < position_accounts.len() || j < balance_accounts.len() {
+        let p = position_accounts.get(i).copied();
+        let b = balance_accounts.get(j).copied();
+        let id = match (p, b) {
+            (Some(p), Some(b)) => p.min(b),
+            (Some(p), None) => p,
+            (None, Some(b)) => b,
+            (None, None) => break,
+        };
+        let positions = if p == Some(id) {
+            i += 1;
+            position_starts[i - 1]..position_starts[i]
+        } else {
+            empty_p..empty_p
+        };
+        let balances = if b == Some(id) {
+            j += 1;
+            balance_starts[j - 1]..balance_starts[j]
+        } else {
+            empty_b..empty_b
+        };
+        out.push(AccountSlot { account_id: id, positions, balances });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn radix_order_is_stable_and_sorted() {
+        let ids = vec![5u64, u64::MAX, 3, 5, 0, 3, 1 << 40, 5];
+        let order = order_by_account(&ids).unwrap();
+        let sorted: Vec<u64> = order.iter().map(|r| ids[*r as usize]).collect();
+        let mut expect = ids.clone();
+        expect.sort();
+        assert_eq!(sorted, expect);
+        // stable: equal ids keep input order
+        assert_eq!(order, vec![4, 2, 5, 0, 3, 7, 6, 1]);
+        assert!(order_by_account(&[1, 1, 2]).is_none());
+    }
+
+    #[test]
+    fn radix_matches_std_sort_on_pseudo_random_ids() {
+        let mut x = 0x9E3779B97F4A7C15u64;
+        let ids: Vec<u64> = (0..50_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x % 7919 * 1_000_003
+            })
+            .collect();
+        let order = order_by_account(&ids).unwrap();
+        let mut expect: Vec<u32> = (0..ids.len() as u32).collect();
+        expect.sort_by_key(|r| ids[*r as usize]);
+        assert_eq!(order, expect);
+    }
+
+    #[test]
+    fn merge_keeps_accounts_from_either_side() {
+        let (pa, ps) = runs(&[1, 1, 4]);
+        let (ba, bs) = runs(&[2, 4, 4, 9]);
+        let slots = merge_accounts(&pa, &ps, &ba, &bs);
+        let ids: Vec<u64> = slots.iter().map(|s| s.account_id).collect();
+        assert_eq!(ids, vec![1, 2, 4, 9]);
+        assert_eq!(slots[0].positions, 0..2);
+        assert!(slots[0].balances.is_empty());
+        assert_eq!(slots[2].positions, 2..3);
+        assert_eq!(slots[2].balances, 1..3);
+    }
+}

@@ -1,0 +1,483 @@
+//! The book: instruments, collateral assets, underlyings with their risk parameters, and margin
+//! tiers (methodology §1, §3, §4). Validated once, reused by every call.
+
+use crate::error::{InputError, Offenders, Result};
+use crate::table::{Domain, Key, KeyIndex, Table};
+
+/// What kind of contract an instrument is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Perpetual,
+    Future,
+    Option,
+}
+
+impl Kind {
+    /// Linear contracts (perpetuals, futures): margin on notional, P&L = q × mult × Δmark.
+    pub fn is_linear(self) -> bool {
+        !matches!(self, Kind::Option)
+    }
+}
+
+/// One notional bracket of a tier schedule, with the cumulative deduction that makes the margin
+/// continuous across brackets (`margin = notional × rate − cum`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bracket {
+    pub notional_floor: f64,
+    pub initial_margin_rate: f64,
+    pub maintenance_margin_rate: f64,
+    pub initial_cum: f64,
+    pub maintenance_cum: f64,
+}
+
+/// A tiered margin schedule of one instrument (brackets sorted by floor, the first at 0).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tiers {
+    pub brackets: Vec<Bracket>,
+}
+
+impl Tiers {
+    /// Builds the schedule from (floor, imr, mmr) brackets sorted by floor; when no bracket
+    /// starts at 0 the instrument's own rates form the first one.
+    pub fn new(base_imr: f64, base_mmr: f64, sorted: &[(f64, f64, f64)]) -> Tiers {
+        let mut brackets: Vec<Bracket> = Vec::with_capacity(sorted.len() + 1);
+        if sorted.first().is_none_or(|b| b.0 > 0.0) {
+            brackets.push(Bracket {
+                notional_floor: 0.0,
+                initial_margin_rate: base_imr,
+                maintenance_margin_rate: base_mmr,
+                initial_cum: 0.0,
+                maintenance_cum: 0.0,
+            });
+        }
+        for &(floor, imr, mmr) in sorted {
+            let (initial_cum, maintenance_cum) = match brackets.last() {
+                None => (0.0, 0.0),
+                Some(p) => (
+                    p.initial_cum + floor * (imr - p.initial_margin_rate),
+                    p.maintenance_cum + floor * (mmr - p.maintenance_margin_rate),
+                ),
+            };
+            brackets.push(Bracket {
+                notional_floor: floor,
+                initial_margin_rate: imr,
+                maintenance_margin_rate: mmr,
+                initial_cum,
+                maintenance_cum,
+            });
+        }
+        Tiers { brackets }
+    }
+
+    /// (IM, MM) of a position of this notional: the bracket with the largest floor ≤ notional.
+    pub fn margin(&self, notional: f64) -> (f64, f64) {
+        let i = self.brackets.partition_point(|b| b.notional_floor <= notional).saturating_sub(1);
+        let b = &self.brackets[i];
+        (
+            notional * b.initial_margin_rate - b.initial_cum,
+            notional * b.maintenance_margin_rate - b.maintenance_cum,
+        )
+    }
+}
+
+/// The instruments table, column by column, indexed by dense instrument id (= row).
+#[derive(Debug, Clone)]
+pub struct Instruments {
+    pub keys: Vec<Key>,
+    /// Keys as text, for messages and outputs.
+    pub labels: Vec<String>,
+    pub index: KeyIndex,
+    pub kind: Vec<Kind>,
+    pub underlying: Vec<u32>,
+    pub multiplier: Vec<f64>,
+    pub expiry_ns: Vec<Option<i64>>,
+    /// NaN for non-options.
+    pub strike: Vec<f64>,
+    pub is_call: Vec<bool>,
+    pub initial_margin_rate: Vec<f64>,
+    pub maintenance_margin_rate: Vec<f64>,
+    /// 0 for non-options.
+    pub initial_margin_floor: Vec<f64>,
+    pub tiers: Vec<Option<Tiers>>,
+}
+
+impl Instruments {
+    pub fn len(&self) -> usize {
+        self.kind.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.kind.is_empty()
+    }
+}
+
+/// The collateral assets table, indexed by dense asset id (= row).
+#[derive(Debug, Clone)]
+pub struct Assets {
+    pub labels: Vec<String>,
+    pub index: KeyIndex,
+    pub price: Vec<f64>,
+    pub initial_weight: Vec<f64>,
+    pub maintenance_weight: Vec<f64>,
+    pub initial_liability_weight: Vec<f64>,
+    pub maintenance_liability_weight: Vec<f64>,
+    pub size_premium: Vec<f64>,
+    pub underlying: Vec<Option<u32>>,
+}
+
+/// Portfolio-model parameters of one underlying (§4).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RiskParams {
+    pub price_range: f64,
+    pub price_steps: usize,
+    pub vol_up: f64,
+    pub vol_down: f64,
+    pub vol_term_exponent: f64,
+    pub extreme_move: f64,
+    pub extreme_cover: f64,
+    pub short_option_minimum: f64,
+    pub im_factor: f64,
+}
+
+impl Default for RiskParams {
+    fn default() -> Self {
+        RiskParams {
+            price_range: 0.15,
+            price_steps: 21,
+            vol_up: 0.45,
+            vol_down: 0.30,
+            vol_term_exponent: 0.3,
+            extreme_move: 3.0,
+            extreme_cover: 0.33,
+            short_option_minimum: 0.01,
+            im_factor: 1.25,
+        }
+    }
+}
+
+/// Underlyings, numbered in sorted name order.
+#[derive(Debug, Clone)]
+pub struct Underlyings {
+    pub names: Vec<String>,
+    pub index: KeyIndex,
+    pub risk: Vec<RiskParams>,
+}
+
+/// A validated book.
+#[derive(Debug, Clone)]
+pub struct Book {
+    pub instruments: Instruments,
+    pub assets: Assets,
+    pub underlyings: Underlyings,
+}
+
+/// The input tables of a book.
+pub struct BookTables<'a> {
+    pub instruments: Table<'a>,
+    pub assets: Table<'a>,
+    pub risk_params: Option<Table<'a>>,
+    pub margin_tiers: Option<Table<'a>>,
+}
+
+fn labels_of(keys: &[Key]) -> Vec<String> {
+    keys.iter()
+        .map(|k| match k {
+            Key::Str(s) => s.clone(),
+            Key::Int(i) => i.to_string(),
+        })
+        .collect()
+}
+
+fn required_strings(t: &Table, column: &str) -> Result<Vec<String>> {
+    let col = t.column(column)?;
+    col.check_no_nulls()?;
+    Ok(col.strings_nullable()?.into_iter().map(|s| s.unwrap_or_default()).collect())
+}
+
+/// Rows (by label) where `bad(row)` holds, as an error.
+fn check_rows(t: &str, column: &str, problem: &str, labels: &[String], bad: impl Fn(usize) -> bool) -> Result<()> {
+    let mut o = Offenders::default();
+    for (i, l) in labels.iter().enumerate() {
+        if bad(i) {
+            o.push(|| format!("'{l}'"));
+        }
+    }
+    o.into_result(t, column, problem)
+}
+
+impl Book {
+    pub fn new(tables: BookTables) -> Result<Book> {
+        let BookTables { instruments, assets, risk_params, margin_tiers } = tables;
+
+        // Keys first, so every later error can name rows by key.
+        let instrument_keys = instruments.column("instrument")?.keys()?;
+        let instrument_index = KeyIndex::build(&instrument_keys, "instruments", "instrument")?;
+        let instrument_labels = labels_of(&instrument_keys);
+        let asset_keys = assets.column("asset")?.keys()?;
+        let asset_index = KeyIndex::build(&asset_keys, "assets", "asset")?;
+        let asset_labels = labels_of(&asset_keys);
+        let instruments_t = instruments.with_labels(&instrument_labels);
+        let assets_t = assets.with_labels(&asset_labels);
+
+        // Underlyings: the union of every table's, in sorted name order.
+        let instrument_underlying = required_strings(&instruments_t, "underlying")?;
+        let asset_underlying = match assets_t.optional_column("underlying") {
+            Some(c) => c.strings_nullable()?,
+            None => vec![None; asset_labels.len()],
+        };
+        let risk_underlying = match &risk_params {
+            Some(r) => required_strings(r, "underlying")?,
+            None => Vec::new(),
+        };
+        let mut names: Vec<String> = instrument_underlying
+            .iter()
+            .chain(asset_underlying.iter().flatten())
+            .chain(risk_underlying.iter())
+            .cloned()
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let underlying_keys: Vec<Key> = names.iter().map(|n| Key::Str(n.clone())).collect();
+        let underlying_index = KeyIndex::build(&underlying_keys, "underlyings", "underlying")?;
+        let id_of = |n: &str| underlying_index.get_str(n).unwrap_or(0);
+
+        let risk = match &risk_params {
+            Some(r) => parse_risk_params(r, &risk_underlying, &names, &id_of)?,
+            None => vec![RiskParams::default(); names.len()],
+        };
+
+        let mut instruments = parse_instruments(&instruments_t, &instrument_labels)?;
+        instruments.underlying = instrument_underlying.iter().map(|n| id_of(n)).collect();
+        instruments.keys = instrument_keys;
+        instruments.index = instrument_index;
+        if let Some(t) = margin_tiers {
+            attach_tiers(&mut instruments, &t)?;
+        }
+
+        let mut assets = parse_assets(&assets_t, &asset_labels)?;
+        assets.index = asset_index;
+        assets.underlying = asset_underlying.iter().map(|u| u.as_deref().map(id_of)).collect();
+
+        Ok(Book { instruments, assets, underlyings: Underlyings { names, index: underlying_index, risk } })
+    }
+}
+
+fn parse_instruments(t: &Table, labels: &[String]) -> Result<Instruments> {
+    let kind_names = required_strings(t, "kind")?;
+    let mut bad_kind = Offenders::default();
+    let kind: Vec<Kind> = kind_names
+        .iter()
+        .zip(labels)
+        .map(|(k, l)| match k.as_str() {
+            "perpetual" => Kind::Perpetual,
+            "future" => Kind::Future,
+            "option" => Kind::Option,
+            _ => {
+                bad_kind.push(|| format!("'{l}' = '{k}'"));
+                Kind::Perpetual
+            }
+        })
+        .collect();
+    bad_kind.into_result(t.name, "kind", "kind must be 'perpetual', 'future' or 'option'")?;
+    let is_option = |i: usize| kind[i] == Kind::Option;
+
+    let multiplier = t.column("multiplier")?.f64s(Domain::Positive)?.into_owned();
+    let expiry_ns = t.column("expiry")?.timestamps_ns()?;
+    check_rows(t.name, "expiry", "futures and options need an expiry", labels, |i| {
+        kind[i] != Kind::Perpetual && expiry_ns[i].is_none()
+    })?;
+    let strike_opt = match t.optional_column("strike") {
+        Some(c) => c.f64s_nullable(Domain::Positive)?,
+        None => vec![None; labels.len()],
+    };
+    check_rows(t.name, "strike", "options need a strike > 0", labels, |i| is_option(i) && strike_opt[i].is_none())?;
+    let option_type = match t.optional_column("option_type") {
+        Some(c) => c.strings_nullable()?,
+        None => vec![None; labels.len()],
+    };
+    check_rows(t.name, "option_type", "options need option_type 'call' or 'put'", labels, |i| {
+        is_option(i) && !matches!(option_type[i].as_deref(), Some("call") | Some("put"))
+    })?;
+    let initial_margin_rate = t.column("initial_margin_rate")?.f64s(Domain::NonNegative)?.into_owned();
+    let maintenance_margin_rate = t.column("maintenance_margin_rate")?.f64s(Domain::Positive)?.into_owned();
+    check_rows(t.name, "initial_margin_rate", "initial_margin_rate must be >= maintenance_margin_rate", labels, |i| {
+        initial_margin_rate[i] < maintenance_margin_rate[i]
+    })?;
+    let floor_opt = match t.optional_column("initial_margin_floor") {
+        Some(c) => c.f64s_nullable(Domain::NonNegative)?,
+        None => vec![None; labels.len()],
+    };
+    check_rows(t.name, "initial_margin_floor", "options need an initial_margin_floor >= 0", labels, |i| {
+        is_option(i) && floor_opt[i].is_none()
+    })?;
+
+    let n = labels.len();
+    Ok(Instruments {
+        keys: Vec::new(),
+        labels: labels.to_vec(),
+        index: KeyIndex::Str(Default::default()),
+        underlying: Vec::new(),
+        multiplier,
+        expiry_ns,
+        strike: (0..n).map(|i| if is_option(i) { strike_opt[i].unwrap_or(f64::NAN) } else { f64::NAN }).collect(),
+        is_call: (0..n).map(|i| option_type[i].as_deref() == Some("call")).collect(),
+        initial_margin_floor: (0..n).map(|i| if is_option(i) { floor_opt[i].unwrap_or(0.0) } else { 0.0 }).collect(),
+        initial_margin_rate,
+        maintenance_margin_rate,
+        tiers: vec![None; n],
+        kind,
+    })
+}
+
+fn parse_assets(t: &Table, labels: &[String]) -> Result<Assets> {
+    let price = t.column("price")?.f64s(Domain::Positive)?.into_owned();
+    let initial_weight = t.column("initial_weight")?.f64s(Domain::UnitInterval)?.into_owned();
+    let maintenance_weight = t.column("maintenance_weight")?.f64s(Domain::UnitInterval)?.into_owned();
+    check_rows(t.name, "initial_weight", "initial_weight must be <= maintenance_weight", labels, |i| {
+        initial_weight[i] > maintenance_weight[i]
+    })?;
+    let initial_liability_weight = t.column("initial_liability_weight")?.f64s(Domain::AtLeastOne)?.into_owned();
+    let maintenance_liability_weight = t.column("maintenance_liability_weight")?.f64s(Domain::AtLeastOne)?.into_owned();
+    check_rows(
+        t.name,
+        "maintenance_liability_weight",
+        "maintenance_liability_weight must be <= initial_liability_weight",
+        labels,
+        |i| maintenance_liability_weight[i] > initial_liability_weight[i],
+    )?;
+    let size_premium = match t.optional_column("size_premium") {
+        Some(c) => c.f64s(Domain::NonNegative)?.into_owned(),
+        None => vec![0.0; labels.len()],
+    };
+    Ok(Assets {
+        labels: labels.to_vec(),
+        index: KeyIndex::Str(Default::default()),
+        price,
+        initial_weight,
+        maintenance_weight,
+        initial_liability_weight,
+        maintenance_liability_weight,
+        size_premium,
+        underlying: Vec::new(),
+    })
+}
+
+fn parse_risk_params(
+    t: &Table,
+    underlying: &[String],
+    names: &[String],
+    id_of: &dyn Fn(&str) -> u32,
+) -> Result<Vec<RiskParams>> {
+    let keys: Vec<Key> = underlying.iter().map(|u| Key::Str(u.clone())).collect();
+    KeyIndex::build(&keys, "risk_params", "underlying")?;
+    let t = t.with_labels(underlying);
+    let mut risk = vec![RiskParams::default(); names.len()];
+    let column = |name: &str, domain: Domain| -> Result<Option<Vec<f64>>> {
+        t.optional_column(name).map(|c| c.f64s(domain).map(|v| v.into_owned())).transpose()
+    };
+    let set = |risk: &mut Vec<RiskParams>, values: Option<Vec<f64>>, apply: &dyn Fn(&mut RiskParams, f64)| {
+        if let Some(values) = values {
+            for (u, v) in underlying.iter().zip(values) {
+                apply(&mut risk[id_of(u) as usize], v);
+            }
+        }
+    };
+    let price_range = column("price_range", Domain::Positive)?;
+    if let Some(v) = &price_range {
+        check_rows(t.name, "price_range", "price_range must be < 1", underlying, |i| v[i] >= 1.0)?;
+    }
+    set(&mut risk, price_range, &|r, v| r.price_range = v);
+    let steps = column("price_steps", Domain::Positive)?;
+    if let Some(v) = &steps {
+        check_rows(t.name, "price_steps", "price_steps must be an odd integer >= 3", underlying, |i| {
+            v[i] < 3.0 || v[i] > 100_001.0 || v[i].fract() != 0.0 || (v[i] as u64) % 2 == 0
+        })?;
+    }
+    set(&mut risk, steps, &|r, v| r.price_steps = v as usize);
+    set(&mut risk, column("vol_up", Domain::NonNegative)?, &|r, v| r.vol_up = v);
+    set(&mut risk, column("vol_down", Domain::NonNegative)?, &|r, v| r.vol_down = v);
+    set(&mut risk, column("vol_term_exponent", Domain::NonNegative)?, &|r, v| r.vol_term_exponent = v);
+    set(&mut risk, column("extreme_move", Domain::NonNegative)?, &|r, v| r.extreme_move = v);
+    set(&mut risk, column("extreme_cover", Domain::NonNegative)?, &|r, v| r.extreme_cover = v);
+    set(&mut risk, column("short_option_minimum", Domain::NonNegative)?, &|r, v| r.short_option_minimum = v);
+    set(&mut risk, column("im_factor", Domain::AtLeastOne)?, &|r, v| r.im_factor = v);
+    let mut too_far = Offenders::default();
+    for (u, r) in names.iter().zip(&risk) {
+        if r.extreme_move * r.price_range > 1.0 {
+            too_far.push(|| format!("'{u}'"));
+        }
+    }
+    too_far.into_result(t.name, "extreme_move", "extreme_move × price_range must be <= 1 (prices stay >= 0)")?;
+    Ok(risk)
+}
+
+fn attach_tiers(instruments: &mut Instruments, t: &Table) -> Result<()> {
+    let ids = t.column("instrument")?.map_keys(&instruments.index, "instrument")?;
+    let floor = t.column("notional_floor")?.f64s(Domain::NonNegative)?;
+    let imr = t.column("initial_margin_rate")?.f64s(Domain::NonNegative)?;
+    let mmr = t.column("maintenance_margin_rate")?.f64s(Domain::Positive)?;
+    let mut bad = Offenders::default();
+    for i in 0..ids.len() {
+        if imr[i] < mmr[i] {
+            bad.push(|| format!("row {i}"));
+        }
+    }
+    bad.into_result(t.name, "initial_margin_rate", "initial_margin_rate must be >= maintenance_margin_rate")?;
+    let mut options = Offenders::default();
+    for (i, id) in ids.iter().enumerate() {
+        if instruments.kind[*id as usize] == Kind::Option {
+            options.push(|| format!("'{}' (row {i})", instruments.labels[*id as usize]));
+        }
+    }
+    options.into_result(t.name, "instrument", "tiers apply to perpetuals and futures only, not options")?;
+
+    let mut rows: Vec<usize> = (0..ids.len()).collect();
+    rows.sort_by(|a, b| ids[*a].cmp(&ids[*b]).then(floor[*a].total_cmp(&floor[*b])));
+    let mut duplicate = Offenders::default();
+    for w in rows.windows(2) {
+        if ids[w[0]] == ids[w[1]] && floor[w[0]] == floor[w[1]] {
+            duplicate.push(|| format!("'{}' floor {}", instruments.labels[ids[w[1]] as usize], floor[w[1]]));
+        }
+    }
+    duplicate.into_result(t.name, "notional_floor", "duplicate (instrument, notional_floor)")?;
+    for group in rows.chunk_by(|a, b| ids[*a] == ids[*b]) {
+        let id = ids[group[0]] as usize;
+        let brackets: Vec<(f64, f64, f64)> = group.iter().map(|&r| (floor[r], imr[r], mmr[r])).collect();
+        instruments.tiers[id] = Some(Tiers::new(
+            instruments.initial_margin_rate[id],
+            instruments.maintenance_margin_rate[id],
+            &brackets,
+        ));
+    }
+    Ok(())
+}
+
+/// An error about a book-level rule (used by callers that check references into the book).
+pub fn missing(table: &str, column: &str, problem: &str, offenders: Offenders) -> InputError {
+    InputError::new(table, column, problem).with_offenders(offenders)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiers_are_continuous() {
+        let t = Tiers::new(0.02, 0.01, &[(1e6, 0.04, 0.02), (5e6, 0.10, 0.05)]);
+        assert_eq!(t.brackets.len(), 3);
+        for floor in [1e6, 5e6] {
+            let below = t.margin(floor * (1.0 - 1e-12));
+            let at = t.margin(floor);
+            assert!((below.0 - at.0).abs() < 1e-3 && (below.1 - at.1).abs() < 1e-3);
+        }
+        assert_eq!(t.margin(5e5), (1e4, 5e3));
+        // 2e6 in the second bracket: 2e6 × 0.02 − 1e6 × (0.02 − 0.01)
+        assert_eq!(t.margin(2e6).1, 2e6 * 0.02 - 1e6 * 0.01);
+    }
+
+    #[test]
+    fn tiers_with_a_zero_bracket_replace_the_base_rates() {
+        let t = Tiers::new(0.5, 0.4, &[(0.0, 0.02, 0.01)]);
+        assert_eq!(t.brackets.len(), 1);
+        assert_eq!(t.margin(100.0), (2.0, 1.0));
+    }
+}

@@ -1,0 +1,26 @@
+//! margin-core: the margin engine's kernels over Arrow data. Knows nothing of Python.
+//!
+//! Read it in the order of the methodology:
+//! - [`table`]: reading and validating input columns (zero-copy where possible);
+//! - [`book`], [`market`]: the validated book and market data, keys mapped to dense ids;
+//! - [`accounts`], [`rows`]: grouping rows by account (radix sort), one slot per account;
+//! - [`valuation`]: netting and collateral (§2);
+//! - [`standard`] (§3), [`portfolio`] (§4), [`black76`] (§5), [`greeks`] (§7);
+//! - [`results`]: account rows, status (§6) and their Arrow form;
+//! - [`engine`]: parallel orchestration, bit-identical for any thread count.
+
+pub mod accounts;
+pub mod black76;
+pub mod book;
+pub mod engine;
+pub mod error;
+pub mod greeks;
+pub mod market;
+pub mod portfolio;
+pub mod results;
+pub mod rows;
+pub mod standard;
+pub mod table;
+pub mod valuation;
+
+pub use error::{InputError, Result};

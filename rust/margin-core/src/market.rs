@@ -1,0 +1,183 @@
+//! Market data: index prices per underlying, marks (and implied vols, optionally Greeks) per
+//! instrument, and the valuation time (methodology §1).
+//!
+//! [`MarketTables`] is parsed and validated once, independently of any book; [`Market`] is that
+//! data resolved against a [`Book`] into dense arrays indexed by instrument / underlying id.
+
+use crate::book::{Book, Kind};
+use crate::error::{InputError, Offenders, Result};
+use crate::table::{Domain, Key, KeyIndex, Table};
+
+/// Seconds in the methodology's year of 365 days.
+pub const SECONDS_PER_YEAR: f64 = 31_536_000.0;
+
+/// Years from `valuation_ns` to `expiry_ns`, floored at 0: `max(e − v, 0) / 1e9 / 31_536_000`.
+pub fn time_to_expiry(expiry_ns: i64, valuation_ns: i64) -> f64 {
+    let diff = (expiry_ns as i128 - valuation_ns as i128).max(0);
+    diff as f64 / 1e9 / SECONDS_PER_YEAR
+}
+
+/// Supplied Greeks of one instrument (used instead of Black-76 when the marks table has them).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SuppliedGreeks {
+    pub delta: f64,
+    pub gamma: f64,
+    pub vega: f64,
+    pub theta: f64,
+}
+
+/// The market tables, validated on their own.
+#[derive(Debug, Clone)]
+pub struct MarketTables {
+    pub underlyings: Vec<String>,
+    pub index_price: Vec<f64>,
+    pub instruments: Vec<Key>,
+    pub mark_price: Vec<f64>,
+    pub implied_vol: Vec<Option<f64>>,
+    pub greeks: Option<Vec<Option<SuppliedGreeks>>>,
+    pub valuation_ns: i64,
+}
+
+impl MarketTables {
+    pub fn new(index_prices: &Table, marks: &Table, valuation_ns: i64) -> Result<MarketTables> {
+        let underlyings_col = index_prices.column("underlying")?;
+        let underlyings: Vec<String> = underlyings_col.keys()?.into_iter().map(|k| match k {
+            Key::Str(s) => s,
+            Key::Int(i) => i.to_string(),
+        }).collect();
+        let keys: Vec<Key> = underlyings.iter().map(|u| Key::Str(u.clone())).collect();
+        KeyIndex::build(&keys, index_prices.name, "underlying")?;
+        let index_price = index_prices.with_labels(&underlyings).column("index_price")?.f64s(Domain::Positive)?.into_owned();
+
+        let instruments = marks.column("instrument")?.keys()?;
+        KeyIndex::build(&instruments, marks.name, "instrument")?;
+        let labels: Vec<String> = instruments.iter().map(|k| k.to_string()).collect();
+        let m = marks.with_labels(&labels);
+        let mark_price = m.column("mark_price")?.f64s(Domain::NonNegative)?.into_owned();
+        let implied_vol = match m.optional_column("implied_vol") {
+            Some(c) => c.f64s_nullable(Domain::Positive)?,
+            None => vec![None; labels.len()],
+        };
+        let greek_names = ["delta", "gamma", "vega", "theta"];
+        let present: Vec<&str> = greek_names.iter().copied().filter(|g| m.has_column(g)).collect();
+        let greeks = if present.is_empty() {
+            None
+        } else if present.len() < 4 {
+            let absent: Vec<&str> = greek_names.iter().copied().filter(|g| !m.has_column(g)).collect();
+            return Err(InputError::new(
+                marks.name,
+                absent[0],
+                format!("supplied Greeks need all of delta, gamma, vega, theta; missing {}", absent.join(", ")),
+            ));
+        } else {
+            let cols = greek_names
+                .iter()
+                .map(|g| m.column(g)?.f64s_nullable(Domain::Finite))
+                .collect::<Result<Vec<_>>>()?;
+            Some(
+                (0..labels.len())
+                    .map(|i| match (cols[0][i], cols[1][i], cols[2][i], cols[3][i]) {
+                        (Some(delta), Some(gamma), Some(vega), Some(theta)) => {
+                            Some(SuppliedGreeks { delta, gamma, vega, theta })
+                        }
+                        _ => None,
+                    })
+                    .collect(),
+            )
+        };
+        Ok(MarketTables { underlyings, index_price, instruments, mark_price, implied_vol, greeks, valuation_ns })
+    }
+}
+
+/// Market data resolved against a book: dense arrays, NaN where the market has no value.
+#[derive(Debug, Clone)]
+pub struct Market {
+    /// Per underlying id.
+    pub index_price: Vec<f64>,
+    /// Per instrument id.
+    pub mark_price: Vec<f64>,
+    pub implied_vol: Vec<f64>,
+    /// Years to expiry per instrument (0 for perpetuals).
+    pub time_to_expiry: Vec<f64>,
+    pub greeks: Option<Vec<Option<SuppliedGreeks>>>,
+    pub valuation_ns: i64,
+}
+
+impl Market {
+    pub fn resolve(book: &Book, tables: &MarketTables) -> Result<Market> {
+        let ins = &book.instruments;
+        let mut index_price = vec![f64::NAN; book.underlyings.names.len()];
+        let mut unknown = Offenders::default();
+        for (name, price) in tables.underlyings.iter().zip(&tables.index_price) {
+            match book.underlyings.index.get_str(name) {
+                Some(u) => index_price[u as usize] = *price,
+                None => unknown.push(|| format!("'{name}'")),
+            }
+        }
+        unknown.into_result("index_prices", "underlying", "unknown underlying (not in the book)")?;
+
+        let n = ins.len();
+        let mut mark_price = vec![f64::NAN; n];
+        let mut implied_vol = vec![f64::NAN; n];
+        let mut greeks = tables.greeks.as_ref().map(|_| vec![None; n]);
+        let mut unknown = Offenders::default();
+        let mut no_vol = Offenders::default();
+        let mut no_greeks = Offenders::default();
+        for (row, key) in tables.instruments.iter().enumerate() {
+            let Some(id) = ins.index.get(key) else {
+                unknown.push(|| key.to_string());
+                continue;
+            };
+            let id = id as usize;
+            mark_price[id] = tables.mark_price[row];
+            if ins.kind[id] == Kind::Option {
+                match tables.implied_vol[row] {
+                    Some(v) => implied_vol[id] = v,
+                    None => no_vol.push(|| key.to_string()),
+                }
+                if let (Some(out), Some(supplied)) = (greeks.as_mut(), tables.greeks.as_ref()) {
+                    match supplied[row] {
+                        Some(g) => out[id] = Some(g),
+                        None => no_greeks.push(|| key.to_string()),
+                    }
+                }
+            }
+        }
+        unknown.into_result("marks", "instrument", "unknown instrument (not in the book)")?;
+        no_vol.into_result("marks", "implied_vol", "options need an implied_vol > 0")?;
+        no_greeks.into_result("marks", "delta", "supplied Greeks are null for options")?;
+
+        let time_to_expiry = ins
+            .expiry_ns
+            .iter()
+            .zip(&ins.kind)
+            .map(|(e, k)| match (k, e) {
+                (Kind::Perpetual, _) | (_, None) => 0.0,
+                (_, Some(e)) => time_to_expiry(*e, tables.valuation_ns),
+            })
+            .collect();
+        Ok(Market { index_price, mark_price, implied_vol, time_to_expiry, greeks, valuation_ns: tables.valuation_ns })
+    }
+
+    /// Checks that every instrument flagged in `used` has a mark and its underlying an index
+    /// price: the data a position in it needs.
+    pub fn check_covers(&self, book: &Book, used: &[bool]) -> Result<()> {
+        let ins = &book.instruments;
+        let mut no_mark = Offenders::default();
+        let mut no_index = Offenders::default();
+        let mut index_seen = vec![false; self.index_price.len()];
+        for id in (0..ins.len()).filter(|i| used[*i]) {
+            if self.mark_price[id].is_nan() {
+                no_mark.push(|| format!("'{}'", ins.labels[id]));
+            }
+            let u = ins.underlying[id] as usize;
+            if self.index_price[u].is_nan() && !index_seen[u] {
+                index_seen[u] = true;
+                no_index.push(|| format!("'{}'", book.underlyings.names[u]));
+            }
+        }
+        no_mark.into_result("marks", "instrument", "no mark for an instrument that positions hold")?;
+        no_index.into_result("index_prices", "underlying", "no index price for an underlying that positions hold")?;
+        Ok(())
+    }
+}

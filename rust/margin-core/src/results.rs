@@ -1,0 +1,162 @@
+//! Account results (methodology §6) and their Arrow form.
+
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt64Array};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+
+use crate::book::Book;
+use crate::greeks::GreeksRow;
+use crate::valuation::Collateral;
+
+/// An account's standing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Status {
+    Healthy,
+    MarginCall,
+    Liquidatable,
+    Bankrupt,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Healthy => "healthy",
+            Status::MarginCall => "margin_call",
+            Status::Liquidatable => "liquidatable",
+            Status::Bankrupt => "bankrupt",
+        }
+    }
+}
+
+/// One account's valuation and margin.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AccountRow {
+    pub account_id: u64,
+    pub equity: f64,
+    pub collateral_initial: f64,
+    pub collateral_maintenance: f64,
+    pub initial_margin: f64,
+    pub maintenance_margin: f64,
+}
+
+impl AccountRow {
+    /// §2.6: equity and collateral are the balances plus the positions' P&L and option value.
+    pub fn new(account_id: u64, c: Collateral, pnl: f64, initial_margin: f64, maintenance_margin: f64) -> Self {
+        AccountRow {
+            account_id,
+            equity: c.cash + pnl,
+            collateral_initial: c.weighted_initial + pnl,
+            collateral_maintenance: c.weighted_maintenance + pnl,
+            initial_margin,
+            maintenance_margin,
+        }
+    }
+
+    pub fn free_collateral(&self) -> f64 {
+        self.collateral_initial - self.initial_margin
+    }
+
+    pub fn margin_excess(&self) -> f64 {
+        self.collateral_maintenance - self.maintenance_margin
+    }
+
+    /// `collateral_maintenance / MM`, `None` when MM = 0.
+    pub fn health(&self) -> Option<f64> {
+        (self.maintenance_margin != 0.0).then(|| self.collateral_maintenance / self.maintenance_margin)
+    }
+
+    pub fn status(&self) -> Status {
+        if self.equity < 0.0 {
+            Status::Bankrupt
+        } else if self.collateral_maintenance < self.maintenance_margin {
+            Status::Liquidatable
+        } else if self.collateral_initial < self.initial_margin {
+            Status::MarginCall
+        } else {
+            Status::Healthy
+        }
+    }
+
+    pub fn is_finite(&self) -> bool {
+        [self.equity, self.collateral_initial, self.collateral_maintenance, self.initial_margin, self.maintenance_margin]
+            .iter()
+            .all(|v| v.is_finite())
+    }
+}
+
+fn f64_field(name: &str) -> Field {
+    Field::new(name, DataType::Float64, false)
+}
+
+/// The schema of `margin` results.
+pub fn margin_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("account_id", DataType::UInt64, false),
+        f64_field("equity"),
+        f64_field("collateral_initial"),
+        f64_field("collateral_maintenance"),
+        f64_field("initial_margin"),
+        f64_field("maintenance_margin"),
+        f64_field("free_collateral"),
+        f64_field("margin_excess"),
+        Field::new("health", DataType::Float64, true),
+        Field::new("status", DataType::Utf8, false),
+    ]))
+}
+
+fn column(rows: &[AccountRow], f: impl Fn(&AccountRow) -> f64) -> ArrayRef {
+    Arc::new(Float64Array::from(rows.iter().map(f).collect::<Vec<f64>>()))
+}
+
+/// `margin` results as one record batch (§6 columns).
+pub fn margin_batch(rows: &[AccountRow]) -> RecordBatch {
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt64Array::from(rows.iter().map(|r| r.account_id).collect::<Vec<u64>>())),
+        column(rows, |r| r.equity),
+        column(rows, |r| r.collateral_initial),
+        column(rows, |r| r.collateral_maintenance),
+        column(rows, |r| r.initial_margin),
+        column(rows, |r| r.maintenance_margin),
+        column(rows, |r| r.free_collateral()),
+        column(rows, |r| r.margin_excess()),
+        Arc::new(rows.iter().map(|r| r.health()).collect::<Float64Array>()),
+        Arc::new(rows.iter().map(|r| Some(r.status().as_str())).collect::<StringArray>()),
+    ];
+    RecordBatch::try_new(margin_schema(), columns).expect("columns match the schema by construction")
+}
+
+/// The schema of `greeks` results.
+pub fn greeks_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("account_id", DataType::UInt64, false),
+        Field::new("underlying", DataType::Utf8, false),
+        f64_field("delta"),
+        f64_field("delta_usd"),
+        f64_field("gamma"),
+        f64_field("gamma_usd"),
+        f64_field("vega"),
+        f64_field("theta"),
+        f64_field("long_notional"),
+        f64_field("short_notional"),
+    ]))
+}
+
+/// `greeks` results as one record batch (§7 columns).
+pub fn greeks_batch(book: &Book, rows: &[GreeksRow]) -> RecordBatch {
+    let f = |g: fn(&GreeksRow) -> f64| -> ArrayRef { Arc::new(Float64Array::from(rows.iter().map(g).collect::<Vec<f64>>())) };
+    let names = &book.underlyings.names;
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt64Array::from(rows.iter().map(|r| r.account_id).collect::<Vec<u64>>())),
+        Arc::new(rows.iter().map(|r| Some(names[r.underlying as usize].as_str())).collect::<StringArray>()),
+        f(|r| r.delta),
+        f(|r| r.delta_usd),
+        f(|r| r.gamma),
+        f(|r| r.gamma_usd),
+        f(|r| r.vega),
+        f(|r| r.theta),
+        f(|r| r.long_notional),
+        f(|r| r.short_notional),
+    ];
+    RecordBatch::try_new(greeks_schema(), columns).expect("columns match the schema by construction")
+}

@@ -1,0 +1,119 @@
+//! Positions and balances as the kernels see them: keys mapped to dense ids, rows grouped by
+//! account (stable), and one [`AccountSlot`] per account present in either table.
+
+use std::borrow::Cow;
+
+use crate::accounts::{gather, merge_accounts, order_by_account, runs, AccountSlot};
+use crate::book::Book;
+use crate::error::{InputError, Result};
+use crate::table::{Domain, Table};
+
+/// Position rows in account order.
+pub struct Positions<'a> {
+    pub instrument: Vec<u32>,
+    pub quantity: Cow<'a, [f64]>,
+    pub entry_price: Option<Cow<'a, [f64]>>,
+    accounts: Vec<u64>,
+    starts: Vec<usize>,
+}
+
+/// Balance rows in account order.
+pub struct Balances<'a> {
+    pub asset: Vec<u32>,
+    pub amount: Cow<'a, [f64]>,
+    accounts: Vec<u64>,
+    starts: Vec<usize>,
+}
+
+fn reorder<'a>(values: Cow<'a, [f64]>, order: Option<&[u32]>) -> Cow<'a, [f64]> {
+    match order {
+        None => values,
+        Some(_) => Cow::Owned(gather(&values, order)),
+    }
+}
+
+fn check_row_count(t: &Table) -> Result<()> {
+    if t.num_rows() >= u32::MAX as usize {
+        return Err(InputError::new(t.name, "account_id", "more than 4,294,967,294 rows in one call; stream the table in batches"));
+    }
+    Ok(())
+}
+
+impl<'a> Positions<'a> {
+    /// Reads and validates the positions table (`account_id, instrument, quantity[, entry_price]`).
+    pub fn from_table(t: &Table<'a>, book: &Book) -> Result<Positions<'a>> {
+        check_row_count(t)?;
+        let ids = t.column("account_id")?.account_ids()?;
+        let instrument = t.column("instrument")?.map_keys(&book.instruments.index, "instrument")?;
+        let quantity = t.column("quantity")?.f64s(Domain::Finite)?;
+        let entry_price = match t.optional_column("entry_price") {
+            Some(c) => Some(c.f64s(Domain::NonNegative)?),
+            None => None,
+        };
+        let order = order_by_account(&ids);
+        let order = order.as_deref();
+        let sorted_ids: Cow<[u64]> = match order {
+            None => Cow::Borrowed(&ids[..]),
+            Some(_) => Cow::Owned(gather(&ids, order)),
+        };
+        let (accounts, starts) = runs(&sorted_ids);
+        Ok(Positions {
+            instrument: match order {
+                None => instrument,
+                Some(_) => gather(&instrument, order),
+            },
+            quantity: reorder(quantity, order),
+            entry_price: entry_price.map(|e| reorder(e, order)),
+            accounts,
+            starts,
+        })
+    }
+
+    /// Which instruments any position row references (to check the market covers them).
+    pub fn used_instruments(&self, n_instruments: usize) -> Vec<bool> {
+        let mut used = vec![false; n_instruments];
+        for i in &self.instrument {
+            used[*i as usize] = true;
+        }
+        used
+    }
+
+    pub fn empty() -> Positions<'static> {
+        Positions { instrument: Vec::new(), quantity: Cow::Owned(Vec::new()), entry_price: None, accounts: Vec::new(), starts: vec![0] }
+    }
+}
+
+impl<'a> Balances<'a> {
+    /// Reads and validates the balances table (`account_id, asset, amount`).
+    pub fn from_table(t: &Table<'a>, book: &Book) -> Result<Balances<'a>> {
+        check_row_count(t)?;
+        let ids = t.column("account_id")?.account_ids()?;
+        let asset = t.column("asset")?.map_keys(&book.assets.index, "asset")?;
+        let amount = t.column("amount")?.f64s(Domain::Finite)?;
+        let order = order_by_account(&ids);
+        let order = order.as_deref();
+        let sorted_ids: Cow<[u64]> = match order {
+            None => Cow::Borrowed(&ids[..]),
+            Some(_) => Cow::Owned(gather(&ids, order)),
+        };
+        let (accounts, starts) = runs(&sorted_ids);
+        Ok(Balances {
+            asset: match order {
+                None => asset,
+                Some(_) => gather(&asset, order),
+            },
+            amount: reorder(amount, order),
+            accounts,
+            starts,
+        })
+    }
+
+    pub fn empty() -> Balances<'static> {
+        Balances { asset: Vec::new(), amount: Cow::Owned(Vec::new()), accounts: Vec::new(), starts: vec![0] }
+    }
+}
+
+/// Every account in positions or balances, ascending, with its rows in each.
+pub fn account_slots(positions: &Positions, balances: &Balances) -> Vec<AccountSlot> {
+    merge_accounts(&positions.accounts, &positions.starts, &balances.accounts, &balances.starts)
+}

@@ -1,0 +1,273 @@
+//! `margin_engine._core`: thin pyo3 bindings over `margin-core`.
+//!
+//! Each function: extract Arrow inputs through the PyCapsule interface (zero-copy), release the
+//! GIL, call the core, turn its `InputError` into `MarginInputError` and any panic into a
+//! `RuntimeError` (a panic never crosses the FFI boundary), and return Arrow tables.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use margin_core::book::{Book as CoreBook, BookTables};
+use margin_core::engine::{self, Inputs, Model};
+use margin_core::market::{Market as CoreMarket, MarketTables};
+use margin_core::portfolio::{risk_arrays_batch, RiskArrays};
+use margin_core::table::Table;
+use margin_core::{black76 as b76, results, InputError};
+use numpy::{PyArray1, PyReadonlyArray1};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3_arrow::input::AnyRecordBatch;
+use pyo3_arrow::PyTable;
+
+pyo3::create_exception!(
+    _core,
+    MarginInputError,
+    PyValueError,
+    "Bad input: names the table, the column and up to 10 offending keys or rows."
+);
+
+/// An input table held by Rust: its batches and column names.
+struct OwnedTable {
+    name: &'static str,
+    names: Vec<String>,
+    batches: Vec<RecordBatch>,
+}
+
+impl OwnedTable {
+    fn read(obj: &Bound<'_, PyAny>, name: &'static str) -> PyResult<OwnedTable> {
+        let not_arrow = |detail: String| {
+            input_error(
+                obj.py(),
+                &InputError::new(
+                    name,
+                    "*",
+                    format!(
+                        "expected an Arrow table (pyarrow, polars, or any object with __arrow_c_stream__ / __arrow_c_array__), got {}{detail}",
+                        obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                    ),
+                ),
+            )
+        };
+        let any: AnyRecordBatch = obj.extract().map_err(|e| not_arrow(format!(" ({e})")))?;
+        let table = any.into_table().map_err(|e| not_arrow(format!(" ({})", PyErr::from(e))))?;
+        let (batches, schema) = table.into_inner();
+        let names = schema.fields().iter().map(|f| f.name().clone()).collect();
+        Ok(OwnedTable { name, names, batches })
+    }
+
+    fn table(&self) -> Table<'_> {
+        Table::new(self.name, &self.names, &self.batches)
+    }
+}
+
+fn read_optional(obj: Option<&Bound<'_, PyAny>>, name: &'static str) -> PyResult<Option<OwnedTable>> {
+    match obj {
+        Some(o) if !o.is_none() => Ok(Some(OwnedTable::read(o, name)?)),
+        _ => Ok(None),
+    }
+}
+
+/// `MarginInputError(message)` with `.table`, `.column`, `.problem`, `.offenders`, `.count`.
+fn input_error(py: Python<'_>, e: &InputError) -> PyErr {
+    let err = MarginInputError::new_err(e.to_string());
+    let value = err.value(py);
+    let _ = value.setattr("table", &e.table);
+    let _ = value.setattr("column", &e.column);
+    let _ = value.setattr("problem", &e.problem);
+    let _ = value.setattr("offenders", e.examples.clone());
+    let _ = value.setattr("count", e.count);
+    err
+}
+
+/// Runs core work without the GIL; input errors and panics become Python exceptions.
+fn run<T: Send>(py: Python<'_>, work: impl FnOnce() -> Result<T, InputError> + Send) -> PyResult<T> {
+    let outcome = py.detach(|| catch_unwind(AssertUnwindSafe(work)));
+    match outcome {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(input_error(py, &e)),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(PyRuntimeError::new_err(format!("margin-engine internal error (please report): {msg}")))
+        }
+    }
+}
+
+fn to_table(batch: RecordBatch) -> PyResult<PyTable> {
+    let schema = batch.schema();
+    PyTable::try_new(vec![batch], schema)
+}
+
+/// A validated book: instruments, assets, risk parameters and margin tiers.
+#[pyclass(module = "margin_engine._core", frozen)]
+struct Book {
+    inner: Arc<CoreBook>,
+}
+
+#[pymethods]
+impl Book {
+    #[new]
+    #[pyo3(signature = (instruments, assets, risk_params=None, margin_tiers=None))]
+    fn new(
+        py: Python<'_>,
+        instruments: &Bound<'_, PyAny>,
+        assets: &Bound<'_, PyAny>,
+        risk_params: Option<&Bound<'_, PyAny>>,
+        margin_tiers: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Book> {
+        let instruments = OwnedTable::read(instruments, "instruments")?;
+        let assets = OwnedTable::read(assets, "assets")?;
+        let risk_params = read_optional(risk_params, "risk_params")?;
+        let margin_tiers = read_optional(margin_tiers, "margin_tiers")?;
+        let book = run(py, || {
+            CoreBook::new(BookTables {
+                instruments: instruments.table(),
+                assets: assets.table(),
+                risk_params: risk_params.as_ref().map(|t| t.table()),
+                margin_tiers: margin_tiers.as_ref().map(|t| t.table()),
+            })
+        })?;
+        Ok(Book { inner: Arc::new(book) })
+    }
+
+    /// Underlying names in id order (sorted).
+    #[getter]
+    fn underlyings(&self) -> Vec<String> {
+        self.inner.underlyings.names.clone()
+    }
+
+    #[getter]
+    fn num_instruments(&self) -> usize {
+        self.inner.instruments.len()
+    }
+}
+
+/// Market data validated on its own (resolved against a book at each call).
+#[pyclass(module = "margin_engine._core", frozen)]
+struct Market {
+    inner: Arc<MarketTables>,
+}
+
+#[pymethods]
+impl Market {
+    #[new]
+    fn new(py: Python<'_>, index_prices: &Bound<'_, PyAny>, marks: &Bound<'_, PyAny>, valuation_time_ns: i64) -> PyResult<Market> {
+        let index_prices = OwnedTable::read(index_prices, "index_prices")?;
+        let marks = OwnedTable::read(marks, "marks")?;
+        let tables = run(py, || MarketTables::new(&index_prices.table(), &marks.table(), valuation_time_ns))?;
+        Ok(Market { inner: Arc::new(tables) })
+    }
+
+    #[getter]
+    fn valuation_time_ns(&self) -> i64 {
+        self.inner.valuation_ns
+    }
+}
+
+fn parse_model(model: &str) -> PyResult<Model> {
+    match model {
+        "standard" => Ok(Model::Standard),
+        "portfolio" => Ok(Model::Portfolio),
+        other => Err(PyValueError::new_err(format!("model must be 'standard' or 'portfolio', got {other:?}"))),
+    }
+}
+
+/// Margin of every account (§6 columns).
+#[pyfunction]
+#[pyo3(signature = (book, market, positions, balances, model="standard", threads=None))]
+fn margin(
+    py: Python<'_>,
+    book: &Book,
+    market: &Market,
+    positions: &Bound<'_, PyAny>,
+    balances: &Bound<'_, PyAny>,
+    model: &str,
+    threads: Option<usize>,
+) -> PyResult<PyTable> {
+    let model = parse_model(model)?;
+    let positions = OwnedTable::read(positions, "positions")?;
+    let balances = OwnedTable::read(balances, "balances")?;
+    let (book, tables) = (book.inner.clone(), market.inner.clone());
+    let batch = run(py, || {
+        engine::with_threads(threads, || {
+            let market = CoreMarket::resolve(&book, &tables)?;
+            let inputs = Inputs::new(&book, &market, Some(&positions.table()), Some(&balances.table()))?;
+            let rows = engine::margin(&book, &market, &inputs, model)?;
+            Ok(results::margin_batch(&rows))
+        })?
+    })?;
+    to_table(batch)
+}
+
+/// Greeks per account × underlying (§7 columns).
+#[pyfunction]
+#[pyo3(signature = (book, market, positions, threads=None))]
+fn greeks(py: Python<'_>, book: &Book, market: &Market, positions: &Bound<'_, PyAny>, threads: Option<usize>) -> PyResult<PyTable> {
+    let positions = OwnedTable::read(positions, "positions")?;
+    let (book, tables) = (book.inner.clone(), market.inner.clone());
+    let batch = run(py, || {
+        engine::with_threads(threads, || {
+            let market = CoreMarket::resolve(&book, &tables)?;
+            let inputs = Inputs::new(&book, &market, Some(&positions.table()), None)?;
+            let rows = engine::greeks(&book, &market, &inputs)?;
+            Ok(results::greeks_batch(&book, &rows))
+        })?
+    })?;
+    to_table(batch)
+}
+
+/// Per-contract scenario P&L of every instrument with a mark (§4), long format.
+#[pyfunction]
+fn risk_arrays(py: Python<'_>, book: &Book, market: &Market) -> PyResult<PyTable> {
+    let (book, tables) = (book.inner.clone(), market.inner.clone());
+    let batch = run(py, || {
+        let market = CoreMarket::resolve(&book, &tables)?;
+        Ok(risk_arrays_batch(&book, &RiskArrays::new(&book, &market)))
+    })?;
+    to_table(batch)
+}
+
+type Arrays<'py> = (
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<f64>>,
+);
+
+/// Black-76 price, delta, gamma, vega, theta over equal-length float64 / bool arrays (§5).
+#[pyfunction]
+fn black76<'py>(
+    py: Python<'py>,
+    forward: PyReadonlyArray1<'py, f64>,
+    strike: PyReadonlyArray1<'py, f64>,
+    time: PyReadonlyArray1<'py, f64>,
+    vol: PyReadonlyArray1<'py, f64>,
+    is_call: PyReadonlyArray1<'py, bool>,
+) -> PyResult<Arrays<'py>> {
+    let (f, k, t, v, c) = (forward.as_slice()?, strike.as_slice()?, time.as_slice()?, vol.as_slice()?, is_call.as_slice()?);
+    let n = f.len();
+    if [k.len(), t.len(), v.len(), c.len()].iter().any(|l| *l != n) {
+        return Err(PyValueError::new_err("black76: all inputs must have the same length"));
+    }
+    let g = run(py, || Ok(b76::greeks_batch(f, k, t, v, c)))?;
+    let col = |x: fn(&b76::Greeks) -> f64| PyArray1::from_vec(py, g.iter().map(x).collect());
+    Ok((col(|g| g.price), col(|g| g.delta), col(|g| g.gamma), col(|g| g.vega), col(|g| g.theta)))
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("MarginInputError", m.py().get_type::<MarginInputError>())?;
+    m.add_class::<Book>()?;
+    m.add_class::<Market>()?;
+    m.add_function(wrap_pyfunction!(margin, m)?)?;
+    m.add_function(wrap_pyfunction!(greeks, m)?)?;
+    m.add_function(wrap_pyfunction!(risk_arrays, m)?)?;
+    m.add_function(wrap_pyfunction!(black76, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
