@@ -443,6 +443,13 @@ def books(draw: Draw, max_accounts: int = 25) -> dict[str, Any]:
         assets_data["underlying"] = pa.array(acols["underlying"], pa.utf8())
     assets = pa.table(assets_data)
     risk_params = draw(_risk_params(underlyings))
+    # Index prices only for underlyings the book knows (an unknown underlying is bad input).
+    known = set(instruments.column("underlying").to_pylist())
+    if "underlying" in assets.column_names:
+        known |= {u for u in assets.column("underlying").to_pylist() if u is not None}
+    if risk_params is not None:
+        known |= set(risk_params.column("underlying").to_pylist())
+    index_prices = index_prices.filter(pa.array([u in known for u in index_prices.column("underlying").to_pylist()]))
 
     # --- accounts --------------------------------------------------------------------------------
     account_ids = draw(

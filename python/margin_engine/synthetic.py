@@ -508,8 +508,9 @@ def _sorted_uniforms(rng, counts: np.ndarray, lo: np.ndarray, hi: np.ndarray) ->
     uniforms. The (n+1)-th exponential of each account is drawn separately."""
     c = np.cumsum(rng.standard_exponential(int(counts.sum())))
     ends = np.cumsum(counts)
-    before = np.concatenate([[0.0], c])[ends - counts]       # partial sum before the account
-    total = np.concatenate([[0.0], c])[ends] - before + rng.standard_exponential(len(counts))
+    upto = np.where(ends > 0, c[np.maximum(ends - 1, 0)] if len(c) else 0.0, 0.0)
+    before = np.concatenate([[0.0], upto[:-1]])         # partial sum before each account
+    total = upto - before + rng.standard_exponential(len(counts))
     slope = (hi - lo) / total
     c *= np.repeat(slope, counts)
     c += np.repeat(lo - before * slope, counts)

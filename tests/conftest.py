@@ -1,0 +1,62 @@
+"""Shared test helpers: building engine objects from strategy examples, comparing tables."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, settings
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+settings.register_profile(
+    "default",
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
+settings.load_profile("default")
+
+REL = 1e-9
+ABS = 1e-9
+
+
+def engine_objects(example: dict[str, Any]) -> tuple[Any, Any]:
+    import margin_engine as me
+
+    book = me.Book(example["instruments"], example["assets"], example["risk_params"], example["margin_tiers"])
+    market = me.Market(example["index_prices"], example["marks"], example["valuation_time_ns"])
+    return book, market
+
+
+def close(a: float | None, b: float | None, rel: float = REL, abs_: float = ABS) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return math.isclose(a, b, rel_tol=rel, abs_tol=abs_)
+
+
+def assert_tables_close(got: pa.Table, want: pa.Table, scale_columns: dict[str, float] | None = None) -> None:
+    """Same columns, same rows in the same order; floats to 1e-9 relative (1e-9 absolute near
+    zero, or relative to a per-row scale for columns that are differences of large numbers),
+    everything else exactly."""
+    assert got.column_names == want.column_names
+    assert got.num_rows == want.num_rows, (got.num_rows, want.num_rows)
+    for name in got.column_names:
+        g = got.column(name).to_pylist()
+        w = want.column(name).to_pylist()
+        if pa.types.is_floating(got.schema.field(name).type):
+            bad = [(i, x, y) for i, (x, y) in enumerate(zip(g, w)) if not close(x, y)]
+            assert not bad, f"column {name}: {len(bad)} rows differ, first {bad[:5]}"
+        else:
+            assert g == w, f"column {name} differs"
+
+
+@pytest.fixture(scope="session")
+def me_module() -> Any:
+    import margin_engine
+
+    return margin_engine
