@@ -6,7 +6,19 @@ as the oracle of the differential tests. See ``docs/`` and the methodology for t
 """
 
 from margin_engine._core import MarginInputError, __version__
-from margin_engine.api import Black76, Book, Market, Model, black76, greeks, margin, risk_arrays
+from margin_engine.api import (
+    Black76,
+    Book,
+    Market,
+    Model,
+    black76,
+    greeks,
+    liquidation_distance,
+    liquidation_map,
+    liquidation_scan,
+    margin,
+    risk_arrays,
+)
 
 __all__ = [
     "Black76",
@@ -17,6 +29,9 @@ __all__ = [
     "__version__",
     "black76",
     "greeks",
+    "liquidation_distance",
+    "liquidation_map",
+    "liquidation_scan",
     "margin",
     "risk_arrays",
 ]

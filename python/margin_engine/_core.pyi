@@ -35,3 +35,19 @@ def risk_arrays(book: Book, market: Market) -> Any: ...
 def black76(
     forward: np.ndarray, strike: np.ndarray, time: np.ndarray, vol: np.ndarray, is_call: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
+def liquidation_scan(
+    book: Book,
+    market: Market,
+    positions: Any,
+    balances: Any,
+    model: str = "standard",
+    stress: list[tuple[str, float]] | None = None,
+    distance: bool = False,
+    threads: int | None = None,
+) -> Any: ...
+def liquidation_distance(
+    book: Book, market: Market, positions: Any, balances: Any, model: str = "standard", threads: int | None = None
+) -> Any: ...
+def liquidation_map(
+    book: Book, market: Market, positions: Any, balances: Any, model: str = "standard", threads: int | None = None
+) -> Any: ...

@@ -5,6 +5,9 @@ Tables go to Rust through the Arrow PyCapsule interface, zero-copy: anything wit
 as it is. A few common non-Arrow inputs (a pandas DataFrame without the interface, a dict of
 columns) are converted with pyarrow first. Anything else is a :class:`MarginInputError` naming
 the table.
+
+Errors raised here carry the same attributes as the core's (``table``, ``column``, ``problem``,
+``offenders``, ``count``), so callers can handle every bad input the same way.
 """
 
 from __future__ import annotations
@@ -18,6 +21,34 @@ import pyarrow as pa
 from margin_engine._core import MarginInputError
 
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+# numpy datetime64 units finer than a second: nanoseconds per tick, or (1, ticks per nanosecond)
+_FINE_UNITS: dict[str, Any] = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1, "ps": (1, 1_000), "fs": (1, 1_000_000), "as": (1, 1_000_000_000)}
+
+
+def input_error(table: str, column: str, problem: str, offenders: list[str] | None = None) -> MarginInputError:
+    """A :class:`MarginInputError` formatted and attributed like the core's:
+    ``"<table>.<column>: <problem> (N offending: ...)"``."""
+    offenders = list(offenders or [])
+    message = f"{table}.{column}: {problem}"
+    if offenders:
+        message += f" ({len(offenders)} offending: {', '.join(offenders)})"
+    err = MarginInputError(message)
+    err.table = table
+    err.column = column
+    err.problem = problem
+    err.offenders = offenders
+    err.count = len(offenders)
+    return err
+
+
+def _not_a_table(table: str, obj: Any, detail: str = "") -> MarginInputError:
+    return input_error(
+        table,
+        "*",
+        "expected an Arrow table (pyarrow, polars, pandas, duckdb, or any object with "
+        f"__arrow_c_stream__ / __arrow_c_array__), got {type(obj).__name__}{detail}",
+    )
 
 
 def arrow_input(obj: Any, table: str) -> Any:
@@ -28,17 +59,14 @@ def arrow_input(obj: Any, table: str) -> Any:
         try:
             return pa.table(obj)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
-            raise MarginInputError(f"{table}.*: cannot build an Arrow table from this dict ({e})") from e
+            raise input_error(table, "*", f"cannot build an Arrow table from this dict ({e})") from e
     module = type(obj).__module__.split(".")[0]
     if module == "pandas":
         try:
             return pa.Table.from_pandas(obj, preserve_index=False)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-            raise MarginInputError(f"{table}.*: cannot convert this pandas DataFrame to Arrow ({e})") from e
-    raise MarginInputError(
-        f"{table}.*: expected an Arrow table (pyarrow, polars, pandas, duckdb, or any object with "
-        f"__arrow_c_stream__), got {type(obj).__name__}"
-    )
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
+            raise input_error(table, "*", f"cannot convert this pandas object to Arrow ({e})") from e
+    raise _not_a_table(table, obj)
 
 
 def arrow_table(obj: Any, table: str) -> pa.Table:
@@ -47,36 +75,58 @@ def arrow_table(obj: Any, table: str) -> pa.Table:
     if isinstance(obj, pa.Table):
         return obj
     try:
-        return pa.table(obj)
+        result = pa.table(obj)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
-        raise MarginInputError(f"{table}.*: cannot read as an Arrow table ({e})") from e
+        raise _not_a_table(table, obj, f" ({e})") from e
+    if not isinstance(result, pa.Table):
+        raise _not_a_table(table, obj)
+    return result
+
+
+def _valuation_error(problem: str) -> MarginInputError:
+    return input_error("market", "valuation_time", problem)
+
+
+def _checked_ns(ns: int, value: Any) -> int:
+    if not _I64_MIN <= ns <= _I64_MAX:
+        raise _valuation_error(f"out of range: {value!r} is not representable as int64 nanoseconds since the epoch")
+    return ns
 
 
 def timestamp_ns(value: Any) -> int:
     """Nanoseconds since the epoch (UTC) of a datetime, numpy datetime64, pandas Timestamp,
     ISO string or integer nanoseconds. A naive datetime is taken as UTC."""
-    if isinstance(value, bool):
-        raise MarginInputError(f"market.valuation_time: expected a timestamp, got {value!r}")
+    if isinstance(value, (bool, np.bool_)):
+        raise _valuation_error(f"expected a timestamp, got {value!r}")
     if isinstance(value, (int, np.integer)):
-        return int(value)
+        return _checked_ns(int(value), value)
     if hasattr(value, "value") and type(value).__module__.startswith("pandas"):
+        if value != value:  # pandas.NaT
+            raise _valuation_error("NaT is not a valuation time")
         if value.tzinfo is None:
-            return int(value.value)
-        return int(value.tz_convert("UTC").value)
+            return _checked_ns(int(value.value), value)
+        return _checked_ns(int(value.tz_convert("UTC").value), value)
     if isinstance(value, np.datetime64):
         if np.isnat(value):
-            raise MarginInputError("market.valuation_time: NaT is not a valuation time")
-        return int(value.astype("datetime64[ns]").astype(np.int64))
+            raise _valuation_error("NaT is not a valuation time")
+        unit, count = np.datetime_data(value.dtype)
+        if unit in _FINE_UNITS:  # integer arithmetic in Python: no silent int64 wrap-around
+            ticks = int(value.astype(np.int64)) * count
+            scale = _FINE_UNITS[unit]
+            ns = ticks * scale if isinstance(scale, int) else ticks // scale[1]
+        else:  # calendar units (Y, M, W, D, h, m): whole seconds first
+            ns = int(value.astype("datetime64[s]").astype(np.int64)) * 1_000_000_000
+        return _checked_ns(ns, value)
     if isinstance(value, str):
         try:
             value = _dt.datetime.fromisoformat(value)
         except ValueError as e:
-            raise MarginInputError(f"market.valuation_time: not an ISO timestamp: {value!r}") from e
+            raise _valuation_error(f"not an ISO timestamp: {value!r}") from e
     if isinstance(value, _dt.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=_dt.timezone.utc)
         delta = value - _EPOCH
-        return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+        return _checked_ns((delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000, value)
     if isinstance(value, _dt.date):
         return timestamp_ns(_dt.datetime(value.year, value.month, value.day))
-    raise MarginInputError(f"market.valuation_time: expected a timestamp, got {type(value).__name__}")
+    raise _valuation_error(f"expected a timestamp, got {type(value).__name__}")

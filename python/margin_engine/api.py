@@ -103,6 +103,79 @@ def greeks(book: Book, positions: Any, market: Market, threads: int | None = Non
     return _table(_core.greeks(book._core, market._core, arrow_input(positions, "positions"), threads))
 
 
+def _stress_pairs(stress: Any) -> list[tuple[str, float]] | None:
+    if stress is None:
+        return None
+    if not isinstance(stress, dict):
+        raise _core.MarginInputError(f"stress.*: expected a dict {{underlying: move}}, got {type(stress).__name__}")
+    pairs = []
+    for underlying, move in stress.items():
+        try:
+            pairs.append((str(underlying), float(move)))
+        except (TypeError, ValueError) as e:
+            raise _core.MarginInputError(f"stress.move: not a number for {underlying!r}: {move!r}") from e
+    return pairs
+
+
+def liquidation_scan(
+    book: Book,
+    positions: Any,
+    balances: Any,
+    market: Market,
+    model: Model = "standard",
+    stress: dict[str, float] | None = None,
+    distance: bool = False,
+    threads: int | None = None,
+) -> pa.Table:
+    """The liquidation scan (METHODOLOGY §8): the §6 columns plus ``shortfall``
+    (``max(0, MM − collateral_maintenance)``), sorted bankrupt, liquidatable, margin call,
+    healthy, then by shortfall descending.
+
+    ``stress={"BTC": -0.2}`` first moves BTC's index price, marks (options repriced with
+    Black-76) and BTC-linked collateral by −20%. ``distance=True`` adds ``nearest_move`` and
+    ``nearest_underlying``: the smallest move of one underlying that makes the account liquidatable.
+    """
+    return _table(
+        _core.liquidation_scan(
+            book._core,
+            market._core,
+            arrow_input(positions, "positions"),
+            arrow_input(balances, "balances"),
+            model,
+            _stress_pairs(stress),
+            distance,
+            threads,
+        )
+    )
+
+
+def liquidation_distance(
+    book: Book, positions: Any, balances: Any, market: Market, model: Model = "standard", threads: int | None = None
+) -> pa.Table:
+    """Distance to liquidation per account × underlying it is exposed to (METHODOLOGY §8):
+    ``move_down, move_up`` (relative moves of that underlying alone, interpolated on a 0.5% grid
+    out to ±50%; null if never reached) and the matching ``liquidation_price_down/up``."""
+    return _table(
+        _core.liquidation_distance(
+            book._core, market._core, arrow_input(positions, "positions"), arrow_input(balances, "balances"), model, threads
+        )
+    )
+
+
+def liquidation_map(
+    book: Book, positions: Any, balances: Any, market: Market, model: Model = "standard", threads: int | None = None
+) -> pa.Table:
+    """The liquidation map of the whole book: for each underlying and grid level (−50%..+50% in
+    0.5% steps), how many accounts first become liquidatable there, with their notional in the
+    underlying and their maintenance collateral (plus cumulative columns, from the current price
+    outward). Level 0 counts the accounts liquidatable already."""
+    return _table(
+        _core.liquidation_map(
+            book._core, market._core, arrow_input(positions, "positions"), arrow_input(balances, "balances"), model, threads
+        )
+    )
+
+
 def risk_arrays(book: Book, market: Market) -> pa.Table:
     """The per-contract scenario P&L of every instrument with a mark (METHODOLOGY §4), one row
     per instrument × scenario: ``instrument, underlying, scenario, move, vol_state, extreme, pnl``."""

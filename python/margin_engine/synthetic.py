@@ -22,12 +22,12 @@ Market.
 
 Accounts.
     Ids are random large uint64 (a sorted random walk with large gaps, from just below 2**32
-    upward, so 32-bit truncation bugs show). Each
-    account has a type: perpetual trader (few rows, perpetuals only), options trader focused on
-    one of BTC/ETH/SOL (its futures and options), diversified pro (anything, many rows), or
-    idle (balances, no positions). Rows per account are heavy tailed (mostly 1-5, some
-    hundreds, ~10 on average); position sizes are log-normal in USD (an account size effect
-    times a row effect, $100 to $10M) converted to whole contracts.
+    upward, so 32-bit truncation bugs show). Each account has a type: perpetual trader (few
+    rows, perpetuals only), options trader focused on one of BTC/ETH/SOL (its futures and
+    options), diversified pro (anything, many rows), or idle (balances, no positions). Rows
+    per account are heavy tailed (mostly 1-5, some hundreds, ~10 on average); position sizes
+    are log-normal in USD (an account size effect times a row effect, $100 to $10M) converted
+    to whole contracts.
 
 Positions.
     Instruments are drawn by popularity (perpetuals, near expiries and near-the-money options
@@ -62,14 +62,14 @@ import json
 import math
 import pathlib
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-__all__ = ["SyntheticBook", "generate", "VALUATION_TIME", "TABLE_NAMES"]
+__all__ = ["TABLE_NAMES", "VALUATION_TIME", "SyntheticBook", "black76", "generate"]
 
 VALUATION_TIME = dt.datetime(2026, 11, 25, 8, 0, tzinfo=dt.timezone.utc)
 TABLE_NAMES = ("instruments", "assets", "margin_tiers", "positions", "balances",
@@ -99,9 +99,9 @@ class _Underlying:
     tier_scale: float = 0.0        # risk-limit brackets: floors × tier_scale (0: no tiers)
 
 
-_UNDERLYINGS = (
-    _Underlying("BTC", 90_000.0, 0.001, 0.01, 0.02, 0.01, 0.36, 0.50, 0.07, (1, 3, 5), (4, 4, 5), 1.0),
-    _Underlying("ETH", 3_000.0, 0.01, 0.1, 0.025, 0.0125, 0.24, 0.65, 0.08, (1, 3, 5), (4, 4, 5), 0.5),
+_UNDERLYINGS = (  # name, index, multipliers, imr, mmr, popularity, vol, basis, expiries, tiers
+    _Underlying("BTC", 90e3, 0.001, 0.01, 0.02, 0.01, 0.36, 0.50, 0.07, (1, 3, 5), (4, 4, 5), 1.0),
+    _Underlying("ETH", 3e3, 0.01, 0.1, 0.025, 0.0125, 0.24, 0.65, 0.08, (1, 3, 5), (4, 4, 5), 0.5),
     _Underlying("SOL", 150.0, 0.1, 1.0, 0.04, 0.02, 0.13, 0.85, 0.10, (0, 1, 3), (3, 4, 3), 0.25),
     _Underlying("XRP", 2.2, 10.0, 0.0, 0.05, 0.025, 0.06, 0.90, 0.10, (0, 0, 2), (0, 0, 0)),
     _Underlying("BNB", 650.0, 0.01, 0.0, 0.05, 0.025, 0.04, 0.70, 0.08, (0, 0, 2), (0, 0, 0)),
@@ -178,7 +178,7 @@ class _Market:
     block: np.ndarray          # per underlying: [first, end) ids of its futures and options
     n_perps: int
     futures_of: list[np.ndarray]   # per underlying: futures ids by expiry
-    chains: "_Chains"
+    chains: _Chains
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,7 +247,8 @@ def _strike_text(strike: float) -> str:
 
 def _norm_cdf(x: np.ndarray) -> np.ndarray:
     """Standard normal CDF, elementwise (numpy has no erf; used on ~2,000 values)."""
-    return np.array([0.5 * math.erfc(-v / math.sqrt(2.0)) for v in np.ravel(x)]).reshape(np.shape(x))
+    values = [0.5 * math.erfc(-v / math.sqrt(2.0)) for v in np.ravel(x)]
+    return np.array(values).reshape(np.shape(x))
 
 
 def black76(forward, strike, t_years, vol, is_call):
@@ -273,16 +274,23 @@ def _smile(atm_vol: np.ndarray, moneyness_log: np.ndarray, t_years: np.ndarray) 
 # Market: instruments, marks, tiers, assets
 # ----------------------------------------------------------------------------------------------
 
+def _instrument_row(name, kind, und, expiry, strike, option_type) -> dict:
+    u = _UNDERLYINGS[und]
+    option = kind == "option"
+    return {"instrument": name, "kind": kind, "und": und, "expiry": expiry, "strike": strike,
+            "option_type": option_type,
+            "imr": _OPTION_IMR if option else u.imr, "mmr": _OPTION_MMR if option else u.mmr,
+            "mult": u.option_multiplier if option else u.linear_multiplier}
+
+
 def _instrument_rows(valuation_ns: int) -> list[dict]:
     """One dict per instrument: perpetuals first, then per underlying its futures and options."""
-    rows = [dict(instrument=f"{u.name}-PERP", kind="perpetual", und=i, expiry=None, strike=None,
-                 option_type=None, imr=u.imr, mmr=u.mmr, mult=u.linear_multiplier)
+    rows = [_instrument_row(f"{u.name}-PERP", "perpetual", i, None, None, None)
             for i, u in enumerate(_UNDERLYINGS)]
     for i, u in enumerate(_UNDERLYINGS):
         for expiry in _expiries(*u.futures):
-            rows.append(dict(instrument=f"{u.name}-{_expiry_code(expiry)}", kind="future", und=i,
-                             expiry=expiry, strike=None, option_type=None, imr=u.imr, mmr=u.mmr,
-                             mult=u.linear_multiplier))
+            rows.append(_instrument_row(f"{u.name}-{_expiry_code(expiry)}", "future", i, expiry,
+                                        None, None))
         if not u.option_multiplier:
             continue
         ladder = _strike_ladder(u.index)
@@ -292,12 +300,10 @@ def _instrument_rows(valuation_ns: int) -> list[dict]:
             lo, hi = max(0.4, math.exp(-width)), min(2.5, math.exp(width))
             for strike in ladder[(ladder >= lo * u.index) & (ladder <= hi * u.index)]:
                 for option_type in ("call", "put"):
-                    rows.append(dict(
-                        instrument=f"{u.name}-{_expiry_code(expiry)}-{_strike_text(strike)}-"
-                                   f"{option_type[0].upper()}",
-                        kind="option", und=i, expiry=expiry, strike=float(strike),
-                        option_type=option_type, imr=_OPTION_IMR, mmr=_OPTION_MMR,
-                        mult=u.option_multiplier))
+                    name = (f"{u.name}-{_expiry_code(expiry)}-{_strike_text(strike)}-"
+                            f"{option_type[0].upper()}")
+                    rows.append(_instrument_row(name, "option", i, expiry, float(strike),
+                                                option_type))
     return rows
 
 
@@ -629,8 +635,10 @@ def _structure_rows(rng, m: _Market, acc: _Accounts):
     hedge = np.where(use_perp, m.perp_of[und], ch.hedge_future[chain])
     hedge_q = opt_q * np.rint(m.mult[ch.call[ch.lo[chain]]] / m.mult[hedge])
     shape = rng.choice(6, size=s, p=(0.25, 0.15, 0.10, 0.20, 0.15, 0.15))
-    mny = lambda lo_, hi_: lo_ + (hi_ - lo_) * rng.random(s)  # noqa: E731
     legs = []
+
+    def mny(lo_, hi_):
+        return lo_ + (hi_ - lo_) * rng.random(s)
 
     def leg(sel, instr, q):
         legs.append((owner[sel], instr[sel], q[sel]))
@@ -667,7 +675,7 @@ def _structure_rows(rng, m: _Market, acc: _Accounts):
     sel &= n_fut >= 2
     near = rng.integers(0, np.maximum(n_fut - 1, 1))
     far = near + 1 + rng.integers(0, np.maximum(n_fut - near - 1, 1))
-    fut_table = np.full((len(_UNDERLYINGS), max(n_fut.max(initial=1), 1)), -1)
+    fut_table = np.full((len(_UNDERLYINGS), max(len(f) for f in m.futures_of)), -1)
     for u, f in enumerate(m.futures_of):
         fut_table[u, :len(f)] = f
     far = np.minimum(far, n_fut - 1)
@@ -975,7 +983,7 @@ class SyntheticBook:
         return path
 
     @classmethod
-    def read_parquet(cls, directory) -> "SyntheticBook":
+    def read_parquet(cls, directory) -> SyntheticBook:
         path = pathlib.Path(directory)
         meta = json.loads((path / "meta.json").read_text())
         tables = {name: pq.read_table(path / f"{name}.parquet").combine_chunks()

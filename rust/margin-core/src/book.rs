@@ -207,6 +207,9 @@ fn check_rows(t: &str, column: &str, problem: &str, labels: &[String], bad: impl
 impl Book {
     pub fn new(tables: BookTables) -> Result<Book> {
         let BookTables { instruments, assets, risk_params, margin_tiers } = tables;
+        for t in [Some(&instruments), Some(&assets), risk_params.as_ref(), margin_tiers.as_ref()].into_iter().flatten() {
+            t.check_unique_column_names()?;
+        }
 
         // Keys first, so every later error can name rows by key.
         let instrument_keys = instruments.column("instrument")?.keys()?;

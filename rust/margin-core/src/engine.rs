@@ -14,6 +14,7 @@ use crate::portfolio::{self, RiskArrays};
 use crate::results::AccountRow;
 use crate::rows::{account_slots, Balances, Positions};
 use crate::standard;
+use crate::stress::revalue;
 use crate::table::Table;
 use crate::valuation::{net_positions, value_balances, BalanceScratch, Collateral, Scratch};
 
@@ -64,11 +65,26 @@ impl<'a> Inputs<'a> {
 
 /// Margin of every account under `model` (§3 / §4, with §2 collateral and §6 status).
 pub fn margin(book: &Book, market: &Market, inputs: &Inputs, model: Model) -> Result<Vec<AccountRow>> {
+    margin_under(book, market, None, inputs, model)
+}
+
+/// A moved market: the stressed market data and collateral asset prices (see [`crate::stress`]).
+pub struct Stress<'m> {
+    pub market: &'m Market,
+    pub asset_price: &'m [f64],
+}
+
+/// [`margin`] under an optional stress: positions are netted and valued at the `base` market,
+/// revalued to the stressed marks, then margined in the stressed market.
+pub fn margin_under(book: &Book, base: &Market, stress: Option<Stress>, inputs: &Inputs, model: Model) -> Result<Vec<AccountRow>> {
+    let (market, asset_price) = match &stress {
+        Some(s) => (s.market, s.asset_price),
+        None => (base, &book.assets.price[..]),
+    };
     let risk = match model {
         Model::Standard => None,
         Model::Portfolio => Some(RiskArrays::new(book, market)),
     };
-    let asset_price = &book.assets.price;
     let rows: Vec<(AccountRow, u32)> = inputs
         .slots
         .par_iter()
@@ -76,7 +92,12 @@ pub fn margin(book: &Book, market: &Market, inputs: &Inputs, model: Model) -> Re
         .map_init(
             || (Scratch::default(), BalanceScratch::default(), portfolio::Scratch::default()),
             |(scratch, balance_scratch, portfolio_scratch), slot| {
-                net_positions(slot.positions.clone(), &inputs.positions, book, market, scratch);
+                net_positions(slot.positions.clone(), &inputs.positions, book, base, scratch);
+                if stress.is_some() {
+                    for p in scratch.net.iter_mut() {
+                        *p = revalue(book, base, market, p);
+                    }
+                }
                 let (collateral, duplicate) =
                     match value_balances(slot.balances.clone(), &inputs.balances, book, asset_price, balance_scratch) {
                         Ok(c) => (c, u32::MAX),

@@ -15,11 +15,13 @@ pub mod book;
 pub mod engine;
 pub mod error;
 pub mod greeks;
+pub mod liquidation;
 pub mod market;
 pub mod portfolio;
 pub mod results;
 pub mod rows;
 pub mod standard;
+pub mod stress;
 pub mod table;
 pub mod valuation;
 

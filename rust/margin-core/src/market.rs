@@ -40,11 +40,12 @@ pub struct MarketTables {
 
 impl MarketTables {
     pub fn new(index_prices: &Table, marks: &Table, valuation_ns: i64) -> Result<MarketTables> {
+        index_prices.check_unique_column_names()?;
+        marks.check_unique_column_names()?;
         let underlyings_col = index_prices.column("underlying")?;
-        let underlyings: Vec<String> = underlyings_col.keys()?.into_iter().map(|k| match k {
-            Key::Str(s) => s,
-            Key::Int(i) => i.to_string(),
-        }).collect();
+        underlyings_col.check_no_nulls()?;
+        let underlyings: Vec<String> =
+            underlyings_col.strings_nullable()?.into_iter().map(|s| s.unwrap_or_default()).collect();
         let keys: Vec<Key> = underlyings.iter().map(|u| Key::Str(u.clone())).collect();
         KeyIndex::build(&keys, index_prices.name, "underlying")?;
         let index_price = index_prices.with_labels(&underlyings).column("index_price")?.f64s(Domain::Positive)?.into_owned();
@@ -120,6 +121,16 @@ impl Market {
         let mut mark_price = vec![f64::NAN; n];
         let mut implied_vol = vec![f64::NAN; n];
         let mut greeks = tables.greeks.as_ref().map(|_| vec![None; n]);
+        if let (Some(first), false) = (tables.instruments.first(), ins.is_empty()) {
+            if matches!(first, Key::Int(_)) != ins.index.is_int() {
+                let (got, want) = if ins.index.is_int() { ("utf8", "integer") } else { ("integer", "utf8") };
+                return Err(InputError::new(
+                    "marks",
+                    "instrument",
+                    format!("wrong type: {got} keys, but the book's instruments have {want} keys"),
+                ));
+            }
+        }
         let mut unknown = Offenders::default();
         let mut no_vol = Offenders::default();
         let mut no_greeks = Offenders::default();

@@ -87,13 +87,22 @@ pub struct RiskArrays {
 
 impl RiskArrays {
     pub fn new(book: &Book, market: &Market) -> RiskArrays {
+        Self::build(book, market, None)
+    }
+
+    /// Risk arrays of the instruments of one underlying only (the others get none).
+    pub fn for_underlying(book: &Book, market: &Market, underlying: usize) -> RiskArrays {
+        Self::build(book, market, Some(underlying))
+    }
+
+    fn build(book: &Book, market: &Market, only: Option<usize>) -> RiskArrays {
         let ins = &book.instruments;
         let scenarios: Vec<Vec<Scenario>> = book.underlyings.risk.iter().map(scenarios).collect();
         let mut offset = Vec::with_capacity(ins.len());
         let mut total = 0;
         for id in 0..ins.len() {
             let u = ins.underlying[id] as usize;
-            if market.mark_price[id].is_nan() || market.index_price[u].is_nan() {
+            if market.mark_price[id].is_nan() || market.index_price[u].is_nan() || only.is_some_and(|o| o != u) {
                 offset.push(None);
             } else {
                 offset.push(Some(total));
@@ -142,14 +151,12 @@ fn instrument_array(book: &Book, market: &Market, id: usize, scenarios: &[Scenar
         .collect()
 }
 
-/// Per-thread scratch: one account's scenario P&L per underlying it touches.
+/// Per-thread scratch: the account's netted positions grouped by underlying, and one
+/// underlying's scenario P&L.
 #[derive(Default)]
 pub struct Scratch {
-    /// Block start in `pnl` per underlying id (usize::MAX: untouched).
-    block: Vec<usize>,
-    touched: Vec<u32>,
+    grouped: Vec<(u32, NetPosition)>,
     pnl: Vec<f64>,
-    short_minimum: Vec<f64>,
 }
 
 /// Margin of one underlying's scenario P&L (§4).
@@ -182,66 +189,55 @@ pub fn underlying_margin(params: &RiskParams, scenarios: &[Scenario], pnl: &[f64
     }
 }
 
-/// Calls `visit(underlying, scenario P&L, short-option minimum)` for each underlying of the
-/// account's netted positions, in underlying-id order.
-pub fn for_each_underlying(
+/// Margin of the netted positions of one underlying `u` (all in `u`, in instrument order):
+/// `P_s = Σ q × array_s` accumulated in `pnl`, then [`underlying_margin`].
+pub fn positions_margin<'p>(
     book: &Book,
-    market: &Market,
+    spot: f64,
     risk: &RiskArrays,
-    net: &[NetPosition],
-    scratch: &mut Scratch,
-    mut visit: impl FnMut(usize, &[f64], f64),
-) {
+    u: usize,
+    positions: impl Iterator<Item = &'p NetPosition>,
+    pnl: &mut Vec<f64>,
+) -> UnderlyingMargin {
     let ins = &book.instruments;
-    let n_underlyings = book.underlyings.names.len();
-    if scratch.block.len() != n_underlyings {
-        scratch.block = vec![usize::MAX; n_underlyings];
-    }
-    scratch.touched.clear();
-    scratch.pnl.clear();
-    scratch.short_minimum.clear();
-    for p in net {
+    let params = &book.underlyings.risk[u];
+    let scenarios = &risk.scenarios[u];
+    pnl.clear();
+    pnl.resize(scenarios.len(), 0.0);
+    let mut short_minimum = 0.0;
+    for p in positions {
         let id = p.instrument as usize;
-        let u = ins.underlying[id] as usize;
-        let len = risk.scenarios[u].len();
-        if scratch.block[u] == usize::MAX {
-            scratch.block[u] = scratch.pnl.len();
-            scratch.pnl.resize(scratch.pnl.len() + len, 0.0);
-            scratch.touched.push(u as u32);
-            scratch.short_minimum.push(0.0);
-        }
-        let start = scratch.block[u];
-        let acc = &mut scratch.pnl[start..start + len];
         let q = p.quantity;
-        for (a, r) in acc.iter_mut().zip(risk.array(book, id)) {
+        for (a, r) in pnl.iter_mut().zip(risk.array(book, id)) {
             *a += q * r;
         }
         if !ins.kind[id].is_linear() && q < 0.0 {
-            let slot = scratch.touched.iter().position(|t| *t as usize == u).expect("touched above");
-            let spot = market.index_price[u];
-            scratch.short_minimum[slot] += q.abs() * ins.multiplier[id] * spot * book.underlyings.risk[u].short_option_minimum;
+            short_minimum += q.abs() * ins.multiplier[id] * spot * params.short_option_minimum;
         }
     }
-    let mut order: Vec<(u32, usize)> = scratch.touched.iter().enumerate().map(|(slot, u)| (*u, slot)).collect();
-    order.sort_unstable();
-    for (u, slot) in order {
-        let u = u as usize;
-        let start = scratch.block[u];
-        visit(u, &scratch.pnl[start..start + risk.scenarios[u].len()], scratch.short_minimum[slot]);
-        scratch.block[u] = usize::MAX;
-    }
+    underlying_margin(params, scenarios, pnl, short_minimum)
 }
 
-/// (IM, MM) of an account: `MM = Σ_u MM_u`, `IM = Σ_u im_factor_u × MM_u`.
+/// Groups netted positions (in instrument order) by underlying, keeping instrument order
+/// within each group: `(underlying, position)` pairs sorted by underlying.
+pub fn group_by_underlying(book: &Book, net: &[NetPosition], grouped: &mut Vec<(u32, NetPosition)>) {
+    grouped.clear();
+    grouped.extend(net.iter().map(|p| (book.instruments.underlying[p.instrument as usize], *p)));
+    grouped.sort_by_key(|(u, p)| (*u, p.instrument));
+}
+
+/// (IM, MM) of an account: `MM = Σ_u MM_u`, `IM = Σ_u im_factor_u × MM_u`, underlyings in id order.
 pub fn account_margin(book: &Book, market: &Market, risk: &RiskArrays, net: &[NetPosition], scratch: &mut Scratch) -> (f64, f64) {
+    group_by_underlying(book, net, &mut scratch.grouped);
     let mut im = 0.0;
     let mut mm = 0.0;
-    for_each_underlying(book, market, risk, net, scratch, |u, pnl, short_min| {
-        let params = &book.underlyings.risk[u];
-        let m = underlying_margin(params, &risk.scenarios[u], pnl, short_min).maintenance_margin;
+    for group in scratch.grouped.chunk_by(|a, b| a.0 == b.0) {
+        let u = group[0].0 as usize;
+        let spot = market.index_price[u];
+        let m = positions_margin(book, spot, risk, u, group.iter().map(|(_, p)| p), &mut scratch.pnl).maintenance_margin;
         mm += m;
-        im += params.im_factor * m;
-    });
+        im += book.underlyings.risk[u].im_factor * m;
+    }
     (im, mm)
 }
 

@@ -160,3 +160,96 @@ pub fn greeks_batch(book: &Book, rows: &[GreeksRow]) -> RecordBatch {
     ];
     RecordBatch::try_new(greeks_schema(), columns).expect("columns match the schema by construction")
 }
+
+/// `liquidation_scan` results: the margin columns plus `shortfall` in scan order, and with
+/// distances, `nearest_move` and `nearest_underlying` per account.
+pub fn scan_batch(book: &Book, rows: &[AccountRow], order: &[usize], nearest: Option<&[Option<(f64, u32)>]>) -> RecordBatch {
+    let sorted: Vec<AccountRow> = order.iter().map(|i| rows[*i]).collect();
+    let base = margin_batch(&sorted);
+    let mut fields: Vec<Field> = base.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut columns: Vec<ArrayRef> = base.columns().to_vec();
+    fields.push(f64_field("shortfall"));
+    columns.push(column(&sorted, crate::liquidation::shortfall));
+    if let Some(nearest) = nearest {
+        let names = &book.underlyings.names;
+        fields.push(Field::new("nearest_move", DataType::Float64, true));
+        fields.push(Field::new("nearest_underlying", DataType::Utf8, true));
+        columns.push(Arc::new(order.iter().map(|i| nearest[*i].map(|n| n.0)).collect::<Float64Array>()));
+        columns.push(Arc::new(
+            order.iter().map(|i| nearest[*i].map(|n| names[n.1 as usize].as_str())).collect::<StringArray>(),
+        ));
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("columns match the schema by construction")
+}
+
+/// `liquidation_distance` results (§8).
+pub fn distance_batch(book: &Book, spot: &[f64], rows: &[crate::liquidation::DistanceRow]) -> RecordBatch {
+    let names = &book.underlyings.names;
+    let price = |m: Option<f64>, u: u32| m.map(|m| spot[u as usize] * (1.0 + m));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("account_id", DataType::UInt64, false),
+        Field::new("underlying", DataType::Utf8, false),
+        Field::new("move_down", DataType::Float64, true),
+        Field::new("move_up", DataType::Float64, true),
+        Field::new("liquidation_price_down", DataType::Float64, true),
+        Field::new("liquidation_price_up", DataType::Float64, true),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt64Array::from(rows.iter().map(|r| r.account_id).collect::<Vec<u64>>())),
+        Arc::new(rows.iter().map(|r| Some(names[r.underlying as usize].as_str())).collect::<StringArray>()),
+        Arc::new(rows.iter().map(|r| r.move_down).collect::<Float64Array>()),
+        Arc::new(rows.iter().map(|r| r.move_up).collect::<Float64Array>()),
+        Arc::new(rows.iter().map(|r| price(r.move_down, r.underlying)).collect::<Float64Array>()),
+        Arc::new(rows.iter().map(|r| price(r.move_up, r.underlying)).collect::<Float64Array>()),
+    ];
+    RecordBatch::try_new(schema, columns).expect("columns match the schema by construction")
+}
+
+/// The liquidation map: per underlying and grid level, the accounts crossing into liquidation
+/// there, with cumulative sums outward from the current price on each side.
+pub fn map_batch(book: &Book, spot: &[f64], rows: &[crate::liquidation::MapRow]) -> RecordBatch {
+    use crate::liquidation::grid_move;
+    let names = &book.underlyings.names;
+    // cumulative from level 0 outward, per underlying and side
+    let mut cum_accounts = vec![0u64; rows.len()];
+    let mut cum_notional = vec![0.0; rows.len()];
+    // rows are laid out per underlying, levels ascending: walk each block from the centre
+    let width = 2 * crate::liquidation::GRID_LEVELS + 1;
+    for block in 0..rows.len() / width.max(1) {
+        let centre = block * width + crate::liquidation::GRID_LEVELS;
+        cum_accounts[centre] = rows[centre].accounts;
+        cum_notional[centre] = rows[centre].notional;
+        for k in 1..=crate::liquidation::GRID_LEVELS {
+            for idx in [centre + k, centre - k] {
+                let inner = if idx > centre { idx - 1 } else { idx + 1 };
+                cum_accounts[idx] = cum_accounts[inner] + rows[idx].accounts;
+                cum_notional[idx] = cum_notional[inner] + rows[idx].notional;
+            }
+        }
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("underlying", DataType::Utf8, false),
+        Field::new("level", DataType::Int32, false),
+        f64_field("move"),
+        f64_field("price"),
+        Field::new("accounts", DataType::UInt64, false),
+        f64_field("notional"),
+        f64_field("collateral"),
+        Field::new("cumulative_accounts", DataType::UInt64, false),
+        f64_field("cumulative_notional"),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(rows.iter().map(|r| Some(names[r.underlying as usize].as_str())).collect::<StringArray>()),
+        Arc::new(arrow_array::Int32Array::from(rows.iter().map(|r| r.level).collect::<Vec<i32>>())),
+        Arc::new(Float64Array::from(rows.iter().map(|r| grid_move(r.level)).collect::<Vec<f64>>())),
+        Arc::new(Float64Array::from(
+            rows.iter().map(|r| spot[r.underlying as usize] * (1.0 + grid_move(r.level))).collect::<Vec<f64>>(),
+        )),
+        Arc::new(UInt64Array::from(rows.iter().map(|r| r.accounts).collect::<Vec<u64>>())),
+        Arc::new(Float64Array::from(rows.iter().map(|r| r.notional).collect::<Vec<f64>>())),
+        Arc::new(Float64Array::from(rows.iter().map(|r| r.collateral).collect::<Vec<f64>>())),
+        Arc::new(UInt64Array::from(cum_accounts)),
+        Arc::new(Float64Array::from(cum_notional)),
+    ];
+    RecordBatch::try_new(schema, columns).expect("columns match the schema by construction")
+}

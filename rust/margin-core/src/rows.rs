@@ -3,9 +3,11 @@
 
 use std::borrow::Cow;
 
+use rayon::prelude::*;
+
 use crate::accounts::{gather, merge_accounts, order_by_account, runs, AccountSlot};
 use crate::book::Book;
-use crate::error::{InputError, Result};
+use crate::error::{InputError, Offenders, Result};
 use crate::table::{Domain, Table};
 
 /// Position rows in account order.
@@ -33,6 +35,7 @@ fn reorder<'a>(values: Cow<'a, [f64]>, order: Option<&[u32]>) -> Cow<'a, [f64]> 
 }
 
 fn check_row_count(t: &Table) -> Result<()> {
+    t.check_unique_column_names()?;
     if t.num_rows() >= u32::MAX as usize {
         return Err(InputError::new(t.name, "account_id", "more than 4,294,967,294 rows in one call; stream the table in batches"));
     }
@@ -97,7 +100,7 @@ impl<'a> Balances<'a> {
             Some(_) => Cow::Owned(gather(&ids, order)),
         };
         let (accounts, starts) = runs(&sorted_ids);
-        Ok(Balances {
+        let balances = Balances {
             asset: match order {
                 None => asset,
                 Some(_) => gather(&asset, order),
@@ -105,7 +108,39 @@ impl<'a> Balances<'a> {
             amount: reorder(amount, order),
             accounts,
             starts,
-        })
+        };
+        balances.check_magnitude(book)?;
+        Ok(balances)
+    }
+
+    /// Rejects accounts whose balances, valued at the assets' prices (and liability weights),
+    /// overflow float64: `Σ |amount| × price × max(1, liability weights)` must be finite. It bounds
+    /// every collateral sum of §2.5 (weights are <= 1, liability weights >= 1), so a finite bound
+    /// means the kernels cannot produce inf or NaN from balances.
+    fn check_magnitude(&self, book: &Book) -> Result<()> {
+        let a = &book.assets;
+        let bound = |k: usize| -> f64 {
+            (self.starts[k]..self.starts[k + 1])
+                .map(|r| {
+                    let id = self.asset[r] as usize;
+                    let w = a.initial_liability_weight[id].max(a.maintenance_liability_weight[id]).max(1.0);
+                    self.amount[r].abs() * a.price[id] * w
+                })
+                .sum()
+        };
+        let n = self.accounts.len();
+        if (0..n).into_par_iter().with_min_len(1024).all(|k| bound(k).is_finite()) {
+            return Ok(());
+        }
+        let mut bad = Offenders::default();
+        for k in (0..n).filter(|k| !bound(*k).is_finite()) {
+            bad.push(|| format!("account {}", self.accounts[k]));
+        }
+        bad.into_result(
+            "balances",
+            "amount",
+            "values too large: the account's collateral (amount × asset price) overflows float64",
+        )
     }
 
     pub fn empty() -> Balances<'static> {

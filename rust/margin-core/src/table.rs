@@ -194,7 +194,8 @@ impl KeyIndex {
         }
     }
 
-    fn is_int(&self) -> bool {
+    /// Whether the index holds integer keys (else strings).
+    pub fn is_int(&self) -> bool {
         matches!(self, KeyIndex::Int(_))
     }
 }
@@ -319,7 +320,12 @@ impl<'a> Column<'a> {
         let nulls = self.null_rows();
         let mut values = Vec::with_capacity(self.len);
         for (_, a) in &self.chunks {
-            values.extend_from_slice(&self.float_chunk(a)?);
+            if a.data_type() == &DataType::Null {
+                // an all-null column of no particular type (e.g. built from Python `None`s)
+                values.extend(std::iter::repeat_n(f64::NAN, a.len()));
+            } else {
+                values.extend_from_slice(&self.float_chunk(a)?);
+            }
         }
         let mut bad = Offenders::default();
         let out = values
@@ -389,21 +395,27 @@ impl<'a> Column<'a> {
     pub fn keys(&self) -> Result<Vec<Key>> {
         self.check_no_nulls()?;
         let mut out = Vec::with_capacity(self.len);
-        for (_, array) in &self.chunks {
-            match array.data_type() {
-                DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 | DataType::UInt8
-                | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => {
-                    for v in int_values(array).ok_or_else(|| self.type_error("utf8 or int64"))? {
-                        out.push(Key::Int(v));
+        let mut too_big = Offenders::default();
+        for (offset, array) in &self.chunks {
+            if let Some(values) = int_values(array) {
+                for (i, v) in values.into_iter().enumerate() {
+                    match v {
+                        Some(v) => out.push(Key::Int(v)),
+                        None => {
+                            too_big.push(|| format!("{} = {}", self.label(offset + i), key_text(array, i)));
+                            out.push(Key::Int(-1));
+                        }
                     }
                 }
-                _ => {
-                    for s in self.strings_of(array)? {
-                        out.push(Key::Str(s.unwrap_or_default()));
-                    }
+            } else if is_string_like(array.data_type()) {
+                for s in self.strings_of(array)? {
+                    out.push(Key::Str(s.unwrap_or_default()));
                 }
+            } else {
+                return Err(self.type_error("utf8 or an integer type"));
             }
         }
+        too_big.into_result(self.table, &self.name, "integer keys must fit in int64 (<= 9223372036854775807)")?;
         Ok(out)
     }
 
@@ -424,9 +436,15 @@ impl<'a> Column<'a> {
             DataType::Utf8 => collect(array.as_string::<i32>()),
             DataType::LargeUtf8 => collect(array.as_string::<i64>()),
             DataType::Utf8View => collect(array.as_string_view()),
+            // an all-null column of no particular type (e.g. built from Python `None`s)
+            DataType::Null => vec![None; array.len()],
             DataType::Dictionary(_, _) => {
                 let dict = array.as_any_dictionary();
                 let values = self.strings_of(dict.values())?;
+                if values.is_empty() {
+                    // an empty dictionary: every slot is null (normalized_keys would panic)
+                    return Ok(vec![None; array.len()]);
+                }
                 let keys = dict.normalized_keys();
                 let nulls = array.logical_nulls();
                 keys.iter()
@@ -469,6 +487,10 @@ impl<'a> Column<'a> {
         let mut out = Vec::with_capacity(self.len);
         let mut overflow = Offenders::default();
         for (offset, array) in &self.chunks {
+            if array.data_type() == &DataType::Null {
+                out.extend(std::iter::repeat_n(None, array.len()));
+                continue;
+            }
             let (values, scale): (&[i64], i64) = match array.data_type() {
                 DataType::Timestamp(TimeUnit::Second, _) => (array.as_primitive::<TimestampSecondType>().values(), 1_000_000_000),
                 DataType::Timestamp(TimeUnit::Millisecond, _) => (array.as_primitive::<TimestampMillisecondType>().values(), 1_000_000),
@@ -495,10 +517,12 @@ impl<'a> Column<'a> {
     }
 }
 
-fn int_values(array: &ArrayRef) -> Option<Vec<i64>> {
+/// Integer values as i64 (`None` for a uint64 beyond `i64::MAX`), or `None` for a non-integer
+/// array.
+fn int_values(array: &ArrayRef) -> Option<Vec<Option<i64>>> {
     macro_rules! ints {
         ($t:ty) => {
-            array.as_primitive::<$t>().values().iter().map(|v| *v as i64).collect()
+            array.as_primitive::<$t>().values().iter().map(|v| Some(*v as i64)).collect()
         };
     }
     Some(match array.data_type() {
@@ -509,9 +533,26 @@ fn int_values(array: &ArrayRef) -> Option<Vec<i64>> {
         DataType::UInt8 => ints!(UInt8Type),
         DataType::UInt16 => ints!(UInt16Type),
         DataType::UInt32 => ints!(UInt32Type),
-        DataType::UInt64 => array.as_primitive::<UInt64Type>().values().iter().map(|v| i64::try_from(*v).unwrap_or(-1)).collect(),
+        DataType::UInt64 => array.as_primitive::<UInt64Type>().values().iter().map(|v| i64::try_from(*v).ok()).collect(),
+        DataType::Dictionary(_, v) if v.is_integer() => {
+            let dict = array.as_any_dictionary();
+            let values = int_values(dict.values())?;
+            if values.is_empty() {
+                return Some(vec![None; array.len()]);
+            }
+            dict.normalized_keys().iter().map(|k| values[*k]).collect()
+        }
         _ => return None,
     })
+}
+
+/// Whether a column of this type holds strings (possibly dictionary-encoded).
+fn is_string_like(dt: &DataType) -> bool {
+    match dt {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null => true,
+        DataType::Dictionary(_, v) => is_string_like(v),
+        _ => false,
+    }
 }
 
 /// The id written for a key that is not in the index.
@@ -523,6 +564,7 @@ fn key_text(array: &ArrayRef, i: usize) -> String {
         DataType::Utf8 => format!("'{}'", array.as_string::<i32>().value(i)),
         DataType::LargeUtf8 => format!("'{}'", array.as_string::<i64>().value(i)),
         DataType::Utf8View => format!("'{}'", array.as_string_view().value(i)),
+        DataType::Dictionary(_, _) if array.as_any_dictionary().values().is_empty() => String::from("null"),
         DataType::Dictionary(_, _) => {
             let dict = array.as_any_dictionary();
             match dict.normalized_keys().get(i) {
@@ -531,7 +573,11 @@ fn key_text(array: &ArrayRef, i: usize) -> String {
                 None => String::from("?"),
             }
         }
-        _ => int_values(&array.slice(i, 1)).and_then(|v| v.first().map(|x| x.to_string())).unwrap_or_default(),
+        DataType::UInt64 => array.as_primitive::<UInt64Type>().value(i).to_string(),
+        _ => int_values(&array.slice(i, 1))
+            .and_then(|v| v.first().copied().flatten())
+            .map(|x| x.to_string())
+            .unwrap_or_else(|| format!("row {i}")),
     }
 }
 
@@ -568,7 +614,7 @@ fn map_chunk(array: &ArrayRef, index: &KeyIndex, out: &mut [u32]) -> Option<()> 
         (_, KeyIndex::Int(m)) => {
             let values = int_values(array)?;
             for (slot, v) in out.iter_mut().zip(&values) {
-                *slot = m.get(v).copied().unwrap_or(MISSING);
+                *slot = v.and_then(|v| m.get(&v).copied()).unwrap_or(MISSING);
             }
         }
         _ => return None,

@@ -13,7 +13,7 @@ use margin_core::engine::{self, Inputs, Model};
 use margin_core::market::{Market as CoreMarket, MarketTables};
 use margin_core::portfolio::{risk_arrays_batch, RiskArrays};
 use margin_core::table::Table;
-use margin_core::{black76 as b76, results, InputError};
+use margin_core::{black76 as b76, liquidation, results, stress, InputError};
 use numpy::{PyArray1, PyReadonlyArray1};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -220,6 +220,131 @@ fn greeks(py: Python<'_>, book: &Book, market: &Market, positions: &Bound<'_, Py
     to_table(batch)
 }
 
+/// A market moved by `stress` (underlying → relative move), or the market itself.
+fn stressed(book: &CoreBook, market: &CoreMarket, stress: &Option<Vec<(String, f64)>>) -> Result<Option<(CoreMarket, Vec<f64>)>, InputError> {
+    match stress {
+        None => Ok(None),
+        Some(named) => {
+            let moves = stress::moves_by_underlying(book, named)?;
+            Ok(Some((stress::stress_market(book, market, &moves), stress::stress_asset_prices(book, &moves))))
+        }
+    }
+}
+
+/// The liquidation scan (§8): margin columns plus `shortfall`, most severe first; optionally
+/// under a stress and with each account's nearest liquidation move.
+#[pyfunction]
+#[pyo3(signature = (book, market, positions, balances, model="standard", stress=None, distance=false, threads=None))]
+#[allow(clippy::too_many_arguments)]
+fn liquidation_scan(
+    py: Python<'_>,
+    book: &Book,
+    market: &Market,
+    positions: &Bound<'_, PyAny>,
+    balances: &Bound<'_, PyAny>,
+    model: &str,
+    stress: Option<Vec<(String, f64)>>,
+    distance: bool,
+    threads: Option<usize>,
+) -> PyResult<PyTable> {
+    let model = parse_model(model)?;
+    if distance && stress.is_some() {
+        return Err(PyValueError::new_err("liquidation_scan: distance=True is measured from the current market; pass stress=None"));
+    }
+    let positions = OwnedTable::read(positions, "positions")?;
+    let balances = OwnedTable::read(balances, "balances")?;
+    let (book, tables) = (book.inner.clone(), market.inner.clone());
+    let batch = run(py, || {
+        engine::with_threads(threads, || {
+            let market = CoreMarket::resolve(&book, &tables)?;
+            let inputs = Inputs::new(&book, &market, Some(&positions.table()), Some(&balances.table()))?;
+            let moved = stressed(&book, &market, &stress)?;
+            let stress = moved.as_ref().map(|(m, a)| engine::Stress { market: m, asset_price: a });
+            let rows = engine::margin_under(&book, &market, stress, &inputs, model)?;
+            let nearest = if distance {
+                let d = liquidation::distances(&book, &market, &inputs, model, &rows)?;
+                let mut nearest = vec![None; rows.len()];
+                let mut k = 0;
+                for (i, row) in rows.iter().enumerate() {
+                    let start = k;
+                    while k < d.len() && d[k].account_id == row.account_id {
+                        k += 1;
+                    }
+                    nearest[i] = liquidation::nearest(&d[start..k]);
+                }
+                Some(nearest)
+            } else {
+                None
+            };
+            let order = liquidation::scan_order(&rows);
+            Ok(results::scan_batch(&book, &rows, &order, nearest.as_deref()))
+        })?
+    })?;
+    to_table(batch)
+}
+
+/// Distance to liquidation per account × underlying (§8).
+#[pyfunction]
+#[pyo3(signature = (book, market, positions, balances, model="standard", threads=None))]
+fn liquidation_distance(
+    py: Python<'_>,
+    book: &Book,
+    market: &Market,
+    positions: &Bound<'_, PyAny>,
+    balances: &Bound<'_, PyAny>,
+    model: &str,
+    threads: Option<usize>,
+) -> PyResult<PyTable> {
+    liquidation_walk(py, book, market, positions, balances, model, threads, false)
+}
+
+/// The liquidation map: per underlying × grid level, accounts / notional / collateral crossing
+/// into liquidation there.
+#[pyfunction]
+#[pyo3(signature = (book, market, positions, balances, model="standard", threads=None))]
+fn liquidation_map(
+    py: Python<'_>,
+    book: &Book,
+    market: &Market,
+    positions: &Bound<'_, PyAny>,
+    balances: &Bound<'_, PyAny>,
+    model: &str,
+    threads: Option<usize>,
+) -> PyResult<PyTable> {
+    liquidation_walk(py, book, market, positions, balances, model, threads, true)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn liquidation_walk(
+    py: Python<'_>,
+    book: &Book,
+    market: &Market,
+    positions: &Bound<'_, PyAny>,
+    balances: &Bound<'_, PyAny>,
+    model: &str,
+    threads: Option<usize>,
+    as_map: bool,
+) -> PyResult<PyTable> {
+    let model = parse_model(model)?;
+    let positions = OwnedTable::read(positions, "positions")?;
+    let balances = OwnedTable::read(balances, "balances")?;
+    let (book, tables) = (book.inner.clone(), market.inner.clone());
+    let batch = run(py, || {
+        engine::with_threads(threads, || {
+            let market = CoreMarket::resolve(&book, &tables)?;
+            let inputs = Inputs::new(&book, &market, Some(&positions.table()), Some(&balances.table()))?;
+            let rows = engine::margin(&book, &market, &inputs, model)?;
+            let d = liquidation::distances(&book, &market, &inputs, model, &rows)?;
+            Ok(if as_map {
+                results::map_batch(&book, &market.index_price, &liquidation::liquidation_map(&book, &d))
+            } else {
+                results::distance_batch(&book, &market.index_price, &d)
+            })
+        })?
+    })?;
+    to_table(batch)
+}
+
 /// Per-contract scenario P&L of every instrument with a mark (§4), long format.
 #[pyfunction]
 fn risk_arrays(py: Python<'_>, book: &Book, market: &Market) -> PyResult<PyTable> {
@@ -267,6 +392,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(margin, m)?)?;
     m.add_function(wrap_pyfunction!(greeks, m)?)?;
     m.add_function(wrap_pyfunction!(risk_arrays, m)?)?;
+    m.add_function(wrap_pyfunction!(liquidation_scan, m)?)?;
+    m.add_function(wrap_pyfunction!(liquidation_distance, m)?)?;
+    m.add_function(wrap_pyfunction!(liquidation_map, m)?)?;
     m.add_function(wrap_pyfunction!(black76, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

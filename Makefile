@@ -1,0 +1,46 @@
+# Everything a fresh machine needs, from nothing: `make demo` and `make test`.
+# Creates .venv, installs build and test dependencies, builds the extension in release mode.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(abspath $(VENV))/bin:$(HOME)/.cargo/bin:$(PATH)
+
+DEPS_STAMP  := $(VENV)/.deps-installed
+BUILD_STAMP := $(VENV)/.extension-built
+RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml pyproject.toml
+
+.PHONY: demo test test-rust test-python build bench fuzz clean
+
+demo: $(BUILD_STAMP)
+	$(PY) -m margin_engine.cli demo $(DEMO_ARGS)
+
+test: test-rust test-python
+
+test-rust:
+	cargo test -p margin-core --release
+
+test-python: $(BUILD_STAMP)
+	$(PY) -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS)
+
+build: $(BUILD_STAMP)
+
+bench: $(BUILD_STAMP)
+	$(PY) -m pytest benches -q -p no:cacheprovider --benchmark-only $(BENCH_ARGS)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(DEPS_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "maturin>=1.7,<2" "numpy>=1.24" "pyarrow>=15" "pytest>=8" "hypothesis>=6.100" \
+		"pytest-benchmark>=4" "QuantLib>=1.30" "polars>=1.0" "duckdb>=1.0"
+	touch $@
+
+$(BUILD_STAMP): $(DEPS_STAMP) $(RUST_SOURCES)
+	$(VENV)/bin/maturin develop --release
+	touch $@
+
+clean:
+	rm -rf $(VENV) target
