@@ -23,7 +23,15 @@ from margin_engine._core import MarginInputError
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 # numpy datetime64 units finer than a second: nanoseconds per tick, or (1, ticks per nanosecond)
-_FINE_UNITS: dict[str, Any] = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1, "ps": (1, 1_000), "fs": (1, 1_000_000), "as": (1, 1_000_000_000)}
+_FINE_UNITS: dict[str, Any] = {
+    "s": 1_000_000_000,
+    "ms": 1_000_000,
+    "us": 1_000,
+    "ns": 1,
+    "ps": (1, 1_000),
+    "fs": (1, 1_000_000),
+    "as": (1, 1_000_000_000),
+}
 
 
 def input_error(table: str, column: str, problem: str, offenders: list[str] | None = None) -> MarginInputError:
@@ -101,7 +109,7 @@ def timestamp_ns(value: Any) -> int:
     if isinstance(value, (int, np.integer)):
         return _checked_ns(int(value), value)
     if hasattr(value, "value") and type(value).__module__.startswith("pandas"):
-        if value != value:  # pandas.NaT
+        if getattr(value, "value", None) is None or str(value) == "NaT":  # pandas.NaT
             raise _valuation_error("NaT is not a valuation time")
         if value.tzinfo is None:
             return _checked_ns(int(value.value), value)
@@ -130,3 +138,39 @@ def timestamp_ns(value: Any) -> int:
     if isinstance(value, _dt.date):
         return timestamp_ns(_dt.datetime(value.year, value.month, value.day))
     raise _valuation_error(f"expected a timestamp, got {type(value).__name__}")
+
+
+# Arguments that are not tables. The API can call these so that a bad argument is a
+# MarginInputError ("arguments.<name>: ...") like every other bad input.
+
+_MODELS = ("standard", "portfolio")
+
+
+def check_model(model: Any) -> str:
+    """``model`` as given, if it is ``"standard"`` or ``"portfolio"``."""
+    if not isinstance(model, str) or model not in _MODELS:
+        raise input_error("arguments", "model", f"model must be 'standard' or 'portfolio', got {model!r}")
+    return model
+
+
+def check_threads(threads: Any) -> int | None:
+    """``threads`` as an int >= 1, or ``None`` (all cores)."""
+    if threads is None:
+        return None
+    if isinstance(threads, (bool, np.bool_)) or not isinstance(threads, (int, np.integer)):
+        raise input_error("arguments", "threads", f"threads must be an integer >= 1 or None, got {threads!r}")
+    if threads < 1:
+        raise input_error("arguments", "threads", f"threads must be >= 1, got {threads}")
+    return int(threads)
+
+
+def check_instance(obj: Any, cls: type, argument: str) -> Any:
+    """``obj`` if it is a ``cls`` (e.g. a :class:`Book` where a book is expected)."""
+    if not isinstance(obj, cls):
+        raise input_error(
+            "arguments",
+            argument,
+            f"expected a margin_engine.{cls.__name__}, got {type(obj).__name__} "
+            f"(build one with margin_engine.{cls.__name__}(...))",
+        )
+    return obj

@@ -13,6 +13,7 @@ Modules:
 - `portfolio`  — portfolio model: scenarios, risk arrays, scan (§4)
 - `greeks`     — Greeks aggregation (§7)
 - `results`    — account rows, status and `margin` (§6)
+- `liquidation` — liquidation scan, stress, distance to liquidation and map (§8)
 
 Inputs are duck-typed: a book has `instruments`, `assets`, `risk_params`, `margin_tiers`; a market
 has `index_prices`, `marks`, `valuation_time_ns`. Tables are anything `pyarrow.table()` accepts.
@@ -20,7 +21,18 @@ has `index_prices`, `marks`, `valuation_time_ns`. Tables are anything `pyarrow.t
 
 from .black76 import Black76, black76, black76_scalar
 from .greeks import greeks
+from .liquidation import liquidation_distance, liquidation_map, liquidation_scan
 from .portfolio import risk_arrays
 from .results import margin
 
-__all__ = ["Black76", "black76", "black76_scalar", "greeks", "margin", "risk_arrays"]
+__all__ = [
+    "Black76",
+    "black76",
+    "black76_scalar",
+    "greeks",
+    "liquidation_distance",
+    "liquidation_map",
+    "liquidation_scan",
+    "margin",
+    "risk_arrays",
+]

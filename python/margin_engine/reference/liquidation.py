@@ -1,0 +1,546 @@
+"""Liquidation scan, market stress, distance to liquidation and the liquidation map (spec §8).
+
+Everything here is built on the §2–§4 and §6 reference pieces: a stressed market is just another
+`BookData` / `MarketData` (moved index prices, marks and linked asset prices), positions netted at
+the base market are revalued to it, and an account's margin excess under a move is
+`account_result(...)` of that account in the stressed market — the whole account recomputed, no
+shortcut. It is slow on purpose: it is the oracle of the engine's incremental grid walk.
+
+Rules (docs/liquidation.md):
+- Scan order: status severity (bankrupt, liquidatable, margin_call, healthy), then
+  `shortfall = max(0, MM − collateral_maintenance)` descending, then `account_id` ascending.
+- Stress `{u: m}`: `S' = S (1 + m)`; perpetual/future marks `× (1 + m)`; option marks
+  `max(0, mark + (B76(S') − B76(S)))` at the implied vol and unchanged T; assets linked to `u`:
+  `price × (1 + m)`. Linear positions keep their base value plus `q × mult × (mark' − mark)`;
+  options are worth `q × mult × mark'`. Margin (either model) in the stressed market.
+- Distances: grid `m_j = ±0.005 j`, j = 1..100, first j with `e(m_j) < 0`, linear interpolation
+  with the previous point (`e_0` for j = 1); `move_down = move_up = 0` when `e_0 < 0`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from ._tables import BalanceRow, BookData, Instrument, MarketData, read_balances, read_book, read_market, read_positions
+from .black76 import black76_scalar
+from .portfolio import RiskArrays
+from .results import MARGIN_SCHEMA, AccountResult, Model, account_result
+from .valuation import NettedPosition, net_positions, notional, years_to_expiry
+
+GRID_STEP = 0.005
+"""Distance grid step: 0.5% of the index price."""
+GRID_LEVELS = 100
+"""Grid points on each side: ±0.5% × 100 = ±50%."""
+
+STATUS_SEVERITY = {"bankrupt": 0, "liquidatable": 1, "margin_call": 2, "healthy": 3}
+"""Scan order of the statuses: most severe first."""
+
+
+def _not_null(schema: pa.Schema, nullable: set[str]) -> pa.Schema:
+    """`schema` with every field non-nullable except those named in `nullable` (the engine's
+    output schemas mark which columns can hold nulls)."""
+    return pa.schema([f.with_nullable(f.name in nullable) for f in schema])
+
+
+SCAN_SCHEMA = _not_null(MARGIN_SCHEMA.append(pa.field("shortfall", pa.float64())), {"health"})
+SCAN_DISTANCE_SCHEMA = SCAN_SCHEMA.append(pa.field("nearest_move", pa.float64())).append(
+    pa.field("nearest_underlying", pa.utf8())
+)
+DISTANCE_SCHEMA = pa.schema(
+    [
+        pa.field("account_id", pa.uint64(), nullable=False),
+        pa.field("underlying", pa.utf8(), nullable=False),
+        pa.field("move_down", pa.float64()),
+        pa.field("move_up", pa.float64()),
+        pa.field("liquidation_price_down", pa.float64()),
+        pa.field("liquidation_price_up", pa.float64()),
+    ]
+)
+MAP_SCHEMA = pa.schema(
+    [
+        pa.field("underlying", pa.utf8(), nullable=False),
+        pa.field("level", pa.int32(), nullable=False),
+        pa.field("move", pa.float64(), nullable=False),
+        pa.field("price", pa.float64(), nullable=False),
+        pa.field("accounts", pa.uint64(), nullable=False),
+        pa.field("notional", pa.float64(), nullable=False),
+        pa.field("collateral", pa.float64(), nullable=False),
+        pa.field("cumulative_accounts", pa.uint64(), nullable=False),
+        pa.field("cumulative_notional", pa.float64(), nullable=False),
+    ]
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Stress: a moved market
+# --------------------------------------------------------------------------------------------
+
+
+def grid_move(level: int) -> float:
+    """The move of grid level `level` (negative = down): `0.005 × level`."""
+    return GRID_STEP * level
+
+
+def stressed_option_mark(
+    instrument: Instrument, mark_price: float, vol: float, time: float, spot: float, moved_spot: float
+) -> float:
+    """§8 option mark under a move: `max(0, mark + (B76(S') − B76(S)))` at the same implied vol
+    and time to expiry (a price never goes negative)."""
+    assert instrument.strike is not None
+    before = black76_scalar(spot, instrument.strike, time, vol, instrument.is_call)[0]
+    after = black76_scalar(moved_spot, instrument.strike, time, vol, instrument.is_call)[0]
+    return max(0.0, mark_price + (after - before))
+
+
+def stress_market(book: BookData, market: MarketData, moves: Mapping[str, float]) -> tuple[BookData, MarketData]:
+    """The book and market with each underlying `u` of `moves` moved by `moves[u]` (§8).
+
+    Index price `S (1 + m)`; perpetual and future marks `mark × (1 + m)`; option marks
+    `stressed_option_mark`; collateral assets whose `underlying` is `u`: `price × (1 + m)`.
+    Underlyings not in `moves` are unchanged. Returns new `(book, market)` objects; the inputs
+    are not modified.
+    """
+    index_prices = dict(market.index_prices)
+    for u, m in moves.items():
+        if u in index_prices:
+            index_prices[u] = market.index_prices[u] * (1.0 + m)
+
+    marks = dict(market.marks)
+    for ins_id, mark in market.marks.items():
+        instrument = book.instruments[ins_id]
+        m = moves.get(instrument.underlying)
+        if m is None:
+            continue
+        if instrument.is_option:
+            assert mark.implied_vol is not None
+            time = years_to_expiry(instrument.expiry_ns, market.valuation_ns)
+            spot = market.index_prices[instrument.underlying]
+            price = stressed_option_mark(instrument, mark.mark_price, mark.implied_vol, time, spot, index_prices[instrument.underlying])
+        else:
+            price = mark.mark_price * (1.0 + m)
+        marks[ins_id] = dataclasses.replace(mark, mark_price=price)
+
+    assets = [
+        dataclasses.replace(a, price=a.price * (1.0 + moves[a.underlying]))
+        if a.underlying is not None and a.underlying in moves
+        else a
+        for a in book.assets
+    ]
+    stressed_book = dataclasses.replace(book, assets=assets)
+    stressed_market = MarketData(index_prices=index_prices, marks=marks, valuation_ns=market.valuation_ns)
+    return stressed_book, stressed_market
+
+
+def revalue(position: NettedPosition, base: MarketData, stressed: MarketData) -> NettedPosition:
+    """A position netted (and valued) at the `base` market, carried to the `stressed` market.
+
+    Perpetuals and futures keep their base value (`upnl`, 0 without entry prices) plus the change
+    of the mark, `q × multiplier × (mark' − mark)`. Options need nothing: their value is
+    `q × multiplier × mark'`, read from the stressed market by `value_account`.
+    """
+    ins = position.instrument
+    if ins.is_option:
+        return position
+    change = position.quantity * ins.multiplier * (stressed.marks[ins.id].mark_price - base.marks[ins.id].mark_price)
+    return NettedPosition(ins, position.quantity, position.upnl + change)
+
+
+class _SharedRiskArrays(RiskArrays):
+    """Portfolio risk arrays of a stressed market: recomputed (B76 around S', linear arrays on
+    mark') for instruments of a moved underlying, taken from the base market for the others,
+    whose arrays the move does not change. Only a speed-up: the numbers are the same."""
+
+    def __init__(self, book: BookData, market: MarketData, base: RiskArrays, moved: set[str]) -> None:
+        super().__init__(book, market)
+        self._base = base
+        self._moved = moved
+
+    def get(self, instrument: Instrument) -> list[float]:
+        if instrument.underlying in self._moved:
+            return super().get(instrument)
+        return self._base.get(instrument)
+
+
+@dataclass
+class Scenario:
+    """A market to margin accounts in: the base market, or the base moved by `moves`."""
+
+    base: MarketData
+    book: BookData
+    market: MarketData
+    arrays: RiskArrays
+    stressed: bool
+
+
+class Scenarios:
+    """The input book and market, plus every stressed market asked for (cached by moves, so that
+    all accounts of a distance walk share a grid point's marks and risk arrays)."""
+
+    def __init__(self, book: BookData, market: MarketData) -> None:
+        self.book = book
+        self.market = market
+        self.base = Scenario(market, book, market, RiskArrays(book, market), stressed=False)
+        self._cache: dict[tuple[tuple[str, float], ...], Scenario] = {}
+
+    def moved(self, moves: Mapping[str, float]) -> Scenario:
+        """The scenario of `moves` ({underlying: relative move}); `{}` is a stressed scenario
+        with nothing moved (positions are still revalued, which changes nothing)."""
+        key = tuple(sorted(moves.items()))
+        scenario = self._cache.get(key)
+        if scenario is None:
+            book, market = stress_market(self.book, self.market, moves)
+            arrays = _SharedRiskArrays(book, market, self.base.arrays, set(moves))
+            scenario = Scenario(self.market, book, market, arrays, stressed=True)
+            self._cache[key] = scenario
+        return scenario
+
+
+def account_in(
+    scenario: Scenario,
+    account_id: int,
+    positions: list[NettedPosition],
+    balances: list[BalanceRow],
+    model: Model,
+) -> AccountResult:
+    """§6 row of one account in `scenario`: positions netted at the base market, revalued to the
+    scenario's marks, margined (§3 / §4) and collateral valued (§2.5, stressed asset prices) in
+    the scenario's market."""
+    if scenario.stressed:
+        positions = [revalue(p, scenario.base, scenario.market) for p in positions]
+    return account_result(account_id, positions, balances, scenario.book, scenario.market, model, scenario.arrays)
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs per account
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Accounts:
+    """The book, market and each account's netted positions and balances, in account-id order."""
+
+    book: BookData
+    market: MarketData
+    ids: list[int]
+    positions: dict[int, list[NettedPosition]]
+    balances: dict[int, list[BalanceRow]]
+
+
+def _read_accounts(book: Any, positions: Any, balances: Any, market: Any) -> _Accounts:
+    """Read the inputs and net positions at the base market (§2.1)."""
+    bd = read_book(book)
+    md = read_market(market, bd)
+    netted = net_positions(read_positions(positions, bd), bd, md)
+    by_account: dict[int, list[BalanceRow]] = {}
+    for row in read_balances(balances, bd):
+        by_account.setdefault(row.account_id, []).append(row)
+    ids = sorted(set(netted) | set(by_account))
+    return _Accounts(bd, md, ids, netted, by_account)
+
+
+def _check_model(model: str) -> None:
+    if model not in ("standard", "portfolio"):
+        raise ValueError(f"unknown model {model!r}: expected 'standard' or 'portfolio'")
+
+
+def _check_stress(book: BookData, stress: Mapping[str, float]) -> dict[str, float]:
+    """Stress moves as floats; unknown underlyings and moves that are not finite or not above
+    −100% are errors (as in the engine)."""
+    moves: dict[str, float] = {}
+    for underlying, move in stress.items():
+        name = str(underlying)
+        m = float(move)
+        if name not in book.underlyings:
+            raise ValueError(f"stress: unknown underlying {name!r}")
+        if not (m > -1.0 and m < float("inf")):
+            raise ValueError(f"stress: move of {name!r} must be finite and > -1, got {m}")
+        moves[name] = m
+    return moves
+
+
+# --------------------------------------------------------------------------------------------
+# Distance to liquidation
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DistanceRow:
+    """One account × underlying of the distance walk (§8), with what the map needs."""
+
+    account_id: int
+    underlying: str
+    move_down: float | None
+    move_up: float | None
+    level_down: int | None
+    """Grid level j (1..100) of the first point below maintenance going down; 0 when the account
+    is liquidatable already; None when it never crosses."""
+    level_up: int | None
+    notional: float
+    """`Σ |q| × multiplier × mark` over the account's netted positions in this underlying, at the
+    current market."""
+    collateral_maintenance: float
+    """The account's maintenance collateral at the current market."""
+
+
+def exposed_underlyings(positions: list[NettedPosition], balances: list[BalanceRow], book: BookData) -> list[str]:
+    """The underlyings an account is exposed to: those of its netted (non-zero) positions and
+    those linked to assets it holds a non-zero amount of; sorted by name."""
+    names = {p.instrument.underlying for p in positions}
+    for row in balances:
+        linked = book.assets[row.asset_id].underlying
+        if linked is not None and row.amount != 0.0:
+            names.add(linked)
+    return sorted(names)
+
+
+def walk(base_excess: float, side: int, excess_at: Any) -> tuple[float | None, int | None]:
+    """One side of the walk (`side` −1 = down, +1 = up). `excess_at(j)` is the margin excess
+    under the move `side × 0.005 j`.
+
+    Already liquidatable (`e_0 < 0`): move 0 at level 0. Otherwise the first j = 1..100 with
+    `e_j < 0` gives `m* = m_{j−1} + (m_j − m_{j−1}) × e_{j−1} / (e_{j−1} − e_j)`; no crossing up
+    to ±50%: `(None, None)`.
+    """
+    if base_excess < 0.0:
+        return 0.0, 0
+    previous = base_excess
+    for j in range(1, GRID_LEVELS + 1):
+        e = excess_at(j)
+        if e < 0.0:
+            m_a = side * grid_move(j - 1)
+            m_b = side * grid_move(j)
+            return m_a + (m_b - m_a) * previous / (previous - e), j
+        previous = e
+    return None, None
+
+
+def account_distances(
+    account_id: int,
+    positions: list[NettedPosition],
+    balances: list[BalanceRow],
+    scenarios: Scenarios,
+    model: Model,
+) -> list[DistanceRow]:
+    """Distance rows of one account, one per exposed underlying (sorted by name)."""
+    book = scenarios.book
+    current = account_in(scenarios.base, account_id, positions, balances, model)
+    base_excess = current.margin_excess
+    rows: list[DistanceRow] = []
+    for u in exposed_underlyings(positions, balances, book):
+
+        def excess_at(j: int, side: int, u: str = u) -> float:
+            scenario = scenarios.moved({u: side * grid_move(j)})
+            return account_in(scenario, account_id, positions, balances, model).margin_excess
+
+        move_down, level_down = walk(base_excess, -1, lambda j: excess_at(j, -1))
+        move_up, level_up = walk(base_excess, 1, lambda j: excess_at(j, 1))
+        exposure = 0.0
+        for p in positions:
+            if p.instrument.underlying == u:
+                exposure += notional(p, scenarios.market.marks[p.instrument.id].mark_price)
+        rows.append(
+            DistanceRow(
+                account_id,
+                u,
+                move_down,
+                move_up,
+                level_down,
+                level_up,
+                exposure,
+                current.collateral_maintenance,
+            )
+        )
+    return rows
+
+
+def _all_distances(accounts: _Accounts, model: Model) -> list[DistanceRow]:
+    """Distance rows of every account, by account id then underlying name."""
+    scenarios = Scenarios(accounts.book, accounts.market)
+    rows: list[DistanceRow] = []
+    for account in accounts.ids:
+        rows.extend(
+            account_distances(
+                account, accounts.positions.get(account, []), accounts.balances.get(account, []), scenarios, model
+            )
+        )
+    return rows
+
+
+def nearest(rows: list[DistanceRow]) -> tuple[float, str] | None:
+    """An account's nearest liquidation: over its rows (underlying-name order), move_down then
+    move_up of each, the move of smallest magnitude; a later move replaces the best only when
+    strictly smaller, so ties keep the earlier one. None without any move."""
+    best: tuple[float, str] | None = None
+    for row in rows:
+        for m in (row.move_down, row.move_up):
+            if m is not None and (best is None or abs(m) < abs(best[0])):
+                best = (m, row.underlying)
+    return best
+
+
+def liquidation_price(spot: float, move: float | None) -> float | None:
+    """`S × (1 + move)`, null when the move is."""
+    return None if move is None else spot * (1.0 + move)
+
+
+def liquidation_distance(
+    book: Any,
+    positions: Any,
+    balances: Any,
+    market: Any,
+    model: Model = "standard",
+    threads: int | None = None,
+) -> pa.Table:
+    """Distance to liquidation (§8): one row per account × exposed underlying, sorted by account
+    id then underlying name: `account_id, underlying, move_down, move_up,
+    liquidation_price_down, liquidation_price_up`. `threads` is ignored."""
+    del threads
+    _check_model(model)
+    accounts = _read_accounts(book, positions, balances, market)
+    spot = accounts.market.index_prices
+    columns: dict[str, list[Any]] = {name: [] for name in DISTANCE_SCHEMA.names}
+    for row in _all_distances(accounts, model):
+        columns["account_id"].append(row.account_id)
+        columns["underlying"].append(row.underlying)
+        columns["move_down"].append(row.move_down)
+        columns["move_up"].append(row.move_up)
+        columns["liquidation_price_down"].append(liquidation_price(spot[row.underlying], row.move_down))
+        columns["liquidation_price_up"].append(liquidation_price(spot[row.underlying], row.move_up))
+    return pa.table(columns, schema=DISTANCE_SCHEMA)
+
+
+# --------------------------------------------------------------------------------------------
+# Liquidation scan
+# --------------------------------------------------------------------------------------------
+
+
+def shortfall(result: AccountResult) -> float:
+    """`max(0, MM − collateral_maintenance)`."""
+    return max(0.0, result.maintenance_margin - result.collateral_maintenance)
+
+
+def scan_key(result: AccountResult) -> tuple[int, float, int]:
+    """Scan order: status severity, then shortfall descending, then account id ascending."""
+    return STATUS_SEVERITY[result.status], -shortfall(result), result.account_id
+
+
+def liquidation_scan(
+    book: Any,
+    positions: Any,
+    balances: Any,
+    market: Any,
+    model: Model = "standard",
+    stress: Mapping[str, float] | None = None,
+    distance: bool = False,
+    threads: int | None = None,
+) -> pa.Table:
+    """The liquidation scan (§8): the §6 columns plus `shortfall`, in scan order.
+
+    With `stress`, every account is margined in the stressed market. With `distance=True` (only
+    without stress: distances are measured from the current market) two more columns,
+    `nearest_move` and `nearest_underlying`. `threads` is ignored.
+    """
+    del threads
+    _check_model(model)
+    if distance and stress is not None:
+        raise ValueError("liquidation_scan: distance=True is measured from the current market; pass stress=None")
+    accounts = _read_accounts(book, positions, balances, market)
+    scenarios = Scenarios(accounts.book, accounts.market)
+    scenario = scenarios.base if stress is None else scenarios.moved(_check_stress(accounts.book, stress))
+
+    results = [
+        account_in(scenario, a, accounts.positions.get(a, []), accounts.balances.get(a, []), model) for a in accounts.ids
+    ]
+    nearest_by_account: dict[int, tuple[float, str] | None] = {}
+    if distance:
+        by_account: dict[int, list[DistanceRow]] = {}
+        for row in _all_distances(accounts, model):
+            by_account.setdefault(row.account_id, []).append(row)
+        nearest_by_account = {a: nearest(by_account.get(a, [])) for a in accounts.ids}
+
+    schema = SCAN_DISTANCE_SCHEMA if distance else SCAN_SCHEMA
+    columns: dict[str, list[Any]] = {name: [] for name in schema.names}
+    for result in sorted(results, key=scan_key):
+        for name in MARGIN_SCHEMA.names:
+            columns[name].append(getattr(result, name))
+        columns["shortfall"].append(shortfall(result))
+        if distance:
+            best = nearest_by_account[result.account_id]
+            columns["nearest_move"].append(None if best is None else best[0])
+            columns["nearest_underlying"].append(None if best is None else best[1])
+    return pa.table(columns, schema=schema)
+
+
+# --------------------------------------------------------------------------------------------
+# Liquidation map
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Cell:
+    accounts: int = 0
+    notional: float = 0.0
+    collateral: float = 0.0
+
+
+def liquidation_map(
+    book: Any,
+    positions: Any,
+    balances: Any,
+    market: Any,
+    model: Model = "standard",
+    threads: int | None = None,
+) -> pa.Table:
+    """The liquidation map (§8): for each underlying of the book (sorted) and grid level
+    −100..100, the accounts whose first crossing on that side is at that level (level 0: the
+    accounts liquidatable already), their notional in the underlying and their maintenance
+    collateral; cumulative accounts and notional run from level 0 outward on each side (level 0
+    counted on both). `threads` is ignored."""
+    del threads
+    _check_model(model)
+    accounts = _read_accounts(book, positions, balances, market)
+    levels = range(-GRID_LEVELS, GRID_LEVELS + 1)
+    cells = {u: {level: _Cell() for level in levels} for u in accounts.book.underlyings}
+
+    def add(row: DistanceRow, level: int) -> None:
+        cell = cells[row.underlying][level]
+        cell.accounts += 1
+        cell.notional += row.notional
+        cell.collateral += row.collateral_maintenance
+
+    for row in _all_distances(accounts, model):
+        if row.level_down == 0 or row.level_up == 0:
+            add(row, 0)
+            continue
+        if row.level_down is not None:
+            add(row, -row.level_down)
+        if row.level_up is not None:
+            add(row, row.level_up)
+
+    columns: dict[str, list[Any]] = {name: [] for name in MAP_SCHEMA.names}
+    for u in accounts.book.underlyings:
+        by_level = cells[u]
+        cum_accounts = {0: by_level[0].accounts}
+        cum_notional = {0: by_level[0].notional}
+        for k in range(1, GRID_LEVELS + 1):
+            for level, inner in ((k, k - 1), (-k, -(k - 1))):
+                cum_accounts[level] = cum_accounts[inner] + by_level[level].accounts
+                cum_notional[level] = cum_notional[inner] + by_level[level].notional
+        spot = accounts.market.index_prices.get(u, float("nan"))
+        for level in levels:
+            move = grid_move(level)
+            columns["underlying"].append(u)
+            columns["level"].append(level)
+            columns["move"].append(move)
+            columns["price"].append(spot * (1.0 + move))
+            columns["accounts"].append(by_level[level].accounts)
+            columns["notional"].append(by_level[level].notional)
+            columns["collateral"].append(by_level[level].collateral)
+            columns["cumulative_accounts"].append(cum_accounts[level])
+            columns["cumulative_notional"].append(cum_notional[level])
+    return pa.table(columns, schema=MAP_SCHEMA)
