@@ -13,7 +13,7 @@ use crate::engine::{Inputs, Model};
 use crate::error::Result;
 use crate::market::Market;
 use crate::portfolio::{self, group_by_underlying, RiskArrays};
-use crate::results::AccountRow;
+use crate::results::{AccountRow, Status};
 use crate::standard::position_margin_at;
 use crate::stress::{stress_asset_prices, stress_market};
 use crate::valuation::{net_positions, value_balance, NetPosition, Scratch};
@@ -30,14 +30,18 @@ pub fn shortfall(row: &AccountRow) -> f64 {
 
 /// Scan order: most severe status first, then largest shortfall, then account id.
 pub fn scan_order(rows: &[AccountRow]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..rows.len()).collect();
-    order.par_sort_by(|a, b| {
-        let (ra, rb) = (&rows[*a], &rows[*b]);
-        rb.status()
-            .cmp(&ra.status())
-            .then(shortfall(rb).total_cmp(&shortfall(ra)))
-            .then(ra.account_id.cmp(&rb.account_id))
-    });
+    // Healthy and margin-call accounts have no shortfall: they sort by status, then by id, which
+    // is their input order already. Only the (few) accounts with a shortfall need a sort.
+    let mut order = Vec::with_capacity(rows.len());
+    let by_status = |status: Status| rows.iter().enumerate().filter(move |(_, r)| r.status() == status).map(|(i, _)| i);
+    for status in [Status::Bankrupt, Status::Liquidatable] {
+        let mut group: Vec<(f64, usize)> = by_status(status).map(|i| (shortfall(&rows[i]), i)).collect();
+        group.par_sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        order.extend(group.into_iter().map(|(_, i)| i));
+    }
+    for status in [Status::MarginCall, Status::Healthy] {
+        order.extend(by_status(status));
+    }
     order
 }
 
@@ -62,18 +66,23 @@ pub struct DistanceRow {
     pub collateral_maintenance: f64,
 }
 
-/// Marks, index price, linked asset prices and (portfolio) risk arrays at each grid point of
-/// one underlying. Index `GRID_LEVELS + j` holds level `j` (−100..=100).
+/// Grid points of a walk: levels −100..=100, stored at index `GRID_LEVELS + level`.
+const POINTS: usize = 2 * GRID_LEVELS + 1;
+
+/// Index price, marks, linked asset prices and (portfolio) risk arrays at each grid point of one
+/// underlying, computed once per call. Per-instrument and per-asset values are laid out
+/// grid-contiguous (`[id × POINTS + g]`) so an account's walk reads them sequentially.
 struct UnderlyingGrid {
     spot: Vec<f64>,
-    /// Per grid point, marks of every instrument (only this underlying's move).
-    mark: Vec<Vec<f64>>,
-    asset_price: Vec<Vec<f64>>,
+    mark: Vec<f64>,
+    asset_price: Vec<f64>,
     risk: Vec<RiskArrays>,
 }
 
 fn build_grids(book: &Book, market: &Market, model: Model) -> Vec<UnderlyingGrid> {
     let n_underlyings = book.underlyings.names.len();
+    let n_instruments = book.instruments.len();
+    let n_assets = book.assets.price.len();
     (0..n_underlyings)
         .map(|u| {
             let points: Vec<(f64, Vec<f64>, Vec<f64>, Option<RiskArrays>)> = (-(GRID_LEVELS as i32)..=GRID_LEVELS as i32)
@@ -86,11 +95,20 @@ fn build_grids(book: &Book, market: &Market, model: Model) -> Vec<UnderlyingGrid
                     (stressed.index_price[u], stressed.mark_price, stress_asset_prices(book, &moves), risk)
                 })
                 .collect();
-            let mut grid = UnderlyingGrid { spot: vec![], mark: vec![], asset_price: vec![], risk: vec![] };
-            for (spot, mark, asset_price, risk) in points {
+            let mut grid = UnderlyingGrid {
+                spot: Vec::with_capacity(POINTS),
+                mark: vec![0.0; n_instruments * POINTS],
+                asset_price: vec![0.0; n_assets * POINTS],
+                risk: Vec::new(),
+            };
+            for (g, (spot, mark, asset_price, risk)) in points.into_iter().enumerate() {
                 grid.spot.push(spot);
-                grid.mark.push(mark);
-                grid.asset_price.push(asset_price);
+                for (id, m) in mark.iter().enumerate() {
+                    grid.mark[id * POINTS + g] = *m;
+                }
+                for (a, p) in asset_price.iter().enumerate() {
+                    grid.asset_price[a * POINTS + g] = *p;
+                }
                 grid.risk.extend(risk);
             }
             grid
@@ -98,7 +116,8 @@ fn build_grids(book: &Book, market: &Market, model: Model) -> Vec<UnderlyingGrid
         .collect()
 }
 
-/// Where along a side of the walk the account first falls below maintenance.
+/// Where along one side of the walk the account first falls below maintenance, given the
+/// excess at grid level `j` (1..=100) of that side.
 fn walk(base_excess: f64, side: f64, mut excess_at: impl FnMut(usize) -> f64) -> (Option<f64>, Option<u32>) {
     if base_excess < 0.0 {
         return (Some(0.0), Some(0));
@@ -115,11 +134,18 @@ fn walk(base_excess: f64, side: f64, mut excess_at: impl FnMut(usize) -> f64) ->
     (None, None)
 }
 
+/// Per-thread buffers of the distance walk.
+#[derive(Default)]
 struct DistanceScratch {
     net: Scratch,
     grouped: Vec<(u32, NetPosition)>,
+    /// (underlying, start, end) of each group in `grouped`, with its base value and margin.
+    groups: Vec<(u32, usize, usize, f64, f64)>,
+    /// Base weighted-maintenance value and linked underlying of each balance row.
+    balances: Vec<(f64, Option<u32>, usize, f64)>,
+    exposed: Vec<u32>,
+    excess: Vec<f64>,
     pnl: Vec<f64>,
-    underlyings: Vec<u32>,
 }
 
 /// Distance to liquidation of every account × underlying it is exposed to (a netted position in
@@ -127,131 +153,167 @@ struct DistanceScratch {
 pub fn distances(book: &Book, market: &Market, inputs: &Inputs, model: Model, rows: &[AccountRow]) -> Result<Vec<DistanceRow>> {
     let grids = build_grids(book, market, model);
     let base_risk = (model == Model::Portfolio).then(|| RiskArrays::new(book, market));
-    let ins = &book.instruments;
-    let assets = &book.assets;
     let chunks: Vec<Vec<DistanceRow>> = inputs
         .slots
-        .par_chunks(512)
-        .zip(rows.par_chunks(512))
+        .par_chunks(256)
+        .zip(rows.par_chunks(256))
         .map(|(slots, rows)| {
-            let mut s = DistanceScratch { net: Scratch::default(), grouped: vec![], pnl: vec![], underlyings: vec![] };
+            let mut s = DistanceScratch::default();
             let mut out = Vec::new();
             for (slot, row) in slots.iter().zip(rows) {
-                net_positions(slot.positions.clone(), &inputs.positions, book, market, &mut s.net);
-                group_by_underlying(book, &s.net.net, &mut s.grouped);
-                // exposed underlyings: positions, then linked non-zero balances
-                s.underlyings.clear();
-                s.underlyings.extend(s.grouped.iter().map(|(u, _)| *u));
-                for r in slot.balances.clone() {
-                    if let Some(u) = assets.underlying[inputs.balances.asset[r] as usize] {
-                        if inputs.balances.amount[r] != 0.0 {
-                            s.underlyings.push(u);
-                        }
-                    }
-                }
-                s.underlyings.sort_unstable();
-                s.underlyings.dedup();
-                let base_excess = row.margin_excess();
-                for &u in &s.underlyings {
-                    let u = u as usize;
-                    let grid = &grids[u];
-                    let in_u = |(pu, _): &&(u32, NetPosition)| *pu as usize == u;
-                    // what the move does not change
-                    let mut other = 0.0;
-                    for r in slot.balances.clone() {
-                        let a = inputs.balances.asset[r] as usize;
-                        if assets.underlying[a] != Some(u as u32) {
-                            other += value_balance(book, a, inputs.balances.amount[r], assets.price[a]).weighted_maintenance;
-                        }
-                    }
-                    for (pu, p) in &s.grouped {
-                        if *pu as usize != u {
-                            other += p.value;
-                        }
-                    }
-                    other -= match (&base_risk, model) {
-                        (Some(risk), _) => s
-                            .grouped
-                            .chunk_by(|a, b| a.0 == b.0)
-                            .filter(|g| g[0].0 as usize != u)
-                            .map(|g| {
-                                let gu = g[0].0 as usize;
-                                portfolio::positions_margin(book, market.index_price[gu], risk, gu, g.iter().map(|(_, p)| p), &mut s.pnl)
-                                    .maintenance_margin
-                            })
-                            .sum::<f64>(),
-                        _ => s
-                            .grouped
-                            .iter()
-                            .filter(|(pu, _)| *pu as usize != u)
-                            .map(|(_, p)| {
-                                let id = p.instrument as usize;
-                                position_margin_at(book, id, p.quantity, market.mark_price[id], market.index_price[ins.underlying[id] as usize]).1
-                            })
-                            .sum::<f64>(),
-                    };
-                    let notional: f64 = s
-                        .grouped
-                        .iter()
-                        .filter(in_u)
-                        .map(|(_, p)| p.quantity.abs() * ins.multiplier[p.instrument as usize] * market.mark_price[p.instrument as usize])
-                        .sum();
-                    // margin excess at grid index g (= GRID_LEVELS + level)
-                    let grouped = &s.grouped;
-                    let pnl = &mut s.pnl;
-                    let mut excess_at = |g: usize| -> f64 {
-                        let marks = &grid.mark[g];
-                        let mut linked = 0.0;
-                        for r in slot.balances.clone() {
-                            let a = inputs.balances.asset[r] as usize;
-                            if assets.underlying[a] == Some(u as u32) {
-                                linked += value_balance(book, a, inputs.balances.amount[r], grid.asset_price[g][a]).weighted_maintenance;
-                            }
-                        }
-                        let mut value = 0.0;
-                        let mut margin = 0.0;
-                        for (_, p) in grouped.iter().filter(in_u) {
-                            let id = p.instrument as usize;
-                            value += if ins.kind[id].is_linear() {
-                                p.value + p.quantity * ins.multiplier[id] * (marks[id] - market.mark_price[id])
-                            } else {
-                                p.quantity * ins.multiplier[id] * marks[id]
-                            };
-                            if model == Model::Standard {
-                                margin += position_margin_at(book, id, p.quantity, marks[id], grid.spot[g]).1;
-                            }
-                        }
-                        if model == Model::Portfolio {
-                            margin = portfolio::positions_margin(
-                                book,
-                                grid.spot[g],
-                                &grid.risk[g],
-                                u,
-                                grouped.iter().filter(in_u).map(|(_, p)| p),
-                                pnl,
-                            )
-                            .maintenance_margin;
-                        }
-                        other + linked + value - margin
-                    };
-                    let (move_down, level_down) = walk(base_excess, -1.0, |j| excess_at(GRID_LEVELS - j));
-                    let (move_up, level_up) = walk(base_excess, 1.0, |j| excess_at(GRID_LEVELS + j));
-                    out.push(DistanceRow {
-                        account_id: slot.account_id,
-                        underlying: u as u32,
-                        move_down,
-                        move_up,
-                        level_down,
-                        level_up,
-                        notional,
-                        collateral_maintenance: row.collateral_maintenance,
-                    });
-                }
+                account_distances(book, market, inputs, model, &grids, base_risk.as_ref(), slot, row, &mut s, &mut out);
             }
             out
         })
         .collect();
     Ok(chunks.into_iter().flatten().collect())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn account_distances(
+    book: &Book,
+    market: &Market,
+    inputs: &Inputs,
+    model: Model,
+    grids: &[UnderlyingGrid],
+    base_risk: Option<&RiskArrays>,
+    slot: &crate::accounts::AccountSlot,
+    row: &AccountRow,
+    s: &mut DistanceScratch,
+    out: &mut Vec<DistanceRow>,
+) {
+    let ins = &book.instruments;
+    let assets = &book.assets;
+    net_positions(slot.positions.clone(), &inputs.positions, book, market, &mut s.net);
+    group_by_underlying(book, &s.net.net, &mut s.grouped);
+
+    // Base value and maintenance margin of each underlying's positions.
+    s.groups.clear();
+    let mut start = 0;
+    while start < s.grouped.len() {
+        let u = s.grouped[start].0;
+        let end = start + s.grouped[start..].iter().take_while(|(g, _)| *g == u).count();
+        let positions = &s.grouped[start..end];
+        let value: f64 = positions.iter().map(|(_, p)| p.value).sum();
+        let spot = market.index_price[u as usize];
+        let margin = match base_risk {
+            Some(risk) => portfolio::positions_margin(book, spot, risk, u as usize, positions.iter().map(|(_, p)| p), &mut s.pnl)
+                .maintenance_margin,
+            None => positions
+                .iter()
+                .map(|(_, p)| {
+                    let id = p.instrument as usize;
+                    position_margin_at(book, id, p.quantity, market.mark_price[id], spot).1
+                })
+                .sum(),
+        };
+        s.groups.push((u, start, end, value, margin));
+        start = end;
+    }
+    s.balances.clear();
+    s.exposed.clear();
+    s.exposed.extend(s.groups.iter().map(|g| g.0));
+    for r in slot.balances.clone() {
+        let a = inputs.balances.asset[r] as usize;
+        let amount = inputs.balances.amount[r];
+        let weighted = value_balance(book, a, amount, assets.price[a]).weighted_maintenance;
+        s.balances.push((weighted, assets.underlying[a], a, amount));
+        if let (Some(u), true) = (assets.underlying[a], amount != 0.0) {
+            s.exposed.push(u);
+        }
+    }
+    s.exposed.sort_unstable();
+    s.exposed.dedup();
+
+    let base_excess = row.margin_excess();
+    for &u in &s.exposed {
+        let grid = &grids[u as usize];
+        // Everything the move of `u` leaves unchanged.
+        let mut other = 0.0;
+        for (weighted, linked, _, _) in &s.balances {
+            if *linked != Some(u) {
+                other += weighted;
+            }
+        }
+        let mut positions: &[(u32, NetPosition)] = &[];
+        for &(g, start, end, value, margin) in &s.groups {
+            if g == u {
+                positions = &s.grouped[start..end];
+            } else {
+                other += value - margin;
+            }
+        }
+        let notional: f64 = positions
+            .iter()
+            .map(|(_, p)| p.quantity.abs() * ins.multiplier[p.instrument as usize] * market.mark_price[p.instrument as usize])
+            .sum();
+        let (move_down, level_down, move_up, level_up) = if base_excess < 0.0 {
+            (Some(0.0), Some(0), Some(0.0), Some(0))
+        } else {
+            // Excess at every grid point g: collateral linked to u and u's positions revalued.
+            s.excess.clear();
+            s.excess.resize(POINTS, other);
+            for (_, linked, a, amount) in &s.balances {
+                if *linked == Some(u) {
+                    let prices = &grid.asset_price[a * POINTS..(a + 1) * POINTS];
+                    for (e, price) in s.excess.iter_mut().zip(prices) {
+                        *e += value_balance(book, *a, *amount, *price).weighted_maintenance;
+                    }
+                }
+            }
+            for (_, p) in positions {
+                let id = p.instrument as usize;
+                let marks = &grid.mark[id * POINTS..(id + 1) * POINTS];
+                let size = p.quantity * ins.multiplier[id];
+                if ins.kind[id].is_linear() {
+                    let base_mark = market.mark_price[id];
+                    for (e, mark) in s.excess.iter_mut().zip(marks) {
+                        *e += p.value + size * (mark - base_mark);
+                    }
+                } else {
+                    for (e, mark) in s.excess.iter_mut().zip(marks) {
+                        *e += size * mark;
+                    }
+                }
+                if model == Model::Standard {
+                    for (g, (e, mark)) in s.excess.iter_mut().zip(marks).enumerate() {
+                        *e -= position_margin_at(book, id, p.quantity, *mark, grid.spot[g]).1;
+                    }
+                }
+            }
+            let excess = &s.excess;
+            let pnl = &mut s.pnl;
+            let mut excess_at = |g: usize| -> f64 {
+                match model {
+                    Model::Standard => excess[g],
+                    Model::Portfolio => {
+                        let margin = portfolio::positions_margin(
+                            book,
+                            grid.spot[g],
+                            &grid.risk[g],
+                            u as usize,
+                            positions.iter().map(|(_, p)| p),
+                            pnl,
+                        );
+                        excess[g] - margin.maintenance_margin
+                    }
+                }
+            };
+            let (move_down, level_down) = walk(base_excess, -1.0, |j| excess_at(GRID_LEVELS - j));
+            let (move_up, level_up) = walk(base_excess, 1.0, |j| excess_at(GRID_LEVELS + j));
+            (move_down, level_down, move_up, level_up)
+        };
+        out.push(DistanceRow {
+            account_id: slot.account_id,
+            underlying: u,
+            move_down,
+            move_up,
+            level_down,
+            level_up,
+            notional,
+            collateral_maintenance: row.collateral_maintenance,
+        });
+    }
 }
 
 /// Nearest liquidation of an account over its underlyings: the signed move of smallest
