@@ -51,3 +51,16 @@ def liquidation_distance(
 def liquidation_map(
     book: Book, market: Market, positions: Any, balances: Any, model: str = "standard", threads: int | None = None
 ) -> Any: ...
+def liquidation_plan(
+    book: Book,
+    market: Market,
+    positions: Any,
+    balances: Any,
+    model: str = "standard",
+    liquidation_fee: float = 0.01,
+    liquidator_share: float = 0.5,
+    buffer: float = 0.0,
+    insurance_fund: float = 0.0,
+    stress: list[tuple[str, float]] | None = None,
+    threads: int | None = None,
+) -> tuple[Any, Any, Any, Any, float, float, float]: ...

@@ -7,13 +7,22 @@ Every function takes tables as anything that speaks the Arrow PyCapsule interfac
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 
 from margin_engine import _core
-from margin_engine._inputs import arrow_input, arrow_table, timestamp_ns
+from margin_engine._inputs import (
+    arrow_input,
+    arrow_table,
+    check_instance,
+    check_model,
+    check_threads,
+    input_error,
+    timestamp_ns,
+)
 
 Model = Literal["standard", "portfolio"]
 
@@ -76,6 +85,13 @@ def _table(result: Any) -> pa.Table:
     return pa.table(result)
 
 
+def _checked(book: Any, market: Any, model: Any = "standard", threads: Any = None) -> tuple[Any, Any, str, int | None]:
+    """The core objects of ``book`` and ``market``, and the checked ``model`` and ``threads``."""
+    check_instance(book, Book, "book")
+    check_instance(market, Market, "market")
+    return book._core, market._core, check_model(model), check_threads(threads)
+
+
 def margin(
     book: Book, positions: Any, balances: Any, market: Market, model: Model = "standard", threads: int | None = None
 ) -> pa.Table:
@@ -85,14 +101,10 @@ def margin(
     collateral_maintenance, initial_margin, maintenance_margin, free_collateral, margin_excess,
     health, status``. Raises :class:`MarginInputError` on bad input.
     """
+    core_book, core_market, model, threads = _checked(book, market, model, threads)
     return _table(
         _core.margin(
-            book._core,
-            market._core,
-            arrow_input(positions, "positions"),
-            arrow_input(balances, "balances"),
-            model,
-            threads,
+            core_book, core_market, arrow_input(positions, "positions"), arrow_input(balances, "balances"), model, threads
         )
     )
 
@@ -100,20 +112,23 @@ def margin(
 def greeks(book: Book, positions: Any, market: Market, threads: int | None = None) -> pa.Table:
     """Greeks per account × underlying (METHODOLOGY §7): ``delta, delta_usd, gamma, gamma_usd,
     vega, theta, long_notional, short_notional``."""
-    return _table(_core.greeks(book._core, market._core, arrow_input(positions, "positions"), threads))
+    core_book, core_market, _, threads = _checked(book, market, "standard", threads)
+    return _table(_core.greeks(core_book, core_market, arrow_input(positions, "positions"), threads))
 
 
 def _stress_pairs(stress: Any) -> list[tuple[str, float]] | None:
     if stress is None:
         return None
     if not isinstance(stress, dict):
-        raise _core.MarginInputError(f"stress.*: expected a dict {{underlying: move}}, got {type(stress).__name__}")
+        raise input_error("stress", "*", f"expected a dict {{underlying: move}}, got {type(stress).__name__}")
     pairs = []
     for underlying, move in stress.items():
+        if isinstance(move, bool):
+            raise input_error("stress", "move", "not a number", [f"{underlying!r} = {move!r}"])
         try:
             pairs.append((str(underlying), float(move)))
         except (TypeError, ValueError) as e:
-            raise _core.MarginInputError(f"stress.move: not a number for {underlying!r}: {move!r}") from e
+            raise input_error("stress", "move", "not a number", [f"{underlying!r} = {move!r}"]) from e
     return pairs
 
 
@@ -135,10 +150,13 @@ def liquidation_scan(
     Black-76) and BTC-linked collateral by −20%. ``distance=True`` adds ``nearest_move`` and
     ``nearest_underlying``: the smallest move of one underlying that makes the account liquidatable.
     """
+    core_book, core_market, model, threads = _checked(book, market, model, threads)
+    if distance and stress is not None:
+        raise input_error("arguments", "distance", "distance=True is measured from the current market; pass stress=None")
     return _table(
         _core.liquidation_scan(
-            book._core,
-            market._core,
+            core_book,
+            core_market,
             arrow_input(positions, "positions"),
             arrow_input(balances, "balances"),
             model,
@@ -155,9 +173,10 @@ def liquidation_distance(
     """Distance to liquidation per account × underlying it is exposed to (METHODOLOGY §8):
     ``move_down, move_up`` (relative moves of that underlying alone, interpolated on a 0.5% grid
     out to ±50%; null if never reached) and the matching ``liquidation_price_down/up``."""
+    core_book, core_market, model, threads = _checked(book, market, model, threads)
     return _table(
         _core.liquidation_distance(
-            book._core, market._core, arrow_input(positions, "positions"), arrow_input(balances, "balances"), model, threads
+            core_book, core_market, arrow_input(positions, "positions"), arrow_input(balances, "balances"), model, threads
         )
     )
 
@@ -169,17 +188,75 @@ def liquidation_map(
     0.5% steps), how many accounts first become liquidatable there, with their notional in the
     underlying and their maintenance collateral (plus cumulative columns, from the current price
     outward). Level 0 counts the accounts liquidatable already."""
+    core_book, core_market, model, threads = _checked(book, market, model, threads)
     return _table(
         _core.liquidation_map(
-            book._core, market._core, arrow_input(positions, "positions"), arrow_input(balances, "balances"), model, threads
+            core_book, core_market, arrow_input(positions, "positions"), arrow_input(balances, "balances"), model, threads
         )
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class LiquidationPlan:
+    """The outcome of liquidating every account below maintenance (docs/liquidation.md).
+
+    ``closes``: one row per position closed (fully or partially), in each account's order;
+    ``accounts``: one row per liquidated account, before and after, with fees, deficit, what the
+    insurance fund covered and the bad debt; ``underlyings``: closed notional and bad debt per
+    underlying; ``adl``: auto-deleveraging queues (opposite side, in profit, ranked by
+    profit ratio × leverage) for underlyings left with bad debt.
+    """
+
+    closes: pa.Table
+    accounts: pa.Table
+    underlyings: pa.Table
+    adl: pa.Table
+    liquidator_fees: float
+    insurance_fees: float
+    insurance_fund_after: float
+
+
+def liquidation_plan(
+    book: Book,
+    positions: Any,
+    balances: Any,
+    market: Market,
+    model: Model = "standard",
+    liquidation_fee: float = 0.01,
+    liquidator_share: float = 0.5,
+    buffer: float = 0.0,
+    insurance_fund: float = 0.0,
+    stress: dict[str, float] | None = None,
+    threads: int | None = None,
+) -> LiquidationPlan:
+    """Liquidation plans for every liquidatable or bankrupt account: positions closed at mark
+    in order of maintenance margin freed per unit of notional (partial closes allowed) until
+    ``collateral_maintenance >= (1 + buffer) × MM``; a fee of ``liquidation_fee`` × closed
+    notional (``liquidator_share`` to the liquidator, the rest to the insurance fund); deficits of
+    bankrupt accounts drawn from ``insurance_fund``, the rest reported as bad debt. With
+    ``stress``, the plan is made in the moved market (as in :func:`liquidation_scan`)."""
+    core_book, core_market, model, threads = _checked(book, market, model, threads)
+    closes, accounts, underlyings, adl, liq_fees, ins_fees, fund_after = _core.liquidation_plan(
+        core_book,
+        core_market,
+        arrow_input(positions, "positions"),
+        arrow_input(balances, "balances"),
+        model,
+        float(liquidation_fee),
+        float(liquidator_share),
+        float(buffer),
+        float(insurance_fund),
+        _stress_pairs(stress),
+        threads,
+    )
+    return LiquidationPlan(_table(closes), _table(accounts), _table(underlyings), _table(adl), liq_fees, ins_fees, fund_after)
 
 
 def risk_arrays(book: Book, market: Market) -> pa.Table:
     """The per-contract scenario P&L of every instrument with a mark (METHODOLOGY §4), one row
     per instrument × scenario: ``instrument, underlying, scenario, move, vol_state, extreme, pnl``."""
-    return _table(_core.risk_arrays(book._core, market._core))
+    core_book, core_market, _, _ = _checked(book, market)
+    return _table(_core.risk_arrays(core_book, core_market))
 
 
 class Black76(NamedTuple):

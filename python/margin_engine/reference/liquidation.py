@@ -20,13 +20,23 @@ Rules (docs/liquidation.md):
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
-from ._tables import BalanceRow, BookData, Instrument, MarketData, read_balances, read_book, read_market, read_positions
+from ._tables import (
+    BalanceRow,
+    BookData,
+    Instrument,
+    MarketData,
+    read_balances,
+    read_book,
+    read_market,
+    read_positions,
+)
 from .black76 import black76_scalar
 from .portfolio import RiskArrays
 from .results import MARGIN_SCHEMA, AccountResult, Model, account_result
@@ -97,7 +107,9 @@ def stressed_option_mark(
     return max(0.0, mark_price + (after - before))
 
 
-def stress_market(book: BookData, market: MarketData, moves: Mapping[str, float]) -> tuple[BookData, MarketData]:
+def stress_market(
+    book: BookData, market: MarketData, moves: Mapping[str, float]
+) -> tuple[BookData, MarketData]:
     """The book and market with each underlying `u` of `moves` moved by `moves[u]` (§8).
 
     Index price `S (1 + m)`; perpetual and future marks `mark × (1 + m)`; option marks
@@ -113,16 +125,17 @@ def stress_market(book: BookData, market: MarketData, moves: Mapping[str, float]
     marks = dict(market.marks)
     for ins_id, mark in market.marks.items():
         instrument = book.instruments[ins_id]
-        m = moves.get(instrument.underlying)
-        if m is None:
+        if instrument.underlying not in moves:
             continue
         if instrument.is_option:
             assert mark.implied_vol is not None
             time = years_to_expiry(instrument.expiry_ns, market.valuation_ns)
             spot = market.index_prices[instrument.underlying]
-            price = stressed_option_mark(instrument, mark.mark_price, mark.implied_vol, time, spot, index_prices[instrument.underlying])
+            price = stressed_option_mark(
+                instrument, mark.mark_price, mark.implied_vol, time, spot, index_prices[instrument.underlying]
+            )
         else:
-            price = mark.mark_price * (1.0 + m)
+            price = mark.mark_price * (1.0 + moves[instrument.underlying])
         marks[ins_id] = dataclasses.replace(mark, mark_price=price)
 
     assets = [
@@ -146,7 +159,11 @@ def revalue(position: NettedPosition, base: MarketData, stressed: MarketData) ->
     ins = position.instrument
     if ins.is_option:
         return position
-    change = position.quantity * ins.multiplier * (stressed.marks[ins.id].mark_price - base.marks[ins.id].mark_price)
+    change = (
+        position.quantity
+        * ins.multiplier
+        * (stressed.marks[ins.id].mark_price - base.marks[ins.id].mark_price)
+    )
     return NettedPosition(ins, position.quantity, position.upnl + change)
 
 
@@ -212,7 +229,9 @@ def account_in(
     the scenario's market."""
     if scenario.stressed:
         positions = [revalue(p, scenario.base, scenario.market) for p in positions]
-    return account_result(account_id, positions, balances, scenario.book, scenario.market, model, scenario.arrays)
+    return account_result(
+        account_id, positions, balances, scenario.book, scenario.market, model, scenario.arrays
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,7 +240,7 @@ def account_in(
 
 
 @dataclass
-class _Accounts:
+class Accounts:
     """The book, market and each account's netted positions and balances, in account-id order."""
 
     book: BookData
@@ -231,7 +250,7 @@ class _Accounts:
     balances: dict[int, list[BalanceRow]]
 
 
-def _read_accounts(book: Any, positions: Any, balances: Any, market: Any) -> _Accounts:
+def read_accounts(book: Any, positions: Any, balances: Any, market: Any) -> Accounts:
     """Read the inputs and net positions at the base market (§2.1)."""
     bd = read_book(book)
     md = read_market(market, bd)
@@ -240,7 +259,7 @@ def _read_accounts(book: Any, positions: Any, balances: Any, market: Any) -> _Ac
     for row in read_balances(balances, bd):
         by_account.setdefault(row.account_id, []).append(row)
     ids = sorted(set(netted) | set(by_account))
-    return _Accounts(bd, md, ids, netted, by_account)
+    return Accounts(bd, md, ids, netted, by_account)
 
 
 def _check_model(model: str) -> None:
@@ -287,7 +306,9 @@ class DistanceRow:
     """The account's maintenance collateral at the current market."""
 
 
-def exposed_underlyings(positions: list[NettedPosition], balances: list[BalanceRow], book: BookData) -> list[str]:
+def exposed_underlyings(
+    positions: list[NettedPosition], balances: list[BalanceRow], book: BookData
+) -> list[str]:
     """The underlyings an account is exposed to: those of its netted (non-zero) positions and
     those linked to assets it holds a non-zero amount of; sorted by name."""
     names = {p.instrument.underlying for p in positions}
@@ -358,14 +379,18 @@ def account_distances(
     return rows
 
 
-def _all_distances(accounts: _Accounts, model: Model) -> list[DistanceRow]:
+def _all_distances(accounts: Accounts, model: Model) -> list[DistanceRow]:
     """Distance rows of every account, by account id then underlying name."""
     scenarios = Scenarios(accounts.book, accounts.market)
     rows: list[DistanceRow] = []
     for account in accounts.ids:
         rows.extend(
             account_distances(
-                account, accounts.positions.get(account, []), accounts.balances.get(account, []), scenarios, model
+                account,
+                accounts.positions.get(account, []),
+                accounts.balances.get(account, []),
+                scenarios,
+                model,
             )
         )
     return rows
@@ -384,7 +409,8 @@ def nearest(rows: list[DistanceRow]) -> tuple[float, str] | None:
 
 
 def liquidation_price(spot: float, move: float | None) -> float | None:
-    """`S × (1 + move)`, null when the move is."""
+    """`S × (1 + move)`, null when the move is. (An underlying known only through linked
+    collateral may have no index price: its `S` is NaN, as in the engine.)"""
     return None if move is None else spot * (1.0 + move)
 
 
@@ -401,16 +427,16 @@ def liquidation_distance(
     liquidation_price_down, liquidation_price_up`. `threads` is ignored."""
     del threads
     _check_model(model)
-    accounts = _read_accounts(book, positions, balances, market)
-    spot = accounts.market.index_prices
+    accounts = read_accounts(book, positions, balances, market)
     columns: dict[str, list[Any]] = {name: [] for name in DISTANCE_SCHEMA.names}
     for row in _all_distances(accounts, model):
+        spot = accounts.market.index_prices.get(row.underlying, math.nan)
         columns["account_id"].append(row.account_id)
         columns["underlying"].append(row.underlying)
         columns["move_down"].append(row.move_down)
         columns["move_up"].append(row.move_up)
-        columns["liquidation_price_down"].append(liquidation_price(spot[row.underlying], row.move_down))
-        columns["liquidation_price_up"].append(liquidation_price(spot[row.underlying], row.move_up))
+        columns["liquidation_price_down"].append(liquidation_price(spot, row.move_down))
+        columns["liquidation_price_up"].append(liquidation_price(spot, row.move_up))
     return pa.table(columns, schema=DISTANCE_SCHEMA)
 
 
@@ -448,13 +474,16 @@ def liquidation_scan(
     del threads
     _check_model(model)
     if distance and stress is not None:
-        raise ValueError("liquidation_scan: distance=True is measured from the current market; pass stress=None")
-    accounts = _read_accounts(book, positions, balances, market)
+        raise ValueError(
+            "liquidation_scan: distance=True is measured from the current market; pass stress=None"
+        )
+    accounts = read_accounts(book, positions, balances, market)
     scenarios = Scenarios(accounts.book, accounts.market)
     scenario = scenarios.base if stress is None else scenarios.moved(_check_stress(accounts.book, stress))
 
     results = [
-        account_in(scenario, a, accounts.positions.get(a, []), accounts.balances.get(a, []), model) for a in accounts.ids
+        account_in(scenario, a, accounts.positions.get(a, []), accounts.balances.get(a, []), model)
+        for a in accounts.ids
     ]
     nearest_by_account: dict[int, tuple[float, str] | None] = {}
     if distance:
@@ -503,7 +532,7 @@ def liquidation_map(
     counted on both). `threads` is ignored."""
     del threads
     _check_model(model)
-    accounts = _read_accounts(book, positions, balances, market)
+    accounts = read_accounts(book, positions, balances, market)
     levels = range(-GRID_LEVELS, GRID_LEVELS + 1)
     cells = {u: {level: _Cell() for level in levels} for u in accounts.book.underlyings}
 
@@ -531,7 +560,7 @@ def liquidation_map(
             for level, inner in ((k, k - 1), (-k, -(k - 1))):
                 cum_accounts[level] = cum_accounts[inner] + by_level[level].accounts
                 cum_notional[level] = cum_notional[inner] + by_level[level].notional
-        spot = accounts.market.index_prices.get(u, float("nan"))
+        spot = accounts.market.index_prices.get(u, math.nan)
         for level in levels:
             move = grid_move(level)
             columns["underlying"].append(u)

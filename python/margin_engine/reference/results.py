@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -45,10 +47,14 @@ def account_status(
 
 
 def health(collateral_maintenance: float, mm: float) -> float | None:
-    """§6 `collateral_maintenance / MM`, null when `MM = 0`."""
+    """§6 `collateral_maintenance / MM`, null when `MM = 0` (or when the ratio overflows)."""
     if mm == 0.0:
         return None
-    return collateral_maintenance / mm
+    try:
+        ratio = collateral_maintenance / mm
+    except OverflowError:
+        return None
+    return ratio if math.isfinite(ratio) else None
 
 
 @dataclass(frozen=True)

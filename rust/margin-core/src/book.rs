@@ -391,8 +391,8 @@ fn parse_risk_params(
     set(&mut risk, price_range, &|r, v| r.price_range = v);
     let steps = column("price_steps", Domain::Positive)?;
     if let Some(v) = &steps {
-        check_rows(t.name, "price_steps", "price_steps must be an odd integer >= 3", underlying, |i| {
-            v[i] < 3.0 || v[i] > 100_001.0 || v[i].fract() != 0.0 || (v[i] as u64) % 2 == 0
+        check_rows(t.name, "price_steps", "price_steps must be an odd integer in [3, 100001]", underlying, |i| {
+            v[i] < 3.0 || v[i] > 100_001.0 || v[i].fract() != 0.0 || (v[i] as u64).is_multiple_of(2)
         })?;
     }
     set(&mut risk, steps, &|r, v| r.price_steps = v as usize);

@@ -17,6 +17,7 @@ pub mod error;
 pub mod greeks;
 pub mod liquidation;
 pub mod market;
+pub mod plan;
 pub mod portfolio;
 pub mod results;
 pub mod rows;

@@ -52,7 +52,14 @@ impl MarketTables {
 
         let instruments = marks.column("instrument")?.keys()?;
         KeyIndex::build(&instruments, marks.name, "instrument")?;
-        let labels: Vec<String> = instruments.iter().map(|k| k.to_string()).collect();
+        // bare keys: error messages quote them (`'BTC-PERP'`)
+        let labels: Vec<String> = instruments
+            .iter()
+            .map(|k| match k {
+                Key::Str(s) => s.clone(),
+                Key::Int(i) => i.to_string(),
+            })
+            .collect();
         let m = marks.with_labels(&labels);
         let mark_price = m.column("mark_price")?.f64s(Domain::NonNegative)?.into_owned();
         let implied_vol = match m.optional_column("implied_vol") {

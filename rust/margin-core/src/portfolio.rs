@@ -119,6 +119,17 @@ impl RiskArrays {
         RiskArrays { scenarios, offset, pnl: arrays.concat() }
     }
 
+    /// An error naming the instruments whose scenario P&L overflows float64.
+    pub fn check_finite(&self, book: &Book) -> crate::Result<()> {
+        let mut bad = crate::error::Offenders::default();
+        for id in 0..book.instruments.len() {
+            if !self.array(book, id).iter().all(|v| v.is_finite()) {
+                bad.push(|| format!("'{}'", book.instruments.labels[id]));
+            }
+        }
+        bad.into_result("instruments", "multiplier", "scenario P&L overflows float64 (check multipliers and marks)")
+    }
+
     /// The risk array of an instrument (empty if it has no market data).
     pub fn array(&self, book: &Book, instrument: usize) -> &[f64] {
         match self.offset[instrument] {

@@ -61,9 +61,10 @@ impl AccountRow {
         self.collateral_maintenance - self.maintenance_margin
     }
 
-    /// `collateral_maintenance / MM`, `None` when MM = 0.
+    /// `collateral_maintenance / MM`, `None` when MM = 0 (or so small that the ratio overflows).
     pub fn health(&self) -> Option<f64> {
-        (self.maintenance_margin != 0.0).then(|| self.collateral_maintenance / self.maintenance_margin)
+        let h = self.collateral_maintenance / self.maintenance_margin;
+        (self.maintenance_margin != 0.0 && h.is_finite()).then_some(h)
     }
 
     pub fn status(&self) -> Status {
@@ -79,9 +80,17 @@ impl AccountRow {
     }
 
     pub fn is_finite(&self) -> bool {
-        [self.equity, self.collateral_initial, self.collateral_maintenance, self.initial_margin, self.maintenance_margin]
-            .iter()
-            .all(|v| v.is_finite())
+        [
+            self.equity,
+            self.collateral_initial,
+            self.collateral_maintenance,
+            self.initial_margin,
+            self.maintenance_margin,
+            self.free_collateral(),
+            self.margin_excess(),
+        ]
+        .iter()
+        .all(|v| v.is_finite())
     }
 }
 
@@ -252,4 +261,133 @@ pub fn map_batch(book: &Book, spot: &[f64], rows: &[crate::liquidation::MapRow])
         Arc::new(Float64Array::from(cum_notional)),
     ];
     RecordBatch::try_new(schema, columns).expect("columns match the schema by construction")
+}
+
+/// Liquidation plan tables: the closes, each account's outcome, per-underlying totals and the
+/// ADL queues.
+pub fn plan_batches(
+    book: &Book,
+    liquidation: &crate::plan::Liquidation,
+    params: &crate::plan::PlanParams,
+    adl: &[crate::plan::AdlEntry],
+) -> [RecordBatch; 4] {
+    let names = &book.underlyings.names;
+    let ins = &book.instruments;
+    let c = &liquidation.closes;
+    let f = |v: Vec<f64>| -> ArrayRef { Arc::new(Float64Array::from(v)) };
+    let utf8 = |v: Vec<&str>| -> ArrayRef { Arc::new(v.into_iter().map(Some).collect::<StringArray>()) };
+    let closes = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("account_id", DataType::UInt64, false),
+            Field::new("step", DataType::UInt32, false),
+            Field::new("instrument", DataType::Utf8, false),
+            Field::new("underlying", DataType::Utf8, false),
+            f64_field("quantity_before"),
+            f64_field("quantity_closed"),
+            f64_field("fraction"),
+            f64_field("mark_price"),
+            f64_field("notional"),
+            f64_field("fee"),
+            f64_field("liquidator_fee"),
+            f64_field("insurance_fee"),
+            f64_field("value_before"),
+        ])),
+        vec![
+            Arc::new(UInt64Array::from(c.iter().map(|x| x.account_id).collect::<Vec<u64>>())),
+            Arc::new(arrow_array::UInt32Array::from(c.iter().map(|x| x.step).collect::<Vec<u32>>())),
+            utf8(c.iter().map(|x| ins.labels[x.instrument as usize].as_str()).collect()),
+            utf8(c.iter().map(|x| names[ins.underlying[x.instrument as usize] as usize].as_str()).collect()),
+            f(c.iter().map(|x| x.quantity_before).collect()),
+            f(c.iter().map(|x| x.quantity_closed).collect()),
+            f(c.iter().map(|x| x.fraction).collect()),
+            f(c.iter().map(|x| x.mark_price).collect()),
+            f(c.iter().map(|x| x.notional).collect()),
+            f(c.iter().map(|x| x.fee).collect()),
+            f(c.iter().map(|x| x.fee * params.liquidator_share).collect()),
+            f(c.iter().map(|x| x.fee - x.fee * params.liquidator_share).collect()),
+            f(c.iter().map(|x| x.value_before).collect()),
+        ],
+    )
+    .expect("columns match the schema by construction");
+    let o = &liquidation.outcomes;
+    let target = 1.0 + params.buffer;
+    let status_after = |x: &crate::plan::Outcome| {
+        if x.equity_after < 0.0 {
+            "bankrupt"
+        } else if x.collateral_maintenance_after >= target * x.maintenance_margin_after {
+            "restored"
+        } else {
+            "collateral_shortfall"
+        }
+    };
+    let accounts = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("account_id", DataType::UInt64, false),
+            Field::new("status_before", DataType::Utf8, false),
+            Field::new("status_after", DataType::Utf8, false),
+            f64_field("equity_before"),
+            f64_field("equity_after"),
+            f64_field("collateral_maintenance_before"),
+            f64_field("collateral_maintenance_after"),
+            f64_field("maintenance_margin_before"),
+            f64_field("maintenance_margin_after"),
+            f64_field("fees"),
+            f64_field("closed_notional"),
+            f64_field("deficit"),
+            f64_field("covered_by_insurance"),
+            f64_field("bad_debt"),
+        ])),
+        vec![
+            Arc::new(UInt64Array::from(o.iter().map(|x| x.before.account_id).collect::<Vec<u64>>())),
+            utf8(o.iter().map(|x| x.before.status().as_str()).collect()),
+            utf8(o.iter().map(status_after).collect()),
+            f(o.iter().map(|x| x.before.equity).collect()),
+            f(o.iter().map(|x| x.equity_after).collect()),
+            f(o.iter().map(|x| x.before.collateral_maintenance).collect()),
+            f(o.iter().map(|x| x.collateral_maintenance_after).collect()),
+            f(o.iter().map(|x| x.before.maintenance_margin).collect()),
+            f(o.iter().map(|x| x.maintenance_margin_after).collect()),
+            f(o.iter().map(|x| x.fees).collect()),
+            f(o.iter().map(|x| x.closed_notional).collect()),
+            f(o.iter().map(|x| x.deficit).collect()),
+            f(o.iter().map(|x| x.covered_by_insurance).collect()),
+            f(o.iter().map(|x| x.bad_debt).collect()),
+        ],
+    )
+    .expect("columns match the schema by construction");
+    let underlyings = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("underlying", DataType::Utf8, false),
+            f64_field("closed_notional"),
+            f64_field("bad_debt"),
+        ])),
+        vec![
+            utf8(names.iter().map(|n| n.as_str()).collect()),
+            f(liquidation.closed_notional_by_underlying.clone()),
+            f(liquidation.bad_debt_by_underlying.clone()),
+        ],
+    )
+    .expect("columns match the schema by construction");
+    let adl_batch = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("underlying", DataType::Utf8, false),
+            Field::new("rank", DataType::UInt32, false),
+            Field::new("account_id", DataType::UInt64, false),
+            f64_field("delta"),
+            f64_field("profit_ratio"),
+            f64_field("leverage"),
+            f64_field("score"),
+        ])),
+        vec![
+            utf8(adl.iter().map(|x| names[x.underlying as usize].as_str()).collect()),
+            Arc::new(arrow_array::UInt32Array::from(adl.iter().map(|x| x.rank).collect::<Vec<u32>>())),
+            Arc::new(UInt64Array::from(adl.iter().map(|x| x.account_id).collect::<Vec<u64>>())),
+            f(adl.iter().map(|x| x.delta).collect()),
+            f(adl.iter().map(|x| x.profit_ratio).collect()),
+            f(adl.iter().map(|x| x.leverage).collect()),
+            f(adl.iter().map(|x| x.score).collect()),
+        ],
+    )
+    .expect("columns match the schema by construction");
+    [closes, accounts, underlyings, adl_batch]
 }

@@ -643,7 +643,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow_array::{DictionaryArray, Float64Array, Int64Array, StringArray, UInt64Array};
+    use arrow_array::{DictionaryArray, Float64Array, Int64Array, NullArray, StringArray, UInt64Array};
     use std::sync::Arc;
 
     fn batch(cols: Vec<(&str, ArrayRef)>) -> RecordBatch {
@@ -690,6 +690,78 @@ mod tests {
         let err = t.column("k").unwrap().map_keys(&index, "instrument").unwrap_err();
         assert_eq!(err.problem, "unknown instrument");
         assert_eq!(err.examples, vec!["'Z' (row 1)".to_string()]);
+    }
+
+    #[test]
+    fn uint64_keys_beyond_int64_are_rejected_not_wrapped() {
+        let names = vec!["k".to_string()];
+        let b = batch(vec![("k", Arc::new(UInt64Array::from(vec![1, u64::MAX])) as ArrayRef)]);
+        let t = Table::new("instruments", &names, std::slice::from_ref(&b));
+        let err = t.column("k").unwrap().keys().unwrap_err();
+        assert_eq!(err.examples, vec![format!("row 1 = {}", u64::MAX)]);
+        // mapped against an integer index, such a key is unknown (not -1 or any other key)
+        let index = KeyIndex::build(&[Key::Int(-1), Key::Int(1)], "instruments", "instrument").unwrap();
+        let t = Table::new("positions", &names, std::slice::from_ref(&b));
+        let err = t.column("k").unwrap().map_keys(&index, "instrument").unwrap_err();
+        assert_eq!(err.examples, vec![format!("{} (row 1)", u64::MAX)]);
+    }
+
+    #[test]
+    fn null_typed_columns_read_as_all_null() {
+        let names = vec!["k".to_string()];
+        let b = batch(vec![("k", Arc::new(NullArray::new(2)) as ArrayRef)]);
+        let t = Table::new("instruments", &names, std::slice::from_ref(&b));
+        let c = t.column("k").unwrap();
+        assert_eq!(c.strings_nullable().unwrap(), vec![None, None]);
+        assert_eq!(c.f64s_nullable(Domain::Positive).unwrap(), vec![None, None]);
+        assert_eq!(c.timestamps_ns().unwrap(), vec![None, None]);
+        assert_eq!(c.f64s(Domain::Finite).unwrap_err().problem, "null values are not allowed");
+    }
+
+    #[test]
+    fn all_null_dictionary_with_empty_values_does_not_panic() {
+        let names = vec!["k".to_string()];
+        let keys = arrow_array::Int32Array::from(vec![None, None]);
+        let dict = DictionaryArray::<Int32Type>::try_new(keys, Arc::new(StringArray::from(Vec::<&str>::new()))).unwrap();
+        let b = batch(vec![("k", Arc::new(dict) as ArrayRef)]);
+        let t = Table::new("assets", &names, std::slice::from_ref(&b));
+        assert_eq!(t.column("k").unwrap().strings_nullable().unwrap(), vec![None, None]);
+    }
+
+    #[test]
+    fn dictionary_encoded_integer_keys() {
+        let names = vec!["k".to_string()];
+        let keys = arrow_array::Int8Array::from(vec![1, 0, 1]);
+        let dict = DictionaryArray::<Int8Type>::try_new(keys, Arc::new(Int64Array::from(vec![7, 9]))).unwrap();
+        let b = batch(vec![("k", Arc::new(dict) as ArrayRef)]);
+        let t = Table::new("instruments", &names, std::slice::from_ref(&b));
+        assert_eq!(t.column("k").unwrap().keys().unwrap(), vec![Key::Int(9), Key::Int(7), Key::Int(9)]);
+        let index = KeyIndex::build(&[Key::Int(7), Key::Int(9)], "instruments", "instrument").unwrap();
+        assert_eq!(t.column("k").unwrap().map_keys(&index, "instrument").unwrap(), vec![1, 0, 1]);
+    }
+
+    #[test]
+    fn non_key_types_are_a_type_error() {
+        let names = vec!["k".to_string()];
+        let b = batch(vec![("k", Arc::new(Float64Array::from(vec![1.5])) as ArrayRef)]);
+        let t = Table::new("instruments", &names, std::slice::from_ref(&b));
+        let err = t.column("k").unwrap().keys().unwrap_err();
+        assert!(err.problem.starts_with("wrong type: expected utf8 or an integer type, got Float64"), "{}", err.problem);
+    }
+
+    #[test]
+    fn duplicate_column_names_rejected() {
+        let names = vec!["q".to_string(), "q".to_string()];
+        let b = RecordBatch::try_new(
+            Arc::new(arrow_schema::Schema::new(vec![
+                arrow_schema::Field::new("q", DataType::Float64, false),
+                arrow_schema::Field::new("q", DataType::Float64, false),
+            ])),
+            vec![Arc::new(Float64Array::from(vec![1.0])) as ArrayRef, Arc::new(Float64Array::from(vec![2.0])) as ArrayRef],
+        )
+        .unwrap();
+        let t = Table::new("positions", &names, std::slice::from_ref(&b));
+        assert_eq!(t.check_unique_column_names().unwrap_err().problem, "column appears more than once");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use margin_core::engine::{self, Inputs, Model};
 use margin_core::market::{Market as CoreMarket, MarketTables};
 use margin_core::portfolio::{risk_arrays_batch, RiskArrays};
 use margin_core::table::Table;
-use margin_core::{black76 as b76, liquidation, results, stress, InputError};
+use margin_core::{black76 as b76, liquidation, plan, results, stress, InputError};
 use numpy::{PyArray1, PyReadonlyArray1};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -172,7 +172,7 @@ fn parse_model(model: &str) -> PyResult<Model> {
     match model {
         "standard" => Ok(Model::Standard),
         "portfolio" => Ok(Model::Portfolio),
-        other => Err(PyValueError::new_err(format!("model must be 'standard' or 'portfolio', got {other:?}"))),
+        other => Err(MarginInputError::new_err(format!("arguments.model: model must be 'standard' or 'portfolio', got {other:?}"))),
     }
 }
 
@@ -249,7 +249,7 @@ fn liquidation_scan(
 ) -> PyResult<PyTable> {
     let model = parse_model(model)?;
     if distance && stress.is_some() {
-        return Err(PyValueError::new_err("liquidation_scan: distance=True is measured from the current market; pass stress=None"));
+        return Err(MarginInputError::new_err("arguments.distance: distance=True is measured from the current market; pass stress=None"));
     }
     let positions = OwnedTable::read(positions, "positions")?;
     let balances = OwnedTable::read(balances, "balances")?;
@@ -345,13 +345,68 @@ fn liquidation_walk(
     to_table(batch)
 }
 
+/// Liquidation plans (docs/liquidation.md): (closes, accounts, underlyings, adl) tables and the
+/// fee / insurance fund totals.
+#[pyfunction]
+#[pyo3(signature = (book, market, positions, balances, model="standard", liquidation_fee=0.01, liquidator_share=0.5, buffer=0.0, insurance_fund=0.0, stress=None, threads=None))]
+#[allow(clippy::too_many_arguments)]
+fn liquidation_plan(
+    py: Python<'_>,
+    book: &Book,
+    market: &Market,
+    positions: &Bound<'_, PyAny>,
+    balances: &Bound<'_, PyAny>,
+    model: &str,
+    liquidation_fee: f64,
+    liquidator_share: f64,
+    buffer: f64,
+    insurance_fund: f64,
+    stress: Option<Vec<(String, f64)>>,
+    threads: Option<usize>,
+) -> PyResult<(PyTable, PyTable, PyTable, PyTable, f64, f64, f64)> {
+    let model = parse_model(model)?;
+    let check = |name: &str, v: f64, ok: bool| -> PyResult<()> {
+        if ok && v.is_finite() {
+            Ok(())
+        } else {
+            Err(input_error(py, &InputError::new("arguments", name, format!("invalid value {v}"))))
+        }
+    };
+    check("liquidation_fee", liquidation_fee, (0.0..1.0).contains(&liquidation_fee))?;
+    check("liquidator_share", liquidator_share, (0.0..=1.0).contains(&liquidator_share))?;
+    check("buffer", buffer, buffer >= 0.0)?;
+    check("insurance_fund", insurance_fund, insurance_fund >= 0.0)?;
+    let params = plan::PlanParams { liquidation_fee, liquidator_share, buffer, insurance_fund };
+    let positions = OwnedTable::read(positions, "positions")?;
+    let balances = OwnedTable::read(balances, "balances")?;
+    let (book, tables) = (book.inner.clone(), market.inner.clone());
+    let (batches, totals) = run(py, || {
+        engine::with_threads(threads, || {
+            let market = CoreMarket::resolve(&book, &tables)?;
+            let inputs = Inputs::new(&book, &market, Some(&positions.table()), Some(&balances.table()))?;
+            let moved = stressed(&book, &market, &stress)?;
+            let stress = moved.as_ref().map(|(m, a)| engine::Stress { market: m, asset_price: a });
+            let rows = engine::margin_under(&book, &market, stress, &inputs, model)?;
+            let stressed_market = moved.as_ref().map(|(m, _)| m);
+            let liquidation = plan::liquidate(&book, &market, stressed_market, &inputs, model, &rows, &params);
+            let adl = plan::adl_queues(&book, &market, stressed_market, &inputs, &rows, &liquidation);
+            let totals = (liquidation.liquidator_fees, liquidation.insurance_fees, liquidation.insurance_fund_after);
+            Ok((results::plan_batches(&book, &liquidation, &params, &adl), totals))
+        })?
+    })?;
+    let [closes, accounts, underlyings, adl] = batches;
+    Ok((to_table(closes)?, to_table(accounts)?, to_table(underlyings)?, to_table(adl)?, totals.0, totals.1, totals.2))
+}
+
 /// Per-contract scenario P&L of every instrument with a mark (§4), long format.
 #[pyfunction]
 fn risk_arrays(py: Python<'_>, book: &Book, market: &Market) -> PyResult<PyTable> {
     let (book, tables) = (book.inner.clone(), market.inner.clone());
     let batch = run(py, || {
         let market = CoreMarket::resolve(&book, &tables)?;
-        Ok(risk_arrays_batch(&book, &RiskArrays::new(&book, &market)))
+        let risk = RiskArrays::new(&book, &market);
+        risk.check_finite(&book)?;
+        Ok(risk_arrays_batch(&book, &risk))
     })?;
     to_table(batch)
 }
@@ -395,6 +450,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(liquidation_scan, m)?)?;
     m.add_function(wrap_pyfunction!(liquidation_distance, m)?)?;
     m.add_function(wrap_pyfunction!(liquidation_map, m)?)?;
+    m.add_function(wrap_pyfunction!(liquidation_plan, m)?)?;
     m.add_function(wrap_pyfunction!(black76, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
