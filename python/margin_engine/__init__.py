@@ -19,10 +19,20 @@ from margin_engine.api import (
     liquidation_plan,
     liquidation_scan,
     margin,
+    optimal_hedge,
     risk_arrays,
 )
+from margin_engine.optimize import CollateralAllocation, RebalancePlan, allocate_collateral, rebalance
+from margin_engine.report import EfficiencyReport, efficiency_report, write_html
 
 __all__ = [
+    "CollateralAllocation",
+    "EfficiencyReport",
+    "RebalancePlan",
+    "allocate_collateral",
+    "efficiency_report",
+    "rebalance",
+    "write_html",
     "Black76",
     "Book",
     "LiquidationPlan",
@@ -37,5 +47,6 @@ __all__ = [
     "liquidation_plan",
     "liquidation_scan",
     "margin",
+    "optimal_hedge",
     "risk_arrays",
 ]

@@ -64,3 +64,13 @@ def liquidation_plan(
     stress: list[tuple[str, float]] | None = None,
     threads: int | None = None,
 ) -> tuple[Any, Any, Any, Any, float, float, float]: ...
+def optimal_hedge(
+    book: Book,
+    market: Market,
+    positions: Any,
+    balances: Any,
+    hedge_instruments: list[str],
+    model: str = "portfolio",
+    objective: str = "maintenance",
+    threads: int | None = None,
+) -> Any: ...

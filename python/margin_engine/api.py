@@ -252,6 +252,40 @@ def liquidation_plan(
     return LiquidationPlan(_table(closes), _table(accounts), _table(underlyings), _table(adl), liq_fees, ins_fees, fund_after)
 
 
+def optimal_hedge(
+    book: Book,
+    positions: Any,
+    balances: Any,
+    market: Market,
+    hedge_instruments: list[str],
+    model: Model = "portfolio",
+    objective: Literal["maintenance", "initial"] = "maintenance",
+    threads: int | None = None,
+) -> pa.Table:
+    """The minimum-margin hedge of every account in each hedge instrument's underlying
+    (docs/optimization.md): one row per account × hedge instrument with ``account_id,
+    underlying, hedge_instrument, quantity`` (contracts to add), ``margin_before, margin_after``
+    (the account's margin of that objective without / with that one hedge) and
+    ``delta_neutral_quantity`` for comparison. Under the portfolio model the optimum is exact (the
+    margin is a maximum of affine functions of the hedge quantity); under the standard model it
+    closes the account's existing position in the hedge instrument."""
+    core_book, core_market, model, threads = _checked(book, market, model, threads)
+    if isinstance(hedge_instruments, str) or not all(isinstance(h, (str, int)) for h in hedge_instruments):
+        raise input_error("hedge_instruments", "instrument", "expected a list of instrument keys")
+    return _table(
+        _core.optimal_hedge(
+            core_book,
+            core_market,
+            arrow_input(positions, "positions"),
+            arrow_input(balances, "balances"),
+            [str(h) for h in hedge_instruments],
+            model,
+            objective,
+            threads,
+        )
+    )
+
+
 def risk_arrays(book: Book, market: Market) -> pa.Table:
     """The per-contract scenario P&L of every instrument with a mark (METHODOLOGY §4), one row
     per instrument × scenario: ``instrument, underlying, scenario, move, vol_state, extreme, pnl``."""

@@ -185,13 +185,18 @@ class _SharedRiskArrays(RiskArrays):
 
 @dataclass
 class Scenario:
-    """A market to margin accounts in: the base market, or the base moved by `moves`."""
+    """A market to margin accounts in: the current market, or the current one moved."""
 
     base: MarketData
+    """The current market: positions are netted and valued there, then revalued."""
     book: BookData
+    """The book with the scenario's asset prices."""
     market: MarketData
+    """The scenario's index prices and marks."""
     arrays: RiskArrays
+    """Portfolio risk arrays in the scenario's market."""
     stressed: bool
+    """False for the current market itself (no revaluation)."""
 
 
 class Scenarios:

@@ -15,6 +15,7 @@ pub mod book;
 pub mod engine;
 pub mod error;
 pub mod greeks;
+pub mod hedge;
 pub mod liquidation;
 pub mod market;
 pub mod plan;

@@ -391,3 +391,29 @@ pub fn plan_batches(
     .expect("columns match the schema by construction");
     [closes, accounts, underlyings, adl_batch]
 }
+
+/// `optimal_hedge` results.
+pub fn hedge_batch(book: &Book, rows: &[crate::hedge::HedgeRow]) -> RecordBatch {
+    let names = &book.underlyings.names;
+    let labels = &book.instruments.labels;
+    let f = |v: Vec<f64>| -> ArrayRef { Arc::new(Float64Array::from(v)) };
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("account_id", DataType::UInt64, false),
+        Field::new("underlying", DataType::Utf8, false),
+        Field::new("hedge_instrument", DataType::Utf8, false),
+        f64_field("quantity"),
+        f64_field("margin_before"),
+        f64_field("margin_after"),
+        f64_field("delta_neutral_quantity"),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt64Array::from(rows.iter().map(|r| r.account_id).collect::<Vec<u64>>())),
+        Arc::new(rows.iter().map(|r| Some(names[r.underlying as usize].as_str())).collect::<StringArray>()),
+        Arc::new(rows.iter().map(|r| Some(labels[r.hedge_instrument as usize].as_str())).collect::<StringArray>()),
+        f(rows.iter().map(|r| r.quantity).collect()),
+        f(rows.iter().map(|r| r.margin_before).collect()),
+        f(rows.iter().map(|r| r.margin_after).collect()),
+        f(rows.iter().map(|r| r.delta_neutral_quantity).collect()),
+    ];
+    RecordBatch::try_new(schema, columns).expect("columns match the schema by construction")
+}

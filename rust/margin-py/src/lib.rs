@@ -13,7 +13,7 @@ use margin_core::engine::{self, Inputs, Model};
 use margin_core::market::{Market as CoreMarket, MarketTables};
 use margin_core::portfolio::{risk_arrays_batch, RiskArrays};
 use margin_core::table::Table;
-use margin_core::{black76 as b76, liquidation, plan, results, stress, InputError};
+use margin_core::{black76 as b76, hedge, liquidation, plan, results, stress, InputError};
 use numpy::{PyArray1, PyReadonlyArray1};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -398,6 +398,47 @@ fn liquidation_plan(
     Ok((to_table(closes)?, to_table(accounts)?, to_table(underlyings)?, to_table(adl)?, totals.0, totals.1, totals.2))
 }
 
+/// Minimum-margin hedge per account × hedge instrument (exact; see margin_core::hedge).
+#[pyfunction]
+#[pyo3(signature = (book, market, positions, balances, hedge_instruments, model="portfolio", objective="maintenance", threads=None))]
+#[allow(clippy::too_many_arguments)]
+fn optimal_hedge(
+    py: Python<'_>,
+    book: &Book,
+    market: &Market,
+    positions: &Bound<'_, PyAny>,
+    balances: &Bound<'_, PyAny>,
+    hedge_instruments: Vec<String>,
+    model: &str,
+    objective: &str,
+    threads: Option<usize>,
+) -> PyResult<PyTable> {
+    let model = parse_model(model)?;
+    let objective = match objective {
+        "maintenance" => hedge::Objective::Maintenance,
+        "initial" => hedge::Objective::Initial,
+        other => {
+            return Err(MarginInputError::new_err(format!(
+                "arguments.objective: objective must be 'maintenance' or 'initial', got {other:?}"
+            )))
+        }
+    };
+    let positions = OwnedTable::read(positions, "positions")?;
+    let balances = OwnedTable::read(balances, "balances")?;
+    let (book, tables) = (book.inner.clone(), market.inner.clone());
+    let batch = run(py, || {
+        engine::with_threads(threads, || {
+            let market = CoreMarket::resolve(&book, &tables)?;
+            let hedges = hedge::hedge_ids(&book, &market, &hedge_instruments)?;
+            let inputs = Inputs::new(&book, &market, Some(&positions.table()), Some(&balances.table()))?;
+            let rows = engine::margin(&book, &market, &inputs, model)?;
+            let hedges = hedge::optimal_hedges(&book, &market, &inputs, model, objective, &hedges, &rows);
+            Ok(results::hedge_batch(&book, &hedges))
+        })?
+    })?;
+    to_table(batch)
+}
+
 /// Per-contract scenario P&L of every instrument with a mark (§4), long format.
 #[pyfunction]
 fn risk_arrays(py: Python<'_>, book: &Book, market: &Market) -> PyResult<PyTable> {
@@ -451,6 +492,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(liquidation_distance, m)?)?;
     m.add_function(wrap_pyfunction!(liquidation_map, m)?)?;
     m.add_function(wrap_pyfunction!(liquidation_plan, m)?)?;
+    m.add_function(wrap_pyfunction!(optimal_hedge, m)?)?;
     m.add_function(wrap_pyfunction!(black76, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -1,0 +1,281 @@
+"""The capital-efficiency report (margin_engine.report): its numbers agree with the engine and
+with each other, and its HTML page has every section and renders in a headless browser."""
+
+from __future__ import annotations
+
+import html.parser
+import math
+import shutil
+import subprocess
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+import margin_engine as me
+from margin_engine import synthetic
+from margin_engine.report import QUANTILES, SAVING_BINS, TOP_HEDGES, efficiency_report, render_html, write_html
+
+
+@pytest.fixture(scope="module")
+def engine():
+    g = synthetic.generate(5000, seed=7)
+    book = me.Book(g.instruments, g.assets, None, g.margin_tiers)
+    market = me.Market(g.index_prices, g.marks, g.valuation_time)
+    return g, book, market
+
+
+@pytest.fixture(scope="module")
+def margins(engine):
+    g, book, market = engine
+    return {m: me.margin(book, g.positions, g.balances, market, model=m) for m in ("standard", "portfolio")}
+
+
+@pytest.fixture(scope="module")
+def report(engine):
+    g, book, market = engine
+    return efficiency_report(book, g.positions, g.balances, market)
+
+
+def _np(t, c):
+    return np.asarray(t.column(c).to_numpy(zero_copy_only=False), dtype=float)
+
+
+def test_capital_freed_is_the_difference_of_total_initial_margins(report, margins):
+    im_std = _np(margins["standard"], "initial_margin").sum()
+    im_port = _np(margins["portfolio"], "initial_margin").sum()
+    assert report.im_standard == pytest.approx(im_std, rel=1e-12)
+    assert report.im_portfolio == pytest.approx(im_port, rel=1e-12)
+    assert report.capital_freed == pytest.approx(im_std - im_port, rel=1e-12)
+    assert report.capital_freed_pct == pytest.approx((im_std - im_port) / im_std, rel=1e-12)
+    mm_freed = (
+        _np(margins["standard"], "maintenance_margin").sum() - _np(margins["portfolio"], "maintenance_margin").sum()
+    )
+    assert report.mm_freed == pytest.approx(mm_freed, rel=1e-12)
+    s = report.summary.to_pydict()
+    assert s["model"] == ["standard", "portfolio"]
+    assert s["initial_margin"] == pytest.approx([im_std, im_port], rel=1e-12)
+    assert s["accounts"] == [5000, 5000]
+    for k in range(2):
+        assert sum(s[f"accounts_{st}"][k] for st in ("healthy", "margin_call", "liquidatable", "bankrupt")) == 5000
+
+
+def test_per_account_savings_add_up(report, margins):
+    a = report.accounts
+    assert a.num_rows == 5000
+    assert a.column("account_id").equals(margins["standard"].column("account_id"))
+    saving = _np(a, "saving")
+    np.testing.assert_allclose(saving, _np(a, "im_standard") - _np(a, "im_portfolio"), rtol=0, atol=0)
+    assert saving.sum() == pytest.approx(report.capital_freed, rel=1e-9)
+    # histogram: every account with a standard requirement counted once, USD sums add up
+    h = report.saving_histogram.to_pydict()
+    has_std = _np(a, "im_standard") > 0
+    assert sum(h["accounts"]) == int(has_std.sum())
+    assert sum(h["saving"]) == pytest.approx(saving[has_std].sum(), rel=1e-9)
+    assert h["bin_low"] == list(SAVING_BINS[:-1]) and h["bin_high"] == list(SAVING_BINS[1:])
+    pct = _np(a, "saving_pct")[has_std]
+    assert (pct <= 1.0 + 1e-12).all()  # portfolio margin is never negative
+    for lo, hi, n in zip(h["bin_low"], h["bin_high"], h["accounts"]):
+        inside = (pct >= lo) & ((pct < hi) | (hi == SAVING_BINS[-1]))
+        assert int(inside.sum()) == n
+    # quantiles: monotone, ends are the extremes
+    q = report.saving_quantiles.to_pydict()
+    assert q["quantile"] == list(QUANTILES)
+    assert np.all(np.diff(q["saving"]) >= 0) and np.all(np.diff(q["saving_pct"]) >= 0)
+    margined = (_np(a, "im_standard") > 0) | (_np(a, "im_portfolio") > 0)
+    assert q["saving"][0] == saving[margined].min() and q["saving"][-1] == saving[margined].max()
+    assert q["saving_pct"][0] == pct.min() and q["saving_pct"][-1] == pct.max()
+
+
+def test_idle_collateral_is_free_collateral_of_healthy_accounts(report, margins):
+    idle = report.idle.to_pydict()
+    dist = report.idle_distribution
+    for k, model in enumerate(("standard", "portfolio")):
+        r = margins[model]
+        healthy = r.filter(pc.equal(r.column("status"), "healthy"))
+        free = _np(healthy, "free_collateral")
+        assert (free >= 0).all()
+        assert idle["model"][k] == model
+        assert idle["healthy_accounts"][k] == healthy.num_rows
+        assert idle["idle_total"][k] == pytest.approx(free.sum(), rel=1e-12)
+        assert idle["idle_p50"][k] == pytest.approx(np.median(free), rel=1e-12)
+        assert idle["idle_max"][k] == free.max()
+        assert 0 < idle["top1pct_share"][k] <= idle["top10pct_share"][k] <= 1
+        d = dist.filter(pc.equal(dist.column("model"), model))
+        assert sum(d.column("accounts").to_pylist()) == healthy.num_rows
+        assert sum(d.column("idle").to_pylist()) == pytest.approx(free.sum(), rel=1e-9)
+    s = report.summary.to_pydict()
+    assert s["idle_collateral"] == pytest.approx(idle["idle_total"], rel=1e-12)
+
+
+def test_top_hedges_are_the_largest_margin_reductions(engine, report):
+    if not hasattr(me, "optimal_hedge"):
+        pytest.skip("margin_engine.optimal_hedge is not built yet")
+    g, book, market = engine
+    top = report.top_hedges
+    assert 0 < top.num_rows <= TOP_HEDGES
+    freed = _np(top, "margin_freed")
+    np.testing.assert_allclose(freed, _np(top, "margin_before") - _np(top, "margin_after"), rtol=0, atol=0)
+    assert (np.diff(freed) <= 0).all() and (freed > 0).all()
+    # the same as ranking the engine's full answer
+    assert report.hedge_instruments == sorted(report.hedge_instruments)
+    assert all(h.endswith("-PERP") for h in report.hedge_instruments)
+    full = me.optimal_hedge(
+        book,
+        g.positions,
+        g.balances,
+        market,
+        hedge_instruments=report.hedge_instruments,
+        model="portfolio",
+        objective="initial",
+    )
+    all_freed = np.sort(_np(full, "margin_before") - _np(full, "margin_after"))[::-1]
+    np.testing.assert_allclose(freed, all_freed[: top.num_rows], rtol=1e-12)
+    # best single hedge per account, summed
+    by_account: dict[int, float] = {}
+    for a, f in zip(full.column("account_id").to_pylist(), all_freed_unsorted(full)):
+        by_account[a] = max(by_account.get(a, 0.0), f)
+    assert report.hedges_total_freed == pytest.approx(sum(max(v, 0.0) for v in by_account.values()), rel=1e-9)
+
+
+def all_freed_unsorted(t: pa.Table) -> list[float]:
+    return (_np(t, "margin_before") - _np(t, "margin_after")).tolist()
+
+
+def test_hedges_can_be_skipped(engine):
+    g, book, market = engine
+    r = efficiency_report(book, g.positions, g.balances, market, hedge_instruments=[])
+    assert r.top_hedges.num_rows == 0 and r.hedges_total_freed == 0.0
+    assert any("no hedge instruments" in n for n in r.notes)
+    assert "No hedge frees margin" in render_html(r)
+
+
+class _Sections(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.ids: list[str] = []
+        self.h2: list[str] = []
+        self.tags: dict[str, int] = {}
+        self.text: list[str] = []
+        self._in_h2 = False
+        self.external: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags[tag] = self.tags.get(tag, 0) + 1
+        d = dict(attrs)
+        if "id" in d and tag == "section":
+            self.ids.append(d["id"])
+        if tag == "h2":
+            self._in_h2 = True
+            self.h2.append("")
+        for key in ("src", "href"):
+            if key in d and not str(d[key]).startswith(("data:", "#")):
+                self.external.append(d[key])
+        if tag == "script":
+            self.external.append("script")
+
+    def handle_endtag(self, tag):
+        if tag == "h2":
+            self._in_h2 = False
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self._in_h2:
+            self.h2[-1] += data
+
+
+@pytest.fixture(scope="module")
+def page(report, tmp_path_factory):
+    path = tmp_path_factory.mktemp("report") / "report.html"
+    assert write_html(report, path) == path
+    return path
+
+
+def test_html_has_every_section(report, page):
+    text = page.read_text(encoding="utf-8")
+    p = _Sections()
+    p.feed(text)
+    p.close()
+    assert p.ids == ["headline", "summary", "savings", "idle", "hedges", "notes"]
+    assert p.h2[:4] == ["Margin by model", "Per-account saving", "Idle collateral", "Hedges that free the most margin"]
+    assert p.tags.get("table", 0) >= 5
+    assert p.tags.get("svg", 0) >= 3  # margin, savings, idle (+ hedges when available)
+    assert p.external == []  # self-contained
+    body = " ".join(p.text)
+    from margin_engine.report import _usd
+
+    assert _usd(report.capital_freed) in body and _usd(report.im_standard) in body
+    assert f"{report.accounts.num_rows:,} accounts" in body
+    if report.top_hedges.num_rows:
+        assert str(report.top_hedges.column("account_id")[0].as_py()) in body
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium on PATH (Debian: apt-get install chromium)")
+def test_html_renders_in_headless_chromium(page, tmp_path):
+    png = tmp_path / "report.png"
+    cmd = [
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--window-size=1200,3000",
+        f"--screenshot={png}",
+        page.resolve().as_uri(),
+    ]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (1200, 3000)
+    assert len(data) > 50_000  # not a blank page
+
+
+def test_report_on_a_tiny_book_without_margin():
+    """Edge case: accounts with balances only (no margin anywhere)."""
+    instruments = pa.table(
+        {
+            "instrument": ["BTC-PERP"],
+            "kind": ["perpetual"],
+            "underlying": ["BTC"],
+            "multiplier": [1.0],
+            "expiry": pa.array([None], pa.timestamp("ns", "UTC")),
+            "initial_margin_rate": [0.02],
+            "maintenance_margin_rate": [0.01],
+        }
+    )
+    assets = pa.table(
+        {
+            "asset": ["USD"],
+            "price": [1.0],
+            "initial_weight": [1.0],
+            "maintenance_weight": [1.0],
+            "initial_liability_weight": [1.0],
+            "maintenance_liability_weight": [1.0],
+        }
+    )
+    book = me.Book(instruments, assets)
+    market = me.Market(
+        {"underlying": ["BTC"], "index_price": [90000.0]},
+        {"instrument": ["BTC-PERP"], "mark_price": [90000.0], "implied_vol": pa.array([None], pa.float64())},
+        "2026-11-25T08:00:00",
+    )
+    positions = pa.table(
+        {
+            "account_id": pa.array([], pa.uint64()),
+            "instrument": pa.array([], pa.string()),
+            "quantity": pa.array([], pa.float64()),
+        }
+    )
+    balances = pa.table({"account_id": pa.array([1, 2], pa.uint64()), "asset": ["USD", "USD"], "amount": [10.0, 20.0]})
+    r = efficiency_report(book, positions, balances, market)
+    assert r.capital_freed == 0.0 and math.isnan(r.capital_freed_pct)
+    assert sum(r.saving_histogram.column("accounts").to_pylist()) == 0
+    assert r.idle.column("idle_total").to_pylist() == [30.0, 30.0]
+    text = render_html(r)
+    assert "Capital efficiency report" in text
