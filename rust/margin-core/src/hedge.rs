@@ -57,6 +57,10 @@ pub fn minimize_max_affine(lines: &mut Vec<Line>) -> (f64, f64) {
         return (0.0, f64::NEG_INFINITY);
     }
     // Upper envelope: slopes ascending; among equal slopes only the highest line matters.
+    // (−0.0 and 0.0 are one slope: normalize, or total ordering would split them.)
+    for l in lines.iter_mut() {
+        l.slope += 0.0;
+    }
     lines.sort_by(|a, b| a.slope.total_cmp(&b.slope).then(b.intercept.total_cmp(&a.intercept)));
     lines.dedup_by(|later, earlier| later.slope == earlier.slope);
     let cross = |a: &Line, b: &Line| (a.intercept - b.intercept) / (b.slope - a.slope);
@@ -237,6 +241,18 @@ mod tests {
         let mut lines = vec![Line { slope: -1.0, intercept: 5.0 }, Line { slope: 1.0, intercept: -20.0 }, Line { slope: 0.0, intercept: 1.0 }];
         let (x, f) = minimize_max_affine(&mut lines);
         assert_eq!((x, f), (4.0, 1.0));
+    }
+
+    #[test]
+    fn negative_zero_slopes_do_not_hide_a_higher_flat_line() {
+        let mut lines = vec![
+            Line { slope: -0.0, intercept: -0.5 },
+            Line { slope: 0.0, intercept: 0.01 },
+            Line { slope: 1.0, intercept: -1.0 },
+            Line { slope: -1.0, intercept: 1.0 },
+        ];
+        let (x, f) = minimize_max_affine(&mut lines);
+        assert_eq!((x, f), (1.0, 0.01));
     }
 
     #[test]
