@@ -251,8 +251,9 @@ mod tests {
             Line { slope: 1.0, intercept: -1.0 },
             Line { slope: -1.0, intercept: 1.0 },
         ];
+        // |x − 1| ≤ 0.01 is the flat optimum at 0.01; the point of it closest to 0 is 0.99
         let (x, f) = minimize_max_affine(&mut lines);
-        assert_eq!((x, f), (1.0, 0.01));
+        assert!((x - 0.99).abs() < 1e-12 && (f - 0.01).abs() < 1e-12, "{x} {f}");
     }
 
     #[test]
