@@ -169,6 +169,27 @@ def _print_liquidation(stressed: pa.Table, distances: pa.Table, out: Any = sys.s
         p(f"    {threshold:>5.0%}: {accounts:>10,} accounts")
 
 
+def _print_plan_and_hedges(plan: Any, hedges: pa.Table, out: Any = sys.stdout) -> None:
+    p = lambda *a: print(*a, file=out)  # noqa: E731
+    p()
+    after = dict(zip(*plan.accounts.group_by("status_after").aggregate([("account_id", "count")]).to_pydict().values()))
+    p(
+        f"liquidation plans: {plan.accounts.num_rows:,} accounts, {plan.closes.num_rows:,} closes, "
+        f"{_usd(_sum(plan.closes, 'notional'))} notional closed; after: "
+        + ", ".join(f"{k} {v:,}" for k, v in sorted(after.items()))
+    )
+    p(
+        f"    fees {_usd(plan.liquidator_fees)} to liquidators, {_usd(plan.insurance_fees)} to the insurance fund; "
+        f"bad debt {_usd(_sum(plan.accounts, 'bad_debt'))}; fund after {_usd(plan.insurance_fund_after)}"
+    )
+    saved = pc.subtract(hedges.column("margin_before"), hedges.column("margin_after"))
+    best = hedges.append_column("saved", saved).group_by("account_id").aggregate([("saved", "max")])
+    p(
+        f"optimal hedges (one perpetual per account, portfolio IM): would free "
+        f"{_usd(pc.sum(best.column('saved_max')).as_py() or 0.0)} across {pc.sum(pc.greater(best.column('saved_max'), 0.0)).as_py() or 0:,} accounts"
+    )
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     progress = Progress(args.quiet)
     tables = _generate(args.accounts, args.seed, False, progress)
@@ -184,10 +205,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         api.liquidation_scan(book, tables.positions, tables.balances, market, threads=args.threads)
     with progress.step("liquidation scan, BTC -20% stress"):
         stressed = api.liquidation_scan(book, tables.positions, tables.balances, market, stress={"BTC": -0.2}, threads=args.threads)
-    with progress.step("distance to liquidation (201 grid levels x underlyings)"):
+    with progress.step("distance to liquidation (201 grid levels x underlying)"):
         distances = api.liquidation_distance(book, tables.positions, tables.balances, market, threads=args.threads)
+    with progress.step("liquidation plans, standard model"):
+        plan = api.liquidation_plan(book, tables.positions, tables.balances, market, insurance_fund=10e6, threads=args.threads)
+    perpetuals = [
+        k for k, kind in zip(tables.instruments.column("instrument").to_pylist(), tables.instruments.column("kind").to_pylist())
+        if kind == "perpetual"
+    ]
+    with progress.step("optimal hedges (portfolio model, every perpetual)"):
+        hedges = api.optimal_hedge(book, tables.positions, tables.balances, market, perpetuals, objective="initial", threads=args.threads)
     _print_summary(tables, results, progress)
     _print_liquidation(stressed, distances)
+    _print_plan_and_hedges(plan, hedges)
     return 0
 
 
@@ -203,10 +233,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     progress = Progress(args.quiet)
     with progress.step(f"reading {args.book}"):
-        tables = read_book(args.book)
+        tables = read_book(args.book, rows=not args.stream)
         book, market = tables.book(), tables.market()
-    with progress.step(f"margin, {args.model} model"):
-        results = api.margin(book, tables.positions, tables.balances, market, model=args.model, threads=args.threads)
+    if args.stream:
+        from margin_engine.streaming import margin_batches
+
+        with progress.step(f"margin, {args.model} model, streamed from Parquet"):
+            positions = pq.ParquetFile(args.book / "positions.parquet").iter_batches(batch_size=1 << 20)
+            balances = pq.ParquetFile(args.book / "balances.parquet").iter_batches(batch_size=1 << 20)
+            parts = list(margin_batches(book, positions, balances, market, model=args.model, threads=args.threads))
+            results = pa.concat_tables(parts) if parts else api.margin(book, tables.positions.slice(0, 0), tables.balances.slice(0, 0), market)
+    else:
+        with progress.step(f"margin, {args.model} model"):
+            results = api.margin(book, tables.positions, tables.balances, market, model=args.model, threads=args.threads)
     if args.out:
         with progress.step(f"writing {args.out}"):
             pq.write_table(results, args.out)
@@ -326,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", choices=["standard", "portfolio"], default="standard")
     run.add_argument("--out", type=Path, default=None, help="results Parquet file")
     run.add_argument("--threads", type=int, default=None)
+    run.add_argument("--stream", action="store_true", help="stream positions/balances (sorted by account) in batches: bounded memory")
     run.set_defaults(func=cmd_run)
 
     scan = sub.add_parser("scan", help="liquidation scan of a book directory")

@@ -56,15 +56,21 @@ class BookTables:
         return Market(self.index_prices, self.marks, self.valuation_time)
 
 
-def read_book(directory: str | Path) -> BookTables:
-    """Reads a book directory (see the module docstring)."""
+def read_book(directory: str | Path, rows: bool = True) -> BookTables:
+    """Reads a book directory (see the module docstring). With ``rows=False`` positions and
+    balances are not read (empty tables of their schema): for streaming them batch by batch."""
     d = Path(directory)
     missing = [name for name in REQUIRED if not (d / f"{name}.parquet").exists()]
     if missing or not (d / "meta.json").exists():
         raise MarginInputError(
             f"{d}: not a book directory (missing {', '.join(f'{m}.parquet' for m in missing) or 'meta.json'})"
         )
-    tables = {name: pq.read_table(d / f"{name}.parquet", memory_map=True) for name in REQUIRED}
+    tables = {
+        name: pq.read_table(d / f"{name}.parquet", memory_map=True)
+        if rows or name not in ("positions", "balances")
+        else pq.read_schema(d / f"{name}.parquet").empty_table()
+        for name in REQUIRED
+    }
     optional = {
         name: pq.read_table(d / f"{name}.parquet") for name in OPTIONAL if (d / f"{name}.parquet").exists()
     }
