@@ -29,6 +29,14 @@ build: $(BUILD_STAMP)
 bench: $(BUILD_STAMP)
 	$(PY) -m pytest benches -q -p no:cacheprovider --benchmark-only $(BENCH_ARGS)
 
+# Fuzzes margin-core's kernels (fuzz/, a cargo-fuzz crate outside the workspace) for FUZZ_SECONDS.
+# Not part of `make test`. `--sanitizer none` works on the stable toolchain; for AddressSanitizer
+# run `cargo +nightly fuzz run kernels` in fuzz/. A crash leaves its input in fuzz/artifacts/kernels/.
+FUZZ_SECONDS ?= 60
+fuzz:
+	command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+	cd fuzz && cargo fuzz run --sanitizer none kernels -- -max_total_time=$(FUZZ_SECONDS) -max_len=1024 -len_control=0 -print_final_stats=1 $(FUZZ_ARGS)
+
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 

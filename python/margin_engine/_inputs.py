@@ -13,6 +13,7 @@ Errors raised here carry the same attributes as the core's (``table``, ``column`
 from __future__ import annotations
 
 import datetime as _dt
+import math
 from typing import Any
 
 import numpy as np
@@ -84,8 +85,8 @@ def arrow_table(obj: Any, table: str) -> pa.Table:
         return obj
     try:
         result = pa.table(obj)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
-        raise _not_a_table(table, obj, f" ({e})") from e
+    except Exception as e:  # anything the object's own export raises is bad input, named
+        raise _not_a_table(table, obj, f" ({type(e).__name__}: {e})") from e
     if not isinstance(result, pa.Table):
         raise _not_a_table(table, obj)
     return result
@@ -159,8 +160,8 @@ def check_threads(threads: Any) -> int | None:
         return None
     if isinstance(threads, (bool, np.bool_)) or not isinstance(threads, (int, np.integer)):
         raise input_error("arguments", "threads", f"threads must be an integer >= 1 or None, got {threads!r}")
-    if threads < 1:
-        raise input_error("arguments", "threads", f"threads must be >= 1, got {threads}")
+    if threads < 1 or threads > 4096:
+        raise input_error("arguments", "threads", f"threads must be between 1 and 4096, got {threads}")
     return int(threads)
 
 
@@ -174,3 +175,30 @@ def check_instance(obj: Any, cls: type, argument: str) -> Any:
             f"(build one with margin_engine.{cls.__name__}(...))",
         )
     return obj
+
+
+def check_number(value: Any, argument: str, low: float = -math.inf, high: float = math.inf) -> float:
+    """``value`` as a finite float in ``[low, high]`` (bools are not numbers)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise input_error("arguments", argument, f"expected a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise input_error("arguments", argument, f"expected a finite number, got {value!r}") from e
+    if not (math.isfinite(number) and low <= number <= high):
+        raise input_error("arguments", argument, f"must be a finite number in [{low}, {high}], got {value!r}")
+    return number
+
+
+def check_flag(value: Any, argument: str) -> bool:
+    """``value`` if it is a bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise input_error("arguments", argument, f"expected True or False, got {value!r}")
+    return bool(value)
+
+
+def check_choice(value: Any, argument: str, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise input_error("arguments", argument, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value

@@ -17,8 +17,11 @@ from margin_engine import _core
 from margin_engine._inputs import (
     arrow_input,
     arrow_table,
+    check_choice,
+    check_flag,
     check_instance,
     check_model,
+    check_number,
     check_threads,
     input_error,
     timestamp_ns,
@@ -127,7 +130,7 @@ def _stress_pairs(stress: Any) -> list[tuple[str, float]] | None:
             raise input_error("stress", "move", "not a number", [f"{underlying!r} = {move!r}"])
         try:
             pairs.append((str(underlying), float(move)))
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:
             raise input_error("stress", "move", "not a number", [f"{underlying!r} = {move!r}"]) from e
     return pairs
 
@@ -151,6 +154,7 @@ def liquidation_scan(
     ``nearest_underlying``: the smallest move of one underlying that makes the account liquidatable.
     """
     core_book, core_market, model, threads = _checked(book, market, model, threads)
+    distance = check_flag(distance, "distance")
     if distance and stress is not None:
         raise input_error("arguments", "distance", "distance=True is measured from the current market; pass stress=None")
     return _table(
@@ -242,10 +246,10 @@ def liquidation_plan(
         arrow_input(positions, "positions"),
         arrow_input(balances, "balances"),
         model,
-        float(liquidation_fee),
-        float(liquidator_share),
-        float(buffer),
-        float(insurance_fund),
+        check_number(liquidation_fee, "liquidation_fee", 0.0, 0.999999),
+        check_number(liquidator_share, "liquidator_share", 0.0, 1.0),
+        check_number(buffer, "buffer", 0.0),
+        check_number(insurance_fund, "insurance_fund", 0.0),
         _stress_pairs(stress),
         threads,
     )
@@ -270,8 +274,11 @@ def optimal_hedge(
     margin is a maximum of affine functions of the hedge quantity); under the standard model it
     closes the account's existing position in the hedge instrument."""
     core_book, core_market, model, threads = _checked(book, market, model, threads)
-    if isinstance(hedge_instruments, str) or not all(isinstance(h, (str, int)) for h in hedge_instruments):
-        raise input_error("hedge_instruments", "instrument", "expected a list of instrument keys")
+    objective = check_choice(objective, "objective", ("maintenance", "initial"))
+    if not isinstance(hedge_instruments, (list, tuple)) or not all(
+        isinstance(h, (str, int)) and not isinstance(h, bool) for h in hedge_instruments
+    ):
+        raise input_error("hedge_instruments", "instrument", f"expected a list of instrument keys, got {hedge_instruments!r}")
     return _table(
         _core.optimal_hedge(
             core_book,

@@ -76,7 +76,7 @@ MAP_SCHEMA = pa.schema(
         pa.field("underlying", pa.utf8(), nullable=False),
         pa.field("level", pa.int32(), nullable=False),
         pa.field("move", pa.float64(), nullable=False),
-        pa.field("price", pa.float64(), nullable=False),
+        pa.field("price", pa.float64()),
         pa.field("accounts", pa.uint64(), nullable=False),
         pa.field("notional", pa.float64(), nullable=False),
         pa.field("collateral", pa.float64(), nullable=False),
@@ -414,9 +414,11 @@ def nearest(rows: list[DistanceRow]) -> tuple[float, str] | None:
 
 
 def liquidation_price(spot: float, move: float | None) -> float | None:
-    """`S × (1 + move)`, null when the move is. (An underlying known only through linked
-    collateral may have no index price: its `S` is NaN, as in the engine.)"""
-    return None if move is None else spot * (1.0 + move)
+    """`S × (1 + move)`, null when the move is, or when the underlying has no index price (one
+    known only through linked collateral)."""
+    if move is None or math.isnan(spot):
+        return None
+    return spot * (1.0 + move)
 
 
 def liquidation_distance(
@@ -571,7 +573,7 @@ def liquidation_map(
             columns["underlying"].append(u)
             columns["level"].append(level)
             columns["move"].append(move)
-            columns["price"].append(spot * (1.0 + move))
+            columns["price"].append(None if math.isnan(spot) else spot * (1.0 + move))
             columns["accounts"].append(by_level[level].accounts)
             columns["notional"].append(by_level[level].notional)
             columns["collateral"].append(by_level[level].collateral)

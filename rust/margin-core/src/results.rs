@@ -194,7 +194,8 @@ pub fn scan_batch(book: &Book, rows: &[AccountRow], order: &[usize], nearest: Op
 /// `liquidation_distance` results (§8).
 pub fn distance_batch(book: &Book, spot: &[f64], rows: &[crate::liquidation::DistanceRow]) -> RecordBatch {
     let names = &book.underlyings.names;
-    let price = |m: Option<f64>, u: u32| m.map(|m| spot[u as usize] * (1.0 + m));
+    // null, not NaN, where the underlying has no index price (known only through linked collateral)
+    let price = |m: Option<f64>, u: u32| m.map(|m| spot[u as usize] * (1.0 + m)).filter(|p| p.is_finite());
     let schema = Arc::new(Schema::new(vec![
         Field::new("account_id", DataType::UInt64, false),
         Field::new("underlying", DataType::Utf8, false),
@@ -240,7 +241,7 @@ pub fn map_batch(book: &Book, spot: &[f64], rows: &[crate::liquidation::MapRow])
         Field::new("underlying", DataType::Utf8, false),
         Field::new("level", DataType::Int32, false),
         f64_field("move"),
-        f64_field("price"),
+        Field::new("price", DataType::Float64, true),
         Field::new("accounts", DataType::UInt64, false),
         f64_field("notional"),
         f64_field("collateral"),
@@ -251,9 +252,11 @@ pub fn map_batch(book: &Book, spot: &[f64], rows: &[crate::liquidation::MapRow])
         Arc::new(rows.iter().map(|r| Some(names[r.underlying as usize].as_str())).collect::<StringArray>()),
         Arc::new(arrow_array::Int32Array::from(rows.iter().map(|r| r.level).collect::<Vec<i32>>())),
         Arc::new(Float64Array::from(rows.iter().map(|r| grid_move(r.level)).collect::<Vec<f64>>())),
-        Arc::new(Float64Array::from(
-            rows.iter().map(|r| spot[r.underlying as usize] * (1.0 + grid_move(r.level))).collect::<Vec<f64>>(),
-        )),
+        Arc::new(
+            rows.iter()
+                .map(|r| Some(spot[r.underlying as usize] * (1.0 + grid_move(r.level))).filter(|p| p.is_finite()))
+                .collect::<Float64Array>(),
+        ),
         Arc::new(UInt64Array::from(rows.iter().map(|r| r.accounts).collect::<Vec<u64>>())),
         Arc::new(Float64Array::from(rows.iter().map(|r| r.notional).collect::<Vec<f64>>())),
         Arc::new(Float64Array::from(rows.iter().map(|r| r.collateral).collect::<Vec<f64>>())),
