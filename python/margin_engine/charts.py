@@ -42,7 +42,7 @@ def liquidation_map_png(liquidation_map: pa.Table, path: str | Path, max_underly
         colors = ["#c0392b" if lv < 0 else "#27ae60" if lv > 0 else "#7f8c8d" for lv in level]
         ax.bar(price, notional, width=width, color=colors, alpha=0.85, label="notional liquidatable at this price")
         ax.axvline(spot, color="black", linestyle="--", linewidth=1)
-        ax.set_title(f"{name}: index {spot:,.4g}   (accounts at ±50%: {accounts[0]:,} down / {accounts[-1]:,} up)")
+        ax.set_title(f"{name}: index {spot:,.6g}   (accounts at ±50%: {accounts[0]:,} down / {accounts[-1]:,} up)")
         ax.set_xlabel("index price")
         ax.yaxis.set_major_formatter(money)
         twin = ax.twinx()

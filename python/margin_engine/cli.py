@@ -169,7 +169,7 @@ def _print_liquidation(stressed: pa.Table, distances: pa.Table, out: Any = sys.s
         p(f"    {threshold:>5.0%}: {accounts:>10,} accounts")
 
 
-def _print_plan_and_hedges(plan: Any, hedges: pa.Table, out: Any = sys.stdout) -> None:
+def _print_plan_and_hedges(plan: Any, hedges: pa.Table | None, out: Any = sys.stdout) -> None:
     p = lambda *a: print(*a, file=out)  # noqa: E731
     p()
     after = dict(zip(*plan.accounts.group_by("status_after").aggregate([("account_id", "count")]).to_pydict().values()))
@@ -182,6 +182,8 @@ def _print_plan_and_hedges(plan: Any, hedges: pa.Table, out: Any = sys.stdout) -
         f"    fees {_usd(plan.liquidator_fees)} to liquidators, {_usd(plan.insurance_fees)} to the insurance fund; "
         f"bad debt {_usd(_sum(plan.accounts, 'bad_debt'))}; fund after {_usd(plan.insurance_fund_after)}"
     )
+    if hedges is None:
+        return
     saved = pc.subtract(hedges.column("margin_before"), hedges.column("margin_after"))
     best = hedges.append_column("saved", saved).group_by("account_id").aggregate([("saved", "max")])
     p(
@@ -303,6 +305,17 @@ def cmd_scan(args: argparse.Namespace) -> int:
         with progress.step(f"drawing {args.map}"):
             liquidation_map_png(lmap, args.map)
         print(f"liquidation map written to {args.map}")
+    if args.plan:
+        with progress.step(f"liquidation plans, {args.model} model"):
+            plan = api.liquidation_plan(
+                book, tables.positions, tables.balances, market, model=args.model, stress=stress,
+                insurance_fund=args.insurance_fund, threads=args.threads,
+            )
+        base = args.plan.with_suffix("")
+        pq.write_table(plan.closes, f"{base}.closes.parquet")
+        pq.write_table(plan.accounts, f"{base}.accounts.parquet")
+        _print_plan_and_hedges(plan, None)
+        print(f"plan written to {base}.closes.parquet and {base}.accounts.parquet")
     return 0
 
 
@@ -375,6 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--distance", action="store_true", help="add each account's nearest liquidation move")
     scan.add_argument("--map", type=Path, default=None, metavar="PNG", help="draw the liquidation map")
     scan.add_argument("--out", type=Path, default=None, help="scan results Parquet file")
+    scan.add_argument("--plan", type=Path, default=None, metavar="PARQUET", help="write liquidation plans (PLAN.closes/.accounts.parquet)")
+    scan.add_argument("--insurance-fund", type=float, default=0.0, help="insurance fund balance for --plan")
     scan.add_argument("--top", type=int, default=15, help="accounts to print")
     scan.add_argument("--threads", type=int, default=None)
     scan.set_defaults(func=cmd_scan)
