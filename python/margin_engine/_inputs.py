@@ -160,8 +160,8 @@ def check_threads(threads: Any) -> int | None:
         return None
     if isinstance(threads, (bool, np.bool_)) or not isinstance(threads, (int, np.integer)):
         raise input_error("arguments", "threads", f"threads must be an integer >= 1 or None, got {threads!r}")
-    if threads < 1 or threads > 4096:
-        raise input_error("arguments", "threads", f"threads must be between 1 and 4096, got {threads}")
+    if threads < 1 or threads > 256:
+        raise input_error("arguments", "threads", f"threads must be between 1 and 256, got {threads}")
     return int(threads)
 
 
