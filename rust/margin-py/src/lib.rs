@@ -97,6 +97,31 @@ fn run<T: Send>(py: Python<'_>, work: impl FnOnce() -> Result<T, InputError> + S
     }
 }
 
+/// Reads positions (and balances), then, without the GIL and on `threads` threads, resolves the
+/// market against the book, groups the rows by account and runs `work` on them.
+#[allow(clippy::too_many_arguments)]
+fn with_accounts<T: Send>(
+    py: Python<'_>,
+    book: &Book,
+    market: &Market,
+    positions: &Bound<'_, PyAny>,
+    balances: Option<&Bound<'_, PyAny>>,
+    threads: Option<usize>,
+    work: impl FnOnce(&CoreBook, &CoreMarket, &Inputs) -> Result<T, InputError> + Send,
+) -> PyResult<T> {
+    let positions = OwnedTable::read(positions, "positions")?;
+    let balances = balances.map(|b| OwnedTable::read(b, "balances")).transpose()?;
+    let (book, tables) = (book.inner.clone(), market.inner.clone());
+    run(py, || {
+        engine::with_threads(threads, || {
+            let market = CoreMarket::resolve(&book, &tables)?;
+            let balances = balances.as_ref().map(|b| b.table());
+            let inputs = Inputs::new(&book, &market, Some(&positions.table()), balances.as_ref())?;
+            work(&book, &market, &inputs)
+        })?
+    })
+}
+
 fn to_table(batch: RecordBatch) -> PyResult<PyTable> {
     let schema = batch.schema();
     PyTable::try_new(vec![batch], schema)
@@ -189,16 +214,9 @@ fn margin(
     threads: Option<usize>,
 ) -> PyResult<PyTable> {
     let model = parse_model(model)?;
-    let positions = OwnedTable::read(positions, "positions")?;
-    let balances = OwnedTable::read(balances, "balances")?;
-    let (book, tables) = (book.inner.clone(), market.inner.clone());
-    let batch = run(py, || {
-        engine::with_threads(threads, || {
-            let market = CoreMarket::resolve(&book, &tables)?;
-            let inputs = Inputs::new(&book, &market, Some(&positions.table()), Some(&balances.table()))?;
+    let batch = with_accounts(py, book, market, positions, Some(balances), threads, |book, market, inputs| {
             let rows = engine::margin(&book, &market, &inputs, model)?;
             Ok(results::margin_batch(&rows))
-        })?
     })?;
     to_table(batch)
 }
@@ -207,15 +225,9 @@ fn margin(
 #[pyfunction]
 #[pyo3(signature = (book, market, positions, threads=None))]
 fn greeks(py: Python<'_>, book: &Book, market: &Market, positions: &Bound<'_, PyAny>, threads: Option<usize>) -> PyResult<PyTable> {
-    let positions = OwnedTable::read(positions, "positions")?;
-    let (book, tables) = (book.inner.clone(), market.inner.clone());
-    let batch = run(py, || {
-        engine::with_threads(threads, || {
-            let market = CoreMarket::resolve(&book, &tables)?;
-            let inputs = Inputs::new(&book, &market, Some(&positions.table()), None)?;
+    let batch = with_accounts(py, book, market, positions, None, threads, |book, market, inputs| {
             let rows = engine::greeks(&book, &market, &inputs)?;
             Ok(results::greeks_batch(&book, &rows))
-        })?
     })?;
     to_table(batch)
 }
@@ -251,13 +263,7 @@ fn liquidation_scan(
     if distance && stress.is_some() {
         return Err(MarginInputError::new_err("arguments.distance: distance=True is measured from the current market; pass stress=None"));
     }
-    let positions = OwnedTable::read(positions, "positions")?;
-    let balances = OwnedTable::read(balances, "balances")?;
-    let (book, tables) = (book.inner.clone(), market.inner.clone());
-    let batch = run(py, || {
-        engine::with_threads(threads, || {
-            let market = CoreMarket::resolve(&book, &tables)?;
-            let inputs = Inputs::new(&book, &market, Some(&positions.table()), Some(&balances.table()))?;
+    let batch = with_accounts(py, book, market, positions, Some(balances), threads, |book, market, inputs| {
             let moved = stressed(&book, &market, &stress)?;
             let stress = moved.as_ref().map(|(m, a)| engine::Stress { market: m, asset_price: a });
             let rows = engine::margin_under(&book, &market, stress, &inputs, model)?;
@@ -278,7 +284,6 @@ fn liquidation_scan(
             };
             let order = liquidation::scan_order(&rows);
             Ok(results::scan_batch(&book, &rows, &order, nearest.as_deref()))
-        })?
     })?;
     to_table(batch)
 }
@@ -326,13 +331,7 @@ fn liquidation_walk(
     as_map: bool,
 ) -> PyResult<PyTable> {
     let model = parse_model(model)?;
-    let positions = OwnedTable::read(positions, "positions")?;
-    let balances = OwnedTable::read(balances, "balances")?;
-    let (book, tables) = (book.inner.clone(), market.inner.clone());
-    let batch = run(py, || {
-        engine::with_threads(threads, || {
-            let market = CoreMarket::resolve(&book, &tables)?;
-            let inputs = Inputs::new(&book, &market, Some(&positions.table()), Some(&balances.table()))?;
+    let batch = with_accounts(py, book, market, positions, Some(balances), threads, |book, market, inputs| {
             let rows = engine::margin(&book, &market, &inputs, model)?;
             let d = liquidation::distances(&book, &market, &inputs, model, &rows)?;
             Ok(if as_map {
@@ -340,7 +339,6 @@ fn liquidation_walk(
             } else {
                 results::distance_batch(&book, &market.index_price, &d)
             })
-        })?
     })?;
     to_table(batch)
 }
@@ -377,13 +375,7 @@ fn liquidation_plan(
     check("buffer", buffer, buffer >= 0.0)?;
     check("insurance_fund", insurance_fund, insurance_fund >= 0.0)?;
     let params = plan::PlanParams { liquidation_fee, liquidator_share, buffer, insurance_fund };
-    let positions = OwnedTable::read(positions, "positions")?;
-    let balances = OwnedTable::read(balances, "balances")?;
-    let (book, tables) = (book.inner.clone(), market.inner.clone());
-    let (batches, totals) = run(py, || {
-        engine::with_threads(threads, || {
-            let market = CoreMarket::resolve(&book, &tables)?;
-            let inputs = Inputs::new(&book, &market, Some(&positions.table()), Some(&balances.table()))?;
+    let (batches, totals) = with_accounts(py, book, market, positions, Some(balances), threads, |book, market, inputs| {
             let moved = stressed(&book, &market, &stress)?;
             let stress = moved.as_ref().map(|(m, a)| engine::Stress { market: m, asset_price: a });
             let rows = engine::margin_under(&book, &market, stress, &inputs, model)?;
@@ -392,7 +384,6 @@ fn liquidation_plan(
             let adl = plan::adl_queues(&book, &market, stressed_market, &inputs, &rows, &liquidation);
             let totals = (liquidation.liquidator_fees, liquidation.insurance_fees, liquidation.insurance_fund_after);
             Ok((results::plan_batches(&book, &liquidation, &params, &adl), totals))
-        })?
     })?;
     let [closes, accounts, underlyings, adl] = batches;
     Ok((to_table(closes)?, to_table(accounts)?, to_table(underlyings)?, to_table(adl)?, totals.0, totals.1, totals.2))
@@ -423,18 +414,11 @@ fn optimal_hedge(
             )))
         }
     };
-    let positions = OwnedTable::read(positions, "positions")?;
-    let balances = OwnedTable::read(balances, "balances")?;
-    let (book, tables) = (book.inner.clone(), market.inner.clone());
-    let batch = run(py, || {
-        engine::with_threads(threads, || {
-            let market = CoreMarket::resolve(&book, &tables)?;
-            let hedges = hedge::hedge_ids(&book, &market, &hedge_instruments)?;
-            let inputs = Inputs::new(&book, &market, Some(&positions.table()), Some(&balances.table()))?;
+    let batch = with_accounts(py, book, market, positions, Some(balances), threads, |book, market, inputs| {
+            let hedges = hedge::hedge_ids(book, market, &hedge_instruments)?;
             let rows = engine::margin(&book, &market, &inputs, model)?;
             let hedges = hedge::optimal_hedges(&book, &market, &inputs, model, objective, &hedges, &rows);
             Ok(results::hedge_batch(&book, &hedges))
-        })?
     })?;
     to_table(batch)
 }
