@@ -1,7 +1,7 @@
 //! The book: instruments, collateral assets, underlyings with their risk parameters, and margin
 //! tiers (methodology §1, §3, §4). Validated once, reused by every call.
 
-use crate::error::{InputError, Offenders, Result};
+use crate::error::{Offenders, Result};
 use crate::table::{Domain, Key, KeyIndex, Table};
 
 /// What kind of contract an instrument is.
@@ -452,11 +452,6 @@ fn attach_tiers(instruments: &mut Instruments, t: &Table) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// An error about a book-level rule (used by callers that check references into the book).
-pub fn missing(table: &str, column: &str, problem: &str, offenders: Offenders) -> InputError {
-    InputError::new(table, column, problem).with_offenders(offenders)
 }
 
 #[cfg(test)]
