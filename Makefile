@@ -26,8 +26,12 @@ test-python: $(BUILD_STAMP)
 
 build: $(BUILD_STAMP)
 
+# Benchmarks side by side with the baselines, then docs/performance.md from their JSON.
+# BENCH_FULL=1 adds the 1,000,000-account book.
 bench: $(BUILD_STAMP)
-	$(PY) -m pytest benches -q -p no:cacheprovider --benchmark-only $(BENCH_ARGS)
+	mkdir -p benches/results
+	$(PY) -m pytest benches -q -p no:cacheprovider --benchmark-only --benchmark-json=benches/results/bench.json $(BENCH_ARGS)
+	$(PY) benches/report.py benches/results/bench.json
 
 # Fuzzes margin-core's kernels (fuzz/, a cargo-fuzz crate outside the workspace) for FUZZ_SECONDS.
 # Not part of `make test`. `--sanitizer none` works on the stable toolchain; for AddressSanitizer
