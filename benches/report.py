@@ -114,6 +114,7 @@ def load(paths: list[Path]) -> tuple[dict[str, Any], list[Result]]:
         first = first or data
         mine = data.get("machine_info", {}).get("margin_engine", {})
         runs.append({"file": path.name, "datetime": data.get("datetime"),
+                     "commit": data.get("commit_info", {}).get("id"),
                      "loadavg_at_start": mine.get("loadavg_at_start"), "loadavg_at_end": mine.get("loadavg_at_end")})
         for b in data["benchmarks"]:
             if "implementation" not in b.get("extra_info", {}):
@@ -203,11 +204,12 @@ def machine_section(data: dict[str, Any]) -> list[str]:
             + "; ".join(
                 f"{r['datetime'][:19] if r.get('datetime') else r['file']}"
                 + _loads(r.get("loadavg_at_start"), r.get("loadavg_at_end"))
+                + (f" at commit {r['commit'][:12]}" if r.get("commit") else "")
                 for r in runs
             )
         )
     commit = data.get("commit_info", {})
-    if commit.get("id"):
+    if commit.get("id") and len(runs) <= 1:
         lines.append(f"- Commit: {commit['id'][:12]}{' (dirty tree)' if commit.get('dirty') else ''}")
     return lines
 
