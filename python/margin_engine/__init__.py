@@ -7,6 +7,9 @@ as the oracle of the differential tests. See ``docs/`` and the methodology for t
 
 from margin_engine._core import MarginInputError, __version__
 from margin_engine.api import (
+    AccountMargin,
+    WhatIf,
+    what_if,
     Black76,
     Book,
     LiquidationPlan,
@@ -26,6 +29,9 @@ from margin_engine.optimize import CollateralAllocation, RebalancePlan, allocate
 from margin_engine.report import EfficiencyReport, efficiency_report, write_html
 
 __all__ = [
+    "AccountMargin",
+    "WhatIf",
+    "what_if",
     "CollateralAllocation",
     "EfficiencyReport",
     "RebalancePlan",

@@ -338,3 +338,52 @@ def black76(forward: Any, strike: Any, time: Any, vol: Any, is_call: Any) -> Bla
     flat = [np.ascontiguousarray(a.reshape(-1)) for a in (f, k, t, v, c)]
     out = _core.black76(*flat)
     return Black76(*(np.asarray(a).reshape(shape) for a in out))
+
+
+AccountMargin = _core.AccountMargin
+WhatIf = _core.WhatIf
+
+
+def what_if(
+    book: Book,
+    account_positions: Any,
+    account_balances: Any,
+    market: Market,
+    trades: Any,
+    model: Model = "standard",
+) -> WhatIf:
+    """One account's margin before and after ``trades``: the pre-trade check of order entry.
+
+    ``account_positions`` and ``trades`` are a dict ``{instrument: quantity}``, a list of
+    ``(instrument, quantity[, price])`` tuples (``entry_price`` for positions, the trade price
+    for trades; ``None`` or absent means the mark), or an Arrow table with those columns.
+    ``account_balances`` is a dict ``{asset: amount}``, ``(asset, amount)`` tuples or a table.
+    Any argument may be ``None`` (nothing).
+
+    Built for one account: no table conversion, no thread pool, the market resolved once per
+    (book, market) pair and cached on the market. The result has ``before`` and ``after``
+    (:class:`AccountMargin`: equity, collateral, IM, MM, free collateral, margin excess, health,
+    status), ``trade_pnl`` (``Σ quantity × multiplier × (mark − price)``, in ``after``),
+    ``initial_margin_change``, ``maintenance_margin_change`` and ``accepted`` (free collateral
+    ≥ 0 after the trade, or the trade reduces risk: IM does not rise and free collateral does not
+    fall).
+
+    >>> import pyarrow as pa, margin_engine as me
+    >>> instruments = pa.table({"instrument": ["BTC-PERP"], "kind": ["perpetual"],
+    ...     "underlying": ["BTC"], "multiplier": [1.0],
+    ...     "expiry": pa.array([None], pa.timestamp("ns", "UTC")),
+    ...     "initial_margin_rate": [0.02], "maintenance_margin_rate": [0.01]})
+    >>> assets = pa.table({"asset": ["USD"], "price": [1.0], "initial_weight": [1.0],
+    ...     "maintenance_weight": [1.0], "initial_liability_weight": [1.0],
+    ...     "maintenance_liability_weight": [1.0]})
+    >>> book = me.Book(instruments, assets)
+    >>> market = me.Market(pa.table({"underlying": ["BTC"], "index_price": [50_000.0]}),
+    ...     pa.table({"instrument": ["BTC-PERP"], "mark_price": [50_000.0]}), 0)
+    >>> w = me.what_if(book, {"BTC-PERP": 1.0}, {"USD": 2_000.0}, market, [("BTC-PERP", 1.0)])
+    >>> w.before.initial_margin, w.after.initial_margin, w.accepted
+    (1000.0, 2000.0, True)
+    """
+    if not isinstance(book, Book) or not isinstance(market, Market):
+        check_instance(book, Book, "book")
+        check_instance(market, Market, "market")
+    return _core.what_if(book._core, market._core, account_positions, account_balances, trades, model)

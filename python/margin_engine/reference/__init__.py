@@ -14,6 +14,7 @@ Modules:
 - `greeks`     — Greeks aggregation (§7)
 - `results`    — account rows, status and `margin` (§6)
 - `liquidation` — liquidation scan, stress, distance to liquidation and map (§8)
+- `whatif`     — one account before and after trades (order entry)
 
 Inputs are duck-typed: a book has `instruments`, `assets`, `risk_params`, `margin_tiers`; a market
 has `index_prices`, `marks`, `valuation_time_ns`. Tables are anything `pyarrow.table()` accepts.
@@ -24,6 +25,7 @@ from .greeks import greeks
 from .liquidation import liquidation_distance, liquidation_map, liquidation_scan
 from .portfolio import risk_arrays
 from .results import margin
+from .whatif import WhatIfResult, what_if
 
 __all__ = [
     "Black76",
@@ -35,4 +37,6 @@ __all__ = [
     "liquidation_scan",
     "margin",
     "risk_arrays",
+    "WhatIfResult",
+    "what_if",
 ]

@@ -81,10 +81,12 @@ def account_result(
     market: MarketData,
     model: Model,
     arrays: RiskArrays,
+    extra_pnl: float = 0.0,
 ) -> AccountResult:
     """§6 row of one account: §2 valuation, §3 or §4 margin, then
-    `free_collateral = collateral_initial − IM`, `margin_excess = collateral_maintenance − MM`."""
-    value = value_account(positions, balances, book, market)
+    `free_collateral = collateral_initial − IM`, `margin_excess = collateral_maintenance − MM`.
+    `extra_pnl` is value realized outside the positions (see `value_account`)."""
+    value = value_account(positions, balances, book, market, extra_pnl)
     if model == "standard":
         im, mm = standard_margin(positions, book, market)
     elif model == "portfolio":

@@ -164,10 +164,15 @@ class AccountValue:
 
 
 def value_account(
-    positions: list[NettedPosition], balances: list[BalanceRow], book: BookData, market: MarketData
+    positions: list[NettedPosition],
+    balances: list[BalanceRow],
+    book: BookData,
+    market: MarketData,
+    extra_pnl: float = 0.0,
 ) -> AccountValue:
     """§2.6 for one account. `positions` must be in instrument-id order; balances are summed in
-    asset-id order (each (account, asset) appears once)."""
+    asset-id order (each (account, asset) appears once). `extra_pnl` (value realized outside the
+    positions, e.g. a what-if trade away from the mark) starts the P&L sum."""
     cash = 0.0
     weighted_initial = 0.0
     weighted_maintenance = 0.0
@@ -176,7 +181,7 @@ def value_account(
         cash += row.amount * asset.price
         weighted_initial += weighted_value(asset, row.amount, "initial")
         weighted_maintenance += weighted_value(asset, row.amount, "maintenance")
-    pnl = 0.0
+    pnl = extra_pnl
     for position in positions:
         pnl += position_pnl(position, market.marks[position.instrument.id].mark_price)
     return AccountValue(cash, weighted_initial, weighted_maintenance, pnl)

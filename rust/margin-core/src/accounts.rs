@@ -61,17 +61,27 @@ pub fn gather<T: Copy + Send + Sync>(values: &[T], order: Option<&[u32]>) -> Vec
 }
 
 /// The distinct account ids of sorted ids, and where each one's run of rows starts
-/// (`starts` has one more entry: the end).
+/// (`starts` has one more entry: the end). Boundaries are found in parallel blocks.
 pub fn runs(sorted_ids: &[u64]) -> (Vec<u64>, Vec<usize>) {
-    let mut accounts = Vec::new();
-    let mut starts = Vec::new();
-    for (i, id) in sorted_ids.iter().enumerate() {
-        if i == 0 || sorted_ids[i - 1] != *id {
-            accounts.push(*id);
-            starts.push(i);
-        }
+    const BLOCK: usize = 1 << 16;
+    let n = sorted_ids.len();
+    let parts: Vec<Vec<usize>> = (0..n.div_ceil(BLOCK))
+        .into_par_iter()
+        .map(|b| {
+            let (lo, hi) = (b * BLOCK, ((b + 1) * BLOCK).min(n));
+            let mut starts = if lo == 0 { vec![0] } else { Vec::new() };
+            let from = lo.max(1);
+            let pairs = sorted_ids[from - 1..hi - 1].iter().zip(&sorted_ids[from..hi]);
+            starts.extend(pairs.enumerate().filter(|(_, (a, b))| a != b).map(|(k, _)| from + k));
+            starts
+        })
+        .collect();
+    let mut starts = Vec::with_capacity(parts.iter().map(Vec::len).sum::<usize>() + 1);
+    for part in parts {
+        starts.extend_from_slice(&part);
     }
-    starts.push(sorted_ids.len());
+    let accounts = starts.par_iter().with_min_len(BLOCK).map(|s| sorted_ids[*s]).collect();
+    starts.push(n);
     (accounts, starts)
 }
 

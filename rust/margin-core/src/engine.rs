@@ -3,6 +3,8 @@
 //! Every account is computed by one thread from its own rows, summing in a fixed order, and
 //! results are written in account order: the output is bit-identical for any thread count.
 
+use std::sync::Mutex;
+
 use rayon::prelude::*;
 
 use crate::accounts::AccountSlot;
@@ -16,6 +18,7 @@ use crate::rows::{account_slots, Balances, Positions};
 use crate::standard;
 use crate::stress::revalue;
 use crate::table::Table;
+use crate::trace::Phases;
 use crate::valuation::{net_positions, value_balances, BalanceScratch, Collateral, Scratch};
 
 /// Which margin model to apply.
@@ -49,16 +52,21 @@ pub struct Inputs<'a> {
 
 impl<'a> Inputs<'a> {
     pub fn new(book: &Book, market: &Market, positions: Option<&Table<'a>>, balances: Option<&Table<'a>>) -> Result<Inputs<'a>> {
+        let mut phases = Phases::start();
         let positions = match positions {
             Some(t) => Positions::from_table(t, book)?,
             None => Positions::empty(),
         };
+        phases.lap("positions read");
         market.check_covers(book, &positions.used_instruments(book.instruments.len()))?;
+        phases.lap("market covers positions");
         let balances = match balances {
             Some(t) => Balances::from_table(t, book)?,
             None => Balances::empty(),
         };
+        phases.lap("balances read");
         let slots = account_slots(&positions, &balances);
+        phases.lap("account slots");
         Ok(Inputs { positions, balances, slots })
     }
 }
@@ -77,63 +85,107 @@ pub struct Stress<'m> {
 /// [`margin`] under an optional stress: positions are netted and valued at the `base` market,
 /// revalued to the stressed marks, then margined in the stressed market.
 pub fn margin_under(book: &Book, base: &Market, stress: Option<Stress>, inputs: &Inputs, model: Model) -> Result<Vec<AccountRow>> {
-    let (market, asset_price) = match &stress {
-        Some(s) => (s.market, s.asset_price),
-        None => (base, &book.assets.price[..]),
-    };
+    let market = stress.as_ref().map_or(base, |s| s.market);
+    let mut phases = Phases::start();
     let risk = match model {
         Model::Standard => None,
         Model::Portfolio => Some(RiskArrays::new(book, market)),
     };
-    let rows: Vec<(AccountRow, u32)> = inputs
+    phases.lap("risk arrays");
+    // a repeated (account, asset) balance is rare: noted on the side, reported after the loop
+    let duplicates: Mutex<Vec<(u64, u32)>> = Mutex::new(Vec::new());
+    let rows: Vec<AccountRow> = inputs
         .slots
         .par_iter()
         .with_min_len(256)
-        .map_init(
-            || (Scratch::default(), BalanceScratch::default(), portfolio::Scratch::default()),
-            |(scratch, balance_scratch, portfolio_scratch), slot| {
-                net_positions(slot.positions.clone(), &inputs.positions, book, base, scratch);
-                if stress.is_some() {
-                    for p in scratch.net.iter_mut() {
-                        *p = revalue(book, base, market, p);
-                    }
-                }
-                let (collateral, duplicate) =
-                    match value_balances(slot.balances.clone(), &inputs.balances, book, asset_price, balance_scratch) {
-                        Ok(c) => (c, u32::MAX),
-                        Err(asset) => (Collateral::default(), asset),
-                    };
-                let (initial_margin, maintenance_margin) = match &risk {
-                    None => scratch.net.iter().fold((0.0, 0.0), |(im, mm), p| {
-                        let (i, m) = standard::position_margin(book, market, p);
-                        (im + i, mm + m)
-                    }),
-                    Some(risk) => portfolio::account_margin(book, market, risk, &scratch.net, portfolio_scratch),
-                };
-                let pnl: f64 = scratch.net.iter().fold(0.0, |s, p| s + p.value);
-                let row = AccountRow::new(slot.account_id, collateral, pnl, initial_margin, maintenance_margin);
-                (row, duplicate)
-            },
-        )
+        .map_init(AccountScratch::default, |scratch, slot| {
+            let priced = Pricing { book, base, stress: stress.as_ref(), risk: risk.as_ref() };
+            priced.account(slot, &inputs.positions, &inputs.balances, scratch).unwrap_or_else(|asset| {
+                duplicates.lock().unwrap_or_else(|e| e.into_inner()).push((slot.account_id, asset));
+                AccountRow::new(slot.account_id, Collateral::default(), 0.0, 0.0, 0.0)
+            })
+        })
         .collect();
-    check_duplicates(book, &rows)?;
-    let rows: Vec<AccountRow> = rows.into_iter().map(|(r, _)| r).collect();
+    phases.lap("accounts margined");
+    check_duplicates(book, duplicates.into_inner().unwrap_or_else(|e| e.into_inner()))?;
     check_finite(&rows)?;
+    phases.lap("duplicates and finiteness checked");
     Ok(rows)
 }
 
-fn check_duplicates(book: &Book, rows: &[(AccountRow, u32)]) -> Result<()> {
+fn check_duplicates(book: &Book, mut duplicates: Vec<(u64, u32)>) -> Result<()> {
+    duplicates.sort_unstable(); // found by many threads: report in account order
     let mut dup = Offenders::default();
-    for (row, asset) in rows {
-        if *asset != u32::MAX {
-            dup.push(|| format!("account {} asset '{}'", row.account_id, book.assets.labels[*asset as usize]));
-        }
+    for (account_id, asset) in duplicates {
+        dup.push(|| format!("account {account_id} asset '{}'", book.assets.labels[asset as usize]));
     }
     dup.into_result("balances", "asset", "duplicate (account_id, asset) key")
 }
 
+/// Per-thread buffers for margining accounts one after another without allocating.
+#[derive(Default)]
+pub struct AccountScratch {
+    pub net: Scratch,
+    balances: BalanceScratch,
+    portfolio: portfolio::Scratch,
+}
+
+/// Everything needed to margin one account: the book, the market positions are valued at, an
+/// optional stress, and the risk arrays under the portfolio model (`None`: standard model).
+#[derive(Clone, Copy)]
+pub struct Pricing<'a> {
+    pub book: &'a Book,
+    pub base: &'a Market,
+    pub stress: Option<&'a Stress<'a>>,
+    pub risk: Option<&'a RiskArrays>,
+}
+
+impl Pricing<'_> {
+    /// One account's row (§2, §3 or §4, §6) from its rows in `positions` and `balances`, plus
+    /// `extra_pnl` (realized P&L not in the rows, e.g. of a what-if trade). `Err(asset)` names a
+    /// repeated balance asset.
+    pub fn account(&self, slot: &AccountSlot, positions: &Positions, balances: &Balances, scratch: &mut AccountScratch) -> std::result::Result<AccountRow, u32> {
+        self.account_with(slot, positions, balances, 0.0, scratch)
+    }
+
+    pub fn account_with(
+        &self,
+        slot: &AccountSlot,
+        positions: &Positions,
+        balances: &Balances,
+        extra_pnl: f64,
+        scratch: &mut AccountScratch,
+    ) -> std::result::Result<AccountRow, u32> {
+        let book = self.book;
+        let (market, asset_price) = match self.stress {
+            Some(s) => (s.market, s.asset_price),
+            None => (self.base, &book.assets.price[..]),
+        };
+        net_positions(slot.positions.clone(), positions, book, self.base, &mut scratch.net);
+        if self.stress.is_some() {
+            for p in scratch.net.net.iter_mut() {
+                *p = revalue(book, self.base, market, p);
+            }
+        }
+        let collateral = value_balances(slot.balances.clone(), balances, book, asset_price, &mut scratch.balances)?;
+        let net = &scratch.net.net;
+        let (initial_margin, maintenance_margin) = match self.risk {
+            None => net.iter().fold((0.0, 0.0), |(im, mm), p| {
+                let (i, m) = standard::position_margin(book, market, p);
+                (im + i, mm + m)
+            }),
+            Some(risk) => portfolio::account_margin(book, market, risk, net, &mut scratch.portfolio),
+        };
+        let pnl: f64 = net.iter().fold(extra_pnl, |s, p| s + p.value);
+        Ok(AccountRow::new(slot.account_id, collateral, pnl, initial_margin, maintenance_margin))
+    }
+}
+
 /// Sums of finite inputs can still overflow (e.g. 1e308 quantities): report, never return inf.
 fn check_finite(rows: &[AccountRow]) -> Result<()> {
+    if rows.par_iter().with_min_len(1 << 14).all(AccountRow::is_finite) {
+        return Ok(());
+    }
     let mut bad = Offenders::default();
     for r in rows {
         if !r.is_finite() {

@@ -7,7 +7,8 @@
 //! - [`valuation`]: netting and collateral (§2);
 //! - [`standard`] (§3), [`portfolio`] (§4), [`black76`] (§5), [`greeks`] (§7);
 //! - [`results`]: account rows, status (§6) and their Arrow form;
-//! - [`engine`]: parallel orchestration, bit-identical for any thread count.
+//! - [`engine`]: parallel orchestration, bit-identical for any thread count;
+//! - [`whatif`]: one account before and after a trade, for order entry.
 
 pub mod accounts;
 pub mod black76;
@@ -25,6 +26,8 @@ pub mod rows;
 pub mod standard;
 pub mod stress;
 pub mod table;
+pub mod trace;
 pub mod valuation;
+pub mod whatif;
 
 pub use error::{InputError, Result};

@@ -9,6 +9,7 @@ use crate::accounts::{gather, merge_accounts, order_by_account, runs, AccountSlo
 use crate::book::Book;
 use crate::error::{InputError, Offenders, Result};
 use crate::table::{Domain, Table};
+use crate::trace::Phases;
 
 /// Position rows in account order.
 pub struct Positions<'a> {
@@ -46,20 +47,26 @@ impl<'a> Positions<'a> {
     /// Reads and validates the positions table (`account_id, instrument, quantity[, entry_price]`).
     pub fn from_table(t: &Table<'a>, book: &Book) -> Result<Positions<'a>> {
         check_row_count(t)?;
+        let mut phases = Phases::start();
         let ids = t.column("account_id")?.account_ids()?;
+        phases.lap("positions: account_id");
         let instrument = t.column("instrument")?.map_keys(&book.instruments.index, "instrument")?;
+        phases.lap("positions: instrument keys");
         let quantity = t.column("quantity")?.f64s(Domain::Finite)?;
         let entry_price = match t.optional_column("entry_price") {
             Some(c) => Some(c.f64s(Domain::NonNegative)?),
             None => None,
         };
+        phases.lap("positions: quantity, entry_price");
         let order = order_by_account(&ids);
         let order = order.as_deref();
+        phases.lap("positions: order by account");
         let sorted_ids: Cow<[u64]> = match order {
             None => Cow::Borrowed(&ids[..]),
             Some(_) => Cow::Owned(gather(&ids, order)),
         };
         let (accounts, starts) = runs(&sorted_ids);
+        phases.lap("positions: runs");
         Ok(Positions {
             instrument: match order {
                 None => instrument,
@@ -79,6 +86,18 @@ impl<'a> Positions<'a> {
             used[*i as usize] = true;
         }
         used
+    }
+
+    /// The rows of a single account (account id 0), in the given order (see [`crate::whatif`]).
+    pub fn one_account(instrument: Vec<u32>, quantity: Vec<f64>, entry_price: Option<Vec<f64>>) -> Positions<'static> {
+        let n = instrument.len();
+        Positions {
+            instrument,
+            quantity: Cow::Owned(quantity),
+            entry_price: entry_price.map(Cow::Owned),
+            accounts: vec![0],
+            starts: vec![0, n],
+        }
     }
 
     pub fn empty() -> Positions<'static> {
@@ -141,6 +160,12 @@ impl<'a> Balances<'a> {
             "amount",
             "values too large: the account's collateral (amount × asset price) overflows float64",
         )
+    }
+
+    /// The balances of a single account (account id 0).
+    pub fn one_account(asset: Vec<u32>, amount: Vec<f64>) -> Balances<'static> {
+        let n = asset.len();
+        Balances { asset, amount: Cow::Owned(amount), accounts: vec![0], starts: vec![0, n] }
     }
 
     pub fn empty() -> Balances<'static> {

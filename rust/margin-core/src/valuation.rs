@@ -20,7 +20,8 @@ pub struct NetPosition {
 /// Reusable per-thread buffers, so that no account allocates.
 #[derive(Default)]
 pub struct Scratch {
-    rows: Vec<(u32, u32)>,
+    /// `instrument << 32 | row`: sorting these orders rows by instrument, then input order.
+    rows: Vec<u64>,
     pub net: Vec<NetPosition>,
 }
 
@@ -30,14 +31,18 @@ pub fn net_positions(rows: Range<usize>, positions: &Positions, book: &Book, mar
     let ins = &book.instruments;
     scratch.net.clear();
     scratch.rows.clear();
-    scratch.rows.extend(rows.map(|r| (positions.instrument[r], r as u32)));
-    scratch.rows.sort_unstable();
+    scratch.rows.extend(rows.map(|r| (positions.instrument[r] as u64) << 32 | r as u64));
+    // exports sorted by (account, instrument) skip the sort
+    if !scratch.rows.is_sorted() {
+        scratch.rows.sort_unstable();
+    }
     let q = &positions.quantity;
-    for group in scratch.rows.chunk_by(|a, b| a.0 == b.0) {
-        let id = group[0].0 as usize;
+    for group in scratch.rows.chunk_by(|a, b| a >> 32 == b >> 32) {
+        let id = (group[0] >> 32) as usize;
+        let row = |key: &u64| (key & 0xFFFF_FFFF) as usize;
         let mut quantity = 0.0;
-        for (_, r) in group {
-            quantity += q[*r as usize];
+        for key in group {
+            quantity += q[row(key)];
         }
         if quantity == 0.0 {
             continue;
@@ -48,8 +53,8 @@ pub fn net_positions(rows: Range<usize>, positions: &Positions, book: &Book, mar
             quantity * multiplier * mark
         } else if let Some(entry) = &positions.entry_price {
             let mut pnl = 0.0;
-            for (_, r) in group {
-                let r = *r as usize;
+            for key in group {
+                let r = row(key);
                 pnl += q[r] * multiplier * (mark - entry[r]);
             }
             pnl

@@ -5,7 +5,7 @@
 //! `RuntimeError` (a panic never crosses the FFI boundary), and return Arrow tables.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow_array::RecordBatch;
 use margin_core::book::{Book as CoreBook, BookTables};
@@ -13,12 +13,15 @@ use margin_core::engine::{self, Inputs, Model};
 use margin_core::market::{Market as CoreMarket, MarketTables};
 use margin_core::portfolio::{risk_arrays_batch, RiskArrays};
 use margin_core::table::Table;
+use margin_core::trace::Phases;
 use margin_core::{black76 as b76, hedge, liquidation, plan, results, stress, InputError};
 use numpy::{PyArray1, PyReadonlyArray1};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3_arrow::input::AnyRecordBatch;
 use pyo3_arrow::PyTable;
+
+mod whatif;
 
 pyo3::create_exception!(
     _core,
@@ -28,14 +31,14 @@ pyo3::create_exception!(
 );
 
 /// An input table held by Rust: its batches and column names.
-struct OwnedTable {
+pub(crate) struct OwnedTable {
     name: &'static str,
     names: Vec<String>,
     batches: Vec<RecordBatch>,
 }
 
 impl OwnedTable {
-    fn read(obj: &Bound<'_, PyAny>, name: &'static str) -> PyResult<OwnedTable> {
+    pub(crate) fn read(obj: &Bound<'_, PyAny>, name: &'static str) -> PyResult<OwnedTable> {
         let not_arrow = |detail: String| {
             input_error(
                 obj.py(),
@@ -56,7 +59,7 @@ impl OwnedTable {
         Ok(OwnedTable { name, names, batches })
     }
 
-    fn table(&self) -> Table<'_> {
+    pub(crate) fn table(&self) -> Table<'_> {
         Table::new(self.name, &self.names, &self.batches)
     }
 }
@@ -69,7 +72,7 @@ fn read_optional(obj: Option<&Bound<'_, PyAny>>, name: &'static str) -> PyResult
 }
 
 /// `MarginInputError(message)` with `.table`, `.column`, `.problem`, `.offenders`, `.count`.
-fn input_error(py: Python<'_>, e: &InputError) -> PyErr {
+pub(crate) fn input_error(py: Python<'_>, e: &InputError) -> PyErr {
     let err = MarginInputError::new_err(e.to_string());
     let value = err.value(py);
     let _ = value.setattr("table", &e.table);
@@ -81,8 +84,17 @@ fn input_error(py: Python<'_>, e: &InputError) -> PyErr {
 }
 
 /// Runs core work without the GIL; input errors and panics become Python exceptions.
-fn run<T: Send>(py: Python<'_>, work: impl FnOnce() -> Result<T, InputError> + Send) -> PyResult<T> {
-    let outcome = py.detach(|| catch_unwind(AssertUnwindSafe(work)));
+pub(crate) fn run<T: Send>(py: Python<'_>, work: impl FnOnce() -> Result<T, InputError> + Send) -> PyResult<T> {
+    settle(py, py.detach(|| catch_unwind(AssertUnwindSafe(work))))
+}
+
+/// [`run`] keeping the GIL: for work of a few microseconds (one account), where releasing and
+/// re-acquiring the GIL would cost more than the work.
+pub(crate) fn run_with_gil<T>(py: Python<'_>, work: impl FnOnce() -> Result<T, InputError>) -> PyResult<T> {
+    settle(py, catch_unwind(AssertUnwindSafe(work)))
+}
+
+fn settle<T>(py: Python<'_>, outcome: std::thread::Result<Result<T, InputError>>) -> PyResult<T> {
     match outcome {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(input_error(py, &e)),
@@ -109,15 +121,22 @@ fn with_accounts<T: Send>(
     threads: Option<usize>,
     work: impl FnOnce(&CoreBook, &CoreMarket, &Inputs) -> Result<T, InputError> + Send,
 ) -> PyResult<T> {
+    let mut phases = Phases::start();
     let positions = OwnedTable::read(positions, "positions")?;
     let balances = balances.map(|b| OwnedTable::read(b, "balances")).transpose()?;
-    let (book, tables) = (book.inner.clone(), market.inner.clone());
+    phases.lap("Arrow tables imported");
+    let book = book.inner.clone();
     run(py, || {
         engine::with_threads(threads, || {
-            let market = CoreMarket::resolve(&book, &tables)?;
+            let market = market.resolve(&book, false)?.market;
+            phases.lap("market resolved");
             let balances = balances.as_ref().map(|b| b.table());
             let inputs = Inputs::new(&book, &market, Some(&positions.table()), balances.as_ref())?;
-            work(&book, &market, &inputs)
+            let out = work(&book, &market, &inputs);
+            phases.lap("work done (incl. output arrays)");
+            drop(inputs);
+            phases.lap("inputs dropped");
+            out
         })?
     })
 }
@@ -129,8 +148,8 @@ fn to_table(batch: RecordBatch) -> PyResult<PyTable> {
 
 /// A validated book: instruments, assets, risk parameters and margin tiers.
 #[pyclass(module = "margin_engine._core", frozen)]
-struct Book {
-    inner: Arc<CoreBook>,
+pub(crate) struct Book {
+    pub(crate) inner: Arc<CoreBook>,
 }
 
 #[pymethods]
@@ -171,10 +190,38 @@ impl Book {
     }
 }
 
-/// Market data validated on its own (resolved against a book at each call).
+/// Market data validated on its own, resolved against a book on first use and cached for the
+/// last book it was used with (with that book's risk arrays once the portfolio model asks).
 #[pyclass(module = "margin_engine._core", frozen)]
-struct Market {
+pub(crate) struct Market {
     inner: Arc<MarketTables>,
+    resolved: Mutex<Option<Resolved>>,
+}
+
+/// A market resolved against one book.
+#[derive(Clone)]
+struct Resolved {
+    book: Arc<CoreBook>,
+    market: Arc<CoreMarket>,
+    risk: Option<Arc<RiskArrays>>,
+}
+
+impl Market {
+    /// The market resolved against `book` (and its risk arrays when `with_risk`), from the cache
+    /// when it was last resolved against the same book. Called without the GIL.
+    pub(crate) fn resolve(&self, book: &Arc<CoreBook>, with_risk: bool) -> Result<Resolved, InputError> {
+        let mut cache = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
+        let hit = cache.as_ref().is_some_and(|r| Arc::ptr_eq(&r.book, book));
+        if !hit {
+            let market = Arc::new(CoreMarket::resolve(book, &self.inner)?);
+            *cache = Some(Resolved { book: book.clone(), market, risk: None });
+        }
+        let resolved = cache.as_mut().expect("filled above");
+        if with_risk && resolved.risk.is_none() {
+            resolved.risk = Some(Arc::new(RiskArrays::new(book, &resolved.market)));
+        }
+        Ok(resolved.clone())
+    }
 }
 
 #[pymethods]
@@ -184,7 +231,7 @@ impl Market {
         let index_prices = OwnedTable::read(index_prices, "index_prices")?;
         let marks = OwnedTable::read(marks, "marks")?;
         let tables = run(py, || MarketTables::new(&index_prices.table(), &marks.table(), valuation_time_ns))?;
-        Ok(Market { inner: Arc::new(tables) })
+        Ok(Market { inner: Arc::new(tables), resolved: Mutex::new(None) })
     }
 
     #[getter]
@@ -193,7 +240,7 @@ impl Market {
     }
 }
 
-fn parse_model(model: &str) -> PyResult<Model> {
+pub(crate) fn parse_model(model: &str) -> PyResult<Model> {
     match model {
         "standard" => Ok(Model::Standard),
         "portfolio" => Ok(Model::Portfolio),
@@ -218,7 +265,10 @@ fn margin(
             let rows = engine::margin(&book, &market, &inputs, model)?;
             Ok(results::margin_batch(&rows))
     })?;
-    to_table(batch)
+    let mut phases = Phases::start();
+    let t = to_table(batch);
+    phases.lap("to pyarrow");
+    t
 }
 
 /// Greeks per account × underlying (§7 columns).
@@ -478,6 +528,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(liquidation_plan, m)?)?;
     m.add_function(wrap_pyfunction!(optimal_hedge, m)?)?;
     m.add_function(wrap_pyfunction!(black76, m)?)?;
+    m.add_function(wrap_pyfunction!(whatif::what_if, m)?)?;
+    m.add_class::<whatif::AccountMargin>()?;
+    m.add_class::<whatif::WhatIf>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

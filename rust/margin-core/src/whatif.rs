@@ -1,0 +1,128 @@
+//! What-if margin for order entry: one account's margin before and after a set of trades.
+//!
+//! The exchange's order gateway asks this for every order, so the path is built for one account:
+//! no tables, no sorting of a book, no threads. The market (and, under the portfolio model, the
+//! risk arrays) is resolved once by the caller and reused across calls ([`Pricing`]).
+//!
+//! Rules (docs/optimization.md, "What-if"):
+//! - the account's positions and balances are margined exactly as [`crate::engine::margin`] would
+//!   margin them as one account (netting §2.1, collateral §2.5, §3 or §4, status §6);
+//! - each trade adds a position row of `quantity` contracts; a trade at `price` (default: the
+//!   mark) also realizes `quantity × multiplier × (mark − price)`, which is added to the account's
+//!   value like P&L (for an option this is the premium paid against the option's mark value);
+//! - when some position rows carry an entry price and others do not, a missing entry price is
+//!   the mark (no unrealized P&L), as for a table without an `entry_price` column.
+
+use crate::accounts::AccountSlot;
+use crate::engine::{AccountScratch, Pricing};
+use crate::error::{InputError, Offenders, Result};
+use crate::results::AccountRow;
+use crate::rows::{Balances, Positions};
+
+/// One position row or trade of the account: instrument id, contracts, and an entry price
+/// (positions) or trade price (trades), `None` for the mark.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Row {
+    pub instrument: u32,
+    pub quantity: f64,
+    pub price: Option<f64>,
+}
+
+/// The account's margin before and after the trades.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WhatIf {
+    pub before: AccountRow,
+    pub after: AccountRow,
+    /// `Σ quantity × multiplier × (mark − price)` over the trades: value gained (or lost) by
+    /// trading away from the mark, included in `after`.
+    pub trade_pnl: f64,
+}
+
+impl WhatIf {
+    /// Whether an exchange would accept the order: the account has free collateral after it, or
+    /// the order reduces risk (initial margin does not rise and free collateral does not fall).
+    pub fn accepted(&self) -> bool {
+        let (b, a) = (&self.before, &self.after);
+        a.free_collateral() >= 0.0 || (a.initial_margin <= b.initial_margin && a.free_collateral() >= b.free_collateral())
+    }
+}
+
+fn check_rows(rows: &[Row], table: &'static str, price_column: &'static str) -> Result<()> {
+    let mut quantity = Offenders::default();
+    let mut price = Offenders::default();
+    for (i, r) in rows.iter().enumerate() {
+        if !r.quantity.is_finite() {
+            quantity.push(|| format!("row {i} = {}", r.quantity));
+        }
+        if let Some(p) = r.price.filter(|p| !(p.is_finite() && *p >= 0.0)) {
+            price.push(|| format!("row {i} = {p}"));
+        }
+    }
+    quantity.into_result(table, "quantity", "values must be finite numbers (NaN or infinite found)")?;
+    price.into_result(table, price_column, "values must be finite and >= 0")
+}
+
+/// Margin of one account before and after `trades` (see the module docs). `balances` are
+/// `(asset id, amount)`.
+pub fn what_if(pricing: &Pricing, positions: &[Row], balances: &[(u32, f64)], trades: &[Row]) -> Result<WhatIf> {
+    let (book, market) = (pricing.book, pricing.base);
+    check_rows(positions, "positions", "entry_price")?;
+    check_rows(trades, "trades", "price")?;
+    let mut amount = Offenders::default();
+    for (i, (_, a)) in balances.iter().enumerate() {
+        if !a.is_finite() {
+            amount.push(|| format!("row {i} = {a}"));
+        }
+    }
+    amount.into_result("balances", "amount", "values must be finite numbers (NaN or infinite found)")?;
+    if positions.iter().chain(trades).any(|r| {
+        let id = r.instrument as usize;
+        market.mark_price[id].is_nan() || market.index_price[book.instruments.underlying[id] as usize].is_nan()
+    }) {
+        // the slow path names what is missing, as for the bulk functions
+        let mut used = vec![false; book.instruments.len()];
+        for r in positions.iter().chain(trades) {
+            used[r.instrument as usize] = true;
+        }
+        market.check_covers(book, &used)?;
+    }
+
+    let mark = |r: &Row| market.mark_price[r.instrument as usize];
+    let with_entry = positions.iter().any(|r| r.price.is_some());
+    let rows = |n_trades: usize| {
+        let all = positions.iter().chain(&trades[..n_trades]);
+        let instrument = all.clone().map(|r| r.instrument).collect();
+        let quantity = all.clone().map(|r| r.quantity).collect();
+        // trade rows enter at the mark: their P&L against the trade price is `trade_pnl`
+        let entry = with_entry.then(|| {
+            positions.iter().map(|r| r.price.unwrap_or_else(|| mark(r))).chain(trades[..n_trades].iter().map(mark)).collect()
+        });
+        Positions::one_account(instrument, quantity, entry)
+    };
+    let balances = Balances::one_account(balances.iter().map(|b| b.0).collect(), balances.iter().map(|b| b.1).collect());
+    let trade_pnl: f64 = trades
+        .iter()
+        .fold(0.0, |s, t| s + t.quantity * book.instruments.multiplier[t.instrument as usize] * (mark(t) - t.price.unwrap_or_else(|| mark(t))));
+
+    let mut scratch = AccountScratch::default();
+    let mut margin = |positions: &Positions, extra_pnl: f64| -> Result<AccountRow> {
+        let n = positions.quantity.len();
+        let slot = AccountSlot { account_id: 0, positions: 0..n, balances: 0..balances.amount.len() };
+        let row = pricing.account_with(&slot, positions, &balances, extra_pnl, &mut scratch).map_err(|asset| {
+            let mut duplicate = Offenders::default();
+            duplicate.push(|| format!("'{}'", book.assets.labels[asset as usize]));
+            InputError::new("balances", "asset", "duplicate asset in the account's balances").with_offenders(duplicate)
+        })?;
+        if !row.is_finite() {
+            return Err(InputError::new(
+                "positions",
+                "quantity",
+                "values too large: the account's valuation or margin overflows float64",
+            ));
+        }
+        Ok(row)
+    };
+    let before = margin(&rows(0), 0.0)?;
+    let after = margin(&rows(trades.len()), trade_pnl)?;
+    Ok(WhatIf { before, after, trade_pnl })
+}
