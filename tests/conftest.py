@@ -9,7 +9,8 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
+from hypothesis.control import currently_in_test_context
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -53,6 +54,12 @@ def assert_tables_close(got: pa.Table, want: pa.Table, scale_columns: dict[str, 
             assert not bad, f"column {name}: {len(bad)} rows differ, first {bad[:5]}"
         else:
             assert g == w, f"column {name} differs"
+
+
+def record_event(text: str) -> None:
+    """`hypothesis.event`, a no-op outside a hypothesis test (hand tests reuse the helpers)."""
+    if currently_in_test_context():
+        event(text)
 
 
 @pytest.fixture(scope="session")

@@ -511,6 +511,49 @@ def books(draw: Draw, max_accounts: int = 25) -> dict[str, Any]:
     }
 
 
+TOPUP = "TOPUP"
+"""A cash asset (price 1, weights 1) that `with_topups` adds to a book."""
+
+
+def with_topups(example: dict[str, Any], topups: list[tuple[int, float]]) -> dict[str, Any]:
+    """`example` with a cash asset TOPUP (price 1, weights 1) and a TOPUP balance per account."""
+    assets = example["assets"]
+    row: dict[str, list[Any]] = {name: [None] for name in assets.column_names}
+    row.update(
+        asset=[TOPUP],
+        price=[1.0],
+        initial_weight=[1.0],
+        maintenance_weight=[1.0],
+        initial_liability_weight=[1.0],
+        maintenance_liability_weight=[1.0],
+    )
+    if "size_premium" in assets.column_names:
+        row["size_premium"] = [0.0]
+    balances = example["balances"]
+    extra = pa.table(
+        {
+            "account_id": [a for a, _ in topups],
+            "asset": [TOPUP] * len(topups),
+            "amount": [x for _, x in topups],
+        },
+        schema=balances.schema,
+    )
+    out = dict(example)
+    out["assets"] = pa.concat_tables([assets, pa.table(row, schema=assets.schema)])
+    out["balances"] = pa.concat_tables([balances, extra])
+    return out
+
+
+def book_underlyings(example: dict[str, Any]) -> list[str]:
+    """Underlyings of the book (instruments, linked assets, risk params), sorted."""
+    names = set(example["instruments"].column("underlying").to_pylist())
+    if "underlying" in example["assets"].column_names:
+        names |= {u for u in example["assets"].column("underlying").to_pylist() if u is not None}
+    if example["risk_params"] is not None:
+        names |= set(example["risk_params"].column("underlying").to_pylist())
+    return sorted(names)
+
+
 def reference_objects(example: dict[str, Any]) -> tuple[SimpleNamespace, SimpleNamespace]:
     """Duck-typed `(book, market)` for `margin_engine.reference` from a `books()` example."""
     book = SimpleNamespace(

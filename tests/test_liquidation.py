@@ -24,11 +24,10 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from conftest import assert_tables_close, close, engine_objects
-from hypothesis import event, given, settings
-from hypothesis.control import currently_in_test_context
+from conftest import assert_tables_close, close, engine_objects, record_event
+from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import books, log_uniform, reference_objects
+from strategies import book_underlyings, books, log_uniform, reference_objects, with_topups
 
 import margin_engine as me
 from margin_engine import reference
@@ -40,41 +39,11 @@ NOISE = 1e-9
 """Rounding noise allowed in a margin excess, relative to the account's gross size."""
 STEP = ref_liq.GRID_STEP
 LEVELS = ref_liq.GRID_LEVELS
-TOPUP = "TOPUP"
 
 
 # --------------------------------------------------------------------------------------------
 # Strategies
 # --------------------------------------------------------------------------------------------
-
-
-def _with_topups(example: dict[str, Any], topups: list[tuple[int, float]]) -> dict[str, Any]:
-    """`example` with a cash asset TOPUP (price 1, weights 1) and a TOPUP balance per account."""
-    assets = example["assets"]
-    row: dict[str, list[Any]] = {name: [None] for name in assets.column_names}
-    row.update(
-        asset=[TOPUP],
-        price=[1.0],
-        initial_weight=[1.0],
-        maintenance_weight=[1.0],
-        initial_liability_weight=[1.0],
-        maintenance_liability_weight=[1.0],
-    )
-    if "size_premium" in assets.column_names:
-        row["size_premium"] = [0.0]
-    balances = example["balances"]
-    extra = pa.table(
-        {
-            "account_id": [a for a, _ in topups],
-            "asset": [TOPUP] * len(topups),
-            "amount": [x for _, x in topups],
-        },
-        schema=balances.schema,
-    )
-    out = dict(example)
-    out["assets"] = pa.concat_tables([assets, pa.table(row, schema=assets.schema)])
-    out["balances"] = pa.concat_tables([balances, extra])
-    return out
 
 
 @st.composite
@@ -110,17 +79,7 @@ def near_books(draw: Any, max_accounts: int = 6, model: str = "standard") -> dic
         else:
             continue
         topups.append((r["account_id"], target - r["collateral_maintenance"]))
-    return _with_topups(example, topups) if topups else example
-
-
-def book_underlyings(example: dict[str, Any]) -> list[str]:
-    """Underlyings of the book (instruments, linked assets, risk params), sorted."""
-    names = set(example["instruments"].column("underlying").to_pylist())
-    if "underlying" in example["assets"].column_names:
-        names |= {u for u in example["assets"].column("underlying").to_pylist() if u is not None}
-    if example["risk_params"] is not None:
-        names |= set(example["risk_params"].column("underlying").to_pylist())
-    return sorted(names)
+    return with_topups(example, topups) if topups else example
 
 
 move_values = st.one_of(
@@ -146,12 +105,6 @@ def _args(example: dict[str, Any]) -> tuple[Any, ...]:
 # --------------------------------------------------------------------------------------------
 # Tolerant comparison of moves
 # --------------------------------------------------------------------------------------------
-
-
-def _event(text: str) -> None:
-    """`hypothesis.event`, a no-op outside a hypothesis test (hand tests reuse the helpers)."""
-    if currently_in_test_context():
-        event(text)
 
 
 class ReferenceWalk:
@@ -211,7 +164,7 @@ def assert_move_explained(
         r_lo = lo_a / (lo_a - lo_b) if lo_a > 0.0 else 0.0
         r_hi = hi_a / (hi_a - hi_b) if hi_a > 0.0 else 0.0
         if r_lo - 1e-9 - MOVE_ABS / STEP <= offset - (j - 1) <= r_hi + 1e-9 + MOVE_ABS / STEP:
-            _event("distance: ambiguous crossing accepted (excess within rounding noise of 0)")
+            record_event("distance: ambiguous crossing accepted (excess within rounding noise of 0)")
             return
     raise AssertionError(detail)
 
@@ -335,7 +288,7 @@ def test_distance_matches_reference(model, data):
     compare_distances(got, want, ReferenceWalk(example, model))
     moves = [m for name in ("move_down", "move_up") for m in got.column(name).to_pylist()]
     if any(m not in (None, 0.0) for m in moves):
-        _event("distance: some move interpolated")
+        record_event("distance: some move interpolated")
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -468,7 +421,7 @@ def test_map_matches_reference(model, data):
             if m not in (None, 0.0) and abs(abs(m) / STEP - round(abs(m) / STEP)) * STEP <= MOVE_ABS:
                 skip.add(r["underlying"])
     if skip:
-        _event("map: underlying with an ambiguous crossing not compared")
+        record_event("map: underlying with an ambiguous crossing not compared")
     keep = pa.array([u not in skip for u in got.column("underlying").to_pylist()])
     assert_tables_close(
         got.select(["underlying", "level", "move", "price"]),

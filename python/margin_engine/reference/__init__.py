@@ -14,6 +14,7 @@ Modules:
 - `greeks`     — Greeks aggregation (§7)
 - `results`    — account rows, status and `margin` (§6)
 - `liquidation` — liquidation scan, stress, distance to liquidation and map (§8)
+- `plan`       — liquidation plans: closes, fees, insurance fund, bad debt, ADL (docs/liquidation.md §7)
 - `whatif`     — one account before and after trades (order entry)
 
 Inputs are duck-typed: a book has `instruments`, `assets`, `risk_params`, `margin_tiers`; a market
@@ -23,6 +24,7 @@ has `index_prices`, `marks`, `valuation_time_ns`. Tables are anything `pyarrow.t
 from .black76 import Black76, black76, black76_scalar
 from .greeks import greeks
 from .liquidation import liquidation_distance, liquidation_map, liquidation_scan
+from .plan import liquidation_plan
 from .portfolio import risk_arrays
 from .results import margin
 from .whatif import WhatIfResult, what_if
@@ -34,6 +36,7 @@ __all__ = [
     "greeks",
     "liquidation_distance",
     "liquidation_map",
+    "liquidation_plan",
     "liquidation_scan",
     "margin",
     "risk_arrays",

@@ -222,6 +222,14 @@ class Scenarios:
         return scenario
 
 
+def positions_in(scenario: Scenario, positions: list[NettedPosition]) -> list[NettedPosition]:
+    """An account's positions, netted at the base market, carried to `scenario` (`revalue`d when
+    it is a stressed one; as they are in the current market)."""
+    if scenario.stressed:
+        return [revalue(p, scenario.base, scenario.market) for p in positions]
+    return positions
+
+
 def account_in(
     scenario: Scenario,
     account_id: int,
@@ -232,10 +240,14 @@ def account_in(
     """§6 row of one account in `scenario`: positions netted at the base market, revalued to the
     scenario's marks, margined (§3 / §4) and collateral valued (§2.5, stressed asset prices) in
     the scenario's market."""
-    if scenario.stressed:
-        positions = [revalue(p, scenario.base, scenario.market) for p in positions]
     return account_result(
-        account_id, positions, balances, scenario.book, scenario.market, model, scenario.arrays
+        account_id,
+        positions_in(scenario, positions),
+        balances,
+        scenario.book,
+        scenario.market,
+        model,
+        scenario.arrays,
     )
 
 
@@ -285,6 +297,12 @@ def _check_stress(book: BookData, stress: Mapping[str, float]) -> dict[str, floa
             raise ValueError(f"stress: move of {name!r} must be finite and > -1, got {m}")
         moves[name] = m
     return moves
+
+
+def scenario_of(accounts: Accounts, stress: Mapping[str, float] | None) -> Scenario:
+    """The market a scan or a plan works in: the current one, or the current one under `stress`."""
+    scenarios = Scenarios(accounts.book, accounts.market)
+    return scenarios.base if stress is None else scenarios.moved(_check_stress(accounts.book, stress))
 
 
 # --------------------------------------------------------------------------------------------
@@ -485,8 +503,7 @@ def liquidation_scan(
             "liquidation_scan: distance=True is measured from the current market; pass stress=None"
         )
     accounts = read_accounts(book, positions, balances, market)
-    scenarios = Scenarios(accounts.book, accounts.market)
-    scenario = scenarios.base if stress is None else scenarios.moved(_check_stress(accounts.book, stress))
+    scenario = scenario_of(accounts, stress)
 
     results = [
         account_in(scenario, a, accounts.positions.get(a, []), accounts.balances.get(a, []), model)
