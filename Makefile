@@ -31,7 +31,7 @@ build: $(BUILD_STAMP)
 bench: $(BUILD_STAMP)
 	mkdir -p benches/results
 	$(PY) -m pytest benches -q -p no:cacheprovider --benchmark-only --benchmark-json=benches/results/bench.json $(BENCH_ARGS)
-	$(PY) benches/report.py benches/results/bench.json
+	$(PY) benches/report.py benches/results/bench.json --memory benches/results/peak_memory.json --stream benches/results/stream_memory.json
 
 # Fuzzes margin-core's kernels (fuzz/, a cargo-fuzz crate outside the workspace) for FUZZ_SECONDS.
 # Not part of `make test`. `--sanitizer none` works on the stable toolchain; for AddressSanitizer

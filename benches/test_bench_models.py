@@ -196,3 +196,70 @@ def test_reference_size_engine_margin(benchmark: Any, model: str) -> None:
     b = d.book
     run(benchmark, d, lambda: me.margin(d.engine_book, b.positions, b.balances, d.market, model=model, threads=1),
         implementation="engine", function="margin", model=model, threads=1, rounds=7, suite="reference")
+
+
+# ----------------------------------------------------------------------------------------------
+# What-if for order entry: one account of 10 positions, before and after a trade
+# ----------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def what_if_account() -> tuple[Data, list[Any], dict[str, float], list[Any], Any, Any]:
+    """An account of the 10k book with exactly 10 position rows: its rows as tuples and as Arrow
+    tables (the latter for the table-based path a user would take without `what_if`)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    d = data(10_000)
+    pos, bal = d.book.positions, d.book.balances
+    counts = pc.value_counts(pos.column("account_id")).to_pylist()
+    account = min(c["values"] for c in counts if c["counts"] == 10)
+    p = pos.filter(pc.equal(pos.column("account_id"), pa.scalar(account, pa.uint64())))
+    b = bal.filter(pc.equal(bal.column("account_id"), pa.scalar(account, pa.uint64())))
+    positions = list(zip(p.column("instrument").to_pylist(), p.column("quantity").to_pylist(), p.column("entry_price").to_pylist()))
+    balances = dict(zip(b.column("asset").to_pylist(), b.column("amount").to_pylist()))
+    trades = [(positions[0][0], 1.0)]
+    return d, positions, balances, trades, p, b
+
+
+def _what_if_info(benchmark: Any, implementation: str, model: str) -> None:
+    benchmark.group = "what-if, one account of 10 positions"
+    benchmark.extra_info.update(implementation=implementation, function="what_if", model=model, threads=1,
+                                accounts=1, rows=10, balance_rows=0, input_order="sorted", suite="what_if")
+
+
+@pytest.mark.parametrize("model", ["standard", "portfolio"])
+def test_engine_what_if(benchmark: Any, model: str) -> None:
+    d, positions, balances, trades, _, _ = what_if_account()
+    _what_if_info(benchmark, "engine", model)
+    w = benchmark(me.what_if, d.engine_book, positions, balances, d.market, trades, model=model)
+    assert w.after.initial_margin > 0
+
+
+@pytest.mark.parametrize("model", ["standard", "portfolio"])
+def test_margin_tables_what_if(benchmark: Any, model: str) -> None:
+    """Without `what_if`: `me.margin` on the account's rows as Arrow tables, before and after
+    (the trade appended as a row): what a user would write with the bulk API."""
+    import pyarrow as pa
+
+    d, _, _, trades, p, b = what_if_account()
+    trade = pa.table({"account_id": p.column("account_id").slice(0, 1), "instrument": p.column("instrument").slice(0, 1),
+                      "quantity": pa.array([trades[0][1]]), "entry_price": pa.array([None], pa.float64())})
+    after = pa.concat_tables([p, trade.cast(p.schema)])
+    _what_if_info(benchmark, "engine margin() on 1-account tables", model)
+
+    def both() -> Any:
+        me.margin(d.engine_book, p, b, d.market, model=model, threads=1)
+        return me.margin(d.engine_book, after, b, d.market, model=model, threads=1)
+
+    benchmark(both)
+
+
+@pytest.mark.parametrize("model", ["standard", "portfolio"])
+def test_reference_what_if(benchmark: Any, model: str) -> None:
+    import margin_engine.reference as ref
+
+    d, positions, balances, trades, _, _ = what_if_account()
+    _what_if_info(benchmark, "reference", model)
+    benchmark.pedantic(ref.what_if, args=(d.engine_book, positions, balances, d.market, trades), kwargs={"model": model},
+                       rounds=3, iterations=1)

@@ -232,29 +232,60 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stream_margin(args: argparse.Namespace, book: Any, market: Any, progress: Progress) -> tuple[int, float, float, dict[str, int]]:
+    """Margins positions/balances Parquet files slice by slice (sorted by account), writing each
+    result slice to ``args.out`` as it comes: memory stays bounded by the slice, not the book.
+    Returns (accounts, IM, MM, status counts)."""
+    from margin_engine.streaming import margin_batches
+
+    # pre_buffer=False: with pyarrow's default pre-buffering, iterating a file's batches keeps
+    # every row group read so far (memory grew by ~6 MB per 1M-row batch on 20M accounts)
+    positions_file = pq.ParquetFile(args.book / "positions.parquet", pre_buffer=False)
+    balances_file = pq.ParquetFile(args.book / "balances.parquet", pre_buffer=False)
+    total_rows = positions_file.metadata.num_rows
+    positions = positions_file.iter_batches(batch_size=1 << 20)
+    balances = balances_file.iter_batches(batch_size=1 << 20)
+    writer = None
+    accounts, im, mm = 0, 0.0, 0.0
+    counts = dict.fromkeys(STATUSES, 0)
+    try:
+        with progress.step(f"margin, {args.model} model, streamed from Parquet ({total_rows:,} position rows)"):
+            for part in margin_batches(book, positions, balances, market, model=args.model, threads=args.threads):
+                if args.out:
+                    writer = writer or pq.ParquetWriter(args.out, part.schema)
+                    writer.write_table(part)
+                accounts += part.num_rows
+                im += _sum(part, "initial_margin")
+                mm += _sum(part, "maintenance_margin")
+                for status, n in _status_counts(part).items():
+                    counts[status] += n
+                progress.note(f"{accounts:,} accounts")
+    finally:
+        if writer is not None:
+            writer.close()
+    return accounts, im, mm, counts
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     progress = Progress(args.quiet)
     with progress.step(f"reading {args.book}"):
         tables = read_book(args.book, rows=not args.stream)
         book, market = tables.book(), tables.market()
     if args.stream:
-        from margin_engine.streaming import margin_batches
-
-        with progress.step(f"margin, {args.model} model, streamed from Parquet"):
-            positions = pq.ParquetFile(args.book / "positions.parquet").iter_batches(batch_size=1 << 20)
-            balances = pq.ParquetFile(args.book / "balances.parquet").iter_batches(batch_size=1 << 20)
-            parts = list(margin_batches(book, positions, balances, market, model=args.model, threads=args.threads))
-            results = pa.concat_tables(parts) if parts else api.margin(book, tables.positions.slice(0, 0), tables.balances.slice(0, 0), market)
+        accounts, im, mm, counts = _stream_margin(args, book, market, progress)
+        if args.out and accounts == 0:
+            empty = api.margin(book, tables.positions.slice(0, 0), tables.balances.slice(0, 0), market)
+            pq.write_table(empty, args.out)
     else:
         with progress.step(f"margin, {args.model} model"):
             results = api.margin(book, tables.positions, tables.balances, market, model=args.model, threads=args.threads)
-    if args.out:
-        with progress.step(f"writing {args.out}"):
-            pq.write_table(results, args.out)
-    counts = _status_counts(results)
+        if args.out:
+            with progress.step(f"writing {args.out}"):
+                pq.write_table(results, args.out)
+        accounts, counts = results.num_rows, _status_counts(results)
+        im, mm = _sum(results, "initial_margin"), _sum(results, "maintenance_margin")
     print(
-        f"{results.num_rows:,} accounts: IM {_usd(_sum(results, 'initial_margin'))}, "
-        f"MM {_usd(_sum(results, 'maintenance_margin'))}; "
+        f"{accounts:,} accounts: IM {_usd(im)}, MM {_usd(mm)}; "
         + ", ".join(f"{s} {c:,}" for s, c in counts.items())
     )
     return 0
