@@ -165,6 +165,24 @@ mod tests {
     }
 
     #[test]
+    fn runs_across_parallel_blocks_match_a_serial_scan() {
+        // runs of 1..=7 rows, so boundaries fall on and around every 65,536-row block edge
+        let ids: Vec<u64> = (0..300_000u64).flat_map(|a| std::iter::repeat_n(a * 3, (a % 7 + 1) as usize)).take(1 << 19).collect();
+        let (accounts, starts) = runs(&ids);
+        let mut want_accounts = Vec::new();
+        let mut want_starts = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            if i == 0 || ids[i - 1] != *id {
+                want_accounts.push(*id);
+                want_starts.push(i);
+            }
+        }
+        want_starts.push(ids.len());
+        assert_eq!((accounts, starts), (want_accounts, want_starts));
+        assert_eq!(runs(&[]), (vec![], vec![0]));
+    }
+
+    #[test]
     fn merge_keeps_accounts_from_either_side() {
         let (pa, ps) = runs(&[1, 1, 4]);
         let (ba, bs) = runs(&[2, 4, 4, 9]);

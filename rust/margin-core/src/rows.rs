@@ -81,11 +81,16 @@ impl<'a> Positions<'a> {
 
     /// Which instruments any position row references (to check the market covers them).
     pub fn used_instruments(&self, n_instruments: usize) -> Vec<bool> {
-        let mut used = vec![false; n_instruments];
-        for i in &self.instrument {
-            used[*i as usize] = true;
-        }
-        used
+        let mark = |mut used: Vec<bool>, ids: &[u32]| {
+            for i in ids {
+                used[*i as usize] = true;
+            }
+            used
+        };
+        self.instrument
+            .par_chunks(1 << 16)
+            .fold(|| vec![false; n_instruments], mark)
+            .reduce(|| vec![false; n_instruments], |a, b| a.iter().zip(&b).map(|(x, y)| *x | *y).collect())
     }
 
     /// The rows of a single account (account id 0), in the given order (see [`crate::whatif`]).
@@ -109,9 +114,11 @@ impl<'a> Balances<'a> {
     /// Reads and validates the balances table (`account_id, asset, amount`).
     pub fn from_table(t: &Table<'a>, book: &Book) -> Result<Balances<'a>> {
         check_row_count(t)?;
+        let mut phases = Phases::start();
         let ids = t.column("account_id")?.account_ids()?;
         let asset = t.column("asset")?.map_keys(&book.assets.index, "asset")?;
         let amount = t.column("amount")?.f64s(Domain::Finite)?;
+        phases.lap("balances: columns");
         let order = order_by_account(&ids);
         let order = order.as_deref();
         let sorted_ids: Cow<[u64]> = match order {
@@ -128,7 +135,9 @@ impl<'a> Balances<'a> {
             accounts,
             starts,
         };
+        phases.lap("balances: order, runs");
         balances.check_magnitude(book)?;
+        phases.lap("balances: magnitude checked");
         Ok(balances)
     }
 
@@ -147,6 +156,21 @@ impl<'a> Balances<'a> {
                 })
                 .sum()
         };
+        // fast path: the largest row bound times the most rows any account has is finite
+        let per_unit: Vec<f64> = (0..a.price.len())
+            .map(|id| a.price[id] * a.initial_liability_weight[id].max(a.maintenance_liability_weight[id]).max(1.0))
+            .collect();
+        let largest_row = self
+            .amount
+            .par_iter()
+            .zip(self.asset.par_iter())
+            .with_min_len(1 << 14)
+            .map(|(x, id)| x.abs() * per_unit[*id as usize])
+            .reduce(|| 0.0, f64::max);
+        let most_rows = self.starts.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+        if (largest_row * most_rows as f64).is_finite() {
+            return Ok(());
+        }
         let n = self.accounts.len();
         if (0..n).into_par_iter().with_min_len(1024).all(|k| bound(k).is_finite()) {
             return Ok(());

@@ -5,6 +5,7 @@ use crate::market::Market;
 use crate::valuation::NetPosition;
 
 /// (initial margin, maintenance margin) of one netted position.
+#[inline]
 pub fn position_margin(book: &Book, market: &Market, p: &NetPosition) -> (f64, f64) {
     let id = p.instrument as usize;
     let spot = market.index_price[book.instruments.underlying[id] as usize];
@@ -12,6 +13,7 @@ pub fn position_margin(book: &Book, market: &Market, p: &NetPosition) -> (f64, f
 }
 
 /// (IM, MM) of `quantity` contracts of instrument `id` at this mark and index price.
+#[inline]
 pub fn position_margin_at(book: &Book, id: usize, quantity: f64, mark: f64, spot: f64) -> (f64, f64) {
     let ins = &book.instruments;
     if ins.kind[id].is_linear() {

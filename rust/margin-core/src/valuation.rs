@@ -27,6 +27,7 @@ pub struct Scratch {
 
 /// Nets the account's position rows into `scratch.net`, in instrument-id order. Rows of one
 /// instrument are summed in input order; a net of exactly 0 is dropped (§2.1).
+#[inline]
 pub fn net_positions(rows: Range<usize>, positions: &Positions, book: &Book, market: &Market, scratch: &mut Scratch) {
     let ins = &book.instruments;
     scratch.net.clear();
@@ -116,6 +117,7 @@ pub fn value_balance(book: &Book, asset: usize, amount: f64, price: f64) -> Coll
 
 /// Sums the account's balances in asset-id order. Returns the asset id of a repeated
 /// (account, asset) pair as an error, to be reported by the caller.
+#[inline]
 pub fn value_balances(
     rows: Range<usize>,
     balances: &Balances,

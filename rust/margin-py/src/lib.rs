@@ -263,7 +263,10 @@ fn margin(
     let model = parse_model(model)?;
     let batch = with_accounts(py, book, market, positions, Some(balances), threads, |book, market, inputs| {
             let rows = engine::margin(&book, &market, &inputs, model)?;
-            Ok(results::margin_batch(&rows))
+            let mut phases = Phases::start();
+            let batch = results::margin_batch(&rows);
+            phases.lap("margin output columns");
+            Ok(batch)
     })?;
     let mut phases = Phases::start();
     let t = to_table(batch);
