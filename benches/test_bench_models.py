@@ -243,8 +243,9 @@ def test_margin_tables_what_if(benchmark: Any, model: str) -> None:
     import pyarrow as pa
 
     d, _, _, trades, p, b = what_if_account()
+    marks = dict(zip(d.book.marks.column("instrument").to_pylist(), d.book.marks.column("mark_price").to_pylist()))
     trade = pa.table({"account_id": p.column("account_id").slice(0, 1), "instrument": p.column("instrument").slice(0, 1),
-                      "quantity": pa.array([trades[0][1]]), "entry_price": pa.array([None], pa.float64())})
+                      "quantity": pa.array([trades[0][1]]), "entry_price": pa.array([marks[trades[0][0]]])})  # at the mark
     after = pa.concat_tables([p, trade.cast(p.schema)])
     _what_if_info(benchmark, "engine margin() on 1-account tables", model)
 

@@ -27,6 +27,7 @@ from margin_engine.api import (
 )
 from margin_engine.optimize import CollateralAllocation, RebalancePlan, allocate_collateral, rebalance
 from margin_engine.report import EfficiencyReport, efficiency_report, write_html
+from margin_engine.streaming import margin_batches
 
 __all__ = [
     "AccountMargin",
@@ -53,6 +54,7 @@ __all__ = [
     "liquidation_plan",
     "liquidation_scan",
     "margin",
+    "margin_batches",
     "optimal_hedge",
     "risk_arrays",
 ]

@@ -206,12 +206,20 @@ def score(freed: float, notional_value: float) -> float:
     return math.inf if freed > 0.0 else 0.0
 
 
+def ranking_key(s: float) -> float:
+    """A score rounded to a multiple of 2^-40 (~1e-12), so that scores equal mathematically but a
+    few ulps apart tie and the instrument id decides. Scaling by a power of two is exact."""
+    scaled = s * 2.0**40
+    return float(math.floor(scaled + 0.5)) if math.isfinite(scaled) else scaled
+
+
 def closing_order(
     positions: list[NettedPosition], notionals: list[float], scenario: Scenario, model: Model
 ) -> list[int]:
-    """Rule 1: indexes of `positions`, highest score first, ties by instrument id."""
+    """Rule 1: indexes of `positions`, highest score first (compared to 2^-40), ties by
+    instrument id."""
     freed = margin_freed(positions, scenario, model)
-    scores = [score(f, n) for f, n in zip(freed, notionals, strict=True)]
+    scores = [ranking_key(score(f, n)) for f, n in zip(freed, notionals, strict=True)]
     return sorted(range(len(positions)), key=lambda i: (-total_order(scores[i]), positions[i].instrument.id))
 
 

@@ -92,6 +92,17 @@ pub fn margin_under(book: &Book, base: &Market, stress: Option<Stress>, inputs: 
         Model::Portfolio => Some(RiskArrays::new(book, market)),
     };
     phases.lap("risk arrays");
+    margin_rows(book, base, stress.as_ref(), risk.as_ref(), inputs)
+}
+
+/// [`margin`] with the portfolio model's risk arrays already computed for this market (`None`:
+/// the standard model), e.g. cached across calls by the caller.
+pub fn margin_with_risk(book: &Book, market: &Market, inputs: &Inputs, risk: Option<&RiskArrays>) -> Result<Vec<AccountRow>> {
+    margin_rows(book, market, None, risk, inputs)
+}
+
+fn margin_rows(book: &Book, base: &Market, stress: Option<&Stress>, risk: Option<&RiskArrays>, inputs: &Inputs) -> Result<Vec<AccountRow>> {
+    let mut phases = Phases::start();
     // a repeated (account, asset) balance is rare: noted on the side, reported after the loop
     let duplicates: Mutex<Vec<(u64, u32)>> = Mutex::new(Vec::new());
     let rows: Vec<AccountRow> = inputs
@@ -99,7 +110,7 @@ pub fn margin_under(book: &Book, base: &Market, stress: Option<Stress>, inputs: 
         .par_iter()
         .with_min_len(256)
         .map_init(AccountScratch::default, |scratch, slot| {
-            let priced = Pricing { book, base, stress: stress.as_ref(), risk: risk.as_ref() };
+            let priced = Pricing { book, base, stress, risk };
             priced.account(slot, &inputs.positions, &inputs.balances, scratch).unwrap_or_else(|asset| {
                 duplicates.lock().unwrap_or_else(|e| e.into_inner()).push((slot.account_id, asset));
                 AccountRow::new(slot.account_id, Collateral::default(), 0.0, 0.0, 0.0)

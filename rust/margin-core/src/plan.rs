@@ -2,8 +2,8 @@
 //!
 //! For every account below maintenance (liquidatable or bankrupt):
 //! 1. Rank its netted positions by maintenance margin freed per unit of notional (closing the
-//!    whole position, everything else held), most first; ties by instrument id. The ranking is
-//!    fixed at the start.
+//!    whole position, everything else held), most first, scores compared to 2^-40; ties by
+//!    instrument id. The ranking is fixed at the start.
 //! 2. Close them in that order at mark, each fully or — for the last one — partially: the
 //!    smallest fraction (found by bisection, always erring on the safe side) that brings
 //!    `collateral_maintenance ≥ (1 + buffer) × MM`. Stop as soon as that holds.
@@ -84,6 +84,19 @@ pub struct Liquidation {
     pub liquidator_fees: f64,
     pub insurance_fees: f64,
     pub insurance_fund_after: f64,
+}
+
+/// A score rounded to a multiple of 2^-40 (about 1e-12): scores that are equal mathematically
+/// but a few ulps apart (every lone perpetual scores R under the portfolio model; linear
+/// contracts with one margin rate score that rate) tie, and the instrument id decides. Scaling by
+/// a power of two is exact, so the key is the same wherever the score is.
+fn ranking_key(score: f64) -> f64 {
+    let scaled = score * 1_099_511_627_776.0; // 2^40
+    if scaled.is_finite() {
+        (scaled + 0.5).floor()
+    } else {
+        scaled
+    }
 }
 
 /// Maintenance margin of the account's positions, each scaled by `1 − closed[i]`.
@@ -233,7 +246,7 @@ fn plan_account(
             (score, i)
         })
         .collect();
-    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(net[a.1].instrument.cmp(&net[b.1].instrument)));
+    ranked.sort_by(|a, b| ranking_key(b.0).total_cmp(&ranking_key(a.0)).then(net[a.1].instrument.cmp(&net[b.1].instrument)));
 
     let target = 1.0 + params.buffer;
     let mut equity = row.equity;

@@ -261,8 +261,14 @@ fn margin(
     threads: Option<usize>,
 ) -> PyResult<PyTable> {
     let model = parse_model(model)?;
+    let (shared_book, cache) = (book.inner.clone(), market);
     let batch = with_accounts(py, book, market, positions, Some(balances), threads, |book, market, inputs| {
-            let rows = engine::margin(&book, &market, &inputs, model)?;
+            // the portfolio model's risk arrays, computed once per (book, market) and cached
+            let risk = match model {
+                Model::Standard => None,
+                Model::Portfolio => cache.resolve(&shared_book, true)?.risk,
+            };
+            let rows = engine::margin_with_risk(book, market, inputs, risk.as_deref())?;
             let mut phases = Phases::start();
             let batch = results::margin_batch(&rows);
             phases.lap("margin output columns");
