@@ -56,6 +56,26 @@ class BookTables:
         return Market(self.index_prices, self.marks, self.valuation_time)
 
 
+def _read_single_chunk(path: Path) -> pa.Table:
+    """A Parquet file as a table with one chunk per column.
+
+    A Parquet read comes in one chunk per row group; the engine reads a single-chunk float or
+    integer column in place but has to concatenate a chunked one on every call. So the columns
+    are combined here, once, one column at a time (so the read never holds a second copy of the
+    whole table), each column's chunks handed back to the OS before the next is read (pyarrow's
+    allocator keeps freed memory otherwise)."""
+    parquet = pq.ParquetFile(path, memory_map=True)
+    if parquet.metadata.num_row_groups <= 1:
+        return parquet.read()
+    columns = []
+    for name in parquet.schema_arrow.names:
+        chunked = parquet.read(columns=[name])
+        columns.append(chunked.combine_chunks().column(0))
+        del chunked
+        pa.default_memory_pool().release_unused()
+    return pa.Table.from_arrays(columns, schema=parquet.schema_arrow)
+
+
 def read_book(directory: str | Path, rows: bool = True) -> BookTables:
     """Reads a book directory (see the module docstring). With ``rows=False`` positions and
     balances are not read (empty tables of their schema): for streaming them batch by batch."""
@@ -66,7 +86,7 @@ def read_book(directory: str | Path, rows: bool = True) -> BookTables:
             f"{d}: not a book directory (missing {', '.join(f'{m}.parquet' for m in missing) or 'meta.json'})"
         )
     tables = {
-        name: pq.read_table(d / f"{name}.parquet", memory_map=True)
+        name: _read_single_chunk(d / f"{name}.parquet")
         if rows or name not in ("positions", "balances")
         else pq.read_schema(d / f"{name}.parquet").empty_table()
         for name in REQUIRED

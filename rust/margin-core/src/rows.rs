@@ -11,9 +11,36 @@ use crate::error::{InputError, Offenders, Result};
 use crate::table::{Domain, Table};
 use crate::trace::Phases;
 
+/// The instrument of each position row.
+pub enum InstrumentIds<'a> {
+    /// Dense instrument ids, one per row.
+    Dense(Vec<u32>),
+    /// A dictionary column read in place: per row a code, per code a dense instrument id.
+    Coded { codes: Cow<'a, [u32]>, ids: Vec<u32> },
+}
+
+impl InstrumentIds<'_> {
+    /// The instrument id of row `r`.
+    #[inline]
+    pub fn get(&self, r: usize) -> u32 {
+        match self {
+            InstrumentIds::Dense(ids) => ids[r],
+            InstrumentIds::Coded { codes, ids } => ids[codes[r] as usize],
+        }
+    }
+
+    fn reordered(self, order: Option<&[u32]>) -> Self {
+        match (self, order) {
+            (this, None) => this,
+            (InstrumentIds::Dense(ids), Some(_)) => InstrumentIds::Dense(gather(&ids, order)),
+            (InstrumentIds::Coded { codes, ids }, Some(_)) => InstrumentIds::Coded { codes: Cow::Owned(gather(&codes, order)), ids },
+        }
+    }
+}
+
 /// Position rows in account order.
 pub struct Positions<'a> {
-    pub instrument: Vec<u32>,
+    pub instrument: InstrumentIds<'a>,
     pub quantity: Cow<'a, [f64]>,
     pub entry_price: Option<Cow<'a, [f64]>>,
     accounts: Vec<u64>,
@@ -50,7 +77,11 @@ impl<'a> Positions<'a> {
         let mut phases = Phases::start();
         let ids = t.column("account_id")?.account_ids()?;
         phases.lap("positions: account_id");
-        let instrument = t.column("instrument")?.map_keys(&book.instruments.index, "instrument")?;
+        let column = t.column("instrument")?;
+        let instrument = match column.dictionary_codes(&book.instruments.index)? {
+            Some((codes, ids)) => InstrumentIds::Coded { codes, ids },
+            None => InstrumentIds::Dense(column.map_keys(&book.instruments.index, "instrument")?),
+        };
         phases.lap("positions: instrument keys");
         let quantity = t.column("quantity")?.f64s(Domain::Finite)?;
         let entry_price = match t.optional_column("entry_price") {
@@ -68,10 +99,7 @@ impl<'a> Positions<'a> {
         let (accounts, starts) = runs(&sorted_ids);
         phases.lap("positions: runs");
         Ok(Positions {
-            instrument: match order {
-                None => instrument,
-                Some(_) => gather(&instrument, order),
-            },
+            instrument: instrument.reordered(order),
             quantity: reorder(quantity, order),
             entry_price: entry_price.map(|e| reorder(e, order)),
             accounts,
@@ -87,17 +115,29 @@ impl<'a> Positions<'a> {
             }
             used
         };
-        self.instrument
-            .par_chunks(1 << 16)
-            .fold(|| vec![false; n_instruments], mark)
-            .reduce(|| vec![false; n_instruments], |a, b| a.iter().zip(&b).map(|(x, y)| *x | *y).collect())
+        let or = |a: Vec<bool>, b: Vec<bool>| a.iter().zip(&b).map(|(x, y)| *x | *y).collect::<Vec<bool>>();
+        match &self.instrument {
+            InstrumentIds::Dense(ids) => {
+                ids.par_chunks(1 << 16).fold(|| vec![false; n_instruments], mark).reduce(|| vec![false; n_instruments], or)
+            }
+            InstrumentIds::Coded { codes, ids } => {
+                let used_codes = codes.par_chunks(1 << 16).fold(|| vec![false; ids.len()], mark).reduce(|| vec![false; ids.len()], or);
+                let mut used = vec![false; n_instruments];
+                for (code, id) in ids.iter().enumerate() {
+                    if used_codes[code] {
+                        used[*id as usize] = true;
+                    }
+                }
+                used
+            }
+        }
     }
 
     /// The rows of a single account (account id 0), in the given order (see [`crate::whatif`]).
     pub fn one_account(instrument: Vec<u32>, quantity: Vec<f64>, entry_price: Option<Vec<f64>>) -> Positions<'static> {
         let n = instrument.len();
         Positions {
-            instrument,
+            instrument: InstrumentIds::Dense(instrument),
             quantity: Cow::Owned(quantity),
             entry_price: entry_price.map(Cow::Owned),
             accounts: vec![0],
@@ -106,7 +146,7 @@ impl<'a> Positions<'a> {
     }
 
     pub fn empty() -> Positions<'static> {
-        Positions { instrument: Vec::new(), quantity: Cow::Owned(Vec::new()), entry_price: None, accounts: Vec::new(), starts: vec![0] }
+        Positions { instrument: InstrumentIds::Dense(Vec::new()), quantity: Cow::Owned(Vec::new()), entry_price: None, accounts: Vec::new(), starts: vec![0] }
     }
 }
 

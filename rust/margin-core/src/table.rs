@@ -484,6 +484,37 @@ impl<'a> Column<'a> {
         Ok(ids)
     }
 
+    /// A single-chunk dictionary column with 32-bit indices, read in place: its indices
+    /// (borrowed) and the dense id of each dictionary value. `None` when the column is not of that
+    /// shape, or any row's key is unknown (then [`Column::map_keys`] reads it and names the rows).
+    pub fn dictionary_codes(&self, index: &KeyIndex) -> Result<Option<(Cow<'a, [u32]>, Vec<u32>)>> {
+        self.check_no_nulls()?;
+        let [(_, array)] = self.chunks[..] else { return Ok(None) };
+        let Some(dict) = array.as_any_dictionary_opt() else { return Ok(None) };
+        let values = dict.values();
+        let mut value_ids = vec![0u32; values.len()];
+        if map_chunk(values, index, &mut value_ids).is_none() {
+            return Ok(None);
+        }
+        let keys = dict.keys();
+        let codes: &'a [u32] = match keys.data_type() {
+            DataType::UInt32 => &array.as_dictionary::<UInt32Type>().keys().values()[..],
+            DataType::Int32 => {
+                let v: &'a [i32] = &array.as_dictionary::<Int32Type>().keys().values()[..];
+                // SAFETY: i32 and u32 have the same size and alignment. A negative index reads as
+                // a number >= 2^31, beyond any dictionary, so the check below rejects it and the
+                // slice is used only if every index is a valid non-negative one.
+                unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u32, v.len()) }
+            }
+            _ => return Ok(None),
+        };
+        let known = |c: &u32| value_ids.get(*c as usize).is_some_and(|id| *id != MISSING);
+        if !codes.par_chunks(PAR_BLOCK).all(|b| b.iter().fold(true, |ok, c| ok & known(c))) {
+            return Ok(None);
+        }
+        Ok(Some((Cow::Borrowed(codes), value_ids)))
+    }
+
     /// Timestamps as nanoseconds since the epoch; nulls as `None`.
     pub fn timestamps_ns(&self) -> Result<Vec<Option<i64>>> {
         let mut out = Vec::with_capacity(self.len);
@@ -692,6 +723,24 @@ mod tests {
         let err = t.column("k").unwrap().map_keys(&index, "instrument").unwrap_err();
         assert_eq!(err.problem, "unknown instrument");
         assert_eq!(err.examples, vec!["'Z' (row 1)".to_string()]);
+    }
+
+    #[test]
+    fn dictionary_codes_are_borrowed_only_when_every_used_key_is_known() {
+        let index = KeyIndex::build(&[Key::Str("A".into()), Key::Str("B".into())], "instruments", "instrument").unwrap();
+        let names = vec!["k".to_string()];
+        let read = |keys: Vec<i32>| {
+            let values: ArrayRef = Arc::new(StringArray::from(vec!["B", "Z", "A"]));
+            let dict = DictionaryArray::<Int32Type>::try_new(keys.into(), values).unwrap();
+            let b = batch(vec![("k", Arc::new(dict) as ArrayRef)]);
+            let t = Table::new("positions", &names, std::slice::from_ref(&b));
+            let column = t.column("k").unwrap();
+            column.dictionary_codes(&index).unwrap().map(|(codes, ids)| (codes.into_owned(), ids))
+        };
+        // 'Z' is in the dictionary but no row uses it: fine, and the codes are the indices
+        assert_eq!(read(vec![2, 0, 0]), Some((vec![2, 0, 0], vec![1, MISSING, 0])));
+        // a row uses 'Z': not read in place, so map_keys reports the row
+        assert_eq!(read(vec![2, 1]), None);
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub fn net_positions(rows: Range<usize>, positions: &Positions, book: &Book, mar
     let ins = &book.instruments;
     scratch.net.clear();
     scratch.rows.clear();
-    scratch.rows.extend(rows.map(|r| (positions.instrument[r] as u64) << 32 | r as u64));
+    scratch.rows.extend(rows.map(|r| (positions.instrument.get(r) as u64) << 32 | r as u64));
     // exports sorted by (account, instrument) skip the sort
     if !scratch.rows.is_sorted() {
         scratch.rows.sort_unstable();

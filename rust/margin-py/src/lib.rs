@@ -23,6 +23,9 @@ use pyo3_arrow::PyTable;
 
 mod whatif;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pyo3::create_exception!(
     _core,
     MarginInputError,
