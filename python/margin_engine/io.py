@@ -94,6 +94,8 @@ def read_book(directory: str | Path, rows: bool = True) -> BookTables:
     optional = {
         name: pq.read_table(d / f"{name}.parquet") for name in OPTIONAL if (d / f"{name}.parquet").exists()
     }
+    # the Parquet reader's scratch stays in pyarrow's pool unless handed back (~90 MB at 1M accounts)
+    pa.default_memory_pool().release_unused()
     meta = json.loads((d / "meta.json").read_text())
     valuation_time = dt.datetime.fromisoformat(meta["valuation_time"])
     return BookTables(valuation_time=valuation_time, **tables, **optional)

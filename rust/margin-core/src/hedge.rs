@@ -131,7 +131,7 @@ pub fn optimal_hedges(
             let mut lines = Vec::new();
             let mut out = Vec::new();
             for (slot, row) in slots.iter().zip(rows) {
-                net_positions(slot.positions.clone(), &inputs.positions, book, market, &mut scratch);
+                net_positions(slot.positions(), &inputs.positions, book, market, &mut scratch);
                 group_by_underlying(book, &scratch.net, &mut grouped);
                 let margin_before = match objective {
                     Objective::Maintenance => row.maintenance_margin,

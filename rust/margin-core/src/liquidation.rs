@@ -184,7 +184,7 @@ fn account_distances(
 ) {
     let ins = &book.instruments;
     let assets = &book.assets;
-    net_positions(slot.positions.clone(), &inputs.positions, book, market, &mut s.net);
+    net_positions(slot.positions(), &inputs.positions, book, market, &mut s.net);
     group_by_underlying(book, &s.net.net, &mut s.grouped);
 
     // Base value and maintenance margin of each underlying's positions.
@@ -213,7 +213,7 @@ fn account_distances(
     s.balances.clear();
     s.exposed.clear();
     s.exposed.extend(s.groups.iter().map(|g| g.0));
-    for r in slot.balances.clone() {
+    for r in slot.balances() {
         let a = inputs.balances.asset[r] as usize;
         let amount = inputs.balances.amount[r];
         let weighted = value_balance(book, a, amount, assets.price[a]).weighted_maintenance;

@@ -193,7 +193,7 @@ pub fn liquidate(
 
 /// Nets an account's positions at `base` and revalues them to `stressed` marks if given.
 fn net_at(book: &Book, base: &Market, stressed: Option<&Market>, slot: &AccountSlot, inputs: &Inputs, scratch: &mut Scratch) {
-    net_positions(slot.positions.clone(), &inputs.positions, book, base, scratch);
+    net_positions(slot.positions(), &inputs.positions, book, base, scratch);
     if let Some(stressed) = stressed {
         for p in scratch.net.iter_mut() {
             *p = crate::stress::revalue(book, base, stressed, p);

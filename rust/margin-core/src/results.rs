@@ -122,14 +122,13 @@ fn column(rows: &[AccountRow], f: impl Fn(&AccountRow) -> f64 + Sync + Send) -> 
 }
 
 /// Rows per parallel block when building output columns.
-const OUTPUT_BLOCK: usize = 1 << 14;
+pub const OUTPUT_BLOCK: usize = 1 << 14;
 
 /// A utf8 column of statuses: each block's lengths are summed first, then every block writes its
 /// offsets and bytes into its own part of the buffers, in parallel.
-fn status_column(rows: &[AccountRow]) -> ArrayRef {
-    let statuses: Vec<&'static str> = rows.par_iter().with_min_len(OUTPUT_BLOCK).map(|r| r.status().as_str()).collect();
+fn status_column(statuses: &[Status]) -> ArrayRef {
     let block_bytes: Vec<usize> =
-        statuses.par_chunks(OUTPUT_BLOCK).map(|b| b.iter().map(|s| s.len()).sum()).collect();
+        statuses.par_chunks(OUTPUT_BLOCK).map(|b| b.iter().map(|s| s.as_str().len()).sum()).collect();
     let total: usize = block_bytes.iter().sum();
     // at most 12 bytes a row: past ~178M accounts in one call the utf8 offsets would overflow
     assert!(total <= i32::MAX as usize, "more than 178 million accounts in one call: stream in batches");
@@ -139,7 +138,7 @@ fn status_column(rows: &[AccountRow]) -> ArrayRef {
         block_start.push(at);
         at += b;
     }
-    let mut offsets = vec![0i32; rows.len() + 1];
+    let mut offsets = vec![0i32; statuses.len() + 1];
     let mut bytes = vec![0u8; total];
     let mut byte_blocks: Vec<&mut [u8]> = Vec::with_capacity(block_bytes.len());
     let mut rest = &mut bytes[..];
@@ -154,7 +153,8 @@ fn status_column(rows: &[AccountRow]) -> ArrayRef {
         .zip(byte_blocks.into_par_iter().zip(block_start.par_iter()))
         .for_each(|((statuses, offsets), (bytes, start))| {
             let mut at = 0;
-            for (s, end) in statuses.iter().zip(offsets.iter_mut()) {
+            for (status, end) in statuses.iter().zip(offsets.iter_mut()) {
+                let s = status.as_str();
                 bytes[at..at + s.len()].copy_from_slice(s.as_bytes());
                 at += s.len();
                 *end = (start + at) as i32;
@@ -163,53 +163,102 @@ fn status_column(rows: &[AccountRow]) -> ArrayRef {
     Arc::new(StringArray::new(OffsetBuffer::new(ScalarBuffer::from(offsets)), Buffer::from_vec(bytes), None))
 }
 
-/// `margin` results as one record batch (§6 columns). One parallel pass over the rows writes
-/// every float column (reading the 48-byte rows once, not once per column).
-pub fn margin_batch(rows: &[AccountRow]) -> RecordBatch {
-    const FLOATS: usize = 7; // equity .. margin_excess
-    let n = rows.len();
-    let mut floats: Vec<Vec<f64>> = (0..FLOATS).map(|_| vec![0.0; n]).collect();
-    let mut health = vec![0.0; n];
-    let mut health_valid = vec![false; n];
-    let mut account_id = vec![0u64; n];
-    {
-        // per block of rows: its slice of every column
-        let mut blocks: Vec<(Vec<&mut [f64]>, &mut [f64], &mut [bool], &mut [u64])> = Vec::new();
-        let mut float_chunks: Vec<_> = floats.iter_mut().map(|c| c.chunks_mut(OUTPUT_BLOCK)).collect();
-        let mut health_chunks = health.chunks_mut(OUTPUT_BLOCK);
-        let mut valid_chunks = health_valid.chunks_mut(OUTPUT_BLOCK);
-        for ids in account_id.chunks_mut(OUTPUT_BLOCK) {
-            let cols = float_chunks.iter_mut().map(|c| c.next().expect("same length")).collect();
-            blocks.push((cols, health_chunks.next().expect("same length"), valid_chunks.next().expect("same length"), ids));
+/// The §6 columns of `margin`, allocated once and filled in place, block by block: the engine
+/// writes each account's row straight into them ([`MarginBlock::put`]), so no vector of rows is
+/// held beside the output.
+pub struct MarginColumns {
+    account_id: Vec<u64>,
+    /// equity, collateral_initial, collateral_maintenance, initial_margin, maintenance_margin,
+    /// free_collateral, margin_excess
+    floats: [Vec<f64>; 7],
+    health: Vec<f64>,
+    health_valid: Vec<bool>,
+    status: Vec<Status>,
+}
+
+/// The part of [`MarginColumns`] that holds one block of rows.
+pub struct MarginBlock<'a> {
+    account_id: &'a mut [u64],
+    floats: Vec<&'a mut [f64]>,
+    health: &'a mut [f64],
+    health_valid: &'a mut [bool],
+    status: &'a mut [Status],
+}
+
+impl MarginBlock<'_> {
+    /// Writes `r` as row `i` of the block.
+    #[inline]
+    pub fn put(&mut self, i: usize, r: &AccountRow) {
+        let values = [
+            r.equity,
+            r.collateral_initial,
+            r.collateral_maintenance,
+            r.initial_margin,
+            r.maintenance_margin,
+            r.free_collateral(),
+            r.margin_excess(),
+        ];
+        for (column, v) in self.floats.iter_mut().zip(values) {
+            column[i] = v;
         }
-        blocks.into_par_iter().zip(rows.par_chunks(OUTPUT_BLOCK)).for_each(|((mut cols, health, valid, ids), rows)| {
-            for (i, r) in rows.iter().enumerate() {
-                let values = [
-                    r.equity,
-                    r.collateral_initial,
-                    r.collateral_maintenance,
-                    r.initial_margin,
-                    r.maintenance_margin,
-                    r.free_collateral(),
-                    r.margin_excess(),
-                ];
-                for (c, v) in cols.iter_mut().zip(values) {
-                    c[i] = v;
-                }
-                ids[i] = r.account_id;
-                if let Some(h) = r.health() {
-                    health[i] = h;
-                    valid[i] = true;
-                }
-            }
-        });
+        self.account_id[i] = r.account_id;
+        if let Some(h) = r.health() {
+            self.health[i] = h;
+            self.health_valid[i] = true;
+        }
+        self.status[i] = r.status();
     }
-    let nulls = health_valid.contains(&false).then(|| NullBuffer::from(health_valid));
-    let mut columns: Vec<ArrayRef> = vec![Arc::new(UInt64Array::from(account_id))];
-    columns.extend(floats.into_iter().map(|c| Arc::new(Float64Array::from(c)) as ArrayRef));
-    columns.push(Arc::new(Float64Array::new(ScalarBuffer::from(health), nulls)));
-    columns.push(status_column(rows));
-    RecordBatch::try_new(margin_schema(), columns).expect("columns match the schema by construction")
+}
+
+impl MarginColumns {
+    pub fn new(rows: usize) -> MarginColumns {
+        MarginColumns {
+            account_id: vec![0; rows],
+            floats: std::array::from_fn(|_| vec![0.0; rows]),
+            health: vec![0.0; rows],
+            health_valid: vec![false; rows],
+            status: vec![Status::Healthy; rows],
+        }
+    }
+
+    /// One [`MarginBlock`] per `OUTPUT_BLOCK` rows, in order.
+    pub fn blocks(&mut self) -> Vec<MarginBlock<'_>> {
+        let mut floats: Vec<_> = self.floats.iter_mut().map(|c| c.chunks_mut(OUTPUT_BLOCK)).collect();
+        let mut health = self.health.chunks_mut(OUTPUT_BLOCK);
+        let mut valid = self.health_valid.chunks_mut(OUTPUT_BLOCK);
+        let mut status = self.status.chunks_mut(OUTPUT_BLOCK);
+        self.account_id
+            .chunks_mut(OUTPUT_BLOCK)
+            .map(|account_id| MarginBlock {
+                account_id,
+                floats: floats.iter_mut().map(|c| c.next().expect("same length")).collect(),
+                health: health.next().expect("same length"),
+                health_valid: valid.next().expect("same length"),
+                status: status.next().expect("same length"),
+            })
+            .collect()
+    }
+
+    pub fn into_batch(self) -> RecordBatch {
+        let nulls = self.health_valid.contains(&false).then(|| NullBuffer::from(self.health_valid));
+        let status = status_column(&self.status);
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(UInt64Array::from(self.account_id))];
+        columns.extend(self.floats.into_iter().map(|c| Arc::new(Float64Array::from(c)) as ArrayRef));
+        columns.push(Arc::new(Float64Array::new(ScalarBuffer::from(self.health), nulls)));
+        columns.push(status);
+        RecordBatch::try_new(margin_schema(), columns).expect("columns match the schema by construction")
+    }
+}
+
+/// `margin` results as one record batch (§6 columns), from rows already computed.
+pub fn margin_batch(rows: &[AccountRow]) -> RecordBatch {
+    let mut columns = MarginColumns::new(rows.len());
+    columns.blocks().into_par_iter().zip(rows.par_chunks(OUTPUT_BLOCK)).for_each(|(mut block, rows)| {
+        for (i, r) in rows.iter().enumerate() {
+            block.put(i, r);
+        }
+    });
+    columns.into_batch()
 }
 
 /// The schema of `greeks` results.

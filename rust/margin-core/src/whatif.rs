@@ -107,7 +107,7 @@ pub fn what_if(pricing: &Pricing, positions: &[Row], balances: &[(u32, f64)], tr
     let mut scratch = AccountScratch::default();
     let mut margin = |positions: &Positions, extra_pnl: f64| -> Result<AccountRow> {
         let n = positions.quantity.len();
-        let slot = AccountSlot { account_id: 0, positions: 0..n, balances: 0..balances.amount.len() };
+        let slot = AccountSlot::new(0, 0..n, 0..balances.amount.len());
         let row = pricing.account_with(&slot, positions, &balances, extra_pnl, &mut scratch).map_err(|asset| {
             let mut duplicate = Offenders::default();
             duplicate.push(|| format!("'{}'", book.assets.labels[asset as usize]));

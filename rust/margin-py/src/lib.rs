@@ -271,9 +271,9 @@ fn margin(
                 Model::Standard => None,
                 Model::Portfolio => cache.resolve(&shared_book, true)?.risk,
             };
-            let rows = engine::margin_with_risk(book, market, inputs, risk.as_deref())?;
+            let columns = engine::margin_columns(book, market, inputs, risk.as_deref())?;
             let mut phases = Phases::start();
-            let batch = results::margin_batch(&rows);
+            let batch = columns.into_batch();
             phases.lap("margin output columns");
             Ok(batch)
     })?;
