@@ -368,20 +368,12 @@ def what_if(
     ≥ 0 after the trade, or the trade reduces risk: IM does not rise and free collateral does not
     fall).
 
-    >>> import pyarrow as pa, margin_engine as me
-    >>> instruments = pa.table({"instrument": ["BTC-PERP"], "kind": ["perpetual"],
-    ...     "underlying": ["BTC"], "multiplier": [1.0],
-    ...     "expiry": pa.array([None], pa.timestamp("ns", "UTC")),
-    ...     "initial_margin_rate": [0.02], "maintenance_margin_rate": [0.01]})
-    >>> assets = pa.table({"asset": ["USD"], "price": [1.0], "initial_weight": [1.0],
-    ...     "maintenance_weight": [1.0], "initial_liability_weight": [1.0],
-    ...     "maintenance_liability_weight": [1.0]})
-    >>> book = me.Book(instruments, assets)
-    >>> market = me.Market(pa.table({"underlying": ["BTC"], "index_price": [50_000.0]}),
-    ...     pa.table({"instrument": ["BTC-PERP"], "mark_price": [50_000.0]}), 0)
-    >>> w = me.what_if(book, {"BTC-PERP": 1.0}, {"USD": 2_000.0}, market, [("BTC-PERP", 1.0)])
-    >>> w.before.initial_margin, w.after.initial_margin, w.accepted
-    (1000.0, 2000.0, True)
+    With the one-perpetual book of :class:`Book`'s example (IM rate 2%), an index and mark of
+    50,000, one BTC-PERP held and 2,000 USD (``tests/test_what_if.py`` checks these numbers)::
+
+        w = me.what_if(book, {"BTC-PERP": 1.0}, {"USD": 2_000.0}, market, [("BTC-PERP", 1.0, 49_000.0)])
+        w.before.initial_margin, w.after.initial_margin  # (1000.0, 2000.0)
+        w.trade_pnl, w.after.free_collateral, w.accepted  # (1000.0, 1000.0, True): bought 1,000 below the mark
     """
     if not isinstance(book, Book) or not isinstance(market, Market):
         check_instance(book, Book, "book")

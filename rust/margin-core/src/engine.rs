@@ -43,6 +43,10 @@ pub fn with_threads<T: Send>(threads: Option<usize>, work: impl FnOnce() -> T + 
     }
 }
 
+/// Accounts in one call: a result's `status` column holds at most 12 bytes an account behind
+/// 32-bit offsets.
+pub const MAX_ACCOUNTS: usize = i32::MAX as usize / 12;
+
 /// Positions and balances read, validated and grouped by account.
 pub struct Inputs<'a> {
     pub positions: Positions<'a>,
@@ -67,6 +71,13 @@ impl<'a> Inputs<'a> {
         phases.lap("balances read");
         let slots = account_slots(&positions, &balances);
         phases.lap("account slots");
+        if slots.len() > MAX_ACCOUNTS {
+            return Err(InputError::new(
+                "positions",
+                "account_id",
+                format!("{} accounts in one call; at most {MAX_ACCOUNTS} (the status column's utf8 offsets are 32-bit): stream in batches", slots.len()),
+            ));
+        }
         Ok(Inputs { positions, balances, slots })
     }
 }

@@ -130,8 +130,8 @@ fn status_column(statuses: &[Status]) -> ArrayRef {
     let block_bytes: Vec<usize> =
         statuses.par_chunks(OUTPUT_BLOCK).map(|b| b.iter().map(|s| s.as_str().len()).sum()).collect();
     let total: usize = block_bytes.iter().sum();
-    // at most 12 bytes a row: past ~178M accounts in one call the utf8 offsets would overflow
-    assert!(total <= i32::MAX as usize, "more than 178 million accounts in one call: stream in batches");
+    // at most 12 bytes a row, and calls are limited to engine::MAX_ACCOUNTS accounts
+    assert!(total <= i32::MAX as usize, "utf8 offsets overflow: more accounts than engine::MAX_ACCOUNTS");
     let mut block_start = Vec::with_capacity(block_bytes.len());
     let mut at = 0;
     for b in &block_bytes {

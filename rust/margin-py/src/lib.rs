@@ -488,10 +488,9 @@ fn optimal_hedge(
 /// Per-contract scenario P&L of every instrument with a mark (§4), long format.
 #[pyfunction]
 fn risk_arrays(py: Python<'_>, book: &Book, market: &Market) -> PyResult<PyTable> {
-    let (book, tables) = (book.inner.clone(), market.inner.clone());
+    let book = book.inner.clone();
     let batch = run(py, || {
-        let market = CoreMarket::resolve(&book, &tables)?;
-        let risk = RiskArrays::new(&book, &market);
+        let risk = market.resolve(&book, true)?.risk.expect("resolved with risk arrays");
         risk.check_finite(&book)?;
         Ok(risk_arrays_batch(&book, &risk))
     })?;
