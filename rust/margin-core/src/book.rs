@@ -110,6 +110,45 @@ impl Instruments {
     }
 }
 
+/// One instrument's contract terms in one cache line: what the per-position loops (netting, the
+/// standard model) read, gathered from the [`Instruments`] columns, where the same values stay
+/// for everything else. A position then costs one line here and one in the market's marks,
+/// rather than one line per column.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C, align(64))]
+pub struct Contract {
+    pub multiplier: f64,
+    pub initial_margin_rate: f64,
+    pub maintenance_margin_rate: f64,
+    /// NaN for non-options.
+    pub strike: f64,
+    /// 0 for non-options.
+    pub initial_margin_floor: f64,
+    pub underlying: u32,
+    pub kind: Kind,
+    pub is_call: bool,
+    /// A tier schedule replaces the two rates (`Instruments::tiers`).
+    pub tiered: bool,
+}
+
+impl Contract {
+    fn all(ins: &Instruments) -> Vec<Contract> {
+        (0..ins.len())
+            .map(|i| Contract {
+                multiplier: ins.multiplier[i],
+                initial_margin_rate: ins.initial_margin_rate[i],
+                maintenance_margin_rate: ins.maintenance_margin_rate[i],
+                strike: ins.strike[i],
+                initial_margin_floor: ins.initial_margin_floor[i],
+                underlying: ins.underlying[i],
+                kind: ins.kind[i],
+                is_call: ins.is_call[i],
+                tiered: ins.tiers[i].is_some(),
+            })
+            .collect()
+    }
+}
+
 /// The collateral assets table, indexed by dense asset id (= row).
 #[derive(Debug, Clone)]
 pub struct Assets {
@@ -166,6 +205,8 @@ pub struct Underlyings {
 #[derive(Debug, Clone)]
 pub struct Book {
     pub instruments: Instruments,
+    /// The instruments' terms again, one cache line per instrument (see [`Contract`]).
+    pub contracts: Vec<Contract>,
     pub assets: Assets,
     pub underlyings: Underlyings,
 }
@@ -260,7 +301,8 @@ impl Book {
         assets.index = asset_index;
         assets.underlying = asset_underlying.iter().map(|u| u.as_deref().map(id_of)).collect();
 
-        Ok(Book { instruments, assets, underlyings: Underlyings { names, index: underlying_index, risk } })
+        let contracts = Contract::all(&instruments);
+        Ok(Book { instruments, contracts, assets, underlyings: Underlyings { names, index: underlying_index, risk } })
     }
 }
 

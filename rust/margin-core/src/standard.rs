@@ -5,33 +5,34 @@ use crate::market::Market;
 use crate::valuation::NetPosition;
 
 /// (initial margin, maintenance margin) of one netted position.
-#[inline]
+#[inline(always)]
 pub fn position_margin(book: &Book, market: &Market, p: &NetPosition) -> (f64, f64) {
     let id = p.instrument as usize;
-    let spot = market.index_price[book.instruments.underlying[id] as usize];
+    let spot = market.index_price[book.contracts[id].underlying as usize];
     position_margin_at(book, id, p.quantity, market.mark_price[id], spot)
 }
 
 /// (IM, MM) of `quantity` contracts of instrument `id` at this mark and index price.
-#[inline]
+#[inline(always)]
 pub fn position_margin_at(book: &Book, id: usize, quantity: f64, mark: f64, spot: f64) -> (f64, f64) {
-    let ins = &book.instruments;
-    if ins.kind[id].is_linear() {
-        let notional = quantity.abs() * ins.multiplier[id] * mark;
-        return match &ins.tiers[id] {
-            Some(tiers) => tiers.margin(notional),
-            None => (notional * ins.initial_margin_rate[id], notional * ins.maintenance_margin_rate[id]),
-        };
+    let c = &book.contracts[id];
+    if c.kind.is_linear() {
+        let notional = quantity.abs() * c.multiplier * mark;
+        if c.tiered {
+            if let Some(tiers) = &book.instruments.tiers[id] {
+                return tiers.margin(notional);
+            }
+        }
+        return (notional * c.initial_margin_rate, notional * c.maintenance_margin_rate);
     }
-    debug_assert_eq!(ins.kind[id], Kind::Option);
+    debug_assert_eq!(c.kind, Kind::Option);
     if quantity > 0.0 {
         return (0.0, 0.0); // long option: premium paid, its value is in equity
     }
-    let strike = ins.strike[id];
-    let out_of_the_money = if ins.is_call[id] { (strike - spot).max(0.0) } else { (spot - strike).max(0.0) };
-    let im_per_contract =
-        mark + (ins.initial_margin_rate[id] * spot - out_of_the_money).max(ins.initial_margin_floor[id] * spot);
-    let mm_per_contract = mark + ins.maintenance_margin_rate[id] * spot;
-    let contracts = quantity.abs() * ins.multiplier[id];
+    let strike = c.strike;
+    let out_of_the_money = if c.is_call { (strike - spot).max(0.0) } else { (spot - strike).max(0.0) };
+    let im_per_contract = mark + (c.initial_margin_rate * spot - out_of_the_money).max(c.initial_margin_floor * spot);
+    let mm_per_contract = mark + c.maintenance_margin_rate * spot;
+    let contracts = quantity.abs() * c.multiplier;
     (contracts * im_per_contract, contracts * mm_per_contract)
 }

@@ -29,40 +29,83 @@ pub struct Scratch {
 /// instrument are summed in input order; a net of exactly 0 is dropped (§2.1).
 #[inline]
 pub fn net_positions(rows: Range<usize>, positions: &Positions, book: &Book, market: &Market, scratch: &mut Scratch) {
-    let ins = &book.instruments;
+    scratch.net.clear();
+    // exports sorted by (account, instrument) are netted in one pass over the rows
+    if net_sorted_rows(rows.clone(), positions, book, market, &mut scratch.net) {
+        return;
+    }
     scratch.net.clear();
     scratch.rows.clear();
     scratch.rows.extend(rows.map(|r| (positions.instrument.get(r) as u64) << 32 | r as u64));
-    // exports sorted by (account, instrument) skip the sort
-    if !scratch.rows.is_sorted() {
-        scratch.rows.sort_unstable();
-    }
-    let q = &positions.quantity;
+    scratch.rows.sort_unstable();
     for group in scratch.rows.chunk_by(|a, b| a >> 32 == b >> 32) {
-        let id = (group[0] >> 32) as usize;
-        let row = |key: &u64| (key & 0xFFFF_FFFF) as usize;
-        let mut quantity = 0.0;
+        let mut net = Netting::start((group[0] >> 32) as u32, book, market);
         for key in group {
-            quantity += q[row(key)];
+            net.add((key & 0xFFFF_FFFF) as usize, positions);
         }
-        if quantity == 0.0 {
-            continue;
-        }
-        let multiplier = ins.multiplier[id];
-        let mark = market.mark_price[id];
-        let value = if ins.kind[id] == Kind::Option {
-            quantity * multiplier * mark
-        } else if let Some(entry) = &positions.entry_price {
-            let mut pnl = 0.0;
-            for key in group {
-                let r = row(key);
-                pnl += q[r] * multiplier * (mark - entry[r]);
+        net.finish(book, &mut scratch.net);
+    }
+}
+
+/// Nets rows that are in instrument order, in one pass; `false` (with `net` partly filled) as
+/// soon as a row's instrument comes before the previous row's.
+#[inline(always)]
+fn net_sorted_rows(rows: Range<usize>, positions: &Positions, book: &Book, market: &Market, net: &mut Vec<NetPosition>) -> bool {
+    let Some(first) = rows.clone().next() else { return true };
+    let mut current = Netting::start(positions.instrument.get(first), book, market);
+    for r in rows {
+        let id = positions.instrument.get(r);
+        if id != current.instrument {
+            if id < current.instrument {
+                return false;
             }
-            pnl
+            current.finish(book, net);
+            current = Netting::start(id, book, market);
+        }
+        current.add(r, positions);
+    }
+    current.finish(book, net);
+    true
+}
+
+/// The running net of one instrument's rows of an account: quantity and, for linear contracts
+/// with entry prices, `Σ q × mult × (mark − entry)` summed in row order.
+struct Netting {
+    instrument: u32,
+    multiplier: f64,
+    mark: f64,
+    quantity: f64,
+    pnl: f64,
+}
+
+impl Netting {
+    #[inline(always)]
+    fn start(instrument: u32, book: &Book, market: &Market) -> Netting {
+        let i = instrument as usize;
+        Netting { instrument, multiplier: book.contracts[i].multiplier, mark: market.mark_price[i], quantity: 0.0, pnl: 0.0 }
+    }
+
+    #[inline(always)]
+    fn add(&mut self, r: usize, positions: &Positions) {
+        let q = positions.quantity[r];
+        self.quantity += q;
+        if let Some(entry) = &positions.entry_price {
+            self.pnl += q * self.multiplier * (self.mark - entry[r]);
+        }
+    }
+
+    /// Pushes the net position unless its quantity is exactly 0 (§2.1).
+    #[inline(always)]
+    fn finish(&self, book: &Book, net: &mut Vec<NetPosition>) {
+        if self.quantity == 0.0 {
+            return;
+        }
+        let value = if book.contracts[self.instrument as usize].kind == Kind::Option {
+            self.quantity * self.multiplier * self.mark
         } else {
-            0.0
+            self.pnl // 0 without entry prices
         };
-        scratch.net.push(NetPosition { instrument: id as u32, quantity, value });
+        net.push(NetPosition { instrument: self.instrument, quantity: self.quantity, value });
     }
 }
 
