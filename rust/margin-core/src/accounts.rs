@@ -14,7 +14,7 @@ use rayon::prelude::*;
 const RADIX_BITS: u32 = 11;
 
 /// Row numbers in stable account order, or `None` if the ids are already non-decreasing.
-pub fn order_by_account(ids: &[u64]) -> Option<Vec<u32>> {
+fn order_by_account(ids: &[u64]) -> Option<Vec<u32>> {
     if ids.par_windows(2).all(|w| w[0] <= w[1]) {
         return None;
     }
@@ -60,29 +60,79 @@ pub fn gather<T: Copy + Send + Sync>(values: &[T], order: Option<&[u32]>) -> Vec
     }
 }
 
-/// The distinct account ids of sorted ids, and where each one's run of rows starts
-/// (`starts` has one more entry: the end). Boundaries are found in parallel blocks.
-pub fn runs(sorted_ids: &[u64]) -> (Vec<u64>, Vec<usize>) {
+/// Rows grouped by account: the reordering (`None`: the rows already are in account order),
+/// the distinct account ids ascending, and where each one's run of rows starts in the reordered
+/// rows (`starts` has one more entry: the end).
+#[derive(Debug, PartialEq)]
+pub struct Grouping {
+    pub order: Option<Vec<u32>>,
+    pub accounts: Vec<u64>,
+    pub starts: Vec<usize>,
+}
+
+/// Groups rows by account id: one pass when the ids are already non-decreasing (the runs are
+/// found while checking the order), a stable radix sort otherwise.
+pub fn group_by_account(ids: &[u64]) -> Grouping {
+    if let Some((accounts, starts)) = sorted_runs(ids) {
+        return Grouping { order: None, accounts, starts };
+    }
+    let order = order_by_account(ids);
+    let sorted = gather(ids, order.as_deref());
+    let (accounts, starts) = sorted_runs(&sorted).expect("radix order sorts the ids");
+    Grouping { order, accounts, starts }
+}
+
+/// The distinct account ids and the starts of their runs, or `None` if the ids are not
+/// non-decreasing. Blocks are scanned in parallel; each finds its run starts as a bit mask
+/// (branch-free, one bit a row), then reads the set bits.
+fn sorted_runs(ids: &[u64]) -> Option<(Vec<u64>, Vec<usize>)> {
     const BLOCK: usize = 1 << 16;
-    let n = sorted_ids.len();
-    let parts: Vec<Vec<usize>> = (0..n.div_ceil(BLOCK))
+    let n = ids.len();
+    let parts: Option<Vec<(Vec<u64>, Vec<usize>)>> = (0..n.div_ceil(BLOCK))
         .into_par_iter()
         .map(|b| {
             let (lo, hi) = (b * BLOCK, ((b + 1) * BLOCK).min(n));
-            let mut starts = if lo == 0 { vec![0] } else { Vec::new() };
-            let from = lo.max(1);
-            let pairs = sorted_ids[from - 1..hi - 1].iter().zip(&sorted_ids[from..hi]);
-            starts.extend(pairs.enumerate().filter(|(_, (a, b))| a != b).map(|(k, _)| from + k));
-            starts
+            let mut sorted = true;
+            let mut count = 0;
+            let mut masks = vec![0u64; (hi - lo).div_ceil(64)];
+            for (w, mask) in masks.iter_mut().enumerate() {
+                let base = lo + w * 64;
+                // row 0 always starts a run; every other row when its id differs from the last
+                let (from, to) = (base.max(1), (base + 64).min(hi));
+                let previous = &ids[from - 1..to - 1];
+                let current = &ids[from..to];
+                let shift = from - base;
+                for (k, (p, c)) in previous.iter().zip(current).enumerate() {
+                    sorted &= p <= c;
+                    *mask |= u64::from(p != c) << (k + shift);
+                }
+                *mask |= u64::from(base == 0);
+                count += mask.count_ones() as usize;
+            }
+            let mut accounts = Vec::with_capacity(count);
+            let mut starts = Vec::with_capacity(count);
+            for (w, mask) in masks.iter().enumerate() {
+                let mut m = *mask;
+                while m != 0 {
+                    let r = lo + w * 64 + m.trailing_zeros() as usize;
+                    accounts.push(ids[r]);
+                    starts.push(r);
+                    m &= m - 1;
+                }
+            }
+            sorted.then_some((accounts, starts))
         })
         .collect();
-    let mut starts = Vec::with_capacity(parts.iter().map(Vec::len).sum::<usize>() + 1);
-    for part in parts {
-        starts.extend_from_slice(&part);
+    let parts = parts?;
+    let total = parts.iter().map(|(a, _)| a.len()).sum::<usize>();
+    let mut accounts = Vec::with_capacity(total);
+    let mut starts = Vec::with_capacity(total + 1);
+    for (a, s) in parts {
+        accounts.extend_from_slice(&a);
+        starts.extend_from_slice(&s);
     }
-    let accounts = starts.par_iter().with_min_len(BLOCK).map(|s| sorted_ids[*s]).collect();
     starts.push(n);
-    (accounts, starts)
+    Some((accounts, starts))
 }
 
 /// One output account: its id and its rows in the (account-sorted) positions and balances
@@ -187,7 +237,8 @@ mod tests {
     fn runs_across_parallel_blocks_match_a_serial_scan() {
         // runs of 1..=7 rows, so boundaries fall on and around every 65,536-row block edge
         let ids: Vec<u64> = (0..300_000u64).flat_map(|a| std::iter::repeat_n(a * 3, (a % 7 + 1) as usize)).take(1 << 19).collect();
-        let (accounts, starts) = runs(&ids);
+        let Grouping { order, accounts, starts } = group_by_account(&ids);
+        assert!(order.is_none());
         let mut want_accounts = Vec::new();
         let mut want_starts = Vec::new();
         for (i, id) in ids.iter().enumerate() {
@@ -198,14 +249,15 @@ mod tests {
         }
         want_starts.push(ids.len());
         assert_eq!((accounts, starts), (want_accounts, want_starts));
-        assert_eq!(runs(&[]), (vec![], vec![0]));
+        assert_eq!(group_by_account(&[]), Grouping { order: None, accounts: vec![], starts: vec![0] });
     }
 
     #[test]
     fn merge_keeps_accounts_from_either_side() {
-        let (pa, ps) = runs(&[1, 1, 4]);
-        let (ba, bs) = runs(&[2, 4, 4, 9]);
-        let slots = merge_accounts(&pa, &ps, &ba, &bs);
+        let p = group_by_account(&[1, 1, 4]);
+        let b = group_by_account(&[4, 2, 9, 4]);
+        assert_eq!(b.order, Some(vec![1, 0, 3, 2]));
+        let slots = merge_accounts(&p.accounts, &p.starts, &b.accounts, &b.starts);
         let ids: Vec<u64> = slots.iter().map(|s| s.account_id).collect();
         assert_eq!(ids, vec![1, 2, 4, 9]);
         assert_eq!(slots[0].positions(), 0..2);

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use rayon::prelude::*;
 
-use crate::accounts::{gather, merge_accounts, order_by_account, runs, AccountSlot};
+use crate::accounts::{gather, group_by_account, merge_accounts, AccountSlot, Grouping};
 use crate::book::Book;
 use crate::error::{InputError, Offenders, Result};
 use crate::table::{Domain, Table};
@@ -89,15 +89,9 @@ impl<'a> Positions<'a> {
             None => None,
         };
         phases.lap("positions: quantity, entry_price");
-        let order = order_by_account(&ids);
+        let Grouping { order, accounts, starts } = group_by_account(&ids);
         let order = order.as_deref();
-        phases.lap("positions: order by account");
-        let sorted_ids: Cow<[u64]> = match order {
-            None => Cow::Borrowed(&ids[..]),
-            Some(_) => Cow::Owned(gather(&ids, order)),
-        };
-        let (accounts, starts) = runs(&sorted_ids);
-        phases.lap("positions: runs");
+        phases.lap("positions: grouped by account");
         Ok(Positions {
             instrument: instrument.reordered(order),
             quantity: reorder(quantity, order),
@@ -159,13 +153,8 @@ impl<'a> Balances<'a> {
         let asset = t.column("asset")?.map_keys(&book.assets.index, "asset")?;
         let amount = t.column("amount")?.f64s(Domain::Finite)?;
         phases.lap("balances: columns");
-        let order = order_by_account(&ids);
+        let Grouping { order, accounts, starts } = group_by_account(&ids);
         let order = order.as_deref();
-        let sorted_ids: Cow<[u64]> = match order {
-            None => Cow::Borrowed(&ids[..]),
-            Some(_) => Cow::Owned(gather(&ids, order)),
-        };
-        let (accounts, starts) = runs(&sorted_ids);
         let balances = Balances {
             asset: match order {
                 None => asset,

@@ -26,13 +26,20 @@ pub fn position_margin_at(book: &Book, id: usize, quantity: f64, mark: f64, spot
         return (notional * c.initial_margin_rate, notional * c.maintenance_margin_rate);
     }
     debug_assert_eq!(c.kind, Kind::Option);
-    if quantity > 0.0 {
-        return (0.0, 0.0); // long option: premium paid, its value is in equity
-    }
     let strike = c.strike;
     let out_of_the_money = if c.is_call { (strike - spot).max(0.0) } else { (spot - strike).max(0.0) };
     let im_per_contract = mark + (c.initial_margin_rate * spot - out_of_the_money).max(c.initial_margin_floor * spot);
     let mm_per_contract = mark + c.maintenance_margin_rate * spot;
     let contracts = quantity.abs() * c.multiplier;
-    (contracts * im_per_contract, contracts * mm_per_contract)
+    // long option: premium paid, its value is in equity. Long and short options come in no
+    // predictable order, so both are computed and one selected rather than branched on.
+    let long = quantity > 0.0;
+    (select(long, 0.0, contracts * im_per_contract), select(long, 0.0, contracts * mm_per_contract))
+}
+
+/// `if condition { a } else { b }`, written so that it compiles to a select, not a branch.
+#[inline(always)]
+fn select(condition: bool, a: f64, b: f64) -> f64 {
+    let mask = (condition as u64).wrapping_neg();
+    f64::from_bits((a.to_bits() & mask) | (b.to_bits() & !mask))
 }

@@ -136,7 +136,7 @@ pub fn size_adjusted_weight(weight: f64, size_premium: f64, amount: f64) -> f64 
 
 /// Values one balance: (cash, weighted initial, weighted maintenance), with `price` the asset's
 /// price (passed in so stress scenarios can move it).
-#[inline]
+#[inline(always)]
 pub fn value_balance(book: &Book, asset: usize, amount: f64, price: f64) -> Collateral {
     let a = &book.assets;
     let cash = amount * price;
