@@ -62,7 +62,7 @@ impl<'a> Inputs<'a> {
             None => Positions::empty(),
         };
         phases.lap("positions read");
-        market.check_covers(book, &positions.used_instruments(book.instruments.len()))?;
+        market.check_covers(book, || positions.used_instruments(book.instruments.len()))?;
         phases.lap("market covers positions");
         let balances = match balances {
             Some(t) => Balances::from_table(t, book)?,

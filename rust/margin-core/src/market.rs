@@ -177,10 +177,17 @@ impl Market {
         Ok(Market { index_price, mark_price, implied_vol, time_to_expiry, greeks, valuation_ns: tables.valuation_ns })
     }
 
-    /// Checks that every instrument flagged in `used` has a mark and its underlying an index
-    /// price: the data a position in it needs.
-    pub fn check_covers(&self, book: &Book, used: &[bool]) -> Result<()> {
+    /// Checks that every instrument flagged in `used()` has a mark and its underlying an index
+    /// price: the data a position in it needs (`used` is only called when some have not).
+    pub fn check_covers(&self, book: &Book, used: impl FnOnce() -> Vec<bool>) -> Result<()> {
         let ins = &book.instruments;
+        // a market with a mark and an index price for every instrument of the book (the usual
+        // case) covers any positions: no need to find which instruments they hold
+        let priced = |id: usize| !self.mark_price[id].is_nan() && !self.index_price[ins.underlying[id] as usize].is_nan();
+        if (0..ins.len()).all(priced) {
+            return Ok(());
+        }
+        let used = used();
         let mut no_mark = Offenders::default();
         let mut no_index = Offenders::default();
         let mut index_seen = vec![false; self.index_price.len()];

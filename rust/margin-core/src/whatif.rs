@@ -80,11 +80,13 @@ pub fn what_if(pricing: &Pricing, positions: &[Row], balances: &[(u32, f64)], tr
         market.mark_price[id].is_nan() || market.index_price[book.instruments.underlying[id] as usize].is_nan()
     }) {
         // the slow path names what is missing, as for the bulk functions
-        let mut used = vec![false; book.instruments.len()];
-        for r in positions.iter().chain(trades) {
-            used[r.instrument as usize] = true;
-        }
-        market.check_covers(book, &used)?;
+        market.check_covers(book, || {
+            let mut used = vec![false; book.instruments.len()];
+            for r in positions.iter().chain(trades) {
+                used[r.instrument as usize] = true;
+            }
+            used
+        })?;
     }
 
     let mark = |r: &Row| market.mark_price[r.instrument as usize];
