@@ -1,55 +1,90 @@
 //! Grouping input rows by account without a comparison sort.
 //!
-//! Positions and balances arrive in any row order with arbitrary `u64` account ids. We order row
-//! numbers by account with a stable LSD radix sort over only the bits in which the ids differ
-//! (input already sorted by account — the common case for exchange exports — costs one pass and
-//! no copy), then cut the sorted rows into one run per account. Stability keeps each account's
-//! rows in input order, which fixes the order of every later sum.
+//! Positions and balances arrive in any row order with arbitrary `u64` account ids. Input already
+//! sorted by account (the common case for exchange exports) costs one pass and no copy: the runs
+//! are found while checking the order. Otherwise row numbers are ordered by account with a
+//! parallel, stable LSD radix sort over only the bits in which the ids can differ, and the sorted
+//! rows cut into one run per account. Stability keeps each account's rows in input order, which
+//! fixes the order of every later sum.
 
 use std::ops::Range;
 
 use rayon::prelude::*;
 
-/// Bits per radix digit: 2^11 counters fit in L1.
-const RADIX_BITS: u32 = 11;
+/// Bits per radix digit: 256 buckets a pass keep the scatter's write streams few enough for the
+/// caches and the TLB.
+const RADIX_BITS: u32 = 8;
 
-/// Row numbers in stable account order, or `None` if the ids are already non-decreasing.
-fn order_by_account(ids: &[u64]) -> Option<Vec<u32>> {
-    if ids.par_windows(2).all(|w| w[0] <= w[1]) {
-        return None;
+/// Row numbers in stable account order, with the ids in that order. Ids are taken relative to
+/// the smallest, so a pass is spent only on bits in which they can differ. When that offset and
+/// the row number fit in 64 bits together they are sorted as one packed `u64` (row in the low
+/// bits, so equal ids keep input order); otherwise as (offset, row) pairs.
+fn order_by_account(ids: &[u64]) -> (Vec<u32>, Vec<u64>) {
+    let min = ids.par_iter().copied().min().unwrap_or(0);
+    let max = ids.par_iter().copied().max().unwrap_or(0);
+    let key_bits = u64::BITS - (max - min).leading_zeros();
+    let row_bits = u64::BITS - (ids.len() as u64).leading_zeros();
+    if key_bits + row_bits <= u64::BITS {
+        let row_mask = (1u64 << row_bits) - 1;
+        let packed = ids.par_iter().enumerate().map(|(r, id)| (id - min) << row_bits | r as u64).collect();
+        let sorted = radix_sort(packed, |v| v >> row_bits, key_bits);
+        let order = sorted.par_iter().map(|v| (v & row_mask) as u32).collect();
+        let ids = sorted.par_iter().map(|v| (v >> row_bits) + min).collect();
+        return (order, ids);
     }
-    let first = ids[0];
-    let varying = ids.par_iter().map(|id| id ^ first).reduce(|| 0, |a, b| a | b);
-    let bits = 64 - varying.leading_zeros();
-    let mut keys: Vec<u64> = ids.to_vec();
-    let mut rows: Vec<u32> = (0..ids.len() as u32).collect();
-    let mut keys_tmp = vec![0u64; ids.len()];
-    let mut rows_tmp = vec![0u32; ids.len()];
-    let buckets = 1usize << RADIX_BITS;
-    let mask = (buckets - 1) as u64;
+    let pairs = ids.par_iter().enumerate().map(|(r, id)| (id - min, r as u32)).collect();
+    let sorted = radix_sort(pairs, |(key, _)| *key, key_bits);
+    (sorted.par_iter().map(|(_, r)| *r).collect(), sorted.par_iter().map(|(key, _)| key + min).collect())
+}
+
+/// Stable LSD radix sort of `items` by the low `bits` bits of `key(item)`, in parallel: each
+/// pass counts digits per chunk of the input, then every chunk scatters its items into its own
+/// slices of the output (bucket by bucket, chunk after chunk: disjoint, so no locks and no
+/// unsafe). The result depends only on the input, not on the number of chunks or threads.
+fn radix_sort<T: Copy + Default + Send + Sync>(items: Vec<T>, key: impl Fn(&T) -> u64 + Sync, bits: u32) -> Vec<T> {
+    const BUCKETS: usize = 1 << RADIX_BITS;
+    let n = items.len();
+    let chunk = n.div_ceil(rayon::current_num_threads()).max(1 << 16);
+    let mut from = items;
+    let mut to = vec![T::default(); n];
     let mut shift = 0;
     while shift < bits {
-        let mut counts = vec![0usize; buckets];
-        for k in &keys {
-            counts[((k >> shift) & mask) as usize] += 1;
-        }
-        let mut total = 0;
-        for c in counts.iter_mut() {
-            let n = *c;
-            *c = total;
-            total += n;
-        }
-        for (k, r) in keys.iter().zip(&rows) {
-            let d = ((k >> shift) & mask) as usize;
-            keys_tmp[counts[d]] = *k;
-            rows_tmp[counts[d]] = *r;
-            counts[d] += 1;
-        }
-        std::mem::swap(&mut keys, &mut keys_tmp);
-        std::mem::swap(&mut rows, &mut rows_tmp);
+        let pass_shift = shift;
+        let digit = |item: &T| ((key(item) >> pass_shift) as usize) & (BUCKETS - 1);
+        let counts: Vec<[usize; BUCKETS]> = from
+            .par_chunks(chunk)
+            .map(|items| {
+                let mut count = [0usize; BUCKETS];
+                for item in items {
+                    count[digit(item)] += 1;
+                }
+                count
+            })
+            .collect();
         shift += RADIX_BITS;
+        if (0..BUCKETS).any(|d| counts.iter().map(|c| c[d]).sum::<usize>() == n) {
+            continue; // every item has the same digit: the pass would not move anything
+        }
+        let mut outputs: Vec<Vec<&mut [T]>> = counts.iter().map(|_| Vec::with_capacity(BUCKETS)).collect();
+        let mut rest: &mut [T] = &mut to;
+        for d in 0..BUCKETS {
+            for (c, count) in counts.iter().enumerate() {
+                let (slice, tail) = std::mem::take(&mut rest).split_at_mut(count[d]);
+                outputs[c].push(slice);
+                rest = tail;
+            }
+        }
+        from.par_chunks(chunk).zip(outputs).for_each(|(items, mut buckets)| {
+            let mut filled = [0usize; BUCKETS];
+            for item in items {
+                let d = digit(item);
+                buckets[d][filled[d]] = *item;
+                filled[d] += 1;
+            }
+        });
+        std::mem::swap(&mut from, &mut to);
     }
-    Some(rows)
+    from
 }
 
 /// Gathers `values` into the order `order` (or borrows them when there is no reordering).
@@ -76,10 +111,9 @@ pub fn group_by_account(ids: &[u64]) -> Grouping {
     if let Some((accounts, starts)) = sorted_runs(ids) {
         return Grouping { order: None, accounts, starts };
     }
-    let order = order_by_account(ids);
-    let sorted = gather(ids, order.as_deref());
+    let (order, sorted) = order_by_account(ids);
     let (accounts, starts) = sorted_runs(&sorted).expect("radix order sorts the ids");
-    Grouping { order, accounts, starts }
+    Grouping { order: Some(order), accounts, starts }
 }
 
 /// The distinct account ids and the starts of their runs, or `None` if the ids are not
@@ -203,34 +237,54 @@ pub fn merge_accounts(
 mod tests {
     use super::*;
 
-    #[test]
-    fn radix_order_is_stable_and_sorted() {
-        let ids = vec![5u64, u64::MAX, 3, 5, 0, 3, 1 << 40, 5];
-        let order = order_by_account(&ids).unwrap();
-        let sorted: Vec<u64> = order.iter().map(|r| ids[*r as usize]).collect();
-        let mut expect = ids.clone();
-        expect.sort();
-        assert_eq!(sorted, expect);
-        // stable: equal ids keep input order
-        assert_eq!(order, vec![4, 2, 5, 0, 3, 7, 6, 1]);
-        assert!(order_by_account(&[1, 1, 2]).is_none());
+    /// The order a stable comparison sort gives, to check the radix sort against.
+    fn stable_order(ids: &[u64]) -> Vec<u32> {
+        let mut order: Vec<u32> = (0..ids.len() as u32).collect();
+        order.sort_by_key(|r| ids[*r as usize]);
+        order
     }
 
-    #[test]
-    fn radix_matches_std_sort_on_pseudo_random_ids() {
+    fn pseudo_random(n: usize, modulus: u64, scale: u64) -> Vec<u64> {
         let mut x = 0x9E3779B97F4A7C15u64;
-        let ids: Vec<u64> = (0..50_000)
+        (0..n)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                x % 7919 * 1_000_003
+                x % modulus * scale
             })
-            .collect();
-        let order = order_by_account(&ids).unwrap();
-        let mut expect: Vec<u32> = (0..ids.len() as u32).collect();
-        expect.sort_by_key(|r| ids[*r as usize]);
-        assert_eq!(order, expect);
+            .collect()
+    }
+
+    #[test]
+    fn radix_order_is_stable_and_sorted() {
+        // ids across all 64 bits: sorted as (id, row) pairs
+        let ids = vec![5u64, u64::MAX, 3, 5, 0, 3, 1 << 40, 5];
+        let (order, sorted) = order_by_account(&ids);
+        assert_eq!(order, vec![4, 2, 5, 0, 3, 7, 6, 1]); // stable: equal ids keep input order
+        assert_eq!(sorted, order.iter().map(|r| ids[*r as usize]).collect::<Vec<_>>());
+        assert_eq!(group_by_account(&[1, 1, 2]).order, None);
+    }
+
+    #[test]
+    fn radix_matches_a_stable_sort_packed_and_as_pairs() {
+        // 300,000 rows: several chunks of the parallel passes
+        for (modulus, scale) in [(7919, 1_000_003), (u64::MAX, 1)] {
+            let ids = pseudo_random(300_000, modulus, scale);
+            let (order, sorted) = order_by_account(&ids);
+            assert_eq!(order, stable_order(&ids));
+            assert_eq!(sorted, order.iter().map(|r| ids[*r as usize]).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn radix_order_is_the_same_for_any_thread_count() {
+        let ids = pseudo_random(200_000, 1 << 30, 3);
+        let on = |threads: usize| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| order_by_account(&ids));
+        let one = on(1);
+        for threads in [2, 3, 8] {
+            assert_eq!(on(threads), one);
+        }
     }
 
     #[test]
