@@ -181,15 +181,15 @@ pub struct UnderlyingMargin {
 
 /// `MM_u = max(scan_loss, extreme_loss, short_min)` from the scenario P&L of one underlying.
 pub fn underlying_margin(params: &RiskParams, scenarios: &[Scenario], pnl: &[f64], short_option_minimum: f64) -> UnderlyingMargin {
-    let mut worst_regular = f64::INFINITY;
-    let mut worst_extreme = f64::INFINITY;
-    for (s, p) in scenarios.iter().zip(pnl) {
-        if s.extreme {
-            worst_extreme = worst_extreme.min(*p);
-        } else {
-            worst_regular = worst_regular.min(*p);
-        }
-    }
+    // [`scenarios`] lists the regular scenarios first, then the extreme ones: each worst case
+    // is then the minimum of a contiguous slice
+    let regular = scenarios.partition_point(|s| !s.extreme);
+    let (worst_regular, worst_extreme) = if scenarios[regular..].iter().all(|s| s.extreme) {
+        (minimum(&pnl[..regular]), minimum(&pnl[regular..]))
+    } else {
+        let worst = |extreme: bool| scenarios.iter().zip(pnl).filter(|(s, _)| s.extreme == extreme).fold(f64::INFINITY, |w, (_, p)| w.min(*p));
+        (worst(false), worst(true))
+    };
     let scan_loss = (-worst_regular).max(0.0);
     let extreme_loss = params.extreme_cover * (-worst_extreme).max(0.0);
     UnderlyingMargin {
@@ -198,6 +198,25 @@ pub fn underlying_margin(params: &RiskParams, scenarios: &[Scenario], pnl: &[f64
         short_option_minimum,
         maintenance_margin: scan_loss.max(extreme_loss).max(short_option_minimum),
     }
+}
+
+/// The smallest of `values` (`inf` if none), in eight independent lanes: one running minimum
+/// would make every comparison wait for the previous one. The minimum does not depend on the
+/// order the values are compared in.
+#[inline]
+fn minimum(values: &[f64]) -> f64 {
+    let mut lanes = [f64::INFINITY; 8];
+    let chunks = values.chunks_exact(8);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (lane, v) in lanes.iter_mut().zip(chunk) {
+            *lane = lane.min(*v);
+        }
+    }
+    for (lane, v) in lanes.iter_mut().zip(rest) {
+        *lane = lane.min(*v);
+    }
+    lanes.iter().fold(f64::INFINITY, |w, v| w.min(*v))
 }
 
 /// Margin of the netted positions of one underlying `u` (all in `u`, in instrument order):
