@@ -8,6 +8,7 @@ use rayon::prelude::*;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
 use crate::book::Book;
+use crate::error::{InputError, Result};
 use crate::greeks::GreeksRow;
 use crate::valuation::Collateral;
 
@@ -124,21 +125,28 @@ fn column(rows: &[AccountRow], f: impl Fn(&AccountRow) -> f64 + Sync + Send) -> 
 /// Rows per parallel block when building output columns.
 pub const OUTPUT_BLOCK: usize = 1 << 14;
 
-/// A utf8 column of statuses: each block's lengths are summed first, then every block writes its
-/// offsets and bytes into its own part of the buffers, in parallel.
+/// A utf8 column of statuses (at most 12 bytes a row, and calls are limited to
+/// `engine::MAX_ACCOUNTS` accounts, so the offsets fit).
 fn status_column(statuses: &[Status]) -> ArrayRef {
-    let block_bytes: Vec<usize> =
-        statuses.par_chunks(OUTPUT_BLOCK).map(|b| b.iter().map(|s| s.as_str().len()).sum()).collect();
+    utf8_column(statuses, |s| s.as_str()).expect("at most engine::MAX_ACCOUNTS statuses of at most 12 bytes")
+}
+
+/// A utf8 column of `text(item)` per item: each block's lengths are summed first, then every
+/// block writes its offsets and bytes into its own part of the buffers, in parallel. `None` when
+/// the bytes would overflow the 32-bit offsets.
+fn utf8_column<'t, T: Sync>(items: &[T], text: impl Fn(&T) -> &'t str + Sync) -> Option<ArrayRef> {
+    let block_bytes: Vec<usize> = items.par_chunks(OUTPUT_BLOCK).map(|b| b.iter().map(|s| text(s).len()).sum()).collect();
     let total: usize = block_bytes.iter().sum();
-    // at most 12 bytes a row, and calls are limited to engine::MAX_ACCOUNTS accounts
-    assert!(total <= i32::MAX as usize, "utf8 offsets overflow: more accounts than engine::MAX_ACCOUNTS");
+    if total > i32::MAX as usize {
+        return None;
+    }
     let mut block_start = Vec::with_capacity(block_bytes.len());
     let mut at = 0;
     for b in &block_bytes {
         block_start.push(at);
         at += b;
     }
-    let mut offsets = vec![0i32; statuses.len() + 1];
+    let mut offsets = vec![0i32; items.len() + 1];
     let mut bytes = vec![0u8; total];
     let mut byte_blocks: Vec<&mut [u8]> = Vec::with_capacity(block_bytes.len());
     let mut rest = &mut bytes[..];
@@ -147,20 +155,20 @@ fn status_column(statuses: &[Status]) -> ArrayRef {
         byte_blocks.push(head);
         rest = tail;
     }
-    statuses
+    items
         .par_chunks(OUTPUT_BLOCK)
         .zip(offsets[1..].par_chunks_mut(OUTPUT_BLOCK))
         .zip(byte_blocks.into_par_iter().zip(block_start.par_iter()))
-        .for_each(|((statuses, offsets), (bytes, start))| {
+        .for_each(|((items, offsets), (bytes, start))| {
             let mut at = 0;
-            for (status, end) in statuses.iter().zip(offsets.iter_mut()) {
-                let s = status.as_str();
+            for (item, end) in items.iter().zip(offsets.iter_mut()) {
+                let s = text(item);
                 bytes[at..at + s.len()].copy_from_slice(s.as_bytes());
                 at += s.len();
                 *end = (start + at) as i32;
             }
         });
-    Arc::new(StringArray::new(OffsetBuffer::new(ScalarBuffer::from(offsets)), Buffer::from_vec(bytes), None))
+    Some(Arc::new(StringArray::new(OffsetBuffer::new(ScalarBuffer::from(offsets)), Buffer::from_vec(bytes), None)))
 }
 
 /// The §6 columns of `margin`, allocated once and filled in place, block by block: the engine
@@ -278,22 +286,27 @@ pub fn greeks_schema() -> SchemaRef {
 }
 
 /// `greeks` results as one record batch (§7 columns).
-pub fn greeks_batch(book: &Book, rows: &[GreeksRow]) -> RecordBatch {
-    let f = |g: fn(&GreeksRow) -> f64| -> ArrayRef { Arc::new(Float64Array::from(rows.iter().map(g).collect::<Vec<f64>>())) };
+pub fn greeks_batch(book: &Book, rows: &[GreeksRow]) -> Result<RecordBatch> {
+    let column = |g: fn(&GreeksRow) -> f64| -> ArrayRef {
+        Arc::new(Float64Array::from(rows.par_iter().with_min_len(1 << 14).map(g).collect::<Vec<f64>>()))
+    };
     let names = &book.underlyings.names;
+    let underlying = utf8_column(rows, |r| names[r.underlying as usize].as_str()).ok_or_else(|| {
+        InputError::new("positions", "account_id", "too many account × underlying rows for one greeks table (utf8 offsets overflow): stream in batches")
+    })?;
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(UInt64Array::from(rows.iter().map(|r| r.account_id).collect::<Vec<u64>>())),
-        Arc::new(rows.iter().map(|r| Some(names[r.underlying as usize].as_str())).collect::<StringArray>()),
-        f(|r| r.delta),
-        f(|r| r.delta_usd),
-        f(|r| r.gamma),
-        f(|r| r.gamma_usd),
-        f(|r| r.vega),
-        f(|r| r.theta),
-        f(|r| r.long_notional),
-        f(|r| r.short_notional),
+        Arc::new(UInt64Array::from(rows.par_iter().with_min_len(1 << 14).map(|r| r.account_id).collect::<Vec<u64>>())),
+        underlying,
+        column(|r| r.delta),
+        column(|r| r.delta_usd),
+        column(|r| r.gamma),
+        column(|r| r.gamma_usd),
+        column(|r| r.vega),
+        column(|r| r.theta),
+        column(|r| r.long_notional),
+        column(|r| r.short_notional),
     ];
-    RecordBatch::try_new(greeks_schema(), columns).expect("columns match the schema by construction")
+    Ok(RecordBatch::try_new(greeks_schema(), columns).expect("columns match the schema by construction"))
 }
 
 /// `liquidation_scan` results: the margin columns plus `shortfall` in scan order, and with

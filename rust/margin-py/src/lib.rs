@@ -289,7 +289,7 @@ fn margin(
 fn greeks(py: Python<'_>, book: &Book, market: &Market, positions: &Bound<'_, PyAny>, threads: Option<usize>) -> PyResult<PyTable> {
     let batch = with_accounts(py, book, market, positions, None, threads, |book, market, inputs| {
             let rows = engine::greeks(&book, &market, &inputs)?;
-            Ok(results::greeks_batch(&book, &rows))
+            results::greeks_batch(&book, &rows)
     })?;
     to_table(batch)
 }
