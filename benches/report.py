@@ -91,6 +91,8 @@ class Result:
         self.rounds: int = stats["rounds"]
         self.min: float = stats["min"]
         self.max: float = stats["max"]
+        # this benchmark's median in each run merged (in the order the runs were given)
+        self.run_medians: list[float] = [self.median]
 
     def matches(self, key: tuple[str, str, str | None, int | None, str]) -> bool:
         impl, function, model, threads, order = key
@@ -121,8 +123,14 @@ def load(paths: list[Path]) -> tuple[dict[str, Any], list[Result]]:
                 continue
             r = Result(b)
             key = b.get("fullname", b["name"])
+            if key in best:
+                r.run_medians = best[key].run_medians + [r.median]
+            else:
+                r.run_medians = [r.median]
             if key not in best or r.median < best[key].median:
                 best[key] = r
+            else:
+                best[key].run_medians = r.run_medians
     assert first is not None
     first = dict(first)
     first["runs"] = runs
@@ -285,6 +293,19 @@ def report(data: dict[str, Any], all_results: list[Result], memory: dict[str, An
             body.append([label, seconds(r.median), rate(r.rows / r.median) + " rows/s", rate(r.accounts / r.median) + " accounts/s"])
     L += table(["implementation", "median", "position rows/s", "accounts/s"], body)
 
+    n_runs = len(data.get("runs", []))
+    if n_runs > 1:
+        L += ["", f"## Run-to-run spread at {big:,} accounts", "",
+              (f"The figures above are the lowest of {n_runs} runs' medians, baselines and engine alike. "
+               "Each run's median, to show how much this shared 2-core machine moves between runs:"), ""]
+        body = []
+        for key, label in ROWS:
+            r = find(results, key, big)
+            if r:
+                body.append([label] + [seconds(m) for m in r.run_medians]
+                            + [f"{(max(r.run_medians) / min(r.run_medians) - 1) * 100:.0f}%"])
+        L += table(["implementation"] + [f"run {i + 1}" for i in range(n_runs)] + ["highest over lowest"], body)
+
     if ref_sizes:
         n = ref_sizes[0]
         L += ["", f"## Pure-Python reference ({n:,} accounts)", "",
@@ -398,6 +419,7 @@ def report(data: dict[str, Any], all_results: list[Result], memory: dict[str, An
     L += ["", "## Reproduce", "", "```",
           "make bench                                   # 10k and 100k accounts",
           "BENCH_FULL=1 make bench                      # also 1M accounts",
+          "BENCH_FULL=1 BENCH_RUNS=3 make bench         # three runs, merged (this page)",
           "python benches/peak_memory.py --json out/peak_memory.json",
           "python benches/report.py out/bench.json --memory out/peak_memory.json",
           "```", ""]
