@@ -278,6 +278,21 @@ mod tests {
     }
 
     #[test]
+    fn disorder_only_across_a_block_edge_is_found() {
+        // each 65,536-row block is sorted on its own; the second starts below the first's end
+        let ids: Vec<u64> = (0..1u64 << 16).map(|r| 1_000 + r).chain((0..1u64 << 16).map(|r| r / 3)).collect();
+        let g = group_by_account(&ids);
+        let order = g.order.expect("not in account order");
+        assert_eq!(order, stable_order(&ids));
+        let sorted: Vec<u64> = order.iter().map(|r| ids[*r as usize]).collect();
+        assert!(sorted.windows(2).all(|w| w[0] <= w[1]));
+        let mut distinct = sorted.clone();
+        distinct.dedup();
+        assert_eq!(g.accounts, distinct);
+        assert_eq!(g.starts.len(), distinct.len() + 1);
+    }
+
+    #[test]
     fn radix_order_is_the_same_for_any_thread_count() {
         let ids = pseudo_random(200_000, 1 << 30, 3);
         let on = |threads: usize| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| order_by_account(&ids));
