@@ -109,7 +109,7 @@ def load(paths: list[Path]) -> tuple[dict[str, Any], list[Result]]:
     """One or more JSON files of the same benchmarks (repeated runs on a shared machine): for each
     benchmark, the run with the lowest median is kept (the least disturbed one)."""
     first: dict[str, Any] | None = None
-    best: dict[str, Result] = {}
+    every_run: dict[str, list[Result]] = defaultdict(list)
     runs = []
     for path in paths:
         data = json.loads(path.read_text())
@@ -121,20 +121,16 @@ def load(paths: list[Path]) -> tuple[dict[str, Any], list[Result]]:
         for b in data["benchmarks"]:
             if "implementation" not in b.get("extra_info", {}):
                 continue
-            r = Result(b)
-            key = b.get("fullname", b["name"])
-            if key in best:
-                r.run_medians = best[key].run_medians + [r.median]
-            else:
-                r.run_medians = [r.median]
-            if key not in best or r.median < best[key].median:
-                best[key] = r
-            else:
-                best[key].run_medians = r.run_medians
+            every_run[b.get("fullname", b["name"])].append(Result(b))
     assert first is not None
+    best = []
+    for results in every_run.values():
+        kept = min(results, key=lambda r: r.median)
+        kept.run_medians = [r.median for r in results]
+        best.append(kept)
     first = dict(first)
     first["runs"] = runs
-    return first, list(best.values())
+    return first, best
 
 
 def find(results: list[Result], key: Any, accounts: int) -> Result | None:

@@ -20,8 +20,10 @@ const RADIX_BITS: u32 = 8;
 /// the row number fit in 64 bits together they are sorted as one packed `u64` (row in the low
 /// bits, so equal ids keep input order); otherwise as (offset, row) pairs.
 fn order_by_account(ids: &[u64]) -> (Vec<u32>, Vec<u64>) {
-    let min = ids.par_iter().copied().min().unwrap_or(0);
-    let max = ids.par_iter().copied().max().unwrap_or(0);
+    let (min, max) = ids.par_iter().fold(|| (u64::MAX, 0), |(lo, hi), id| (lo.min(*id), hi.max(*id))).reduce(
+        || (u64::MAX, 0),
+        |(lo, hi), (l, h)| (lo.min(l), hi.max(h)),
+    );
     let key_bits = u64::BITS - (max - min).leading_zeros();
     let row_bits = u64::BITS - (ids.len() as u64).leading_zeros();
     if key_bits + row_bits <= u64::BITS {
