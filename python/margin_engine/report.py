@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from margin_engine import api
+from margin_engine.charts import money
 
 __all__ = [
     "IDLE_BUCKETS",
@@ -368,18 +369,7 @@ def efficiency_report(
 # ----------------------------------------------------------------------------------------------
 
 
-def _usd(x: float) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    sign = "−" if x < 0 else ""
-    a = abs(x)
-    if a >= 1e9:
-        return f"{sign}${a / 1e9:,.2f}B"
-    if a >= 1e6:
-        return f"{sign}${a / 1e6:,.2f}M"
-    if a >= 1e4:
-        return f"{sign}${a / 1e3:,.1f}k"
-    return f"{sign}${a:,.0f}"
+_usd = money  # one formatting of USD amounts for the page and the charts
 
 
 def _pct(x: float | None) -> str:
