@@ -134,3 +134,9 @@ def test_issue12_missing_matplotlib_names_the_plot_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match=r"pip install 'margin-engine\[plot\]'"):
         liquidation_map_png(_map({"BTC": 1.0}, {}, {}), tmp_path / "x.png")
+
+
+def test_money_formats_usd_amounts():
+    assert [money(x) for x in (0.0, 950.0, 9999.0, 21994.87, 349797.5, 2.5e6, -3.25e9)] == [
+        "$0", "$950", "$9,999", "$22.0k", "$349.8k", "$2.50M", "−$3.25B"]
+    assert money(float("nan")) == "–"

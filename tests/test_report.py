@@ -197,15 +197,18 @@ def test_html_has_every_section(report, page):
     p = _Sections()
     p.feed(text)
     p.close()
-    assert p.ids == ["headline", "summary", "savings", "idle", "hedges", "notes"]
-    assert p.h2[:4] == ["Margin by model", "Per-account saving", "Idle collateral", "Hedges that free the most margin"]
+    assert p.ids == ["headline", "summary", "savings", "idle", "hedges", "stress", "liquidation", "notes"]
+    assert p.h2[:6] == [
+        "Margin by model", "Per-account saving", "Idle collateral", "Hedges that free the most margin",
+        "Stress moves", "Liquidation",
+    ]
     assert p.tags.get("table", 0) >= 5
     assert p.tags.get("svg", 0) >= 3  # margin, savings, idle (+ hedges when available)
     assert p.external == []  # self-contained
     body = " ".join(p.text)
     from margin_engine.report import _usd
 
-    assert _usd(report.capital_freed) in body and _usd(report.im_standard) in body
+    assert _usd(abs(report.capital_freed)) in body and _usd(report.im_standard) in body
     assert f"{report.accounts.num_rows:,} accounts" in body
     if report.top_hedges.num_rows:
         assert str(report.top_hedges.column("account_id")[0].as_py()) in body
@@ -274,8 +277,198 @@ def test_report_on_a_tiny_book_without_margin():
     )
     balances = pa.table({"account_id": pa.array([1, 2], pa.uint64()), "asset": ["USD", "USD"], "amount": [10.0, 20.0]})
     r = efficiency_report(book, positions, balances, market)
-    assert r.capital_freed == 0.0 and math.isnan(r.capital_freed_pct)
+    assert r.capital_freed == 0.0 and r.capital_freed_pct is None  # no standard IM: nothing to save from
     assert sum(r.saving_histogram.column("accounts").to_pylist()) == 0
     assert r.idle.column("idle_total").to_pylist() == [30.0, 30.0]
     text = render_html(r)
     assert "Capital efficiency report" in text
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 12: the report shows its input, one sign convention, stress and liquidation sections,
+# never a NaN, and says when it drew no charts
+# ----------------------------------------------------------------------------------------------
+
+
+def _body(text: str) -> str:
+    p = _Sections()
+    p.feed(text)
+    p.close()
+    return " ".join("".join(p.text).split())
+
+
+def _section(text: str, section_id: str) -> str:
+    start = text.index(f'<section id="{section_id}">')
+    return text[start : text.index("</section>", start)]
+
+
+def test_issue12_report_shows_the_valuation_time_and_the_input(engine):
+    """Finding: the HTML report did not show the valuation time nor what it was made from."""
+    g, book, market = engine
+    r = efficiency_report(book, g.positions, g.balances, market, hedge_instruments=[], stress_moves=(),
+                          source="books/demo-5k")
+    assert r.valuation_time == g.valuation_time.strftime("%Y-%m-%d %H:%M:%S UTC")
+    assert r.source == "books/demo-5k"
+    assert r.inputs == {
+        "accounts": 5000,
+        "positions": g.positions.num_rows,
+        "balances": g.balances.num_rows,
+        "instruments": g.instruments.num_rows,
+        "underlyings": len(book.underlyings),
+    }
+    body = _body(render_html(r))
+    assert f"Valuation time {r.valuation_time}" in body
+    assert "books/demo-5k" in body
+    assert f"{g.positions.num_rows:,} positions" in body and f"{g.instruments.num_rows:,} instruments" in body
+
+
+def test_issue12_report_says_portfolio_margin_needs_more_not_a_negative_freed(report):
+    """Finding: the headline showed a red "−$X freed" when portfolio margin costs more; the page
+    must use one stated sign convention and say "portfolio margin needs $X more"."""
+    import dataclasses
+
+    from margin_engine.report import _usd
+
+    more = dataclasses.replace(report, capital_freed=-2.5e6, capital_freed_pct=-0.25)
+    text = render_html(more)
+    head, summary = _section(text, "headline"), _section(text, "summary")
+    assert "$2.50M more" in _body(head) and "needs beyond the standard model" in _body(head)
+    assert "−" not in _body(head) and 'class="v bad">$2.50M' not in head
+    assert "Portfolio margin needs $2.50M more initial margin" in _body(summary)
+    assert "Sign convention: a saving is positive" in _body(text)
+    saved = dataclasses.replace(report, capital_freed=2.5e6, capital_freed_pct=0.25)
+    head = _section(render_html(saved), "headline")
+    assert "$2.50M" in head and "initial margin saved by portfolio margin (25.0% of standard IM)" in _body(head)
+    # the summary table says its differences in words, by the same convention
+    s = report.summary.to_pydict()
+    diff = s["initial_margin"][0] - s["initial_margin"][1]  # standard − portfolio = saving
+    word = f"saves {_usd(diff)}" if diff > 0 else f"needs {_usd(-diff)} more"
+    assert word in _body(_section(render_html(report), "summary"))
+    # hedges: "freed %" is positive like "freed" (it was a negative "change")
+    if report.top_hedges.num_rows:
+        hedges = _body(_section(render_html(report), "hedges"))
+        pct = report.top_hedges.column("margin_freed_pct")[0].as_py()
+        assert f"{100 * pct:.1f}%" in hedges and pct > 0
+
+
+def test_issue12_stress_section_is_the_engine_scan_under_each_move(engine, report):
+    """Finding: the report had no stress section."""
+    g, book, market = engine
+    st = report.stress.to_pydict()
+    unders = book.underlyings
+    assert len(st["underlying"]) == (len(unders) + 1) * 4
+    now = me.liquidation_scan(book, g.positions, g.balances, market)
+    now_liq = sum(s in ("liquidatable", "bankrupt") for s in now.column("status").to_pylist())
+    for k in (0, 5, len(st["underlying"]) - 1):  # a single-underlying move and the joint one
+        u, m = st["underlying"][k], st["move"][k]
+        stress = {x: m for x in unders} if u == "all" else {u: m}
+        scan = me.liquidation_scan(book, g.positions, g.balances, market, stress=stress)
+        status = scan.column("status").to_pylist()
+        for name in ("healthy", "margin_call", "liquidatable", "bankrupt"):
+            assert st[f"accounts_{name}"][k] == status.count(name)
+        assert st["shortfall"][k] == pytest.approx(_np(scan, "shortfall").sum(), rel=1e-12)
+        assert st["newly_liquidatable"][k] == status.count("liquidatable") + status.count("bankrupt") - now_liq
+    body = _body(_section(render_html(report), "stress"))
+    assert "all underlyings together" in body and "move -20%" in body
+    assert st["underlying"][-1] == "all" and st["move"][-4:] == [-0.2, -0.1, 0.1, 0.2]
+
+
+def test_issue12_liquidation_section_is_the_plan_and_the_distance(engine, report):
+    """Finding: the report had no liquidation section (accounts liquidatable now, shortfall, the
+    plan's totals, distance to liquidation)."""
+    g, book, market = engine
+    plan = me.liquidation_plan(book, g.positions, g.balances, market)
+    scan = me.liquidation_scan(book, g.positions, g.balances, market, distance=True)
+    n = report.liquidation_now
+    status = scan.column("status").to_pylist()
+    assert n["accounts_liquidatable"] == status.count("liquidatable") + status.count("bankrupt") > 0
+    assert n["shortfall"] == pytest.approx(_np(scan, "shortfall").sum(), rel=1e-12)
+    assert n["accounts_liquidated"] == plan.accounts.num_rows and n["positions_closed"] == plan.closes.num_rows
+    for key in ("closed_notional", "deficit", "covered_by_insurance", "bad_debt"):
+        assert n[key] == pytest.approx(_np(plan.accounts, key).sum(), rel=1e-12)
+    assert n["liquidator_fees"] == plan.liquidator_fees and n["insurance_fund_after"] == plan.insurance_fund_after
+    d = report.distance.to_pydict()
+    assert sum(d["accounts"]) == 5000  # every account in exactly one bucket
+    assert d["bucket"][0] == "liquidatable now" and d["accounts"][0] == n["accounts_liquidatable"]
+    move = np.abs(_np(scan, "nearest_move"))
+    healthy_enough = ~np.isin(np.array(status), ["liquidatable", "bankrupt"])
+    assert d["accounts"][1] == int((healthy_enough & (move < 0.05)).sum())
+    body = _body(_section(render_html(report), "liquidation"))
+    assert "Distance to liquidation" in body and f"{plan.closes.num_rows:,}" in body
+
+
+def _tiny_engine():
+    instruments = pa.table({
+        "instrument": ["BTC-PERP"], "kind": ["perpetual"], "underlying": ["BTC"], "multiplier": [1.0],
+        "expiry": pa.array([None], pa.timestamp("ns", "UTC")), "initial_margin_rate": [0.02],
+        "maintenance_margin_rate": [0.01],
+    })
+    assets = pa.table({"asset": ["USD"], "price": [1.0], "initial_weight": [1.0], "maintenance_weight": [1.0],
+                       "initial_liability_weight": [1.0], "maintenance_liability_weight": [1.0]})
+    market = me.Market({"underlying": ["BTC"], "index_price": [90000.0]},
+                       {"instrument": ["BTC-PERP"], "mark_price": [90000.0],
+                        "implied_vol": pa.array([None], pa.float64())}, "2026-11-25T08:00:00")
+    return me.Book(instruments, assets), market
+
+
+def test_issue12_report_on_an_empty_book_has_no_nan():
+    """Finding: efficiency_report returned NaN on an empty book; it must be well defined (zeros for
+    sums, None / null for statistics over no accounts)."""
+    book, market = _tiny_engine()
+    positions = pa.table({"account_id": pa.array([], pa.uint64()), "instrument": pa.array([], pa.string()),
+                          "quantity": pa.array([], pa.float64())})
+    balances = pa.table({"account_id": pa.array([], pa.uint64()), "asset": pa.array([], pa.string()),
+                         "amount": pa.array([], pa.float64())})
+    r = efficiency_report(book, positions, balances, market)
+    assert r.capital_freed == 0.0 and r.capital_freed_pct is None and r.im_standard == 0.0
+    for name in ("im_standard", "im_portfolio", "capital_freed", "mm_freed", "hedges_total_freed"):
+        assert math.isfinite(getattr(r, name))
+    assert all(math.isfinite(v) for v in r.liquidation_now.values()) and r.liquidation_now["accounts"] == 0
+    for field in ("summary", "accounts", "saving_quantiles", "saving_histogram", "idle", "idle_distribution",
+                  "top_hedges", "stress", "liquidation_underlyings", "distance"):
+        t = getattr(r, field)
+        for c in t.column_names:
+            if pa.types.is_floating(t.schema.field(c).type):
+                assert not pc.any(pc.is_nan(t.column(c))).as_py(), f"NaN in {field}.{c}"
+    assert r.idle.column("idle_mean").to_pylist() == [None, None]  # a mean over no accounts: null
+    text = render_html(r)
+    import re
+
+    assert not re.search(r"\bnan\b", _body(text), re.IGNORECASE)
+    assert "0 accounts" in _body(text)
+
+
+def test_issue12_write_html_says_when_it_drew_no_charts(report, tmp_path, monkeypatch):
+    """Finding: without matplotlib write_html silently wrote a page without charts."""
+    import sys
+
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    path = tmp_path / "r.html"
+    with pytest.warns(UserWarning, match=r"charts not drawn: matplotlib is not installed .*margin-engine\[plot\]"):
+        write_html(report, path)
+    text = path.read_text(encoding="utf-8")
+    assert 'id="no-charts"' in text and "<svg" not in text
+    assert "pip install 'margin-engine[plot]'" in _body(text)
+
+
+def test_issue12_report_tables_as_polars(engine, report):
+    """Finding: output="polars" on table-returning functions; render_html reads either."""
+    pl = pytest.importorskip("polars")
+    g, book, market = engine
+    r = efficiency_report(book, g.positions, g.balances, market, hedge_instruments=[], output="polars")
+    assert isinstance(r.summary, pl.DataFrame) and isinstance(r.stress, pl.DataFrame)
+    assert r.accounts.equals(pl.from_arrow(report.accounts))
+    assert "Stress moves" in render_html(r)
+
+
+def test_issue12_report_options_are_keyword_only(engine):
+    """Finding: options after the tables are keyword-only."""
+    g, book, market = engine
+    with pytest.raises(TypeError):
+        efficiency_report(book, g.positions, g.balances, market, ["BTC-PERP"])
+    with pytest.raises(me.MarginInputError, match="stress_moves"):
+        efficiency_report(book, g.positions, g.balances, market, stress_moves=(-1.5,))
+    with pytest.raises(me.MarginInputError, match="liquidation_model"):
+        efficiency_report(book, g.positions, g.balances, market, liquidation_model="cross")

@@ -46,8 +46,8 @@ def money(x: float) -> str:
     if x is None or not math.isfinite(x):
         return "–"
     sign, a = ("−" if x < 0 else ""), abs(x)
-    for scale, suffix, digits in ((1e9, "B", 2), (1e6, "M", 2), (1e4, "k", 1)):
-        if a >= scale:
+    for threshold, scale, suffix, digits in ((1e9, 1e9, "B", 2), (1e6, 1e6, "M", 2), (1e4, 1e3, "k", 1)):
+        if a >= threshold:
             return f"{sign}${a / scale:,.{digits}f}{suffix}"
     return f"{sign}${a:,.0f}"
 

@@ -1,12 +1,19 @@
-"""The capital-efficiency report: what portfolio margin would free, what collateral sits idle,
-and which hedges free the most margin — as Arrow tables, and as one self-contained HTML page.
+"""The capital-efficiency and risk report: what portfolio margin would save, what collateral sits
+idle, which hedges free the most margin, what standard stress moves do and what liquidating today
+would cost — as Arrow tables, and as one self-contained HTML page.
 
 >>> report = efficiency_report(book, positions, balances, market)     # doctest: +SKIP
 >>> write_html(report, "report.html")                                  # doctest: +SKIP
 
-All numbers come from :func:`margin_engine.margin` under both models (METHODOLOGY §3, §4, §6)
-and, when available, :func:`margin_engine.optimal_hedge`. Definitions are in
-``docs/optimization.md`` ("Efficiency report").
+All numbers come from :func:`margin_engine.margin` under both models (the standard and the
+portfolio margin model of ``docs/methodology.md``), :func:`margin_engine.optimal_hedge`,
+:func:`margin_engine.liquidation_scan` (with and without ``stress``, and with ``distance``) and
+:func:`margin_engine.liquidation_plan`. Definitions are in ``docs/optimization.md`` ("Efficiency
+report").
+
+One sign convention throughout: a *saving* (capital freed, margin freed) is positive when the
+portfolio model (or the hedge) needs less margin; when it needs more the page says so in words
+("portfolio margin needs $X more") rather than showing a negative saving.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import datetime as dt
 import html
 import io
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +32,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from margin_engine import api
-from margin_engine.charts import money
+from margin_engine._inputs import arrow_table, as_output, check_choice, check_number, check_output, input_error
+from margin_engine.charts import money, pyplot
 
 __all__ = [
+    "DISTANCE_BUCKETS",
     "IDLE_BUCKETS",
     "QUANTILES",
     "SAVING_BINS",
+    "STRESS_MOVES",
     "EfficiencyReport",
     "efficiency_report",
     "render_html",
     "write_html",
 ]
 
+# Standard stress moves of the stress section: each underlying alone, and all together.
+STRESS_MOVES = (-0.2, -0.1, 0.1, 0.2)
+# Distance-to-liquidation buckets of |nearest_move| ([low, high), the last one closed at ±50%).
+DISTANCE_BUCKETS = (0.0, 0.05, 0.10, 0.20, 0.50)
 QUANTILES = (0.0, 0.01, 0.05, 0.10, 0.25, 0.50, 0.75, 0.90, 0.95, 0.99, 1.0)
 # Relative saving (IM_std − IM_port) / IM_std: 1 = portfolio margin is zero, < 0 = it costs more.
 SAVING_BINS = (-math.inf, -5.0, -2.0, -1.0, -0.5, -0.2, -0.05, 0.05, 0.2, 0.4, 0.6, 0.8, 0.95, 1.0)
@@ -63,6 +78,34 @@ class EfficiencyReport:
     ``top_hedges``: up to 20 single hedges freeing the most margin, from
     :func:`margin_engine.optimal_hedge` (``margin_freed = margin_before − margin_after``).
     ``hedges_total_freed``: Σ over accounts of the best single hedge's ``margin_freed``.
+
+    ``capital_freed = im_standard − im_portfolio`` (positive = portfolio margin needs less);
+    ``capital_freed_pct`` is that over ``im_standard``, ``None`` when there is no standard initial
+    margin (nothing to save from). Statistics over no accounts are null (``None``), sums over no
+    accounts 0; the report never holds a NaN.
+
+    ``valuation_time``: the market's valuation time (ISO 8601, UTC); ``source``: what the book was
+    read from, as given (``None`` if not given); ``inputs``: row counts of what was read
+    (``accounts, positions, balances, instruments, underlyings``).
+
+    ``liquidation_model``: the model of the stress and liquidation sections.
+    ``stress``: one row per scenario: ``underlying`` (``"all"`` = every underlying moved
+    together), ``move``, ``accounts_healthy, accounts_margin_call, accounts_liquidatable,
+    accounts_bankrupt``, ``shortfall`` (Σ max(0, MM − collateral_maintenance), USD) and
+    ``newly_liquidatable`` (liquidatable or bankrupt under the move, less those now).
+    ``liquidation_now``: the scan at the current market: ``accounts, accounts_liquidatable``
+    (liquidatable or bankrupt), ``accounts_bankrupt, accounts_margin_call, shortfall``, and the
+    totals of :func:`margin_engine.liquidation_plan`: ``accounts_liquidated, positions_closed,
+    closed_notional, liquidator_fees, insurance_fees, deficit, covered_by_insurance, bad_debt,
+    insurance_fund_before, insurance_fund_after``.
+    ``liquidation_underlyings``: per underlying of the plan: ``underlying, closed_notional,
+    bad_debt``.
+    ``distance``: accounts by the smallest move of one underlying that makes them liquidatable
+    (``nearest_move`` of :func:`margin_engine.liquidation_scan`): ``bucket`` (a label),
+    ``move_low, move_high`` (bounds of |move|, [low, high), the last closed; the first row is the
+    accounts liquidatable or bankrupt now, the last those no move within ±50% liquidates, bounds
+    null),
+    ``accounts, accounts_down, accounts_up`` (the move is a fall / a rise), ``maintenance_margin``.
     """
 
     summary: pa.Table
@@ -75,13 +118,21 @@ class EfficiencyReport:
     im_standard: float
     im_portfolio: float
     capital_freed: float
-    capital_freed_pct: float
+    capital_freed_pct: float | None
     mm_freed: float
     hedges_total_freed: float
     hedge_objective: str
     hedge_instruments: list[str]
     notes: list[str]
     generated_at: str
+    valuation_time: str = ""
+    source: str | None = None
+    inputs: dict[str, int] = dataclasses.field(default_factory=dict)
+    liquidation_model: str = "standard"
+    stress: pa.Table | None = None
+    liquidation_now: dict[str, float] = dataclasses.field(default_factory=dict)
+    liquidation_underlyings: pa.Table | None = None
+    distance: pa.Table | None = None
 
 
 def _col(t: pa.Table, name: str) -> np.ndarray:
@@ -148,11 +199,11 @@ def _histogram(pct: np.ndarray, saving: np.ndarray) -> pa.Table:
     )
 
 
-def _top_share(descending: np.ndarray, fraction: float) -> float:
+def _top_share(descending: np.ndarray, fraction: float) -> float | None:
     """Share of the total held by the largest ``fraction`` of the values (at least one)."""
     total = float(descending.sum())
     if total <= 0:
-        return math.nan
+        return None
     k = max(1, math.ceil(fraction * descending.size))
     return float(descending[:k].sum() / total)
 
@@ -184,13 +235,13 @@ def _idle(results: dict[str, pa.Table]) -> tuple[pa.Table, pa.Table]:
         summary["healthy_accounts"].append(n)
         summary["idle_total"].append(total)
         for name, value in (
-            ("idle_mean", idle.mean() if n else math.nan),
-            ("idle_p50", np.quantile(idle, 0.5) if n else math.nan),
-            ("idle_p90", np.quantile(idle, 0.9) if n else math.nan),
-            ("idle_p99", np.quantile(idle, 0.99) if n else math.nan),
-            ("idle_max", idle[0] if n else math.nan),
+            ("idle_mean", idle.mean() if n else None),
+            ("idle_p50", np.quantile(idle, 0.5) if n else None),
+            ("idle_p90", np.quantile(idle, 0.9) if n else None),
+            ("idle_p99", np.quantile(idle, 0.99) if n else None),
+            ("idle_max", idle[0] if n else None),
         ):
-            summary[name].append(float(value))
+            summary[name].append(None if value is None else float(value))
         summary["top1pct_share"].append(_top_share(idle, 0.01))
         summary["top10pct_share"].append(_top_share(idle, 0.10))
         idx = np.clip(np.searchsorted(edges, idle, side="right") - 1, 0, edges.size - 2)
@@ -202,7 +253,8 @@ def _idle(results: dict[str, pa.Table]) -> tuple[pa.Table, pa.Table]:
             dist["bucket_high"].append(float(edges[b + 1]))
             dist["accounts"].append(int(counts[b]))
             dist["idle"].append(float(sums[b]))
-    return pa.table(summary), pa.table(
+    floats = {k: pa.array(v, pa.float64()) for k, v in summary.items() if k not in ("model", "healthy_accounts")}
+    return pa.table({**summary, **floats}), pa.table(
         dist,
         schema=pa.schema(
             [
@@ -285,23 +337,151 @@ def _hedges(
     return top.select(list(_HEDGE_COLUMNS)), total
 
 
+def _stress(
+    book: api.Book, positions: pa.Table, balances: pa.Table, market: api.Market, model: str,
+    moves: tuple[float, ...], now_liquidatable: int, threads: int | None,
+) -> pa.Table:
+    """Status counts and total shortfall after each standard move: every underlying alone, then
+    all of them together (``underlying = "all"``)."""
+    priced = set(market.index_prices.column("underlying").to_pylist())
+    unders = [u for u in book.underlyings if u in priced]
+    rows: dict[str, list[Any]] = {k: [] for k in ("underlying", "move", *(f"accounts_{s}" for s in _STATUSES),
+                                                  "shortfall", "newly_liquidatable")}
+    scenarios = [(u, m) for u in unders for m in moves] + ([("all", m) for m in moves] if len(unders) > 1 else [])
+    for underlying, move in scenarios:
+        stress = {u: move for u in unders} if underlying == "all" else {underlying: move}
+        scan = api.liquidation_scan(book, positions, balances, market, model=model, stress=stress, threads=threads)
+        rows["underlying"].append(underlying)
+        rows["move"].append(float(move))
+        counts = {s: int(_is(scan, s).sum()) for s in _STATUSES}
+        for st in _STATUSES:
+            rows[f"accounts_{st}"].append(counts[st])
+        rows["shortfall"].append(float(_col(scan, "shortfall").sum()))
+        rows["newly_liquidatable"].append(counts["liquidatable"] + counts["bankrupt"] - now_liquidatable)
+    schema = pa.schema(
+        [("underlying", pa.string()), ("move", pa.float64())]
+        + [(f"accounts_{s}", pa.int64()) for s in _STATUSES]
+        + [("shortfall", pa.float64()), ("newly_liquidatable", pa.int64())]
+    )
+    return pa.table(rows, schema=schema)
+
+
+def _distance(scan: pa.Table) -> pa.Table:
+    """Accounts by |nearest_move| bucket: liquidatable (or bankrupt) now, then by the size of the
+    move, then "not within ±50%" (a null move: no move of one underlying within the grid)."""
+    move = np.asarray(scan.column("nearest_move").to_numpy(zero_copy_only=False), dtype=np.float64)
+    mm = _col(scan, "maintenance_margin")
+    now = _is(scan, "liquidatable") | _is(scan, "bankrupt")
+    reached = ~np.isnan(move) & ~now
+    size = np.abs(move)
+    rows: dict[str, list[Any]] = {k: [] for k in ("bucket", "move_low", "move_high", "accounts", "accounts_down",
+                                                  "accounts_up", "maintenance_margin")}
+
+    def add(label: str, low: float | None, high: float | None, inside: np.ndarray) -> None:
+        rows["bucket"].append(label)
+        rows["move_low"].append(low)
+        rows["move_high"].append(high)
+        rows["accounts"].append(int(inside.sum()))
+        rows["accounts_down"].append(int((inside & (move < 0)).sum()))
+        rows["accounts_up"].append(int((inside & (move > 0)).sum()))
+        rows["maintenance_margin"].append(float(mm[inside].sum()))
+
+    add("liquidatable now", 0.0, 0.0, now)
+    edges = DISTANCE_BUCKETS
+    for k, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        last = k == len(edges) - 2  # the grid's end (±50%) belongs to the last bucket
+        label = f"within {100 * hi:g}%" if k == 0 else f"{100 * lo:g}% to {100 * hi:g}%"
+        add(label, lo, hi, reached & (size >= lo) & ((size <= hi) if last else (size < hi)))
+    add("not within ±50%", None, None, ~now & ~reached)
+    schema = pa.schema([("bucket", pa.string()), ("move_low", pa.float64()), ("move_high", pa.float64()),
+                        ("accounts", pa.int64()), ("accounts_down", pa.int64()), ("accounts_up", pa.int64()),
+                        ("maintenance_margin", pa.float64())])
+    return pa.table(rows, schema=schema)
+
+
+def _liquidation(
+    book: api.Book, positions: pa.Table, balances: pa.Table, market: api.Market, model: str,
+    insurance_fund: float, threads: int | None,
+) -> tuple[dict[str, float], pa.Table, pa.Table]:
+    scan = api.liquidation_scan(book, positions, balances, market, model=model, distance=True, threads=threads)
+    plan = api.liquidation_plan(book, positions, balances, market, model=model, insurance_fund=insurance_fund,
+                                threads=threads)
+    acc = plan.accounts
+    now = {
+        "accounts": scan.num_rows,
+        "accounts_liquidatable": int(_is(scan, "liquidatable").sum() + _is(scan, "bankrupt").sum()),
+        "accounts_bankrupt": int(_is(scan, "bankrupt").sum()),
+        "accounts_margin_call": int(_is(scan, "margin_call").sum()),
+        "shortfall": float(_col(scan, "shortfall").sum()),
+        "accounts_liquidated": acc.num_rows,
+        "positions_closed": plan.closes.num_rows,
+        "closed_notional": float(_col(acc, "closed_notional").sum()),
+        "liquidator_fees": float(plan.liquidator_fees),
+        "insurance_fees": float(plan.insurance_fees),
+        "deficit": float(_col(acc, "deficit").sum()),
+        "covered_by_insurance": float(_col(acc, "covered_by_insurance").sum()),
+        "bad_debt": float(_col(acc, "bad_debt").sum()),
+        "insurance_fund_before": float(insurance_fund),
+        "insurance_fund_after": float(plan.insurance_fund_after),
+    }
+    under = plan.underlyings.select(["underlying", "closed_notional", "bad_debt"])
+    return now, under, _distance(scan)
+
+
 def efficiency_report(
     book: api.Book,
     positions: Any,
     balances: Any,
     market: api.Market,
-    hedge_instruments: list[str] | None = None,
     *,
+    hedge_instruments: list[str] | None = None,
     hedge_objective: str = "initial",
+    liquidation_model: api.Model = "standard",
+    stress_moves: tuple[float, ...] = STRESS_MOVES,
+    insurance_fund: float = 0.0,
+    source: str | None = None,
     threads: int | None = None,
+    output: api.Output = "arrow",
 ) -> EfficiencyReport:
     """Margin under the standard vs the portfolio model, capital freed, idle collateral, the
-    per-account saving distribution and the single hedges that free the most margin.
+    per-account saving distribution, the single hedges that free the most margin, standard stress
+    moves and what liquidating today would do.
 
-    ``hedge_instruments``: instruments offered as hedges to :func:`margin_engine.optimal_hedge`
-    (default: each underlying's perpetual); ``[]`` skips the hedges. ``hedge_objective``:
-    ``"initial"`` (default: the margin that locks capital) or ``"maintenance"``.
+    Reads:
+
+    - ``positions``: ``account_id``, ``instrument``, ``quantity`` (optional ``entry_price``);
+      ``balances``: ``account_id``, ``asset``, ``amount`` (any Arrow table, a dict of columns, or a
+      stream; read once).
+    - ``book``: its ``instruments`` (``instrument, kind, underlying, multiplier, expiry``, margin
+      rates), ``assets`` (prices and weights), ``risk_params`` and ``margin_tiers`` as
+      :func:`margin_engine.margin` does; ``market``: ``index_prices`` (``underlying,
+      index_price``), ``marks`` (``instrument, mark_price, implied_vol``) and its
+      ``valuation_time``.
+
+    Options: ``hedge_instruments``: instruments offered as hedges to
+    :func:`margin_engine.optimal_hedge` (default: each underlying's perpetual); ``[]`` skips the
+    hedges. ``hedge_objective``: ``"initial"`` (default: the margin that locks capital) or
+    ``"maintenance"``. ``liquidation_model``: the model of the stress and liquidation sections
+    (``"standard"`` default, or ``"portfolio"``). ``stress_moves``: relative index moves applied
+    to each underlying alone and to all together (default ±10%, ±20%; ``()`` skips the stress
+    section). ``insurance_fund``: USD available to the liquidation plan. ``source``: where the book
+    came from (a path), shown on the page. ``output="polars"``: the report's tables as polars
+    DataFrames (:func:`render_html` reads either).
     """
+    output = check_output(output)
+    liquidation_model = check_choice(liquidation_model, "liquidation_model", ("standard", "portfolio"))
+    if hedge_objective not in ("initial", "maintenance"):
+        raise input_error("arguments", "hedge_objective",
+                          f"must be 'initial' or 'maintenance', got {hedge_objective!r}")
+    try:
+        moves = tuple(float(m) for m in stress_moves)
+    except (TypeError, ValueError) as e:
+        raise input_error("arguments", "stress_moves", f"expected a list of numbers, got {stress_moves!r}") from e
+    if not all(math.isfinite(m) and m > -1.0 for m in moves):
+        raise input_error("arguments", "stress_moves", "moves must be finite and > -1", [repr(m) for m in moves])
+    # read once: the tables feed several engine calls (a stream could be read only once)
+    positions = arrow_table(positions, "positions")
+    balances = arrow_table(balances, "balances")
     results = {
         model: api.margin(book, positions, balances, market, model=model, threads=threads)
         for model in ("standard", "portfolio")
@@ -333,8 +513,6 @@ def efficiency_report(
     freed = im_standard - im_portfolio
     idle, idle_dist = _idle(results)
     notes: list[str] = []
-    if hedge_objective not in ("initial", "maintenance"):
-        raise ValueError(f"hedge_objective must be 'initial' or 'maintenance', got {hedge_objective!r}")
     hedges = _default_hedges(book, market) if hedge_instruments is None else [str(h) for h in hedge_instruments]
     top, hedge_total = _hedges(book, positions, balances, market, hedges, hedge_objective, threads, notes)
     n_more = int((saving < 0).sum())
@@ -343,25 +521,53 @@ def efficiency_report(
             f"{n_more:,} accounts need more initial margin under the portfolio model (its ±15% scan "
             "charges naked directional positions far more than the standard rates); hedged books save."
         )
+    now, liq_under, distance = _liquidation(
+        book, positions, balances, market, liquidation_model, check_number(insurance_fund, "insurance_fund", 0.0), threads
+    )
+    stress = _stress(book, positions, balances, market, liquidation_model, moves, int(now["accounts_liquidatable"]),
+                     threads)
+    inputs = {
+        "accounts": std.num_rows,
+        "positions": positions.num_rows,
+        "balances": balances.num_rows,
+        "instruments": book.instruments.num_rows,
+        "underlyings": len(book.underlyings),
+    }
+    tables = {
+        "summary": _summary(results),
+        "accounts": accounts,
+        "saving_quantiles": _quantiles(saving[margined], pct[has_std]),
+        "saving_histogram": _histogram(pct[has_std], saving[has_std]),
+        "idle": idle,
+        "idle_distribution": idle_dist,
+        "top_hedges": top,
+        "stress": stress,
+        "liquidation_underlyings": liq_under,
+        "distance": distance,
+    }
     return EfficiencyReport(
-        summary=_summary(results),
-        accounts=accounts,
-        saving_quantiles=_quantiles(saving[margined], pct[has_std]),
-        saving_histogram=_histogram(pct[has_std], saving[has_std]),
-        idle=idle,
-        idle_distribution=idle_dist,
-        top_hedges=top,
+        **{k: as_output(t, output) for k, t in tables.items()},
         im_standard=im_standard,
         im_portfolio=im_portfolio,
         capital_freed=freed,
-        capital_freed_pct=freed / im_standard if im_standard else math.nan,
+        capital_freed_pct=freed / im_standard if im_standard > 0 else None,
         mm_freed=float(mm_s.sum() - mm_p.sum()),
         hedges_total_freed=hedge_total,
         hedge_objective=hedge_objective,
         hedge_instruments=hedges,
         notes=notes,
         generated_at=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        valuation_time=_iso(market.valuation_time_ns),
+        source=None if source is None else str(source),
+        inputs=inputs,
+        liquidation_model=liquidation_model,
+        liquidation_now=now,
     )
+
+
+def _iso(ns: int) -> str:
+    t = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=ns // 1000)
+    return t.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -401,16 +607,16 @@ def _html_table(headers: list[str], rows: list[list[str]], numeric_from: int = 1
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
-def _charts(report: EfficiencyReport) -> dict[str, str]:
-    """Inline SVG charts (empty when matplotlib is missing)."""
-    try:
-        import matplotlib
+NO_CHARTS = "charts not drawn: matplotlib is not installed (pip install 'margin-engine[plot]'); the tables are complete"
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+
+def _charts(report: EfficiencyReport) -> dict[str, str] | None:
+    """Inline SVG charts; ``None`` when matplotlib is missing."""
+    try:
+        plt = pyplot()
         from matplotlib.ticker import FuncFormatter
-    except ImportError:  # pragma: no cover - exercised only without the plot extra
-        return {}
+    except ImportError:
+        return None
     style = {
         "svg.fonttype": "none",  # text stays text: small files, the browser's font
         "text.parse_math": False,  # "$1k to $10k" is not mathtext
@@ -505,7 +711,7 @@ background:#fff;line-height:1.4}
 h1{font-size:22px;margin-bottom:2px} h2{font-size:17px;border-bottom:1px solid #d5d8dc;padding-bottom:4px;margin-top:30px}
 .sub{color:#566573;font-size:12px}
 .cards{display:flex;gap:12px;flex-wrap:wrap;margin:16px 0}
-.card{flex:1 1 180px;border:1px solid #d5d8dc;border-radius:6px;padding:10px 14px;background:#f8f9f9}
+.card{flex:1 1 140px;border:1px solid #d5d8dc;border-radius:6px;padding:10px 14px;background:#f8f9f9}
 .card .v{font-size:22px;font-weight:600} .card .l{font-size:12px;color:#566573}
 .good{color:#1e8449} .bad{color:#b03a2e}
 table{border-collapse:collapse;font-size:12px;margin:8px 0}
@@ -513,41 +719,179 @@ th,td{padding:3px 9px;border-bottom:1px solid #e5e7e9;text-align:left} td.num,th
 font-variant-numeric:tabular-nums} th{background:#f2f3f4}
 .row{display:flex;gap:24px;flex-wrap:wrap;align-items:flex-start} .chart svg{max-width:100%;height:auto}
 .note{font-size:12px;color:#566573} ul.notes{font-size:12px;color:#566573}
+h3{font-size:14px;margin:14px 0 4px} .warn{background:#fef5e7;border:1px solid #f0b27a;padding:6px 10px;font-size:13px}
 """
 
 
-def render_html(report: EfficiencyReport, title: str = "Capital efficiency report") -> str:
-    """The report as one self-contained HTML page (inline CSS and SVG; no scripts, no links)."""
-    charts = _charts(report)
+def _arrow(t: Any) -> pa.Table:
+    if t is None or isinstance(t, pa.Table):
+        return t
+    return t.to_arrow() if hasattr(t, "to_arrow") else pa.table(t)  # a polars DataFrame (output="polars")
+
+
+def _as_arrow(report: EfficiencyReport) -> EfficiencyReport:
+    tables = {f.name: _arrow(getattr(report, f.name)) for f in dataclasses.fields(report)
+              if f.name in _TABLE_FIELDS}
+    return dataclasses.replace(report, **tables)
+
+
+_TABLE_FIELDS = ("summary", "accounts", "saving_quantiles", "saving_histogram", "idle", "idle_distribution",
+                 "top_hedges", "stress", "liquidation_underlyings", "distance")
+
+
+def _saving(x: float) -> str:
+    """A saving in words: positive saves, negative needs more (one sign convention)."""
+    if x is None or not math.isfinite(x):
+        return "–"
+    if x > 0:
+        return f"saves {_usd(x)}"
+    if x < 0:
+        return f"needs {_usd(-x)} more"
+    return "same"
+
+
+def _signed(x: float | None) -> str:
+    """A signed USD amount with an explicit + (positive = saved)."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return ("+" if x > 0 else "") + _usd(x)
+
+
+def _move(m: float) -> str:
+    return f"{100 * m:+g}%"
+
+
+def _headline(report: EfficiencyReport, idle_port: float | None) -> list[tuple[str, str, str]]:
+    freed, pct = report.capital_freed, report.capital_freed_pct
+    if freed >= 0:
+        first = (_usd(freed), "initial margin saved by portfolio margin"
+                 + (f" ({100 * pct:.1f}% of standard IM)" if pct is not None else ""), "good" if freed > 0 else "")
+    else:
+        first = (f"{_usd(-freed)} more", "initial margin portfolio margin needs beyond the standard model"
+                 + (f" (+{100 * -pct:.1f}%)" if pct is not None else ""), "")
+    now = report.liquidation_now
+    return [
+        first,
+        (_usd(report.im_standard), "initial margin, standard model", ""),
+        (_usd(report.im_portfolio), "initial margin, portfolio model", ""),
+        (_usd(idle_port), "idle collateral of healthy accounts (portfolio)", ""),
+        (_usd(report.hedges_total_freed), f"{report.hedge_objective} margin the best single hedges would save", ""),
+        (f"{int(now.get('accounts_liquidatable', 0)):,}",
+         f"accounts liquidatable now ({report.liquidation_model} model), shortfall {_usd(now.get('shortfall', 0.0))}",
+         "bad" if now.get("accounts_liquidatable") else ""),
+    ]
+
+
+def _stress_section(report: EfficiencyReport) -> list[str]:
+    t = report.stress
+    if t is None or t.num_rows == 0:
+        return ['<section id="stress"><h2>Stress moves</h2><p class="note">No stress moves were run.</p></section>']
+    d = t.to_pydict()
+    moves = list(dict.fromkeys(d["move"]))
+    names = list(dict.fromkeys(d["underlying"]))
+    cell = {(u, m): k for k, (u, m) in enumerate(zip(d["underlying"], d["move"]))}
+    now = int(report.liquidation_now.get("accounts_liquidatable", 0))
+    rows = []
+    for u in (["all"] if "all" in names else []) + [u for u in names if u != "all"]:
+        row = ["all underlyings together" if u == "all" else u]
+        for m in moves:
+            k = cell[(u, m)]
+            liq = d["accounts_liquidatable"][k] + d["accounts_bankrupt"][k]
+            row.append(f"{liq:,} ({d['newly_liquidatable'][k]:+,}) · {_usd(d['shortfall'][k])}")
+        rows.append(row)
+    return [
+        '<section id="stress"><h2>Stress moves</h2>',
+        (f'<p class="note">Each underlying\'s index price, marks (options repriced) and linked collateral moved by '
+         f"the given amount, everything else fixed ({html.escape(report.liquidation_model)} model). Each cell: "
+         f"accounts liquidatable or bankrupt after the move (change from the {now:,} now) · total shortfall "
+         "Σ max(0, maintenance margin − maintenance collateral).</p>"),
+        _html_table(["scenario", *(f"move {_move(m)}" for m in moves)], rows),
+        "</section>",
+    ]
+
+
+def _liquidation_section(report: EfficiencyReport) -> list[str]:
+    n = report.liquidation_now
+    if not n:
+        return []
+    rows = [
+        ["accounts", f"{int(n['accounts']):,}"],
+        ["liquidatable or bankrupt now", f"{int(n['accounts_liquidatable']):,}"],
+        ["  of which bankrupt (equity < 0)", f"{int(n['accounts_bankrupt']):,}"],
+        ["margin call (below initial, above maintenance)", f"{int(n['accounts_margin_call']):,}"],
+        ["total shortfall (maintenance margin − collateral)", _usd(n["shortfall"])],
+    ]
+    plan = [
+        ["accounts liquidated", f"{int(n['accounts_liquidated']):,}"],
+        ["positions closed (fully or partly)", f"{int(n['positions_closed']):,}"],
+        ["notional closed at mark", _usd(n["closed_notional"])],
+        ["fees to liquidators", _usd(n["liquidator_fees"])],
+        ["fees to the insurance fund", _usd(n["insurance_fees"])],
+        ["deficits of bankrupt accounts", _usd(n["deficit"])],
+        ["covered by the insurance fund", _usd(n["covered_by_insurance"])],
+        ["bad debt (left after the fund)", _usd(n["bad_debt"])],
+        ["insurance fund before → after", f"{_usd(n['insurance_fund_before'])} → {_usd(n['insurance_fund_after'])}"],
+    ]
+    u = report.liquidation_underlyings.to_pydict() if report.liquidation_underlyings is not None else {}
+    urows = [[a, _usd(c), _usd(b)] for a, c, b in zip(u.get("underlying", []), u.get("closed_notional", []),
+                                                       u.get("bad_debt", [])) if c or b]
+    d = report.distance.to_pydict() if report.distance is not None else {}
+    drows = [[b, f"{a:,}", f"{dn:,}", f"{up:,}", _usd(mm)] for b, a, dn, up, mm in zip(
+        d.get("bucket", []), d.get("accounts", []), d.get("accounts_down", []), d.get("accounts_up", []),
+        d.get("maintenance_margin", []))]
+    return [
+        '<section id="liquidation"><h2>Liquidation</h2><div class="row">',
+        '<div><h3>Now</h3>' + _html_table(["", ""], rows) + "</div>",
+        '<div><h3>Liquidating them now (the plan)</h3>' + _html_table(["", ""], plan) + "</div>",
+        ('<div><h3>By underlying</h3>' + _html_table(["underlying", "notional closed", "bad debt"], urows) + "</div>")
+        if urows else "",
+        "</div>",
+        (f'<p class="note">{html.escape(report.liquidation_model.capitalize())} model. The plan closes positions at '
+         "mark, those freeing the most maintenance margin per unit of notional first, until each account is back "
+         "above maintenance; bankrupt accounts are closed out, their deficit drawn from the insurance fund and the "
+         "rest reported as bad debt.</p>"),
+        "<h3>Distance to liquidation</h3>",
+        ('<p class="note">Accounts by the smallest move of one underlying alone (the others fixed) that makes them '
+         "liquidatable, searched out to ±50%; down / up: the move is a fall / a rise.</p>"),
+        _html_table(["smallest move that liquidates", "accounts", "on a fall", "on a rise", "maintenance margin"], drows),
+        "</section>",
+    ]
+
+
+def render_html(report: EfficiencyReport, *, title: str = "Capital efficiency report") -> str:
+    """The report as one self-contained HTML page (inline CSS and SVG; no scripts, no links).
+    Reads the tables and figures of an :class:`EfficiencyReport` (pyarrow or polars tables).
+    Without matplotlib the page has every table and says that it drew no charts."""
+    return _render(report, title)[0]
+
+
+def _render(report: EfficiencyReport, title: str) -> tuple[str, bool]:
+    """The page and whether it has its charts."""
+    report = _as_arrow(report)
+    drawn = _charts(report)
+    charts = drawn or {}
     s = report.summary.to_pydict()
     k_std, k_port = s["model"].index("standard"), s["model"].index("portfolio")
     idle = report.idle.to_pydict()
-    freed_cls = "good" if report.capital_freed >= 0 else "bad"
-    cards = [
-        (
-            _usd(report.capital_freed),
-            f"capital freed by portfolio margin ({_pct(report.capital_freed_pct)} of standard IM)",
-            freed_cls,
-        ),
-        (_usd(report.im_standard), "initial margin, standard model", ""),
-        (_usd(report.im_portfolio), "initial margin, portfolio model", ""),
-        (
-            _usd(idle["idle_total"][idle["model"].index("portfolio")]),
-            "idle collateral of healthy accounts (portfolio)",
-            "",
-        ),
-        (_usd(report.hedges_total_freed), f"{report.hedge_objective} margin the best single hedges would free", "good"),
-    ]
+    cards = _headline(report, idle["idle_total"][idle["model"].index("portfolio")])
+    inp = report.inputs
+    source = html.escape(report.source) if report.source else "tables passed in"
+    counts = ", ".join(f"{inp[k]:,} {k}" for k in ("accounts", "positions", "balances", "instruments", "underlyings")
+                       if k in inp)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{html.escape(title)}</title>",
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
-        (
-            f'<div class="sub">{s["accounts"][k_std]:,} accounts · generated {html.escape(report.generated_at)} · '
-            "margin-engine: standard (§3) vs portfolio (§4) model</div>"
-        ),
+        (f'<div class="sub"><b>Valuation time {html.escape(report.valuation_time or "–")}</b> · input: {source}'
+         f" ({counts}) · generated {html.escape(report.generated_at)}</div>"),
+        ('<div class="sub">Sign convention: a saving is positive when portfolio margin (or a hedge) needs less '
+         "margin than the standard model; where it needs more, the page says “needs $X more”. USD throughout.</div>"),
+    ]
+    if drawn is None:
+        parts.append(f'<p class="warn" id="no-charts">{html.escape(NO_CHARTS)}.</p>')
+    parts += [
         '<section id="headline"><div class="cards">',
         *(
             f'<div class="card"><div class="v {c}">{html.escape(v)}</div><div class="l">{html.escape(lbl)}</div></div>'
@@ -556,7 +900,15 @@ def render_html(report: EfficiencyReport, title: str = "Capital efficiency repor
         "</div></section>",
     ]
 
-    # Summary
+    # Summary: every difference said in words (the sign convention above)
+    def effect(c: str) -> str:
+        diff = s[c][k_port] - s[c][k_std]
+        if c in ("initial_margin", "maintenance_margin"):
+            return _saving(-diff)
+        if abs(diff) <= 1e-9 * max(1.0, abs(s[c][k_std])):
+            return "same"
+        return f"{_usd(abs(diff))} {'more' if diff > 0 else 'less'}"
+
     metrics = [
         ("equity", "equity"),
         ("collateral (initial weights)", "collateral_initial"),
@@ -566,40 +918,42 @@ def render_html(report: EfficiencyReport, title: str = "Capital efficiency repor
         ("free collateral", "free_collateral"),
         ("idle collateral (healthy accounts)", "idle_collateral"),
     ]
-    rows = [[label, _usd(s[c][k_std]), _usd(s[c][k_port]), _usd(s[c][k_port] - s[c][k_std])] for label, c in metrics]
-    rows += [
-        [
-            f"accounts {st.replace('_', ' ')}",
-            f"{s['accounts_' + st][k_std]:,}",
-            f"{s['accounts_' + st][k_port]:,}",
-            f"{s['accounts_' + st][k_port] - s['accounts_' + st][k_std]:+,}",
-        ]
-        for st in _STATUSES
-    ]
+    rows = [[label, _usd(s[c][k_std]), _usd(s[c][k_port]), effect(c)] for label, c in metrics]
+    for st in _STATUSES:
+        a, b = s["accounts_" + st][k_std], s["accounts_" + st][k_port]
+        rows.append([f"accounts {st.replace('_', ' ')}", f"{a:,}", f"{b:,}",
+                     "same" if a == b else f"{abs(b - a):,} {'more' if b > a else 'fewer'}"])
+    freed = report.capital_freed
+    pct = report.capital_freed_pct
+    if freed >= 0:
+        verdict = (f"Capital freed = Σ IM(standard) − Σ IM(portfolio) = {_usd(report.im_standard)} − "
+                   f"{_usd(report.im_portfolio)} = <b>{_usd(freed)}</b>"
+                   + (f" ({100 * pct:.1f}% of standard IM)" if pct is not None else " (no standard initial margin)"))
+    else:
+        verdict = (f"Portfolio margin needs <b>{_usd(-freed)} more</b> initial margin than standard: Σ IM(portfolio) "
+                   f"{_usd(report.im_portfolio)} against Σ IM(standard) {_usd(report.im_standard)}"
+                   + (f" (+{100 * -pct:.1f}%)" if pct is not None else ""))
     parts += [
         '<section id="summary"><h2>Margin by model</h2><div class="row">',
-        _html_table(["", "standard", "portfolio", "portfolio − standard"], rows),
+        _html_table(["", "standard", "portfolio", "under portfolio margin"], rows),
         f'<div class="chart">{charts.get("margin", "")}</div></div>',
-        (
-            f'<p class="note">Capital freed = Σ IM(standard) − Σ IM(portfolio) = {_usd(report.im_standard)} − '
-            f"{_usd(report.im_portfolio)} = <b>{_usd(report.capital_freed)}</b> ({_pct(report.capital_freed_pct)}); "
-            f"maintenance margin freed {_usd(report.mm_freed)}.</p></section>"
-        ),
+        f'<p class="note">{verdict}; maintenance margin: portfolio margin {_saving(report.mm_freed)}.</p></section>',
     ]
 
     # Savings
     q = report.saving_quantiles.to_pydict()
-    qrows = [[f"p{100 * qq:g}", _usd(sv), _pct(sp)] for qq, sv, sp in zip(q["quantile"], q["saving"], q["saving_pct"])]
+    qrows = [[f"p{100 * qq:g}", _signed(sv), _pct(sp)] for qq, sv, sp in zip(q["quantile"], q["saving"], q["saving_pct"])]
     h = report.saving_histogram.to_pydict()
     hrows = [
-        [_bin_label(lo, hi, lambda v: f"{100 * v:.0f}%"), f"{n:,}", _usd(sv)]
+        [_bin_label(lo, hi, lambda v: f"{100 * v:.0f}%"), f"{n:,}", _signed(sv)]
         for lo, hi, n, sv in zip(h["bin_low"], h["bin_high"], h["accounts"], h["saving"])
     ]
     parts += [
         '<section id="savings"><h2>Per-account saving</h2>',
         (
-            '<p class="note">Saving = IM(standard) − IM(portfolio) per account; relative saving is that over '
-            "IM(standard) (100% = the portfolio model needs no margin; negative = it needs more).</p>"
+            '<p class="note">Saving = IM(standard) − IM(portfolio) per account, positive when portfolio margin needs '
+            "less; relative saving is that over IM(standard) (+100% = the portfolio model needs no margin; negative = "
+            "it needs more).</p>"
         ),
         f'<div class="chart">{charts.get("savings", "")}</div><div class="row">',
         _html_table(["quantile", "saving", "relative saving"], qrows),
@@ -608,36 +962,14 @@ def render_html(report: EfficiencyReport, title: str = "Capital efficiency repor
     ]
 
     # Idle
+    def share(x: float | None) -> str:
+        return "–" if x is None else f"{100 * x:.0f}%"
+
+    cols = ("model", "healthy_accounts", "idle_total", "idle_mean", "idle_p50", "idle_p90", "idle_p99", "idle_max",
+            "top1pct_share", "top10pct_share")
     irows = [
-        [
-            m,
-            f"{n:,}",
-            _usd(t),
-            _usd(mean),
-            _usd(p50),
-            _usd(p90),
-            _usd(p99),
-            _usd(mx),
-            f"{100 * s1:.0f}%" if not math.isnan(s1) else "–",
-            f"{100 * s10:.0f}%" if not math.isnan(s10) else "–",
-        ]
-        for m, n, t, mean, p50, p90, p99, mx, s1, s10 in zip(
-            *(
-                idle[c]
-                for c in (
-                    "model",
-                    "healthy_accounts",
-                    "idle_total",
-                    "idle_mean",
-                    "idle_p50",
-                    "idle_p90",
-                    "idle_p99",
-                    "idle_max",
-                    "top1pct_share",
-                    "top10pct_share",
-                )
-            )
-        )
+        [m, f"{n:,}", *(_usd(v) for v in vals), share(s1), share(s10)]
+        for m, n, *vals, s1, s10 in zip(*(idle[c] for c in cols))
     ]
     parts += [
         '<section id="idle"><h2>Idle collateral</h2>',
@@ -646,18 +978,8 @@ def render_html(report: EfficiencyReport, title: str = "Capital efficiency repor
             "standing (status healthy): capital that could be withdrawn or put to work.</p>"
         ),
         _html_table(
-            [
-                "model",
-                "healthy accounts",
-                "total",
-                "mean",
-                "median",
-                "p90",
-                "p99",
-                "max",
-                "top 1% hold",
-                "top 10% hold",
-            ],
+            ["model", "healthy accounts", "total", "mean", "median", "p90", "p99", "max", "top 1% hold",
+             "top 10% hold"],
             irows,
         ),
         f'<div class="chart">{charts.get("idle", "")}</div></section>',
@@ -665,45 +987,24 @@ def render_html(report: EfficiencyReport, title: str = "Capital efficiency repor
 
     # Hedges
     t = report.top_hedges.to_pydict()
+    hcols = ("account_id", "underlying", "hedge_instrument", "quantity", "delta_neutral_quantity", "margin_before",
+             "margin_after", "margin_freed", "margin_freed_pct")
     trows = [
-        [str(a), u, i, _qty(qn), _qty(dn), _usd(b), _usd(af), _usd(fr), _pct(-fp if fp is not None else None)]
-        for a, u, i, qn, dn, b, af, fr, fp in zip(
-            *(
-                t[c]
-                for c in (
-                    "account_id",
-                    "underlying",
-                    "hedge_instrument",
-                    "quantity",
-                    "delta_neutral_quantity",
-                    "margin_before",
-                    "margin_after",
-                    "margin_freed",
-                    "margin_freed_pct",
-                )
-            )
-        )
+        [str(a), u, i, _qty(qn), _qty(dn), _usd(b), _usd(af), _usd(fr), "–" if fp is None else f"{100 * fp:.1f}%"]
+        for a, u, i, qn, dn, b, af, fr, fp in zip(*(t[c] for c in hcols))
     ]
     parts += [
         '<section id="hedges"><h2>Hedges that free the most margin</h2>',
         (
             f'<p class="note">Minimum-{html.escape(report.hedge_objective)}-margin hedge of each account in each hedge '
             f"instrument ({html.escape(', '.join(report.hedge_instruments) or 'none')}) under the portfolio model, "
-            "one hedge at a time; top 20 by margin freed. Quantity is contracts to add; the delta-neutral quantity is "
-            f"shown for comparison. Best single hedge per account, summed: <b>{_usd(report.hedges_total_freed)}</b>.</p>"
+            f"one hedge at a time; top {TOP_HEDGES} by margin freed (margin before − after, % of before). Quantity is "
+            "contracts to add; the delta-neutral quantity is shown for comparison. Best single hedge per account, "
+            f"summed: <b>{_usd(report.hedges_total_freed)}</b>.</p>"
         ),
         _html_table(
-            [
-                "account",
-                "underlying",
-                "hedge",
-                "quantity",
-                "delta-neutral qty",
-                "margin before",
-                "margin after",
-                "freed",
-                "change",
-            ],
+            ["account", "underlying", "hedge", "quantity", "delta-neutral qty", "margin before", "margin after",
+             "freed", "freed %"],
             trows,
             numeric_from=3,
         )
@@ -711,18 +1012,25 @@ def render_html(report: EfficiencyReport, title: str = "Capital efficiency repor
         else '<p class="note">No hedge frees margin.</p>',
         f'<div class="chart">{charts.get("hedges", "")}</div></section>',
     ]
-    if report.notes:
+    parts += _stress_section(report)
+    parts += _liquidation_section(report)
+    notes = list(report.notes) + ([NO_CHARTS] if drawn is None else [])
+    if notes:
         parts += [
             '<section id="notes"><h2>Notes</h2><ul class="notes">',
-            *(f"<li>{html.escape(n)}</li>" for n in report.notes),
+            *(f"<li>{html.escape(n)}</li>" for n in notes),
             "</ul></section>",
         ]
     parts.append("</body></html>")
-    return "\n".join(parts)
+    return "\n".join(parts), drawn is not None
 
 
-def write_html(report: EfficiencyReport, path: str | Path, title: str = "Capital efficiency report") -> Path:
-    """Writes :func:`render_html` to ``path`` (UTF-8) and returns the path."""
+def write_html(report: EfficiencyReport, path: str | Path, *, title: str = "Capital efficiency report") -> Path:
+    """Writes :func:`render_html` to ``path`` (UTF-8) and returns the path. Without matplotlib the
+    page has the tables only, says so at the top, and a :class:`UserWarning` says so too."""
     out = Path(path)
-    out.write_text(render_html(report, title), encoding="utf-8")
+    text, has_charts = _render(report, title)
+    if not has_charts:
+        warnings.warn(f"{out}: {NO_CHARTS}", UserWarning, stacklevel=2)
+    out.write_text(text, encoding="utf-8")
     return out
