@@ -1,10 +1,23 @@
-"""Type stubs of the compiled module (thin bindings over the Rust core)."""
+"""Type stubs of the compiled module (thin pyo3 bindings over the Rust core).
 
-from typing import Any
+These are the compiled functions' own signatures (``#[pyo3(signature = ...)]`` in
+``rust/margin-py``), which take the book and the market first: ``(book, market, positions,
+balances, ...)``, every argument positional-or-keyword. The public API (``margin_engine.api``)
+takes ``(book, positions, balances, market, *, options...)`` and checks its arguments before it
+calls these. ``tests/test_api_surface.py`` checks that this file matches the compiled module.
+
+Tables come back as Arrow tables of the ``arro3`` package (any object with
+``__arrow_c_stream__``); ``margin_engine.api`` turns them into ``pyarrow.Table``.
+"""
+
+from typing import Any, Protocol
 
 import numpy as np
 
 __version__: str
+
+class _ArrowStream(Protocol):
+    def __arrow_c_stream__(self, requested_schema: object | None = None) -> object: ...
 
 class MarginInputError(ValueError):
     """Bad input: names the table, the column and up to 10 offending keys or rows."""
@@ -16,7 +29,7 @@ class MarginInputError(ValueError):
     count: int
 
 class Book:
-    def __init__(self, instruments: Any, assets: Any, risk_params: Any = None, margin_tiers: Any = None) -> None: ...
+    def __init__(self, instruments: Any, assets: Any, risk_params: Any | None = None, margin_tiers: Any | None = None) -> None: ...
     @property
     def underlyings(self) -> list[str]: ...
     @property
@@ -29,9 +42,9 @@ class Market:
 
 def margin(
     book: Book, market: Market, positions: Any, balances: Any, model: str = "standard", threads: int | None = None
-) -> Any: ...
-def greeks(book: Book, market: Market, positions: Any, threads: int | None = None) -> Any: ...
-def risk_arrays(book: Book, market: Market) -> Any: ...
+) -> _ArrowStream: ...
+def greeks(book: Book, market: Market, positions: Any, threads: int | None = None) -> _ArrowStream: ...
+def risk_arrays(book: Book, market: Market) -> _ArrowStream: ...
 def black76(
     forward: np.ndarray, strike: np.ndarray, time: np.ndarray, vol: np.ndarray, is_call: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
@@ -44,13 +57,13 @@ def liquidation_scan(
     stress: list[tuple[str, float]] | None = None,
     distance: bool = False,
     threads: int | None = None,
-) -> Any: ...
+) -> _ArrowStream: ...
 def liquidation_distance(
     book: Book, market: Market, positions: Any, balances: Any, model: str = "standard", threads: int | None = None
-) -> Any: ...
+) -> _ArrowStream: ...
 def liquidation_map(
     book: Book, market: Market, positions: Any, balances: Any, model: str = "standard", threads: int | None = None
-) -> Any: ...
+) -> _ArrowStream: ...
 def liquidation_plan(
     book: Book,
     market: Market,
@@ -63,7 +76,7 @@ def liquidation_plan(
     insurance_fund: float = 0.0,
     stress: list[tuple[str, float]] | None = None,
     threads: int | None = None,
-) -> tuple[Any, Any, Any, Any, float, float, float]: ...
+) -> tuple[_ArrowStream, _ArrowStream, _ArrowStream, _ArrowStream, float, float, float]: ...
 def optimal_hedge(
     book: Book,
     market: Market,
@@ -73,7 +86,7 @@ def optimal_hedge(
     model: str = "portfolio",
     objective: str = "maintenance",
     threads: int | None = None,
-) -> Any: ...
+) -> _ArrowStream: ...
 
 class AccountMargin:
     """One account's valuation and margin (the columns of ``margin``)."""
@@ -116,8 +129,8 @@ class WhatIf:
 def what_if(
     book: Book,
     market: Market,
-    positions: Any,
-    balances: Any,
-    trades: Any,
+    positions: Any | None,
+    balances: Any | None,
+    trades: Any | None,
     model: str = "standard",
 ) -> WhatIf: ...

@@ -202,3 +202,37 @@ def check_choice(value: Any, argument: str, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise input_error("arguments", argument, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
     return value
+
+
+# Results: ``pyarrow.Table`` by default, or a polars DataFrame with ``output="polars"``.
+
+_OUTPUTS = ("arrow", "polars")
+
+
+def check_output(output: Any) -> str:
+    """``output`` if it is ``"arrow"`` or ``"polars"``; for ``"polars"``, checked before any work
+    that polars can be imported (an ``ImportError`` naming the package to install)."""
+    output = check_choice(output, "output", _OUTPUTS)
+    if output == "polars":
+        _polars()
+    return output
+
+
+def _polars() -> Any:
+    try:
+        import polars
+    except ImportError as e:
+        raise ImportError(
+            "output='polars' needs the polars package, which is not installed: pip install polars "
+            "(or leave output='arrow' for a pyarrow.Table)"
+        ) from e
+    return polars
+
+
+def as_output(table: pa.Table, output: str = "arrow") -> Any:
+    """``table`` as the caller asked: the ``pyarrow.Table`` itself for ``output="arrow"``, a
+    ``polars.DataFrame`` over the same buffers (``pl.from_arrow``, zero-copy) for
+    ``output="polars"``."""
+    if check_output(output) == "arrow":
+        return table
+    return _polars().from_arrow(table)

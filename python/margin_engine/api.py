@@ -1,14 +1,78 @@
 """The public API: :class:`Book`, :class:`Market` and the functions over them.
 
-Every function takes tables as anything that speaks the Arrow PyCapsule interface and returns a
-``pyarrow.Table``. The work runs in Rust with the GIL released, in parallel over accounts;
-``threads`` picks the number of worker threads (default: all cores) and never changes a result.
+Every function takes tables as anything that speaks the Arrow PyCapsule interface (pyarrow,
+polars, duckdb, pandas >= 2.2; a dict of columns or an older pandas DataFrame is converted) and
+returns a ``pyarrow.Table``, or a ``polars.DataFrame`` with ``output="polars"``. Options after
+the tables are keyword-only. The work runs in Rust with the GIL released, in parallel over
+accounts; ``threads`` picks the number of worker threads (default: all cores) and never changes
+a result. Bad input raises :class:`margin_engine.MarginInputError` naming the table, the column
+and up to 10 offending keys or rows.
+
+Account tables (the book's and the market's tables are described in :class:`Book` and
+:class:`Market`):
+
+``positions``: one row per position, fill or sub-account row; rows need not be sorted, and the
+rows of one (account, instrument) are netted by summing their quantities.
+
+- ``account_id``: any integer type, >= 0, no nulls.
+- ``instrument``: a key of the book's ``instruments`` (the same key type: strings or integers).
+- ``quantity``: float, signed contracts (negative = short), finite, no nulls.
+- ``entry_price`` (optional): float >= 0. A row with an entry price carries unrealized P&L
+  ``quantity × multiplier × (mark − entry_price)`` (perpetuals and futures; options are valued
+  at their mark). A null, or no column, means the row's P&L is already settled into balances.
+
+``balances``: one row per (account, asset); a repeated pair is an error.
+
+- ``account_id``: as in positions.
+- ``asset``: a key of the book's ``assets``.
+- ``amount``: float in units of the asset, finite, no nulls; negative = a borrow.
+
+Every account with a row in either table gets one result row. A tour, on a book of one
+perpetual and one call option:
+
+>>> import datetime as dt, pyarrow as pa, margin_engine as me
+>>> expiry = dt.datetime(2025, 3, 28, 8, tzinfo=dt.timezone.utc)
+>>> book = me.Book(
+...     pa.table({"instrument": ["BTC-PERP", "BTC-C-60000"], "kind": ["perpetual", "option"],
+...               "underlying": ["BTC", "BTC"], "multiplier": [1.0, 1.0],
+...               "expiry": pa.array([None, expiry], pa.timestamp("us", "UTC")),
+...               "strike": [None, 60_000.0], "option_type": [None, "call"],
+...               "initial_margin_rate": [0.02, 0.15], "maintenance_margin_rate": [0.01, 0.075],
+...               "initial_margin_floor": [None, 0.10]}),
+...     pa.table({"asset": ["USD"], "price": [1.0], "initial_weight": [1.0],
+...               "maintenance_weight": [1.0], "initial_liability_weight": [1.0],
+...               "maintenance_liability_weight": [1.0]}))
+>>> market = me.Market(
+...     pa.table({"underlying": ["BTC"], "index_price": [50_000.0]}),
+...     pa.table({"instrument": ["BTC-PERP", "BTC-C-60000"], "mark_price": [50_000.0, 1_200.0],
+...               "implied_vol": [None, 0.6]}),
+...     dt.datetime(2025, 1, 1))
+>>> positions = pa.table({"account_id": [1, 2, 2], "instrument": ["BTC-PERP", "BTC-PERP", "BTC-C-60000"],
+...                       "quantity": [1.0, 0.5, -2.0]})
+>>> balances = pa.table({"account_id": [1, 2], "asset": ["USD", "USD"], "amount": [2_000.0, 30_000.0]})
+>>> m = me.margin(book, positions, balances, market)   # standard model
+>>> m.select(["account_id", "initial_margin", "maintenance_margin", "status"]).to_pylist()[0]
+{'account_id': 1, 'initial_margin': 1000.0, 'maintenance_margin': 500.0, 'status': 'healthy'}
+>>> pm = me.margin(book, positions, balances, market, model="portfolio", output="polars")
+>>> pm["status"].to_list()   # the scan charges a naked perpetual its ±15% move
+['liquidatable', 'healthy']
+>>> g = me.greeks(book, positions, market)
+>>> [round(d) for d in g.column("delta_usd").to_pylist()]
+[50000, -6600]
+>>> scan = me.liquidation_scan(book, positions, balances, market, stress={"BTC": -0.04})
+>>> scan.select(["account_id", "status", "shortfall"]).to_pylist()[0]
+{'account_id': 1, 'status': 'liquidatable', 'shortfall': 480.0}
+>>> d = me.liquidation_distance(book, positions, balances, market)
+>>> round(d.column("liquidation_price_down")[0].as_py(), 2)   # 2,000 + (P − 50,000) = 1% × P
+48484.85
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, NamedTuple
+import inspect
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -17,27 +81,137 @@ from margin_engine import _core
 from margin_engine._inputs import (
     arrow_input,
     arrow_table,
+    as_output,
     check_choice,
     check_flag,
     check_instance,
     check_model,
     check_number,
+    check_output,
     check_threads,
     input_error,
     timestamp_ns,
 )
 
 Model = Literal["standard", "portfolio"]
+Output = Literal["arrow", "polars"]
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+# Docstring blocks that several functions share, inserted where a docstring has ``{name}`` on a
+# line of its own (so that help() shows each function's whole contract, written once here).
+_DOC_BLOCKS = {
+    "reads_positions": (
+        "- ``positions``: ``account_id`` (integer >= 0), ``instrument`` (a book key), ``quantity``\n"
+        "  (float, signed contracts); optional ``entry_price`` (float >= 0, null = P&L settled)."
+    ),
+    "reads_balances": "- ``balances``: ``account_id``, ``asset`` (a book key), ``amount`` (float, negative = borrow).",
+    "reads_book": (
+        "- book: ``instruments`` and ``assets``; ``margin_tiers`` (standard model) or ``risk_params``\n"
+        "  (portfolio model) when given (columns: :class:`Book`)."
+    ),
+    "reads_market": (
+        "- market: ``index_prices`` (``underlying``, ``index_price``) of every underlying held and\n"
+        "  ``marks`` (``instrument``, ``mark_price``; ``implied_vol`` for options) of every instrument\n"
+        "  held (columns: :class:`Market`); rows of instruments or underlyings the book does not know\n"
+        "  are ignored."
+    ),
+    "reads": "{reads_positions}\n{reads_balances}\n{reads_book}\n{reads_market}",
+    "reads_linked": (
+        "{reads}\n- the assets' ``underlying``: linked collateral moves with its underlying (stress,\n"
+        "  distances and the map)."
+    ),
+    "account_columns": (
+        "``account_id`` (uint64); ``equity`` (cash at full value plus unrealized P&L and option value);\n"
+        "``collateral_initial`` and ``collateral_maintenance`` (balances after the initial or\n"
+        "maintenance haircuts, plus the same P&L and option value); ``initial_margin``,\n"
+        "``maintenance_margin``; ``free_collateral`` (collateral_initial − initial_margin);\n"
+        "``margin_excess`` (collateral_maintenance − maintenance_margin); ``health``\n"
+        "(collateral_maintenance / maintenance_margin, null when the margin is 0); ``status``:\n"
+        "``bankrupt`` (equity < 0), else ``liquidatable`` (below maintenance), else ``margin_call``\n"
+        "(below initial), else ``healthy``. Below means short of the margin by more than\n"
+        "1e-9 × max(1, margin)."
+    ),
+    "options": (
+        "``model``: ``\"standard\"`` (per-position rates) or ``\"portfolio\"`` (scenario scan per\n"
+        "underlying). ``threads``: worker threads (default all cores; never changes a result).\n"
+        "``output``: ``\"arrow\"`` (a ``pyarrow.Table``) or ``\"polars\"`` (a ``polars.DataFrame``)."
+    ),
+}
+
+
+def _doc(f: _F) -> _F:
+    """Fills the ``{name}`` lines of ``f``'s docstring from ``_DOC_BLOCKS``."""
+    doc = inspect.cleandoc(f.__doc__ or "")
+    for _ in range(3):  # blocks may name other blocks
+        for name, block in _DOC_BLOCKS.items():
+            doc = doc.replace("{" + name + "}", block)
+    f.__doc__ = doc
+    return f
 
 
 class Book:
     """Instruments, collateral assets, portfolio risk parameters and margin tiers, validated
-    once and reusable across calls (METHODOLOGY §1).
+    once and reusable across calls (and across markets). The rules that use each column are in
+    ``docs/methodology.md``; bad values raise :class:`MarginInputError` naming table, column and
+    rows. Extra columns are ignored; integer and float columns accept any numeric Arrow type.
+
+    ``instruments``, one row per tradable contract (all contracts are linear, quote-settled):
+
+    - ``instrument``: key, unique, non-null; utf8 or an integer type.
+    - ``kind``: ``"perpetual"``, ``"future"`` or ``"option"``.
+    - ``underlying``: utf8, the risk group; the key of its index price in ``index_prices``.
+    - ``multiplier``: float > 0, contract size in units of the underlying.
+    - ``expiry`` (optional column; required for futures and options): an Arrow timestamp of any
+      unit, no time zone = UTC. Null and ignored for perpetuals: a book of perpetuals only needs
+      no ``expiry`` column.
+    - ``strike`` (options only): float > 0; null or any value on other rows.
+    - ``option_type`` (options only): ``"call"`` or ``"put"``.
+    - ``initial_margin_rate``: float >= ``maintenance_margin_rate``, the standard model's IM rate
+      (for options: the rate of the short-option formula).
+    - ``maintenance_margin_rate``: float > 0, the standard model's MM rate.
+    - ``initial_margin_floor`` (options only): float >= 0, the floor of the short-option IM rate
+      (Deribit: an IM rate of 0.15 and a floor of 0.10).
+
+    ``assets``, one row per collateral asset:
+
+    - ``asset``: utf8 key, unique.
+    - ``price``: float > 0, in USD.
+    - ``initial_weight``, ``maintenance_weight``: floats in [0, 1] (haircut = 1 − weight),
+      initial <= maintenance.
+    - ``initial_liability_weight``, ``maintenance_liability_weight``: floats >= 1, applied to
+      borrows (negative amounts), maintenance <= initial.
+    - ``size_premium`` (optional, default 0): float >= 0, no nulls; a holding of ``amount`` units
+      has weight ``min(weight, 1.1 / (1 + size_premium × sqrt(amount)))``.
+    - ``underlying`` (optional, nullable): utf8; the asset's price moves with that underlying in
+      stress tests, liquidation distances and the liquidation map.
+
+    ``risk_params`` (optional), portfolio model parameters per underlying. Every column except
+    ``underlying`` is optional, and a missing column or underlying takes the default in brackets;
+    no nulls:
+
+    - ``underlying``: utf8 key, unique (may name an underlying no instrument uses).
+    - ``price_range`` [0.15]: R, the largest regular spot move, in (0, 1).
+    - ``price_steps`` [21]: n, the number of spot moves from −R to +R, an odd integer in [3, 100001].
+    - ``vol_up`` [0.45], ``vol_down`` [0.30]: relative implied-vol shocks (>= 0) at 30 days.
+    - ``vol_term_exponent`` [0.3]: >= 0, how the vol shocks scale with time to expiry.
+    - ``extreme_move`` [3.0]: >= 0, the extreme moves ±extreme_move × R (with R × extreme_move <= 1).
+    - ``extreme_cover`` [0.33]: >= 0, the share of an extreme loss charged.
+    - ``short_option_minimum`` [0.01]: >= 0, the minimum charge per short option, × index price.
+    - ``im_factor`` [1.25]: >= 1, IM = im_factor × MM for this underlying.
+
+    ``margin_tiers`` (optional), notional brackets of perpetuals and futures (not options), like
+    exchange risk-limit tiers; the margin is continuous across brackets:
+
+    - ``instrument``: a key of ``instruments``.
+    - ``notional_floor``: float >= 0, where the bracket starts (distinct per instrument; below the
+      lowest floor the instrument's own rates apply).
+    - ``initial_margin_rate`` (>= the maintenance rate), ``maintenance_margin_rate`` (> 0).
+
+    A book of one perpetual (no ``expiry`` column needed) and a dollar:
 
     >>> import pyarrow as pa, margin_engine as me
     >>> instruments = pa.table({"instrument": ["BTC-PERP"], "kind": ["perpetual"],
     ...     "underlying": ["BTC"], "multiplier": [1.0],
-    ...     "expiry": pa.array([None], pa.timestamp("ns", "UTC")),
     ...     "initial_margin_rate": [0.02], "maintenance_margin_rate": [0.01]})
     >>> assets = pa.table({"asset": ["USD"], "price": [1.0], "initial_weight": [1.0],
     ...     "maintenance_weight": [1.0], "initial_liability_weight": [1.0],
@@ -68,10 +242,31 @@ class Book:
 
 
 class Market:
-    """Index prices, marks (with implied vols; optionally supplied Greeks) and the valuation time.
+    """Index prices, marks (with implied vols; optionally supplied Greeks) and the valuation
+    time, validated on their own and resolved against a book at the first call that uses both.
 
-    ``valuation_time`` may be a datetime (naive = UTC), numpy datetime64, pandas Timestamp, ISO
-    string or integer nanoseconds since the epoch.
+    The market may cover more than a book holds (an exchange-wide feed): index prices and marks
+    of underlyings and instruments that the book does not know are ignored. A held instrument
+    without a mark, or a held underlying without an index price, is an error at the call.
+
+    ``index_prices``:
+
+    - ``underlying``: utf8 key, unique.
+    - ``index_price``: float > 0. Black-76 uses it as the forward (r = 0).
+
+    ``marks``:
+
+    - ``instrument``: key, unique, of the book's key type.
+    - ``mark_price``: float >= 0, per contract (before the multiplier).
+    - ``implied_vol`` (required for options; optional column, nullable for other kinds): float > 0
+      (0.6 = 60% a year), used by the portfolio model's scenarios, stress and Greeks.
+    - ``delta``, ``gamma``, ``vega``, ``theta`` (optional, all four or none): supplied per-contract
+      Greeks (vega per vol point, theta per calendar day), finite; non-null on option rows. When
+      given, :func:`greeks` uses them instead of Black-76.
+
+    ``valuation_time`` may be a datetime (naive = UTC), a date, numpy datetime64, pandas
+    Timestamp, ISO string or integer nanoseconds since the epoch. Time to expiry is
+    ``max(expiry − valuation_time, 0)`` in years of 365 days.
     """
 
     def __init__(self, index_prices: Any, marks: Any, valuation_time: Any):
@@ -84,39 +279,76 @@ class Market:
         return f"Market({self.index_prices.num_rows} index prices, {self.marks.num_rows} marks)"
 
 
-def _table(result: Any) -> pa.Table:
-    return pa.table(result)
+def _table(result: Any, output: str = "arrow") -> Any:
+    return as_output(pa.table(result), output)
 
 
-def _checked(book: Any, market: Any, model: Any = "standard", threads: Any = None) -> tuple[Any, Any, str, int | None]:
-    """The core objects of ``book`` and ``market``, and the checked ``model`` and ``threads``."""
+def _checked(
+    book: Any, market: Any, model: Any = "standard", threads: Any = None, output: Any = "arrow"
+) -> tuple[Any, Any, str, int | None, str]:
+    """The core objects of ``book`` and ``market``, and the checked ``model``, ``threads`` and
+    ``output``."""
     check_instance(book, Book, "book")
     check_instance(market, Market, "market")
-    return book._core, market._core, check_model(model), check_threads(threads)
+    return book._core, market._core, check_model(model), check_threads(threads), check_output(output)
 
 
+def _per_account(
+    core_function: Callable[..., Any], book: Any, positions: Any, balances: Any, market: Any, model: Any, threads: Any, output: Any
+) -> Any:
+    """``core_function(book, market, positions, balances, model, threads)`` on checked arguments,
+    as the ``output`` asked for."""
+    core_book, core_market, model, threads, output = _checked(book, market, model, threads, output)
+    positions, balances = arrow_input(positions, "positions"), arrow_input(balances, "balances")
+    return _table(core_function(core_book, core_market, positions, balances, model, threads), output)
+
+
+@_doc
 def margin(
-    book: Book, positions: Any, balances: Any, market: Market, model: Model = "standard", threads: int | None = None
-) -> pa.Table:
-    """Margin of every account in positions or balances (METHODOLOGY §2–§4, §6).
+    book: Book, positions: Any, balances: Any, market: Market, *,
+    model: Model = "standard", threads: int | None = None, output: Output = "arrow",
+) -> Any:
+    """Margin of every account in positions or balances: netting, valuation, the standard or
+    portfolio model, and the account's status (``docs/methodology.md`` §2–§4, §6).
 
-    Returns one row per account, sorted by ``account_id``: ``equity, collateral_initial,
-    collateral_maintenance, initial_margin, maintenance_margin, free_collateral, margin_excess,
-    health, status``. Raises :class:`MarginInputError` on bad input.
+    Reads:
+
+    {reads}
+
+    Returns one row per account, sorted by ``account_id``:
+
+    {account_columns}
+
+    Options:
+
+    {options}
     """
-    core_book, core_market, model, threads = _checked(book, market, model, threads)
-    return _table(
-        _core.margin(
-            core_book, core_market, arrow_input(positions, "positions"), arrow_input(balances, "balances"), model, threads
-        )
-    )
+    return _per_account(_core.margin, book, positions, balances, market, model, threads, output)
 
 
-def greeks(book: Book, positions: Any, market: Market, threads: int | None = None) -> pa.Table:
-    """Greeks per account × underlying (METHODOLOGY §7): ``delta, delta_usd, gamma, gamma_usd,
-    vega, theta, long_notional, short_notional``."""
-    core_book, core_market, _, threads = _checked(book, market, "standard", threads)
-    return _table(_core.greeks(core_book, core_market, arrow_input(positions, "positions"), threads))
+@_doc
+def greeks(book: Book, positions: Any, market: Market, *, threads: int | None = None, output: Output = "arrow") -> Any:
+    """Greeks per account × underlying (``docs/methodology.md`` §5, §7), from Black-76 or from
+    the Greeks supplied in ``marks``.
+
+    Reads:
+
+    {reads_positions}
+    - book: ``instruments`` (columns: :class:`Book`).
+    - market: ``index_prices``, ``marks`` (``mark_price``, ``implied_vol`` of options; optional
+      ``delta``, ``gamma``, ``vega``, ``theta``, used instead of Black-76 when present).
+
+    Returns one row per account × underlying it holds a non-zero netted position in, sorted by
+    ``account_id`` then underlying: ``account_id``, ``underlying``, ``delta`` (Σ quantity ×
+    multiplier × per-contract delta, in units of the underlying), ``delta_usd`` (× index price),
+    ``gamma``, ``gamma_usd`` (× index price² / 100: the delta change of a 1% move, in USD),
+    ``vega`` (USD per vol point), ``theta`` (USD per calendar day), ``long_notional`` and
+    ``short_notional`` (Σ |quantity| × multiplier × mark of the long and the short positions).
+
+    Options: ``threads`` and ``output`` as in :func:`margin`.
+    """
+    core_book, core_market, _, threads, output = _checked(book, market, "standard", threads, output)
+    return _table(_core.greeks(core_book, core_market, arrow_input(positions, "positions"), threads), output)
 
 
 def _stress_pairs(stress: Any) -> list[tuple[str, float]] | None:
@@ -135,25 +367,47 @@ def _stress_pairs(stress: Any) -> list[tuple[str, float]] | None:
     return pairs
 
 
+@_doc
 def liquidation_scan(
     book: Book,
     positions: Any,
     balances: Any,
     market: Market,
+    *,
     model: Model = "standard",
     stress: dict[str, float] | None = None,
     distance: bool = False,
     threads: int | None = None,
-) -> pa.Table:
-    """The liquidation scan (METHODOLOGY §8): the §6 columns plus ``shortfall``
-    (``max(0, MM − collateral_maintenance)``), sorted bankrupt, liquidatable, margin call,
-    healthy, then by shortfall descending.
+    output: Output = "arrow",
+) -> Any:
+    """The liquidation queue (``docs/methodology.md`` §8, ``docs/liquidation.md`` §1–§3): every
+    account's margin row plus its ``shortfall``, most severe first.
 
-    ``stress={"BTC": -0.2}`` first moves BTC's index price, marks (options repriced with
-    Black-76) and BTC-linked collateral by −20%. ``distance=True`` adds ``nearest_move`` and
-    ``nearest_underlying``: the smallest move of one underlying that makes the account liquidatable.
+    ``stress={"BTC": -0.2}`` first moves BTC's index price, perpetual and future marks and
+    BTC-linked collateral by −20% and reprices BTC options with Black-76, then margins every
+    account in the moved market. ``distance=True`` (without ``stress``) adds how far the nearest
+    single-underlying move to liquidation is.
+
+    Reads:
+
+    {reads_linked}
+
+    Returns one row per account, the columns of :func:`margin`:
+
+    {account_columns}
+
+    Then ``shortfall`` = max(0, maintenance_margin − collateral_maintenance). Sorted bankrupt,
+    liquidatable, margin_call, healthy, then by shortfall descending, then by ``account_id``.
+    With ``distance=True`` also ``nearest_move`` (the signed move of smallest size, over the
+    account's underlyings, that makes it liquidatable; 0 when it is liquidatable already; null
+    when no move within ±50% does) and ``nearest_underlying`` (that move's underlying; null when
+    the account is liquidatable already or no move reaches it).
+
+    Options:
+
+    {options}
     """
-    core_book, core_market, model, threads = _checked(book, market, model, threads)
+    core_book, core_market, model, threads, output = _checked(book, market, model, threads, output)
     distance = check_flag(distance, "distance")
     if distance and stress is not None:
         raise input_error("arguments", "distance", "distance=True is measured from the current market; pass stress=None")
@@ -167,64 +421,109 @@ def liquidation_scan(
             _stress_pairs(stress),
             distance,
             threads,
-        )
+        ),
+        output,
     )
 
 
+@_doc
 def liquidation_distance(
-    book: Book, positions: Any, balances: Any, market: Market, model: Model = "standard", threads: int | None = None
-) -> pa.Table:
-    """Distance to liquidation per account × underlying it is exposed to (METHODOLOGY §8):
-    ``move_down, move_up`` (relative moves of that underlying alone, interpolated on a 0.5% grid
-    out to ±50%; null if never reached) and the matching ``liquidation_price_down/up``."""
-    core_book, core_market, model, threads = _checked(book, market, model, threads)
-    return _table(
-        _core.liquidation_distance(
-            core_book, core_market, arrow_input(positions, "positions"), arrow_input(balances, "balances"), model, threads
-        )
-    )
+    book: Book, positions: Any, balances: Any, market: Market, *,
+    model: Model = "standard", threads: int | None = None, output: Output = "arrow",
+) -> Any:
+    """Distance to liquidation per account × underlying it is exposed to (``docs/methodology.md``
+    §8, ``docs/liquidation.md`` §3): how far that underlying alone may move, stressed as in
+    :func:`liquidation_scan`, before the account falls below maintenance. A grid of 0.5% steps out
+    to ±50%, the first crossing refined by linear interpolation of the margin excess.
+
+    Reads:
+
+    {reads_linked}
+
+    Returns one row per account × exposed underlying (a non-zero netted position in it, or a
+    non-zero balance of an asset linked to it), sorted by ``account_id`` then underlying:
+    ``account_id``, ``underlying``, ``move_down`` (<= 0) and ``move_up`` (>= 0): the relative
+    moves (null when the account stays above maintenance out to ±50%; 0 on both sides when it is
+    liquidatable already), ``liquidation_price_down`` and ``liquidation_price_up``
+    (index price × (1 + move); null with the move, or when the underlying has no index price).
+
+    Options:
+
+    {options}
+    """
+    return _per_account(_core.liquidation_distance, book, positions, balances, market, model, threads, output)
 
 
+@_doc
 def liquidation_map(
-    book: Book, positions: Any, balances: Any, market: Market, model: Model = "standard", threads: int | None = None
-) -> pa.Table:
-    """The liquidation map of the whole book: for each underlying and grid level (−50%..+50% in
-    0.5% steps), how many accounts first become liquidatable there, with their notional in the
-    underlying and their maintenance collateral (plus cumulative columns, from the current price
-    outward). Level 0 counts the accounts liquidatable already."""
-    core_book, core_market, model, threads = _checked(book, market, model, threads)
-    return _table(
-        _core.liquidation_map(
-            core_book, core_market, arrow_input(positions, "positions"), arrow_input(balances, "balances"), model, threads
-        )
-    )
+    book: Book, positions: Any, balances: Any, market: Market, *,
+    model: Model = "standard", threads: int | None = None, output: Output = "arrow",
+) -> Any:
+    """The liquidation map of the whole book (``docs/liquidation.md`` §4): for each underlying
+    and grid level, how many accounts first become liquidatable there, and how much.
+
+    Reads:
+
+    {reads_linked}
+
+    Returns 201 rows per underlying of the book (sorted by name), one per ``level`` −100..100:
+    ``underlying``, ``level`` (int32), ``move`` (0.005 × level), ``price`` (index price × (1 +
+    move); null without an index price), ``accounts`` (accounts first liquidatable at this level;
+    level 0 counts those liquidatable already), ``notional`` (their notional in this underlying at
+    the current marks), ``collateral`` (their maintenance collateral now), and
+    ``cumulative_accounts`` / ``cumulative_notional`` (running totals from level 0 outward, each
+    side on its own, level 0 in both).
+
+    Options:
+
+    {options}
+    """
+    return _per_account(_core.liquidation_map, book, positions, balances, market, model, threads, output)
 
 
 @dataclasses.dataclass(frozen=True)
 class LiquidationPlan:
-    """The outcome of liquidating every account below maintenance (docs/liquidation.md).
+    """The outcome of liquidating every account below maintenance (``docs/liquidation.md`` §7).
+    The four tables are ``pyarrow.Table`` (``polars.DataFrame`` with ``output="polars"``).
 
-    ``closes``: one row per position closed (fully or partially), in each account's order;
-    ``accounts``: one row per liquidated account, before and after, with fees, deficit, what the
-    insurance fund covered and the bad debt; ``underlyings``: closed notional and bad debt per
-    underlying; ``adl``: auto-deleveraging queues (opposite side, in profit, ranked by
-    profit ratio × leverage) for underlyings left with bad debt.
+    ``closes``, one row per position closed (fully or partially), in each account's order:
+    ``account_id``, ``step`` (0, 1, ... within the account), ``instrument``, ``underlying``,
+    ``quantity_before``, ``quantity_closed`` (signed: the trade that closes), ``fraction`` (of the
+    position), ``mark_price``, ``notional`` (closed), ``fee``, ``liquidator_fee``,
+    ``insurance_fee``, ``value_before`` (the position's value before the close).
+
+    ``accounts``, one row per liquidated account: ``account_id``, ``status_before``,
+    ``status_after`` (``restored``, ``bankrupt`` or ``collateral_shortfall``), ``equity_before``,
+    ``equity_after``, ``collateral_maintenance_before``, ``collateral_maintenance_after``,
+    ``maintenance_margin_before``, ``maintenance_margin_after``, ``fees``, ``closed_notional``,
+    ``deficit`` (−equity of a bankrupt account), ``covered_by_insurance``, ``bad_debt``.
+
+    ``underlyings``: ``underlying``, ``closed_notional``, ``bad_debt``.
+
+    ``adl``, auto-deleveraging queues for underlyings left with bad debt: ``underlying``,
+    ``rank``, ``account_id``, ``delta``, ``profit_ratio``, ``leverage``, ``score``
+    (profit_ratio × leverage, highest first).
+
+    ``liquidator_fees``, ``insurance_fees``: fee totals; ``insurance_fund_after``: the fund after
+    the fees paid in and the deficits drawn.
     """
 
-    closes: pa.Table
-    accounts: pa.Table
-    underlyings: pa.Table
-    adl: pa.Table
+    closes: Any
+    accounts: Any
+    underlyings: Any
+    adl: Any
     liquidator_fees: float
     insurance_fees: float
     insurance_fund_after: float
 
 
+@_doc
 def liquidation_plan(
     book: Book,
     positions: Any,
     balances: Any,
     market: Market,
+    *,
     model: Model = "standard",
     liquidation_fee: float = 0.01,
     liquidator_share: float = 0.5,
@@ -232,14 +531,28 @@ def liquidation_plan(
     insurance_fund: float = 0.0,
     stress: dict[str, float] | None = None,
     threads: int | None = None,
+    output: Output = "arrow",
 ) -> LiquidationPlan:
-    """Liquidation plans for every liquidatable or bankrupt account: positions closed at mark
-    in order of maintenance margin freed per unit of notional (partial closes allowed) until
-    ``collateral_maintenance >= (1 + buffer) × MM``; a fee of ``liquidation_fee`` × closed
-    notional (``liquidator_share`` to the liquidator, the rest to the insurance fund); deficits of
-    bankrupt accounts drawn from ``insurance_fund``, the rest reported as bad debt. With
-    ``stress``, the plan is made in the moved market (as in :func:`liquidation_scan`)."""
-    core_book, core_market, model, threads = _checked(book, market, model, threads)
+    """Liquidation plans for every liquidatable or bankrupt account (``docs/liquidation.md`` §7):
+    positions closed at mark in order of maintenance margin freed per unit of notional (partial
+    closes allowed) until ``collateral_maintenance >= (1 + buffer) × MM``; a fee of
+    ``liquidation_fee`` × closed notional (``liquidator_share`` of it to the liquidator, the rest
+    to the insurance fund); deficits of bankrupt accounts drawn from ``insurance_fund``, the rest
+    reported as bad debt. With ``stress``, the plan is made in the moved market (as in
+    :func:`liquidation_scan`).
+
+    Reads:
+
+    {reads}
+
+    Returns a :class:`LiquidationPlan` (its tables' columns are listed there).
+
+    Options: ``liquidation_fee`` in [0, 1), ``liquidator_share`` in [0, 1], ``buffer`` >= 0,
+    ``insurance_fund`` >= 0 (USD), ``stress`` as in :func:`liquidation_scan`; ``output`` applies to
+    the four tables.
+    {options}
+    """
+    core_book, core_market, model, threads, output = _checked(book, market, model, threads, output)
     closes, accounts, underlyings, adl, liq_fees, ins_fees, fund_after = _core.liquidation_plan(
         core_book,
         core_market,
@@ -253,27 +566,44 @@ def liquidation_plan(
         _stress_pairs(stress),
         threads,
     )
-    return LiquidationPlan(_table(closes), _table(accounts), _table(underlyings), _table(adl), liq_fees, ins_fees, fund_after)
+    tables = (_table(t, output) for t in (closes, accounts, underlyings, adl))
+    return LiquidationPlan(*tables, liq_fees, ins_fees, fund_after)
 
 
+@_doc
 def optimal_hedge(
     book: Book,
     positions: Any,
     balances: Any,
     market: Market,
     hedge_instruments: list[str],
+    *,
     model: Model = "portfolio",
     objective: Literal["maintenance", "initial"] = "maintenance",
     threads: int | None = None,
-) -> pa.Table:
+    output: Output = "arrow",
+) -> Any:
     """The minimum-margin hedge of every account in each hedge instrument's underlying
-    (docs/optimization.md): one row per account × hedge instrument with ``account_id,
-    underlying, hedge_instrument, quantity`` (contracts to add), ``margin_before, margin_after``
-    (the account's margin of that objective without / with that one hedge) and
-    ``delta_neutral_quantity`` for comparison. Under the portfolio model the optimum is exact (the
-    margin is a maximum of affine functions of the hedge quantity); under the standard model it
-    closes the account's existing position in the hedge instrument."""
-    core_book, core_market, model, threads = _checked(book, market, model, threads)
+    (``docs/optimization.md``). Under the portfolio model the optimum is exact (the margin is a
+    maximum of affine functions of the hedge quantity); under the standard model it closes the
+    account's existing position in the hedge instrument.
+
+    ``hedge_instruments``: keys of perpetuals or futures of the book, at most one per underlying.
+
+    Reads:
+
+    {reads}
+
+    Returns one row per account × hedge instrument whose underlying the account holds:
+    ``account_id``, ``underlying``, ``hedge_instrument``, ``quantity`` (contracts to add),
+    ``margin_before``, ``margin_after`` (the account's margin of ``objective`` without / with that
+    one hedge) and ``delta_neutral_quantity`` (the contracts that would zero its delta, for
+    comparison).
+
+    Options: ``objective``: ``"maintenance"`` or ``"initial"`` margin to minimize; model (default
+    ``"portfolio"``), threads and output as in :func:`margin`.
+    """
+    core_book, core_market, model, threads, output = _checked(book, market, model, threads, output)
     objective = check_choice(objective, "objective", ("maintenance", "initial"))
     if not isinstance(hedge_instruments, (list, tuple)) or not all(
         isinstance(h, (str, int)) and not isinstance(h, bool) for h in hedge_instruments
@@ -289,15 +619,25 @@ def optimal_hedge(
             model,
             objective,
             threads,
-        )
+        ),
+        output,
     )
 
 
-def risk_arrays(book: Book, market: Market) -> pa.Table:
-    """The per-contract scenario P&L of every instrument with a mark (METHODOLOGY §4), one row
-    per instrument × scenario: ``instrument, underlying, scenario, move, vol_state, extreme, pnl``."""
-    core_book, core_market, _, _ = _checked(book, market)
-    return _table(_core.risk_arrays(core_book, core_market))
+def risk_arrays(book: Book, market: Market, *, output: Output = "arrow") -> Any:
+    """The portfolio model's per-contract scenario P&L of every instrument with a mark
+    (``docs/methodology.md`` §4), for inspection.
+
+    Reads: the book's ``instruments`` and ``risk_params``; the market's ``index_prices`` and
+    ``marks`` (``mark_price``, ``implied_vol``).
+
+    Returns one row per instrument × scenario: ``instrument``, ``underlying``, ``scenario``
+    (int32: ``3k + v`` for spot step k and vol state v, then the two extreme scenarios),
+    ``move`` (the relative spot move), ``vol_state`` (``down``, ``none``, ``up``), ``extreme``
+    (bool), ``pnl`` (per contract, multiplier included). ``output`` as in :func:`margin`.
+    """
+    core_book, core_market, _, _, output = _checked(book, market, output=output)
+    return _table(_core.risk_arrays(core_book, core_market), output)
 
 
 class Black76(NamedTuple):
@@ -321,11 +661,19 @@ def _is_call(x: Any) -> np.ndarray:
 
 
 def black76(forward: Any, strike: Any, time: Any, vol: Any, is_call: Any) -> Black76:
-    """Vectorized Black-76 (r = 0, forward = index price; METHODOLOGY §5), broadcasting numpy-style.
+    """Vectorized Black-76 with r = 0 and the forward = the index price (``docs/methodology.md``
+    §5), broadcasting numpy-style. ``time`` in years, ``vol`` a yearly implied vol (0.2 = 20%),
+    ``is_call`` booleans or the strings ``"call"`` / ``"put"``.
+
+    Returns :class:`Black76` arrays per contract: ``price``, ``delta``, ``gamma``, ``vega`` (per
+    vol point), ``theta`` (per calendar day). At ``time = 0``: intrinsic value, delta 1/0 or
+    −1/0, the rest 0.
 
     >>> import margin_engine as me
     >>> round(float(me.black76(100.0, 100.0, 1.0, 0.2, True).price), 6)
     7.965567
+    >>> [round(float(d), 4) for d in me.black76(100.0, [90.0, 110.0], 0.5, 0.2, "put").delta]
+    [-0.2073, -0.7268]
     """
     f, k, t, v, c = np.broadcast_arrays(
         np.asarray(forward, dtype=np.float64),
@@ -346,36 +694,55 @@ WhatIf = _core.WhatIf
 
 def what_if(
     book: Book,
-    account_positions: Any,
-    account_balances: Any,
+    positions: Any,
+    balances: Any,
     market: Market,
     trades: Any,
+    *,
     model: Model = "standard",
 ) -> WhatIf:
-    """One account's margin before and after ``trades``: the pre-trade check of order entry.
+    """One account's margin before and after ``trades``: the pre-trade check of order entry
+    (``docs/optimization.md``, "What-if").
 
-    ``account_positions`` and ``trades`` are a dict ``{instrument: quantity}``, a list of
-    ``(instrument, quantity[, price])`` tuples (``entry_price`` for positions, the trade price
-    for trades; ``None`` or absent means the mark), or an Arrow table with those columns.
-    ``account_balances`` is a dict ``{asset: amount}``, ``(asset, amount)`` tuples or a table.
-    Any argument may be ``None`` (nothing).
+    ``positions`` and ``trades`` are a dict ``{instrument: quantity}``, a list of
+    ``(instrument, quantity[, price])`` tuples, or an Arrow table with columns ``instrument``,
+    ``quantity`` and optional ``entry_price`` (positions) or ``price`` (trades); an
+    ``account_id`` column, if any, must hold one account. A position without an entry price is
+    at the mark (P&L settled); a trade without a price trades at the mark. ``balances`` is a dict
+    ``{asset: amount}``, ``(asset, amount)`` tuples or a table with ``asset`` and ``amount``.
+    Any of the three may be ``None`` (nothing). The book's and the market's columns are read as
+    in :func:`margin`.
+
+    A trade of ``quantity`` at ``price`` adds a position row (netted with the account's rows) and
+    moves cash by ``−quantity × multiplier × price``, against the position's worth ``quantity ×
+    multiplier × mark``; a trade that closes a position keeps that position's P&L.
+
+    Returns a :class:`WhatIf`: ``before`` and ``after`` (:class:`AccountMargin`: the columns of
+    :func:`margin` for this account: ``equity``, ``collateral_initial``,
+    ``collateral_maintenance``, ``initial_margin``, ``maintenance_margin``, ``free_collateral``,
+    ``margin_excess``, ``health``, ``status``), ``trade_pnl`` (``Σ quantity × multiplier × (mark −
+    price)``), ``initial_margin_change``, ``maintenance_margin_change`` and ``accepted`` (free
+    collateral >= 0 after the trade, or the trade reduces risk: IM does not rise and free
+    collateral does not fall).
 
     Built for one account: no table conversion, no thread pool, the market resolved once per
-    (book, market) pair and cached on the market. The result has ``before`` and ``after``
-    (:class:`AccountMargin`: equity, collateral, IM, MM, free collateral, margin excess, health,
-    status), ``trade_pnl`` (``Σ quantity × multiplier × (mark − price)``, in ``after``),
-    ``initial_margin_change``, ``maintenance_margin_change`` and ``accepted`` (free collateral
-    ≥ 0 after the trade, or the trade reduces risk: IM does not rise and free collateral does not
-    fall).
+    (book, market) pair and cached on the market. ``model`` as in :func:`margin`.
 
-    With the one-perpetual book of :class:`Book`'s example (IM rate 2%), an index and mark of
-    50,000, one BTC-PERP held and 2,000 USD (``tests/test_what_if.py`` checks these numbers)::
+    One perpetual (IM rate 2%) at 50,000, one held, 2,000 USD, buying one more at 49,000:
 
-        w = me.what_if(book, {"BTC-PERP": 1.0}, {"USD": 2_000.0}, market, [("BTC-PERP", 1.0, 49_000.0)])
-        w.before.initial_margin, w.after.initial_margin  # (1000.0, 2000.0)
-        w.trade_pnl, w.after.free_collateral, w.accepted  # (1000.0, 1000.0, True): bought 1,000 below the mark
+    >>> import pyarrow as pa, margin_engine as me
+    >>> book = me.Book(
+    ...     pa.table({"instrument": ["BTC-PERP"], "kind": ["perpetual"], "underlying": ["BTC"],
+    ...               "multiplier": [1.0], "initial_margin_rate": [0.02], "maintenance_margin_rate": [0.01]}),
+    ...     pa.table({"asset": ["USD"], "price": [1.0], "initial_weight": [1.0], "maintenance_weight": [1.0],
+    ...               "initial_liability_weight": [1.0], "maintenance_liability_weight": [1.0]}))
+    >>> market = me.Market(pa.table({"underlying": ["BTC"], "index_price": [50_000.0]}),
+    ...                    pa.table({"instrument": ["BTC-PERP"], "mark_price": [50_000.0]}), "2025-01-01")
+    >>> w = me.what_if(book, {"BTC-PERP": 1.0}, {"USD": 2_000.0}, market, [("BTC-PERP", 1.0, 49_000.0)])
+    >>> w.before.initial_margin, w.after.initial_margin, w.accepted
+    (1000.0, 2000.0, True)
     """
     if not isinstance(book, Book) or not isinstance(market, Market):
         check_instance(book, Book, "book")
         check_instance(market, Market, "market")
-    return _core.what_if(book._core, market._core, account_positions, account_balances, trades, model)
+    return _core.what_if(book._core, market._core, positions, balances, trades, check_model(model))
