@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -36,7 +37,7 @@ def _pool(amount, price, weight):
 
 def _req(mm, existing):
     return {
-        "account": list(range(len(mm))),
+        "account_id": list(range(len(mm))),
         "maintenance_margin": list(map(float, mm)),
         "collateral": list(map(float, existing)),
     }
@@ -45,7 +46,7 @@ def _req(mm, existing):
 def _amounts(result, n, m):
     x = np.zeros((n, m))
     a = result.allocation.to_pydict()
-    for acc, asset, amt in zip(a["account"], a["asset"], a["amount"]):
+    for acc, asset, amt in zip(a["account_id"], a["asset"], a["amount"]):
         x[acc, int(asset[1:])] += amt
     return x
 
@@ -111,7 +112,7 @@ def test_hand_worked_example():
     # reached by giving a 1333.33 and b 666.67 of weighted value.
     pool = {"asset": ["USD", "ALT"], "amount": [1000.0, 2000.0], "price": [1.0, 1.0], "weight": [1.0, 0.5]}
     r = allocate_collateral(
-        pool, {"account": ["a", "b"], "maintenance_margin": [1000.0, 2000.0], "collateral": [500.0, 3000.0]}
+        pool, {"account_id": ["a", "b"], "maintenance_margin": [1000.0, 2000.0], "collateral": [500.0, 3000.0]}
     )
     assert r.max_min_health == pytest.approx(11 / 6, rel=1e-9)
     assert r.min_health_before == pytest.approx(0.5)
@@ -127,7 +128,7 @@ def test_second_stage_posts_high_haircut_assets_first_and_only_what_is_needed():
     # that caps t*: it has health 2 and no eligible assets.
     pool = {"asset": ["USD", "ALT"], "amount": [1000.0, 1000.0], "price": [1.0, 1.0], "weight": [1.0, 0.5]}
     req = {
-        "account": ["needy", "capped"],
+        "account_id": ["needy", "capped"],
         "maintenance_margin": [100.0, 100.0],
         "collateral": [100.0, 200.0],
         "eligible_assets": [None, []],
@@ -135,7 +136,7 @@ def test_second_stage_posts_high_haircut_assets_first_and_only_what_is_needed():
     r = allocate_collateral(pool, req)
     assert r.max_min_health == pytest.approx(2.0, rel=1e-9)
     alloc = r.allocation.to_pydict()
-    assert set(alloc["account"]) == {"needy"}
+    assert set(alloc["account_id"]) == {"needy"}
     assert alloc["asset"] == ["ALT"]  # 200 ALT at weight 0.5 rather than 100 USD
     assert alloc["amount"][0] == pytest.approx(200.0, rel=1e-6)
     free = dict(zip(r.free.column("asset").to_pylist(), r.free.column("free").to_pylist()))
@@ -155,10 +156,10 @@ def test_accounts_above_the_optimum_get_nothing():
 
 def test_eligibility_table_restricts_pairs():
     pool = {"asset": ["USD", "BTC"], "amount": [100.0, 1.0], "price": [1.0, 1000.0], "weight": [1.0, 0.9]}
-    req = {"account": [1, 2], "maintenance_margin": [100.0, 100.0]}
-    r = allocate_collateral(pool, req, eligible={"account": [1], "asset": ["USD"]})
+    req = {"account_id": [1, 2], "maintenance_margin": [100.0, 100.0]}
+    r = allocate_collateral(pool, req, eligible={"account_id": [1], "asset": ["USD"]})
     alloc = r.allocation.to_pydict()
-    assert all(asset == "USD" for acc, asset in zip(alloc["account"], alloc["asset"]) if acc == 1)
+    assert all(asset == "USD" for acc, asset in zip(alloc["account_id"], alloc["asset"]) if acc == 1)
     assert r.max_min_health == pytest.approx(1.0, rel=1e-9)  # account 1 can only get 100 USD
 
 
@@ -254,18 +255,18 @@ def _check_plan(plan, coll, mm, target):
     if r:
         assert plan.n_transfers <= r + d - 1
     # transfers are between distinct accounts, at most one per (donor, recipient) pair
-    pairs = list(zip(t["from_account"], t["to_account"]))
+    pairs = list(zip(t["from_account_id"], t["to_account_id"]))
     assert len(set(pairs)) == len(pairs) and all(a != b for a, b in pairs)
 
 
 def test_rebalance_hand_worked():
     plan = rebalance(
         {
-            "account": ["a", "b", "c", "d"],
+            "account_id": ["a", "b", "c", "d"],
             "collateral": [100.0, 500.0, 50.0, 30.0],
             "maintenance_margin": [100.0, 100.0, 100.0, 0.0],
         },
-        1.2,
+        target_health=1.2,
     )
     assert plan.feasible and plan.triggered
     assert plan.total_moved == pytest.approx(90.0)  # a needs 20, c needs 70
@@ -273,7 +274,7 @@ def test_rebalance_hand_worked():
     # largest deficit first: c (70) from b (the only donor covering it), then a (20) by best fit
     # from d (surplus 30, smaller than b's remaining 310)
     t = plan.transfers.to_pydict()
-    assert list(zip(t["from_account"], t["to_account"], t["amount"])) == [
+    assert list(zip(t["from_account_id"], t["to_account_id"], t["amount"])) == [
         ("b", "c", 70.0),
         ("d", "a", pytest.approx(20.0)),
     ]
@@ -281,7 +282,7 @@ def test_rebalance_hand_worked():
 
 
 def test_rebalance_infeasible_reports_the_shortfall():
-    plan = rebalance({"account": [1, 2], "collateral": [100.0, 150.0], "maintenance_margin": [100.0, 100.0]}, 1.5)
+    plan = rebalance({"account_id": [1, 2], "collateral": [100.0, 150.0], "maintenance_margin": [100.0, 100.0]}, target_health=1.5)
     assert not plan.feasible
     assert plan.shortfall == pytest.approx(50.0)
     assert plan.n_transfers == 0 and plan.transfers.num_rows == 0
@@ -290,11 +291,11 @@ def test_rebalance_infeasible_reports_the_shortfall():
 def test_rebalance_splits_a_large_deficit_over_the_largest_donors():
     plan = rebalance(
         {
-            "account": [1, 2, 3, 4],
+            "account_id": [1, 2, 3, 4],
             "collateral": [0.0, 60.0, 50.0, 45.0],
             "maintenance_margin": [100.0, 10.0, 10.0, 10.0],
         },
-        1.0,
+        target_health=1.0,
     )
     # deficit 100; surpluses 50, 40, 35: needs three donors? 50 + 40 = 90 < 100 → yes, 3
     assert plan.lower_bound == 3 and plan.n_transfers == 3 and plan.proven_minimal
@@ -302,28 +303,28 @@ def test_rebalance_splits_a_large_deficit_over_the_largest_donors():
 
 
 def test_trigger_semantics():
-    acc = {"account": [1, 2], "collateral": [50.0, 500.0], "maintenance_margin": [100.0, 100.0]}
-    quiet = rebalance(acc, 1.1, trigger={"BTC": 0.8, "ETH": 0.9}, vols={"BTC": 0.5, "ETH": 0.6})
+    acc = {"account_id": [1, 2], "collateral": [50.0, 500.0], "maintenance_margin": [100.0, 100.0]}
+    quiet = rebalance(acc, target_health=1.1, trigger={"BTC": 0.8, "ETH": 0.9}, vols={"BTC": 0.5, "ETH": 0.6})
     assert not quiet.triggered and quiet.breaches == [] and quiet.n_transfers == 0
     assert quiet.accounts.column("collateral_after").to_pylist() == [50.0, 500.0]
-    loud = rebalance(acc, 1.1, trigger={"BTC": 0.8, "ETH": 0.9}, vols={"BTC": 0.5, "ETH": 0.9})
+    loud = rebalance(acc, target_health=1.1, trigger={"BTC": 0.8, "ETH": 0.9}, vols={"BTC": 0.5, "ETH": 0.9})
     assert loud.triggered and loud.breaches == ["ETH"]  # at the threshold counts as breached
     assert loud.n_transfers == 1 and loud.total_moved == pytest.approx(60.0)
     with pytest.raises(me.MarginInputError, match="vols"):
-        rebalance(acc, 1.1, trigger={"BTC": 0.8}, vols={"ETH": 1.0})
+        rebalance(acc, target_health=1.1, trigger={"BTC": 0.8}, vols={"ETH": 1.0})
     with pytest.raises(me.MarginInputError, match="vols"):
-        rebalance(acc, 1.1, trigger={"BTC": 0.8})
+        rebalance(acc, target_health=1.1, trigger={"BTC": 0.8})
 
 
 def test_rebalance_bad_inputs():
-    acc = {"account": [1], "collateral": [1.0], "maintenance_margin": [1.0]}
+    acc = {"account_id": [1], "collateral": [1.0], "maintenance_margin": [1.0]}
     for bad in (0.0, -1.0, math.inf, "1", True):
         with pytest.raises(me.MarginInputError, match="target_health"):
-            rebalance(acc, bad)
+            rebalance(acc, target_health=bad)
     with pytest.raises(me.MarginInputError, match="maintenance_margin"):
-        rebalance({"account": [1], "collateral": [1.0], "maintenance_margin": [-1.0]}, 1.0)
+        rebalance({"account_id": [1], "collateral": [1.0], "maintenance_margin": [-1.0]}, target_health=1.0)
     with pytest.raises(me.MarginInputError, match="collateral"):
-        rebalance({"account": [1], "maintenance_margin": [1.0]}, 1.0)
+        rebalance({"account_id": [1], "maintenance_margin": [1.0]}, target_health=1.0)
 
 
 money = st.floats(0.0, 1e6, allow_nan=False).map(lambda x: round(x, 2))
@@ -338,7 +339,7 @@ accounts_strategy = st.lists(
 def test_rebalance_properties(rows, target):
     coll = [c for c, _ in rows]
     mm = [m for _, m in rows]
-    plan = rebalance({"account": list(range(len(rows))), "collateral": coll, "maintenance_margin": mm}, target)
+    plan = rebalance({"account_id": list(range(len(rows))), "collateral": coll, "maintenance_margin": mm}, target_health=target)
     _check_plan(plan, coll, mm, target)
 
 
@@ -350,9 +351,9 @@ def test_rebalance_properties(rows, target):
 def test_exact_method_is_never_worse_than_greedy(rows, target):
     coll = [float(c) for c, _ in rows]
     mm = [float(m) for _, m in rows]
-    table = {"account": list(range(len(rows))), "collateral": coll, "maintenance_margin": mm}
-    greedy = rebalance(table, target)
-    exact = rebalance(table, target, method="exact")
+    table = {"account_id": list(range(len(rows))), "collateral": coll, "maintenance_margin": mm}
+    greedy = rebalance(table, target_health=target)
+    exact = rebalance(table, target_health=target, method="exact")
     _check_plan(exact, coll, mm, target)
     if greedy.feasible:
         assert exact.proven_minimal
@@ -365,8 +366,8 @@ def test_exact_agrees_with_enumeration_on_a_tricky_case():
     # Deficits 3 and 3, surpluses 4 and 2: 3 ← 4 (best fit), then 3 ← 2 + 1: 3 transfers, optimal
     # (the donor of 2 cannot cover a recipient alone).
     for coll, mm in (([0.0, 0.0, 15.0, 15.0], [6.0, 4.0, 10.0, 10.0]), ([0.0, 0.0, 5.0, 3.0], [3.0, 3.0, 1.0, 1.0])):
-        table = {"account": [0, 1, 2, 3], "collateral": coll, "maintenance_margin": mm}
-        g, e = rebalance(table, 1.0), rebalance(table, 1.0, method="exact")
+        table = {"account_id": [0, 1, 2, 3], "collateral": coll, "maintenance_margin": mm}
+        g, e = rebalance(table, target_health=1.0), rebalance(table, target_health=1.0, method="exact")
         assert e.n_transfers == g.n_transfers == 3
         best = _enumerate_min_transfers(np.array(coll), np.array(mm), 1.0)
         assert e.n_transfers == best
@@ -411,18 +412,14 @@ def test_rebalance_from_engine_results():
     book = me.Book(g.instruments, g.assets, None, g.margin_tiers)
     market = me.Market(g.index_prices, g.marks, g.valuation_time)
     res = me.margin(book, g.positions, g.balances, market)
-    owner = pa.table(
-        {
-            "account": res.column("account_id"),
-            "collateral": res.column("collateral_maintenance"),
-            "maintenance_margin": res.column("maintenance_margin"),
-        }
+    owner = res.select(["account_id", "collateral_maintenance", "maintenance_margin"]).rename_columns(
+        ["account_id", "collateral", "maintenance_margin"]
     )
-    plan = rebalance(owner, 1.1)
+    plan = rebalance(owner, target_health=1.1)
     coll = owner.column("collateral").to_pylist()
     mm = owner.column("maintenance_margin").to_pylist()
     _check_plan(plan, coll, mm, 1.1)
-    assert plan.transfers.schema.field("from_account").type == pa.uint64()
+    assert plan.transfers.schema.field("from_account_id").type == pa.uint64()
 
 
 def test_greedy_can_be_beaten_and_exact_finds_the_optimum():
@@ -430,12 +427,89 @@ def test_greedy_can_be_beaten_and_exact_finds_the_optimum():
     # fit), 6 ← 7, then 3 must be gathered from three leftovers of 1: 5 transfers. Optimal: 8 ← 7 + 1
     # and 6 + 3 ← 9: 4 transfers. The lower bound (3) proves neither, so greedy says so.
     table = {
-        "account": list(range(6)),
+        "account_id": list(range(6)),
         "collateral": [0.0, 0.0, 0.0, 10.0, 2.0, 8.0],
         "maintenance_margin": [3.0, 6.0, 8.0, 1.0, 1.0, 1.0],
     }
-    g, e = rebalance(table, 1.0), rebalance(table, 1.0, method="exact")
+    g, e = rebalance(table, target_health=1.0), rebalance(table, target_health=1.0, method="exact")
     assert (g.n_transfers, e.n_transfers, g.lower_bound) == (5, 4, 3)
     assert not g.proven_minimal and e.proven_minimal
     assert _enumerate_min_transfers(np.array(table["collateral"]), np.array(table["maintenance_margin"]), 1.0) == 4
     _check_plan(e, table["collateral"], table["maintenance_margin"], 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 12: one vocabulary (account_id), keyword-only options, output="polars", scipy extra
+# ----------------------------------------------------------------------------------------------
+
+
+def test_issue12_optimizers_key_accounts_by_account_id():
+    """Finding: the optimizers called the account key `account` (and `from_account`/`to_account`);
+    the rest of the package says `account_id`."""
+    r = allocate_collateral(_pool([100.0], [1.0], [1.0]), _req([10.0, 20.0], [0.0, 0.0]),
+                            eligible={"account_id": [0], "asset": ["A0"]})
+    assert r.allocation.column_names[0] == "account_id" and r.accounts.column_names[0] == "account_id"
+    plan = rebalance({"account_id": [1, 2], "collateral": [0.0, 500.0], "maintenance_margin": [100.0, 100.0]},
+                     target_health=1.0)
+    assert plan.transfers.column_names == ["from_account_id", "to_account_id", "amount"]
+    assert plan.accounts.column_names[0] == "account_id"
+    assert plan.transfers.to_pylist() == [{"from_account_id": 2, "to_account_id": 1, "amount": 100.0}]
+    # the old name is an error that says what the column is called now
+    with pytest.raises(me.MarginInputError, match=r"accounts\.account_id: missing column \(renamed from `account`"):
+        rebalance({"account": [1], "collateral": [1.0], "maintenance_margin": [1.0]}, target_health=1.0)
+    with pytest.raises(me.MarginInputError, match=r"requirements\.account_id"):
+        allocate_collateral(_pool([1.0], [1.0], [1.0]), {"account": [1], "maintenance_margin": [1.0]})
+    with pytest.raises(me.MarginInputError, match=r"eligible\.account_id"):
+        allocate_collateral(_pool([1.0], [1.0], [1.0]), _req([1.0], [0.0]), eligible={"account": [0], "asset": ["A0"]})
+
+
+def test_issue12_rebalance_takes_margin_results_as_they_are():
+    """With account_id, me.margin's columns need only `collateral` named (other columns ignored)."""
+    from margin_engine import synthetic
+
+    g = synthetic.generate(30, seed=5)
+    book = me.Book(g.instruments, g.assets, None, g.margin_tiers)
+    market = me.Market(g.index_prices, g.marks, g.valuation_time)
+    res = me.margin(book, g.positions, g.balances, market)
+    res = res.append_column("collateral", res.column("collateral_maintenance"))
+    plan = rebalance(res, target_health=1.05)
+    assert plan.accounts.column("account_id").equals(res.column("account_id"))
+
+
+def test_issue12_optimizer_options_are_keyword_only():
+    """Finding: options after the tables are keyword-only (target_health included)."""
+    acc = {"account_id": [1], "collateral": [1.0], "maintenance_margin": [1.0]}
+    with pytest.raises(TypeError):
+        rebalance(acc, 1.0)
+    with pytest.raises(TypeError):
+        allocate_collateral(_pool([1.0], [1.0], [1.0]), _req([1.0], [0.0]), "min_posted")
+
+
+def test_issue12_optimizers_output_polars(monkeypatch):
+    """Finding: table-returning functions accept output="polars"."""
+    pl = pytest.importorskip("polars")
+    acc = {"account_id": [1, 2], "collateral": [0.0, 500.0], "maintenance_margin": [100.0, 100.0]}
+    plan = rebalance(acc, target_health=1.0, output="polars")
+    assert isinstance(plan.transfers, pl.DataFrame) and isinstance(plan.accounts, pl.DataFrame)
+    assert plan.transfers.equals(pl.from_arrow(rebalance(acc, target_health=1.0).transfers))
+    r = allocate_collateral(_pool([100.0], [1.0], [1.0]), _req([10.0], [0.0]), output="polars")
+    assert all(isinstance(t, pl.DataFrame) for t in (r.allocation, r.accounts, r.free))
+    with pytest.raises(me.MarginInputError, match="output"):
+        rebalance(acc, target_health=1.0, output="pandas")
+    monkeypatch.setitem(sys.modules, "polars", None)
+    with pytest.raises(ImportError, match="pip install polars"):
+        rebalance(acc, target_health=1.0, output="polars")
+
+
+def test_issue12_missing_scipy_names_the_optimize_extra(monkeypatch):
+    """Finding: a missing scipy must raise an ImportError naming `margin-engine[optimize]`."""
+    for name in [m for m in sys.modules if m == "scipy" or m.startswith("scipy.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "scipy", None)
+    extra = r"pip install 'margin-engine\[optimize\]'"
+    with pytest.raises(ImportError, match=extra):
+        allocate_collateral(_pool([1.0], [1.0], [1.0]), _req([1.0], [0.0]))
+    acc = {"account_id": [1, 2], "collateral": [0.0, 500.0], "maintenance_margin": [100.0, 100.0]}
+    with pytest.raises(ImportError, match=extra):
+        rebalance(acc, target_health=1.0, method="exact")
+    assert rebalance(acc, target_health=1.0).n_transfers == 1  # greedy needs no scipy

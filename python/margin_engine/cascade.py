@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from margin_engine import api
-from margin_engine._inputs import input_error
+from margin_engine._inputs import arrow_table, as_output, check_output, input_error
 
 
 def _plain_keys(table: pa.Table, column: str) -> pa.Table:
@@ -33,6 +33,7 @@ def cascade(
     market: api.Market,
     shock: dict[str, float],
     depth: dict[str, float],
+    *,
     model: api.Model = "standard",
     liquidation_fee: float = 0.01,
     liquidator_share: float = 0.5,
@@ -40,9 +41,30 @@ def cascade(
     settlement_asset: str = "USD",
     max_rounds: int = 20,
     threads: int | None = None,
-) -> pa.Table:
-    """Runs the cascade; one row per round and underlying: ``round, underlying, move, price,
-    accounts_liquidated, notional_closed, bad_debt, insurance_fund``."""
+    output: api.Output = "arrow",
+) -> Any:
+    """Runs the cascade; one row per round and underlying: ``round, underlying, move`` (the
+    cumulative move of the underlying's index price in that round), ``price`` (the moved index
+    price), ``accounts_liquidated`` (accounts the round's plan liquidates, all underlyings),
+    ``notional_closed`` (notional closed in that underlying, USD), ``bad_debt`` (USD) and
+    ``insurance_fund`` (after the round).
+
+    Reads ``positions`` (``account_id, instrument, quantity``, optional ``entry_price``),
+    ``balances`` (``account_id, asset, amount``), the book's ``instruments`` (``instrument, kind,
+    underlying, multiplier``; the rest as :func:`margin_engine.liquidation_plan` does), its
+    ``assets`` (``asset``) and the market's ``index_prices`` (``underlying, index_price``) and
+    ``marks``.
+
+    ``shock``: ``{underlying: move}``, the first round's relative moves (``-0.15`` = −15%);
+    ``depth``: ``{underlying: USD}``, the notional of linear contracts that moves that underlying
+    by 100% (a round's move is ``signed traded notional / depth``; a move stops at −99%).
+    ``model``, ``liquidation_fee``, ``liquidator_share``, ``insurance_fund`` are those of
+    :func:`margin_engine.liquidation_plan`; the realized value of each close less its fee is
+    settled into ``settlement_asset`` (an asset of the book). At most ``max_rounds`` rounds; the
+    cascade stops when a round closes nothing or moves no price by more than 1e-6.
+    ``output="polars"``: a polars DataFrame.
+    """
+    output = check_output(output)
     if settlement_asset not in book.assets.column("asset").to_pylist():
         raise input_error("arguments", "settlement_asset", "not an asset of the book", [repr(settlement_asset)])
     for u, d in depth.items():
@@ -53,19 +75,21 @@ def cascade(
     mult = dict(zip(map(str, instruments.column("instrument").to_pylist()), instruments.column("multiplier").to_pylist()))
     spot = dict(zip(market.index_prices.column("underlying").to_pylist(), market.index_prices.column("index_price").to_pylist()))
     int_keys = pa.types.is_integer(instruments.schema.field("instrument").type)
-    pos = _plain_keys(pa.table(positions), "instrument")
+    pos = _plain_keys(arrow_table(positions, "positions"), "instrument")
     if "entry_price" not in pos.column_names:
         pos = pos.append_column("entry_price", pa.array([None] * pos.num_rows, pa.float64()))
         has_entry = False
     else:
         has_entry = True
-    bal = _plain_keys(pa.table(balances), "asset")
+    bal = _plain_keys(arrow_table(balances, "balances"), "asset")
     moves = {u: float(m) for u, m in shock.items()}
     fund = float(insurance_fund)
     rows: list[dict[str, Any]] = []
     for rnd in range(max_rounds):
         p = pos if has_entry else pos.drop_columns(["entry_price"])
-        p = p.set_column(1, "instrument", pc.cast(p.column("instrument"), pa.int64())) if int_keys else p
+        if int_keys:
+            i = p.column_names.index("instrument")
+            p = p.set_column(i, "instrument", pc.cast(p.column("instrument"), pa.int64()))
         plan = api.liquidation_plan(
             book, p, bal, market, model=model, liquidation_fee=liquidation_fee,
             liquidator_share=liquidator_share, insurance_fund=fund, stress=moves or None, threads=threads,
@@ -85,7 +109,8 @@ def cascade(
         # 1. closed fractions leave the positions (rows of one account x instrument scale together)
         frac = {(a, i): f for a, i, f in zip(*(closes.column(c).to_pylist() for c in ("account_id", "instrument", "fraction")))}
         keep = [1.0 - frac.get((a, i), 0.0) for a, i in zip(pos.column("account_id").to_pylist(), pos.column("instrument").to_pylist())]
-        pos = pos.set_column(2, "quantity", pc.multiply(pos.column("quantity"), pa.array(keep)))
+        q = pos.column_names.index("quantity")
+        pos = pos.set_column(q, "quantity", pc.multiply(pos.column("quantity"), pa.array(keep)))
         pos = pos.filter(pc.not_equal(pos.column("quantity"), 0.0))
         # 2. realized value less fees settles into the settlement asset; bankrupt accounts leave
         cash: dict[int, float] = {}
@@ -115,4 +140,18 @@ def cascade(
             break
         for u, v in impact.items():
             moves[u] = max(moves.get(u, 0.0) + v, -0.99)
-    return pa.Table.from_pylist(rows)
+    return as_output(pa.Table.from_pylist(rows, schema=_ROUNDS), output)
+
+
+_ROUNDS = pa.schema(
+    [
+        ("round", pa.int64()),
+        ("underlying", pa.string()),
+        ("move", pa.float64()),
+        ("price", pa.float64()),
+        ("accounts_liquidated", pa.int64()),
+        ("notional_closed", pa.float64()),
+        ("bad_debt", pa.float64()),
+        ("insurance_fund", pa.float64()),
+    ]
+)

@@ -12,7 +12,11 @@ The minimum-margin hedge of every account, :func:`margin_engine.optimal_hedge`, 
 core. The mathematics, exactness and limits of all three are in ``docs/optimization.md``.
 
 scipy (with HiGHS) is needed by :func:`allocate_collateral` and by ``rebalance(method="exact")``
-only; it is imported when they are called.
+only (``pip install 'margin-engine[optimize]'``); it is imported when they are called.
+
+Accounts are keyed by ``account_id`` in every input and output table, as in the rest of the
+package; the results' tables are ``pyarrow.Table`` (``polars.DataFrame`` with
+``output="polars"``).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from margin_engine._inputs import arrow_table, input_error
+from margin_engine._inputs import arrow_table, as_output, check_output, input_error
 
 __all__ = [
     "CollateralAllocation",
@@ -54,7 +58,10 @@ def _table(obj: Any, name: str) -> pa.Table:
 def _require(table: pa.Table, name: str, columns: tuple[str, ...]) -> None:
     for column in columns:
         if column not in table.column_names:
-            raise input_error(name, column, f"missing column (have {', '.join(table.column_names)})")
+            renamed = " (renamed from `account`: accounts are keyed by account_id everywhere)" if (
+                column == "account_id" and "account" in table.column_names
+            ) else ""
+            raise input_error(name, column, f"missing column{renamed} (have {', '.join(table.column_names)})")
 
 
 def _floats(table: pa.Table, name: str, column: str, keys: list[Any], default: float | None = None) -> np.ndarray:
@@ -105,12 +112,18 @@ def _nullable(values: np.ndarray) -> pa.Array:
     return pa.array(values, pa.float64(), mask=np.isnan(values))
 
 
-def _linprog() -> Any:
+OPTIMIZE_EXTRA = "pip install 'margin-engine[optimize]'"
+
+
+def _scipy(what: str) -> tuple[Any, Any]:
+    """``(scipy.optimize, scipy.sparse)``; an :class:`ImportError` naming the extra to install
+    when scipy is missing."""
     try:
-        from scipy.optimize import linprog
-    except ImportError as e:  # pragma: no cover - exercised only without scipy
-        raise RuntimeError("the optimizers need scipy >= 1.9 (HiGHS): pip install scipy") from e
-    return linprog
+        import scipy.optimize as opt
+        import scipy.sparse as sp
+    except ImportError as e:
+        raise ImportError(f"{what} needs scipy >= 1.9 (HiGHS): {OPTIMIZE_EXTRA}") from e
+    return opt, sp
 
 
 # ----------------------------------------------------------------------------------------------
@@ -122,10 +135,10 @@ def _linprog() -> Any:
 class CollateralAllocation:
     """What :func:`allocate_collateral` chose.
 
-    ``allocation``: one row per (account, asset) with something posted: ``account, asset,
+    ``allocation``: one row per (account, asset) with something posted: ``account_id, asset,
     amount`` (asset units), ``value`` (amount × price, USD) and ``weighted_value``
     (× weight: what it adds to the account's collateral).
-    ``accounts``: one row per sub-account, in input order: ``account, maintenance_margin,
+    ``accounts``: one row per sub-account, in input order: ``account_id, maintenance_margin,
     collateral_before, posted_value`` (weighted), ``collateral_after, health_before,
     health_after``.
     ``free``: one row per pool asset, in input order: ``asset, amount, posted, free,
@@ -167,12 +180,12 @@ def _eligibility(requirements: pa.Table, eligible: Any, accounts: list[Any], ass
                 mask[i, asset_index[a]] = True
     if eligible is not None:
         table = _table(eligible, "eligible")
-        _require(table, "eligible", ("account", "asset"))
+        _require(table, "eligible", ("account_id", "asset"))
         listed = np.zeros(n, dtype=bool)
         pairs = np.zeros((n, m), dtype=bool)
-        for acc, asset in zip(table.column("account").to_pylist(), table.column("asset").to_pylist()):
+        for acc, asset in zip(table.column("account_id").to_pylist(), table.column("asset").to_pylist()):
             if acc not in account_index:
-                raise input_error("eligible", "account", "unknown account", [repr(acc)])
+                raise input_error("eligible", "account_id", "unknown account", [repr(acc)])
             if asset not in asset_index:
                 raise input_error("eligible", "asset", "unknown asset", [repr(asset)])
             pairs[account_index[acc], asset_index[asset]] = True
@@ -191,17 +204,20 @@ def allocate_collateral(
     objective: Literal["max_min_health", "min_posted"] = "max_min_health",
     target_health: float | None = None,
     eligible: Any = None,
+    output: Literal["arrow", "polars"] = "arrow",
 ) -> CollateralAllocation:
     """Split a pool of collateral between one owner's sub-accounts.
 
     ``pool`` (table or dict of columns): ``asset`` (unique), ``amount`` (≥ 0, asset units),
     ``price`` (> 0, USD), ``weight`` (collateral weight in [0, 1] = 1 − haircut, e.g. the
     asset's ``maintenance_weight``).
-    ``requirements``: ``account`` (unique), ``maintenance_margin`` (> 0), optional
+    ``requirements``: ``account_id`` (unique), ``maintenance_margin`` (> 0), optional
     ``collateral`` (weighted collateral already in the account, USD, default 0; may be
     negative) and optional ``eligible_assets`` (list of assets the account accepts, null = all).
-    ``eligible``: optional table of allowed ``account, asset`` pairs (an account it does not list
-    accepts every asset); combined with ``eligible_assets`` when both are given.
+    ``eligible``: optional table of allowed ``account_id, asset`` pairs (an account it does not
+    list accepts every asset); combined with ``eligible_assets`` when both are given.
+    ``output="polars"``: the result's tables as polars DataFrames. Needs scipy
+    (``pip install 'margin-engine[optimize]'``).
 
     ``objective="max_min_health"`` (default) maximizes the smallest health
     ``h_i = (collateral_i + Σ_a x_ia·price_a·weight_a) / MM_i`` subject to
@@ -211,6 +227,8 @@ def allocate_collateral(
     free. ``objective="min_posted"`` skips the first LP and holds every account at
     ``target_health`` instead (``status="infeasible"`` and nothing posted when the pool cannot).
     """
+    output = check_output(output)
+    opt, sp = _scipy("allocate_collateral")
     if objective not in ("max_min_health", "min_posted"):
         raise input_error(
             "arguments", "objective", f"objective must be 'max_min_health' or 'min_posted', got {objective!r}"
@@ -240,8 +258,8 @@ def allocate_collateral(
             )
 
     req_t = _table(requirements, "requirements")
-    _require(req_t, "requirements", ("account", "maintenance_margin"))
-    accounts = _keys(req_t, "requirements", "account")
+    _require(req_t, "requirements", ("account_id", "maintenance_margin"))
+    accounts = _keys(req_t, "requirements", "account_id")
     mm = _floats(req_t, "requirements", "maintenance_margin", accounts)
     if not (mm > 0).all():
         raise input_error(
@@ -262,7 +280,6 @@ def allocate_collateral(
     # Variables: z_p = fraction of asset a's pool posted to account i (pair p), then t.
     # Account rows, scaled by 1/MM_i:  t − Σ_a z_ia·cap_a/MM_i ≤ existing_i/MM_i
     # Asset rows:                      Σ_i z_ia ≤ 1
-    import scipy.sparse as sp
 
     rows = np.concatenate([pair_i, np.arange(n)])
     cols = np.concatenate([np.arange(k), np.full(n, k)])
@@ -272,7 +289,7 @@ def allocate_collateral(
     b_acc = existing / mm
     b_asset = np.ones(m)
     bounds = [(0.0, 1.0)] * k + [(None, None)]
-    linprog = _linprog()
+    linprog = opt.linprog
     health_before = existing / mm
 
     status = "optimal"
@@ -336,11 +353,11 @@ def allocate_collateral(
     after = existing + posted_value
     health_after = after / mm
 
-    account_type = _key_type(req_t, "account")
+    account_type = _key_type(req_t, "account_id")
     asset_type = _key_type(pool_t, "asset")
     allocation = pa.table(
         {
-            "account": pa.array([accounts[i] for i in pair_i[keep]], account_type),
+            "account_id": pa.array([accounts[i] for i in pair_i[keep]], account_type),
             "asset": pa.array([assets[a] for a in pair_a[keep]], asset_type),
             "amount": pa.array(x[keep], pa.float64()),
             "value": pa.array(value[keep], pa.float64()),
@@ -349,7 +366,7 @@ def allocate_collateral(
     )
     account_table = pa.table(
         {
-            "account": pa.array(accounts, account_type),
+            "account_id": pa.array(accounts, account_type),
             "maintenance_margin": pa.array(mm, pa.float64()),
             "collateral_before": pa.array(existing, pa.float64()),
             "posted_value": pa.array(posted_value, pa.float64()),
@@ -370,9 +387,9 @@ def allocate_collateral(
         }
     )
     return CollateralAllocation(
-        allocation=allocation,
-        accounts=account_table,
-        free=free,
+        allocation=as_output(allocation, output),
+        accounts=as_output(account_table, output),
+        free=as_output(free, output),
         max_min_health=t_star,
         min_health_before=float(np.min(health_before)) if n else math.inf,
         min_health_after=float(np.min(health_after)) if n else math.inf,
@@ -395,8 +412,8 @@ class RebalancePlan:
     ``feasible``: whether every account can reach the target (``shortfall`` = how much
     collateral the owner is missing when not). When not triggered, or infeasible, ``transfers``
     is empty and nothing moves.
-    ``transfers``: ``from_account, to_account, amount`` (USD of the settlement asset), in the
-    order they were chosen. ``accounts``: one row per account in input order: ``account,
+    ``transfers``: ``from_account_id, to_account_id, amount`` (USD of the settlement asset), in
+    the order they were chosen. ``accounts``: one row per account in input order: ``account_id,
     collateral_before, maintenance_margin, health_before, sent, received, collateral_after,
     health_after``.
     ``lower_bound``: a proven lower bound on the number of transfers any plan needs (each
@@ -486,11 +503,8 @@ def _exact(
 ) -> tuple[list[tuple[int, int, float]], bool]:
     """Fewest transfers by a mixed-integer program (HiGHS): binary y_dr, flow f_dr ≤ u_dr·y_dr,
     Σ_d f_dr = deficit_r, Σ_r f_dr ≤ surplus_d, minimize Σ y."""
-    try:
-        from scipy.optimize import Bounds, LinearConstraint, milp
-    except ImportError as e:  # pragma: no cover
-        raise RuntimeError("rebalance(method='exact') needs scipy >= 1.9: pip install scipy") from e
-    import scipy.sparse as sp
+    opt, sp = _scipy("rebalance(method='exact')")
+    Bounds, LinearConstraint, milp = opt.Bounds, opt.LinearConstraint, opt.milp  # noqa: N806
 
     nd, nr = surpluses.size, deficits.size
     p = nd * nr
@@ -533,18 +547,19 @@ def _exact(
 
 def rebalance(
     accounts: Any,
-    target_health: float,
     *,
+    target_health: float,
     trigger: Mapping[str, float] | None = None,
     vols: Mapping[str, float] | None = None,
     method: Literal["greedy", "exact"] = "greedy",
     time_limit: float | None = 10.0,
+    output: Literal["arrow", "polars"] = "arrow",
 ) -> RebalancePlan:
     """Transfers between one owner's accounts that lift every account to ``target_health``.
 
-    ``accounts`` (table or dict of columns): ``account`` (unique), ``collateral`` (weighted
+    ``accounts`` (table or dict of columns): ``account_id`` (unique), ``collateral`` (weighted
     maintenance collateral, USD; e.g. ``collateral_maintenance`` of :func:`margin`),
-    ``maintenance_margin`` (≥ 0). Transfers move a settlement asset of weight 1 (USD), so moving
+    ``maintenance_margin`` (≥ 0). Other columns are ignored. Transfers move a settlement asset of weight 1 (USD), so moving
     ``a`` USD lowers the donor's collateral by ``a`` and raises the recipient's by ``a``.
 
     An account with ``MM > 0`` has ``deficit = target × MM − collateral`` when positive and
@@ -558,7 +573,8 @@ def rebalance(
 
     ``trigger={underlying: vol_threshold}`` with ``vols={underlying: current_vol}``: rebalance
     only if ``vols[u] >= trigger[u]`` for at least one ``u``; otherwise nothing moves and
-    ``triggered`` is ``False``.
+    ``triggered`` is ``False``. ``output="polars"``: the plan's tables as polars DataFrames.
+    ``method="exact"`` needs scipy (``pip install 'margin-engine[optimize]'``).
     """
     if isinstance(target_health, bool) or not isinstance(target_health, (int, float, np.floating, np.integer)):
         raise input_error("arguments", "target_health", f"expected a number, got {target_health!r}")
@@ -567,11 +583,14 @@ def rebalance(
         raise input_error("arguments", "target_health", f"must be finite and > 0, got {target_health!r}")
     if method not in ("greedy", "exact"):
         raise input_error("arguments", "method", f"method must be 'greedy' or 'exact', got {method!r}")
+    output = check_output(output)
+    if method == "exact":
+        _scipy("rebalance(method='exact')")  # before any work
     triggered, breaches = _breaches(trigger, vols)
 
     table = _table(accounts, "accounts")
-    _require(table, "accounts", ("account", "collateral", "maintenance_margin"))
-    keys = _keys(table, "accounts", "account")
+    _require(table, "accounts", ("account_id", "collateral", "maintenance_margin"))
+    keys = _keys(table, "accounts", "account_id")
     coll = _floats(table, "accounts", "collateral", keys)
     mm = _floats(table, "accounts", "maintenance_margin", keys)
     if (mm < 0).any():
@@ -614,17 +633,17 @@ def rebalance(
         sent[donors[d]] += a
         received[recipients[r]] += a
     after = coll - sent + received
-    key_type = _key_type(table, "account")
+    key_type = _key_type(table, "account_id")
     transfers = pa.table(
         {
-            "from_account": pa.array([keys[donors[d]] for d, _, _ in chosen], key_type),
-            "to_account": pa.array([keys[recipients[r]] for _, r, _ in chosen], key_type),
+            "from_account_id": pa.array([keys[donors[d]] for d, _, _ in chosen], key_type),
+            "to_account_id": pa.array([keys[recipients[r]] for _, r, _ in chosen], key_type),
             "amount": pa.array([a for _, _, a in chosen], pa.float64()),
         }
     )
     account_table = pa.table(
         {
-            "account": pa.array(keys, key_type),
+            "account_id": pa.array(keys, key_type),
             "collateral_before": pa.array(coll, pa.float64()),
             "maintenance_margin": pa.array(mm, pa.float64()),
             "health_before": _nullable(_health(coll, mm)),
@@ -638,8 +657,8 @@ def rebalance(
         triggered=triggered,
         breaches=breaches,
         feasible=bool(feasible),
-        transfers=transfers,
-        accounts=account_table,
+        transfers=as_output(transfers, output),
+        accounts=as_output(account_table, output),
         total_moved=float(sum(a for _, _, a in chosen)),
         n_transfers=len(chosen),
         lower_bound=int(lower),
