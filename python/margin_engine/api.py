@@ -335,8 +335,9 @@ def greeks(book: Book, positions: Any, market: Market, *, threads: int | None = 
 
     {reads_positions}
     - book: ``instruments`` (columns: :class:`Book`).
-    - market: ``index_prices``, ``marks`` (``mark_price``, ``implied_vol`` of options; optional
-      ``delta``, ``gamma``, ``vega``, ``theta``, used instead of Black-76 when present).
+    - market: ``index_prices`` (``underlying``, ``index_price``), ``marks`` (``instrument``,
+      ``mark_price``, ``implied_vol`` of options; optional ``delta``, ``gamma``, ``vega``,
+      ``theta``, used instead of Black-76 when present).
 
     Returns one row per account × underlying it holds a non-zero netted position in, sorted by
     ``account_id`` then underlying: ``account_id``, ``underlying``, ``delta`` (Σ quantity ×
@@ -628,8 +629,8 @@ def risk_arrays(book: Book, market: Market, *, output: Output = "arrow") -> Any:
     """The portfolio model's per-contract scenario P&L of every instrument with a mark
     (``docs/methodology.md`` §4), for inspection.
 
-    Reads: the book's ``instruments`` and ``risk_params``; the market's ``index_prices`` and
-    ``marks`` (``mark_price``, ``implied_vol``).
+    Reads: the book's ``instruments`` and ``risk_params``; the market's ``index_prices``
+    (``underlying``, ``index_price``) and ``marks`` (``instrument``, ``mark_price``, ``implied_vol``).
 
     Returns one row per instrument × scenario: ``instrument``, ``underlying``, ``scenario``
     (int32: ``3k + v`` for spot step k and vol state v, then the two extreme scenarios),
