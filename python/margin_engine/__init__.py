@@ -1,8 +1,13 @@
 """margin-engine: margin, Greeks and liquidation for derivatives accounts at exchange scale.
 
 A Rust core (``margin_engine._core``) does the work over Arrow data; this package is its typed
-Python face. ``margin_engine.reference`` holds the same models in plain Python, for reading and
-as the oracle of the differential tests. See ``docs/`` and the methodology for the rules.
+Python face (``margin_engine.api``). ``margin_engine.reference`` holds the same models in plain
+Python, for reading and as the oracle of the differential tests.
+
+Every public function's docstring lists the columns it reads and returns, and :class:`Book` and
+:class:`Market` describe every column of the book and the market (``help(margin_engine.margin)``,
+``help(margin_engine.Book)``). The rules behind the numbers are in ``docs/methodology.md`` of the
+source distribution; input errors and their fixes in ``docs/errors.md``.
 """
 
 from margin_engine._core import MarginInputError, __version__

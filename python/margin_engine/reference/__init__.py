@@ -1,9 +1,9 @@
 """Pure-Python reference implementation of the margin-engine methodology.
 
 Plain Python (loops, `math`, dicts), written for reading: one small function per rule of
-`METHODOLOGY.md`, each citing its section, following the summation orders and edge-case choices
-of `docs/methodology-notes.md`. It is the oracle of the differential tests against the Rust
-engine, so it adds the same numbers in the same order.
+`docs/methodology.md`, each citing its section (§1–§9), following the summation orders and
+edge-case choices of `docs/methodology-notes.md`. It is the oracle of the differential tests
+against the Rust engine, so it adds the same numbers in the same order.
 
 Modules:
 - `_tables`    — Arrow inputs to Python records (§1; dense ids, sorted underlyings)
