@@ -332,7 +332,7 @@ def test_issue12_report_says_portfolio_margin_needs_more_not_a_negative_freed(re
     more = dataclasses.replace(report, capital_freed=-2.5e6, capital_freed_pct=-0.25)
     text = render_html(more)
     head, summary = _section(text, "headline"), _section(text, "summary")
-    assert "$2.50M more" in _body(head) and "needs beyond the standard model" in _body(head)
+    assert "$2.50M more" in _body(head) and "that portfolio margin needs beyond the standard model" in _body(head)
     assert "−" not in _body(head) and 'class="v bad">$2.50M' not in head
     assert "Portfolio margin needs $2.50M more initial margin" in _body(summary)
     assert "Sign convention: a saving is positive" in _body(text)
@@ -369,7 +369,7 @@ def test_issue12_stress_section_is_the_engine_scan_under_each_move(engine, repor
         assert st["shortfall"][k] == pytest.approx(_np(scan, "shortfall").sum(), rel=1e-12)
         assert st["newly_liquidatable"][k] == status.count("liquidatable") + status.count("bankrupt") - now_liq
     body = _body(_section(render_html(report), "stress"))
-    assert "all underlyings together" in body and "move -20%" in body
+    assert "all underlyings together" in body and "move −20%" in body
     assert st["underlying"][-1] == "all" and st["move"][-4:] == [-0.2, -0.1, 0.1, 0.2]
 
 
@@ -472,3 +472,12 @@ def test_issue12_report_options_are_keyword_only(engine):
         efficiency_report(book, g.positions, g.balances, market, stress_moves=(-1.5,))
     with pytest.raises(me.MarginInputError, match="liquidation_model"):
         efficiency_report(book, g.positions, g.balances, market, liquidation_model="cross")
+
+
+def test_report_sections_can_be_skipped(engine):
+    g, book, market = engine
+    r = efficiency_report(book, g.positions, g.balances, market, hedge_instruments=[], stress_moves=(), distance=False)
+    assert r.stress.num_rows == 0 and r.distance is None
+    text = render_html(r)
+    assert "No stress moves were run" in text and "Not computed (distance=False)" in text
+    assert r.liquidation_now["accounts_liquidated"] > 0  # the plan is still made

@@ -32,7 +32,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from margin_engine import api
-from margin_engine._inputs import arrow_table, as_output, check_choice, check_number, check_output, input_error
+from margin_engine._inputs import (
+    arrow_table,
+    as_output,
+    check_choice,
+    check_flag,
+    check_number,
+    check_output,
+    input_error,
+)
 from margin_engine.charts import money, pyplot
 
 __all__ = [
@@ -105,7 +113,8 @@ class EfficiencyReport:
     ``move_low, move_high`` (bounds of |move|, [low, high), the last closed; the first row is the
     accounts liquidatable or bankrupt now, the last those no move within ±50% liquidates, bounds
     null),
-    ``accounts, accounts_down, accounts_up`` (the move is a fall / a rise), ``maintenance_margin``.
+    ``accounts, accounts_down, accounts_up`` (the move is a fall / a rise), ``maintenance_margin``;
+    ``None`` with ``distance=False``.
     """
 
     summary: pa.Table
@@ -401,9 +410,9 @@ def _distance(scan: pa.Table) -> pa.Table:
 
 def _liquidation(
     book: api.Book, positions: pa.Table, balances: pa.Table, market: api.Market, model: str,
-    insurance_fund: float, threads: int | None,
-) -> tuple[dict[str, float], pa.Table, pa.Table]:
-    scan = api.liquidation_scan(book, positions, balances, market, model=model, distance=True, threads=threads)
+    insurance_fund: float, distance: bool, threads: int | None,
+) -> tuple[dict[str, float], pa.Table, pa.Table | None]:
+    scan = api.liquidation_scan(book, positions, balances, market, model=model, distance=distance, threads=threads)
     plan = api.liquidation_plan(book, positions, balances, market, model=model, insurance_fund=insurance_fund,
                                 threads=threads)
     acc = plan.accounts
@@ -425,7 +434,7 @@ def _liquidation(
         "insurance_fund_after": float(plan.insurance_fund_after),
     }
     under = plan.underlyings.select(["underlying", "closed_notional", "bad_debt"])
-    return now, under, _distance(scan)
+    return now, under, _distance(scan) if distance else None
 
 
 def efficiency_report(
@@ -438,6 +447,7 @@ def efficiency_report(
     hedge_objective: str = "initial",
     liquidation_model: api.Model = "standard",
     stress_moves: tuple[float, ...] = STRESS_MOVES,
+    distance: bool = True,
     insurance_fund: float = 0.0,
     source: str | None = None,
     threads: int | None = None,
@@ -464,7 +474,10 @@ def efficiency_report(
     ``"maintenance"``. ``liquidation_model``: the model of the stress and liquidation sections
     (``"standard"`` default, or ``"portfolio"``). ``stress_moves``: relative index moves applied
     to each underlying alone and to all together (default ±10%, ±20%; ``()`` skips the stress
-    section). ``insurance_fund``: USD available to the liquidation plan. ``source``: where the book
+    section; each scenario costs one :func:`margin_engine.liquidation_scan`, about three margin
+    calls). ``distance``: the distance-to-liquidation summary (``False`` skips it: it searches every
+    account's exposed underlyings, the costliest part of the report). ``insurance_fund``: USD
+    available to the liquidation plan. ``source``: where the book
     came from (a path), shown on the page. ``output="polars"``: the report's tables as polars
     DataFrames (:func:`render_html` reads either).
     """
@@ -522,7 +535,8 @@ def efficiency_report(
             "charges naked directional positions far more than the standard rates); hedged books save."
         )
     now, liq_under, distance = _liquidation(
-        book, positions, balances, market, liquidation_model, check_number(insurance_fund, "insurance_fund", 0.0), threads
+        book, positions, balances, market, liquidation_model, check_number(insurance_fund, "insurance_fund", 0.0),
+        check_flag(distance, "distance"), threads,
     )
     stress = _stress(book, positions, balances, market, liquidation_model, moves, int(now["accounts_liquidatable"]),
                      threads)
@@ -546,7 +560,7 @@ def efficiency_report(
         "distance": distance,
     }
     return EfficiencyReport(
-        **{k: as_output(t, output) for k, t in tables.items()},
+        **{k: None if t is None else as_output(t, output) for k, t in tables.items()},
         im_standard=im_standard,
         im_portfolio=im_portfolio,
         capital_freed=freed,
@@ -581,7 +595,7 @@ _usd = money  # one formatting of USD amounts for the page and the charts
 def _pct(x: float | None) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
-    return f"{100 * x:+.1f}%"
+    return f"{100 * x:+.1f}%".replace("-", "−")
 
 
 def _bin_label(lo: float, hi: float, fmt: Any) -> str:
@@ -604,7 +618,8 @@ def _html_table(headers: list[str], rows: list[list[str]], numeric_from: int = 1
             for i, c in enumerate(r)
         )
         body.append(f"<tr>{cells}</tr>")
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    thead = f"<thead><tr>{head}</tr></thead>" if any(headers) else ""  # a label/value table needs no header
+    return f'<table class="{cls}">{thead}<tbody>{"".join(body)}</tbody></table>'
 
 
 NO_CHARTS = "charts not drawn: matplotlib is not installed (pip install 'margin-engine[plot]'); the tables are complete"
@@ -702,6 +717,29 @@ def _draw(report: EfficiencyReport, plt: Any, formatter: Any) -> dict[str, str]:
         ax.xaxis.set_major_formatter(money)
         ax.set_title(f"Single hedges freeing the most {report.hedge_objective} margin (portfolio model)")
         out["hedges"] = svg(fig)
+
+    st = report.stress.to_pydict() if report.stress is not None else {"underlying": []}
+    names = [u for u in dict.fromkeys(st["underlying"]) if u != "all"]  # "all together": in the table
+    if names:
+        moves = sorted(set(st["move"]))
+        at = {(u, m): k for k, (u, m) in enumerate(zip(st["underlying"], st["move"]))}
+        fig, ax = plt.subplots(figsize=(8.0, 2.9))
+        width = 0.8 / len(moves)
+        down, up = [m for m in moves if m < 0], [m for m in moves if m >= 0]
+        shades = dict(zip(down, ("#922b21", "#c0392b", "#e6b0aa", "#f2d7d5")))
+        shades.update(zip(up[::-1], ("#145a32", "#1e8449", "#a9dfbf", "#d5f5e3")))
+        for i, m in enumerate(moves):
+            ax.bar(
+                np.arange(len(names)) + (i - (len(moves) - 1) / 2) * width,
+                [st["newly_liquidatable"][at[(u, m)]] for u in names],
+                width, label=_move(m), color=shades.get(m, "#7f8c8d"),
+            )
+        ax.axhline(0, color="#1c2833", linewidth=0.8)
+        ax.set_xticks(range(len(names)), names)
+        ax.set_ylabel("accounts newly liquidatable\n(vs now)")
+        ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), title="move")
+        ax.set_title(f"Accounts made liquidatable by a move of one underlying alone ({report.liquidation_model} model)")
+        out["stress"] = svg(fig)
     return out
 
 
@@ -711,8 +749,8 @@ background:#fff;line-height:1.4}
 h1{font-size:22px;margin-bottom:2px} h2{font-size:17px;border-bottom:1px solid #d5d8dc;padding-bottom:4px;margin-top:30px}
 .sub{color:#566573;font-size:12px}
 .cards{display:flex;gap:12px;flex-wrap:wrap;margin:16px 0}
-.card{flex:1 1 140px;border:1px solid #d5d8dc;border-radius:6px;padding:10px 14px;background:#f8f9f9}
-.card .v{font-size:22px;font-weight:600} .card .l{font-size:12px;color:#566573}
+.card{flex:1 1 130px;border:1px solid #d5d8dc;border-radius:6px;padding:10px 14px;background:#f8f9f9}
+.card .v{font-size:20px;font-weight:600;white-space:nowrap} .card .l{font-size:12px;color:#566573}
 .good{color:#1e8449} .bad{color:#b03a2e}
 table{border-collapse:collapse;font-size:12px;margin:8px 0}
 th,td{padding:3px 9px;border-bottom:1px solid #e5e7e9;text-align:left} td.num,th.num{text-align:right;
@@ -758,7 +796,7 @@ def _signed(x: float | None) -> str:
 
 
 def _move(m: float) -> str:
-    return f"{100 * m:+g}%"
+    return f"{100 * m:+g}%".replace("-", "−")
 
 
 def _headline(report: EfficiencyReport, idle_port: float | None) -> list[tuple[str, str, str]]:
@@ -767,7 +805,7 @@ def _headline(report: EfficiencyReport, idle_port: float | None) -> list[tuple[s
         first = (_usd(freed), "initial margin saved by portfolio margin"
                  + (f" ({100 * pct:.1f}% of standard IM)" if pct is not None else ""), "good" if freed > 0 else "")
     else:
-        first = (f"{_usd(-freed)} more", "initial margin portfolio margin needs beyond the standard model"
+        first = (f"{_usd(-freed)} more", "initial margin that portfolio margin needs beyond the standard model"
                  + (f" (+{100 * -pct:.1f}%)" if pct is not None else ""), "")
     now = report.liquidation_now
     return [
@@ -782,7 +820,7 @@ def _headline(report: EfficiencyReport, idle_port: float | None) -> list[tuple[s
     ]
 
 
-def _stress_section(report: EfficiencyReport) -> list[str]:
+def _stress_section(report: EfficiencyReport, charts: dict[str, str]) -> list[str]:
     t = report.stress
     if t is None or t.num_rows == 0:
         return ['<section id="stress"><h2>Stress moves</h2><p class="note">No stress moves were run.</p></section>']
@@ -805,6 +843,7 @@ def _stress_section(report: EfficiencyReport) -> list[str]:
          f"the given amount, everything else fixed ({html.escape(report.liquidation_model)} model). Each cell: "
          f"accounts liquidatable or bankrupt after the move (change from the {now:,} now) · total shortfall "
          "Σ max(0, maintenance margin − maintenance collateral).</p>"),
+        f'<div class="chart">{charts.get("stress", "")}</div>',
         _html_table(["scenario", *(f"move {_move(m)}" for m in moves)], rows),
         "</section>",
     ]
@@ -852,8 +891,10 @@ def _liquidation_section(report: EfficiencyReport) -> list[str]:
          "rest reported as bad debt.</p>"),
         "<h3>Distance to liquidation</h3>",
         ('<p class="note">Accounts by the smallest move of one underlying alone (the others fixed) that makes them '
-         "liquidatable, searched out to ±50%; down / up: the move is a fall / a rise.</p>"),
-        _html_table(["smallest move that liquidates", "accounts", "on a fall", "on a rise", "maintenance margin"], drows),
+         "liquidatable, searched out to ±50%; on a fall / rise: the move is a fall / a rise.</p>"
+         + _html_table(["smallest move that liquidates", "accounts", "on a fall", "on a rise", "maintenance margin"],
+                       drows))
+        if drows else '<p class="note">Not computed (distance=False).</p>',
         "</section>",
     ]
 
@@ -1012,7 +1053,7 @@ def _render(report: EfficiencyReport, title: str) -> tuple[str, bool]:
         else '<p class="note">No hedge frees margin.</p>',
         f'<div class="chart">{charts.get("hedges", "")}</div></section>',
     ]
-    parts += _stress_section(report)
+    parts += _stress_section(report, charts)
     parts += _liquidation_section(report)
     notes = list(report.notes) + ([NO_CHARTS] if drawn is None else [])
     if notes:
