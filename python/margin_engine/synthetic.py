@@ -1,7 +1,7 @@
 """A realistic synthetic exchange book, deterministic by seed and fast.
 
 ``generate(accounts, seed)`` returns a :class:`SyntheticBook`: the input tables of
-METHODOLOGY.md §1 (instruments, assets, margin_tiers, positions, balances, index_prices,
+docs/methodology.md §1 (instruments, assets, margin_tiers, positions, balances, index_prices,
 marks) plus the valuation time. One million accounts (about ten million position rows) take a
 few seconds: everything that scales with rows or accounts is vectorised numpy; Python loops run
 only over the ~2,000 instruments. This module does not import the rest of ``margin_engine``.
@@ -16,8 +16,8 @@ Market.
     the money, coarse in the wings) from 40% to 250% of spot, narrower for short expiries. About
     2,000 instruments. Expiries are Fridays 08:00 UTC; the valuation time is Wednesday
     2026-11-25 08:00 UTC. Perpetual marks sit a few basis points off the index, futures carry
-    an annual basis, options are priced by Black-76 (r = 0, forward = index price, METHODOLOGY
-    §5) off a smile ``σ = atm(T) · (1 + skew·z + curv·z²)`` with ``z = ln(K/F)/√T``.
+    an annual basis, options are priced by Black-76 (r = 0, forward = index price,
+    docs/methodology.md §5) off a smile ``σ = atm(T) · (1 + skew·z + curv·z²)`` with ``z = ln(K/F)/√T``.
     Margin tiers (risk-limit brackets) exist for the perpetuals and futures of BTC, ETH and SOL.
 
 Accounts.
@@ -252,7 +252,7 @@ def _norm_cdf(x: np.ndarray) -> np.ndarray:
 
 
 def black76(forward, strike, t_years, vol, is_call):
-    """Black-76 price with r = 0 (METHODOLOGY §5), vectorised over numpy arrays; T > 0."""
+    """Black-76 price with r = 0 (docs/methodology.md §5), vectorised over numpy arrays; T > 0."""
     forward, strike, t_years, vol = (np.asarray(a, dtype=np.float64)
                                      for a in (forward, strike, t_years, vol))
     sd = vol * np.sqrt(t_years)
@@ -943,7 +943,7 @@ def _shift_entries(m: _Market, pos: _Positions, risk: _Risk, shift: np.ndarray) 
 
 @dataclasses.dataclass(eq=False)
 class SyntheticBook:
-    """Generated input tables of METHODOLOGY.md §1 plus the valuation time."""
+    """Generated input tables of docs/methodology.md §1 plus the valuation time."""
 
     instruments: pa.Table
     assets: pa.Table
