@@ -1,4 +1,4 @@
-"""Arrow inputs turned into plain Python records (spec §1, methodology-notes "Keys and ordering").
+"""Arrow inputs turned into plain Python records (docs/methodology.md §1, docs/methodology-notes.md "Keys and ordering").
 
 Everything downstream of this module works on lists, dicts and small frozen dataclasses. The
 dense ids of methodology-notes are kept: an instrument's id is its row in `instruments`, an
@@ -137,7 +137,7 @@ class Tier:
 
 @dataclass(frozen=True)
 class RiskParams:
-    """Portfolio-model parameters of one underlying (§4); the defaults are the spec's."""
+    """Portfolio-model parameters of one underlying (§4); the defaults are those of docs/methodology.md §1."""
 
     price_range: float = 0.15
     price_steps: int = 21

@@ -1,4 +1,4 @@
-"""Black-76 with r = 0 and the forward equal to the index price (spec §5).
+"""Black-76 with r = 0 and the forward equal to the index price (docs/methodology.md §5).
 
 Every number is computed by the scalar function `black76_scalar` with `math`; the vectorized
 `black76` only broadcasts its arguments with numpy and loops over the elements.

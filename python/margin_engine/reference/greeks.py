@@ -1,4 +1,4 @@
-"""Greeks aggregation per account × underlying (spec §7)."""
+"""Greeks aggregation per account × underlying (docs/methodology.md §7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Liquidation scan, market stress, distance to liquidation and the liquidation map (spec §8).
+"""Liquidation scan, market stress, distance to liquidation and the liquidation map (docs/methodology.md §8).
 
 Everything here is built on the §2–§4 and §6 reference pieces: a stressed market is just another
 `BookData` / `MarketData` (moved index prices, marks and linked asset prices), positions netted at

@@ -1,4 +1,4 @@
-"""Portfolio model (spec §4): scenarios, risk arrays and the per-underlying scan.
+"""Portfolio model (docs/methodology.md §4): scenarios, risk arrays and the per-underlying scan.
 
 Scenario numbering (methodology-notes §4): regular scenario `s = 3k + v` for spot step
 `k = 0..n−1` and vol state `v` (0 = down, 1 = none, 2 = up); then the extreme scenarios

@@ -1,4 +1,4 @@
-"""Account results (spec §6) and the public `margin` function."""
+"""Account results (docs/methodology.md §6) and the public `margin` function."""
 
 from __future__ import annotations
 

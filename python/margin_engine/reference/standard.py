@@ -1,4 +1,4 @@
-"""Standard model (spec §3): per-position margin, summed per account."""
+"""Standard model (docs/methodology.md §3): per-position margin, summed per account."""
 
 from __future__ import annotations
 

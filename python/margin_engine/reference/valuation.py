@@ -1,4 +1,4 @@
-"""Netting, valuation and collateral (spec §1 time to expiry, §2).
+"""Netting, valuation and collateral (docs/methodology.md §1 time to expiry, §2).
 
 Summation orders follow methodology-notes: rows of one (account, instrument) are summed in input
 row order; an account's netted positions in instrument-id order; its balances in asset-id order.
