@@ -81,7 +81,7 @@ def test_issue12_map_scale_is_not_set_by_the_already_liquidatable_bar():
     assert 5e6 <= high < 1e7  # scaled to the largest bar off level 0, not to 1e12
     heights = [p.get_height() for p in main.patches]
     assert max(heights) == 5e6 and 1e12 not in heights
-    assert f"already liquidatable: 1 accounts, {money(1e12)} notional" in _texts(fig)  # stated instead
+    assert f"already liquidatable: 1 account, {money(1e12)} notional" in _texts(fig)  # stated instead
 
 
 def test_issue12_map_names_the_underlyings_it_left_out():

@@ -164,7 +164,7 @@ def _map_figure(plt: Any, liquidation_map: Any, max_underlyings: int, currency: 
         down_a, up_a = cum_acc[0] - now_a, cum_acc[-1] - now_a
         ax.set_title(f"{name}   index {spot:,.6g} {currency}", fontsize=10, loc="left")
         already = (
-            f"already liquidatable: {now_a:,} accounts, {money(now_n)} notional (not in the bars)"
+            f"already liquidatable: {now_a:,} account{'s' if now_a != 1 else ''}, {money(now_n)} notional (not in the bars)"
             if now_a or now_n
             else "no account liquidatable already"
         )
