@@ -1,54 +1,156 @@
 """The ``margin-engine`` command line: ``demo``, ``generate``, ``run``, ``scan``, ``report``.
 
-Long steps print progress (step name, then its time) on stderr; results go to stdout or Parquet.
+Long steps show progress on stderr (step name, a spinner while it runs on a terminal, then its
+time); results go to stdout or to files. Every result file is written to a temporary file beside
+it and renamed over it only when the command succeeds, so a failure, Ctrl-C or SIGTERM leaves
+the previous result intact. A user error is one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import signal
 import sys
+import threading
 import time
+import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from margin_engine import api
-from margin_engine._core import MarginInputError
-from margin_engine.io import BookTables, read_book, write_book
+from margin_engine._core import MarginInputError, __version__
+from margin_engine.io import BookTables, atomic_path, book_writer, count_rows, iter_table_batches, read_book, table_path
 
 STATUSES = ("healthy", "margin_call", "liquidatable", "bankrupt")
+SPIN = "|/-\\"
 
 
 class Progress:
-    """Prints each step and its duration to stderr, so a long run shows where it is."""
+    """Prints each step and its duration to stderr, so a long run shows where it is. On a
+    terminal a spinner (or, given a total, a bar) with the elapsed time runs while a step does:
+    the engine releases the GIL, so the spinner's thread keeps turning during a long call."""
 
-    def __init__(self, quiet: bool = False):
+    def __init__(self, quiet: bool = False, stream: Any = None, interval: float = 0.1):
         self.quiet = quiet
+        self.stream = stream
+        self.interval = interval
         self.start = time.perf_counter()
         self.timings: dict[str, float] = {}
+        self._fraction: float | None = None
+
+    @property
+    def out(self) -> Any:
+        return self.stream or sys.stderr
+
+    def _live(self) -> bool:
+        isatty = getattr(self.out, "isatty", None)
+        return not self.quiet and bool(isatty and isatty())
+
+    def _clock(self) -> str:
+        return f"[{time.perf_counter() - self.start:7.2f}s]"
+
+    def _print(self, text: str) -> None:
+        if not self.quiet:
+            print(("\r\033[K" if self._live() else "") + text, file=self.out, flush=True)
 
     def note(self, message: str) -> None:
-        if not self.quiet:
-            print(f"[{time.perf_counter() - self.start:7.2f}s]   {message}", file=sys.stderr, flush=True)
+        self._print(f"{self._clock()}   {message}")
+
+    def advance(self, done: float, total: float) -> None:
+        """The share of the current step done (drawn as a bar on a terminal)."""
+        self._fraction = min(1.0, done / total) if total else None
+
+    def _indicator(self, name: str, t0: float, tick: int) -> str:
+        elapsed = f"{time.perf_counter() - t0:6.1f}s"
+        if self._fraction is None:
+            return f"{self._clock()} {name} {SPIN[tick % len(SPIN)]} {elapsed}"
+        filled = int(30 * self._fraction)
+        return f"{self._clock()} {name} [{'#' * filled}{'.' * (30 - filled)}] {100 * self._fraction:3.0f}% {elapsed}"
+
+    def _spin(self, name: str, t0: float, stop: threading.Event) -> None:
+        tick = 0
+        while not stop.wait(self.interval):
+            print("\r\033[K" + self._indicator(name, t0, tick), end="", file=self.out, flush=True)
+            tick += 1
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
-        if not self.quiet:
-            print(f"[{time.perf_counter() - self.start:7.2f}s] {name} ...", file=sys.stderr, flush=True)
+        self._print(f"{self._clock()} {name} ...")
         t0 = time.perf_counter()
-        yield
+        self._fraction = None
+        stop = threading.Event()
+        spinner = threading.Thread(target=self._spin, args=(name, t0, stop), daemon=True) if self._live() else None
+        if spinner:
+            spinner.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            if spinner:
+                spinner.join()
         self.timings[name] = time.perf_counter() - t0
-        if not self.quiet:
-            print(
-                f"[{time.perf_counter() - self.start:7.2f}s] {name}: done in {self.timings[name]:.3f}s",
-                file=sys.stderr,
-                flush=True,
-            )
+        self._print(f"{self._clock()} {name}: done in {self.timings[name]:.3f}s")
+
+
+# --------------------------------------------------------------------------------------------
+# stdout that survives a closed pipe, results written atomically, signals as exceptions
+# --------------------------------------------------------------------------------------------
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe (``| head -1``): the rest of the output goes nowhere, quietly."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (an in-process stdout without a descriptor)
+
+
+def say(*args: Any) -> None:
+    """print() to stdout; a reader that went away (``| head``) does not stop the work."""
+    try:
+        print(*args)
+    except BrokenPipeError:
+        _silence_stdout()
+
+
+class Outputs(ExitStack):
+    """The result files of one command, each a temporary file (see :func:`atomic_path`) made
+    when it is declared, before any work: a missing, read-only or directory destination fails
+    at once. All are renamed into place when the command's block ends normally, all removed
+    when it raises."""
+
+    def file(self, target: Path | None) -> Path | None:
+        return None if target is None else self.enter_context(atomic_path(target))
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP, raised in the main thread so that every temporary file is removed."""
+
+
+@contextmanager
+def _signals_raise() -> Iterator[None]:
+    def handler(signum: int, _frame: Any) -> NoReturn:
+        raise Terminated(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def _generate(accounts: int, seed: int, shuffle: bool, progress: Progress) -> BookTables:
@@ -82,11 +184,11 @@ def _status_counts(results: pa.Table) -> dict[str, int]:
     return {s: int(found.get(s, 0)) for s in STATUSES}
 
 
-def _print_summary(tables: BookTables, results: dict[str, pa.Table], progress: Progress, out: Any = sys.stdout) -> None:
+def _print_summary(tables: BookTables, results: dict[str, pa.Table], progress: Progress, out: Any = None) -> None:
     std, port = results["standard"], results["portfolio"]
     n_accounts = std.num_rows
     rows = tables.positions.num_rows
-    p = lambda *a: print(*a, file=out)  # noqa: E731
+    p = say if out is None else lambda *a: print(*a, file=out)  # noqa: E731
     p()
     p("margin-engine demo")
     p("=" * 78)
@@ -153,8 +255,8 @@ def _print_summary(tables: BookTables, results: dict[str, pa.Table], progress: P
         p(f"    {name:46} {seconds:8.3f}s{rate}")
 
 
-def _print_liquidation(stressed: pa.Table, distances: pa.Table, out: Any = sys.stdout) -> None:
-    p = lambda *a: print(*a, file=out)  # noqa: E731
+def _print_liquidation(stressed: pa.Table, distances: pa.Table, out: Any = None) -> None:
+    p = say if out is None else lambda *a: print(*a, file=out)  # noqa: E731
     p()
     counts = _status_counts(stressed)
     p("stress test, BTC -20% (index, marks, options repriced, BTC collateral): " + ", ".join(f"{s} {c:,}" for s, c in counts.items()))
@@ -169,8 +271,8 @@ def _print_liquidation(stressed: pa.Table, distances: pa.Table, out: Any = sys.s
         p(f"    {threshold:>5.0%}: {accounts:>10,} accounts")
 
 
-def _print_plan_and_hedges(plan: Any, hedges: pa.Table | None, out: Any = sys.stdout) -> None:
-    p = lambda *a: print(*a, file=out)  # noqa: E731
+def _print_plan_and_hedges(plan: Any, hedges: pa.Table | None, out: Any = None) -> None:
+    p = say if out is None else lambda *a: print(*a, file=out)  # noqa: E731
     p()
     after = dict(zip(*plan.accounts.group_by("status_after").aggregate([("account_id", "count")]).to_pydict().values()))
     p(
@@ -225,128 +327,162 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     progress = Progress(args.quiet)
-    tables = _generate(args.accounts, args.seed, args.shuffle, progress)
-    with progress.step(f"writing Parquet to {args.out}"):
-        write_book(tables, args.out)
-    print(f"wrote {tables.positions.num_rows:,} positions of {args.accounts:,} accounts to {args.out}")
+    with book_writer(args.out) as write:
+        tables = _generate(args.accounts, args.seed, args.shuffle, progress)
+        with progress.step(f"writing Parquet to {args.out}"):
+            write(tables)
+    say(f"wrote {tables.positions.num_rows:,} positions of {args.accounts:,} accounts to {args.out}")
     return 0
 
 
-def _stream_margin(args: argparse.Namespace, book: Any, market: Any, progress: Progress) -> tuple[int, float, float, dict[str, int]]:
-    """Margins positions/balances Parquet files slice by slice (sorted by account), writing each
-    result slice to ``args.out`` as it comes: memory stays bounded by the slice, not the book.
-    Returns (accounts, IM, MM, status counts)."""
+def _stream_margin(
+    args: argparse.Namespace, tables: BookTables, out: Path | None, progress: Progress
+) -> tuple[int, float, float, dict[str, int]]:
+    """Margins the book's positions and balances (files or dataset folders, sorted by account)
+    slice by slice, writing each result slice to ``out`` as it comes: memory stays bounded by the
+    slice, not the book. Returns (accounts, IM, MM, status counts)."""
     from margin_engine.streaming import margin_batches
 
-    # pre_buffer=False: with pyarrow's default pre-buffering, iterating a file's batches keeps
-    # every row group read so far (memory grew by ~6 MB per 1M-row batch on 20M accounts)
-    positions_file = pq.ParquetFile(args.book / "positions.parquet", pre_buffer=False)
-    balances_file = pq.ParquetFile(args.book / "balances.parquet", pre_buffer=False)
-    total_rows = positions_file.metadata.num_rows
-    positions = positions_file.iter_batches(batch_size=1 << 20)
-    balances = balances_file.iter_batches(batch_size=1 << 20)
+    book, market = tables.book(), tables.market()
+    paths = {name: table_path(args.book, name) for name in ("positions", "balances")}
+    total_rows = count_rows("positions", paths["positions"])
+    batch = min(1 << 20, args.rows_per_slice)
+    read = [0]
+
+    def counted(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for b in batches:
+            read[0] += b.num_rows
+            yield b
+
+    positions = counted(iter_table_batches("positions", paths["positions"], batch))
+    balances = iter_table_batches("balances", paths["balances"], batch)
     writer = None
     accounts, im, mm = 0, 0.0, 0.0
     counts = dict.fromkeys(STATUSES, 0)
     try:
         with progress.step(f"margin, {args.model} model, streamed from Parquet ({total_rows:,} position rows)"):
-            for part in margin_batches(book, positions, balances, market, model=args.model, threads=args.threads):
-                if args.out:
-                    writer = writer or pq.ParquetWriter(args.out, part.schema)
+            parts = margin_batches(book, positions, balances, market, model=args.model, threads=args.threads, rows_per_slice=args.rows_per_slice)
+            for part in parts:
+                if out is not None:
+                    writer = writer or pq.ParquetWriter(out, part.schema)
                     writer.write_table(part)
                 accounts += part.num_rows
                 im += _sum(part, "initial_margin")
                 mm += _sum(part, "maintenance_margin")
                 for status, n in _status_counts(part).items():
                     counts[status] += n
+                progress.advance(read[0], total_rows)
                 progress.note(f"{accounts:,} accounts")
-    finally:
         if writer is not None:
             writer.close()
+            writer = None
+        elif out is not None:  # an empty book: an empty results file
+            pq.write_table(api.margin(book, tables.positions, tables.balances, market), out)
+    finally:
+        if writer is not None:  # failed: the temporary file is removed, its writer just closed
+            with suppress(Exception):
+                writer.close()
     return accounts, im, mm, counts
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     progress = Progress(args.quiet)
-    with progress.step(f"reading {args.book}"):
-        tables = read_book(args.book, rows=not args.stream)
-        book, market = tables.book(), tables.market()
-    if args.stream:
-        accounts, im, mm, counts = _stream_margin(args, book, market, progress)
-        if args.out and accounts == 0:
-            empty = api.margin(book, tables.positions.slice(0, 0), tables.balances.slice(0, 0), market)
-            pq.write_table(empty, args.out)
-    else:
-        with progress.step(f"margin, {args.model} model"):
-            results = api.margin(book, tables.positions, tables.balances, market, model=args.model, threads=args.threads)
-        if args.out:
-            with progress.step(f"writing {args.out}"):
-                pq.write_table(results, args.out)
-        accounts, counts = results.num_rows, _status_counts(results)
-        im, mm = _sum(results, "initial_margin"), _sum(results, "maintenance_margin")
-    print(
-        f"{accounts:,} accounts: IM {_usd(im)}, MM {_usd(mm)}; "
-        + ", ".join(f"{s} {c:,}" for s, c in counts.items())
-    )
+    with Outputs() as outputs:
+        out = outputs.file(args.out)
+        with progress.step(f"reading {args.book}"):
+            tables = read_book(args.book, rows=not args.stream)
+        if args.stream:
+            accounts, im, mm, counts = _stream_margin(args, tables, out, progress)
+        else:
+            with progress.step("validating book and market"):
+                book, market = tables.book(), tables.market()
+            with progress.step(f"margin, {args.model} model"):
+                results = api.margin(book, tables.positions, tables.balances, market, model=args.model, threads=args.threads)
+            if out is not None:
+                with progress.step(f"writing {args.out}"):
+                    pq.write_table(results, out)
+            accounts, counts = results.num_rows, _status_counts(results)
+            im, mm = _sum(results, "initial_margin"), _sum(results, "maintenance_margin")
+    say(f"{accounts:,} accounts: IM {_usd(im)}, MM {_usd(mm)}; " + ", ".join(f"{s} {c:,}" for s, c in counts.items()))
     return 0
 
 
 def _parse_stress(items: list[str] | None) -> dict[str, float] | None:
-    if not items:
+    """``["BTC=-0.2", "ETH=-0.25"]`` as a stress dict; a malformed, non-finite or repeated
+    underlying raises MarginInputError."""
+    if items is None:
         return None
-    stress = {}
+    stress: dict[str, float] = {}
     for item in items:
         name, sep, value = item.partition("=")
+        name = name.strip()
         try:
-            if not sep:
+            move = float(value)
+            if not (sep and name and math.isfinite(move)):
                 raise ValueError
-            stress[name] = float(value)
         except ValueError:
-            raise MarginInputError(f"stress.move: expected UNDERLYING=MOVE like BTC=-0.2, got {item!r}") from None
+            raise MarginInputError(f"stress.move: expected UNDERLYING=MOVE like BTC=-0.2 (a finite number), got {item!r}") from None
+        if name in stress:
+            raise MarginInputError(f"stress.underlying: {name} is given twice ({name}={stress[name]:g} and {item}); give each underlying once")
+        stress[name] = move
     return stress
+
+
+def _print_scan(scan: pa.Table, args: argparse.Namespace) -> None:
+    counts = _status_counts(scan)
+    say(f"{scan.num_rows:,} accounts: " + ", ".join(f"{s} {c:,}" for s, c in counts.items()))
+    say(f"total shortfall: {_usd(_sum(scan, 'shortfall'))}")
+    columns = ["account_id", "status", "equity", "maintenance_margin", "shortfall"]
+    if args.distance:
+        columns += ["nearest_move", "nearest_underlying"]
+    top = scan.select(columns).slice(0, args.top)
+    say(top.to_pandas().to_string(index=False) if _has_pandas() else top)
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
     progress = Progress(args.quiet)
-    with progress.step(f"reading {args.book}"):
-        tables = read_book(args.book)
-        book, market = tables.book(), tables.market()
     stress = _parse_stress(args.stress)
-    label = f"liquidation scan, {args.model} model" + (f", stress {stress}" if stress else "")
-    with progress.step(label):
-        scan = api.liquidation_scan(
-            book, tables.positions, tables.balances, market, model=args.model, stress=stress,
-            distance=args.distance, threads=args.threads,
-        )
-    counts = _status_counts(scan)
-    print(f"{scan.num_rows:,} accounts: " + ", ".join(f"{s} {c:,}" for s, c in counts.items()))
-    print(f"total shortfall: {_usd(_sum(scan, 'shortfall'))}")
-    columns = ["account_id", "status", "equity", "maintenance_margin", "shortfall"]
-    if args.distance:
-        columns += ["nearest_move", "nearest_underlying"]
-    print(scan.select(columns).slice(0, args.top).to_pandas().to_string(index=False) if _has_pandas() else scan.select(columns).slice(0, args.top))
-    if args.out:
-        with progress.step(f"writing {args.out}"):
-            pq.write_table(scan, args.out)
-    if args.map:
-        with progress.step(f"liquidation map, {args.model} model"):
-            lmap = api.liquidation_map(book, tables.positions, tables.balances, market, model=args.model, threads=args.threads)
-        from margin_engine.charts import liquidation_map_png
+    if stress and args.distance:
+        raise MarginInputError("arguments.distance: --distance is measured from the current market; drop --stress or --distance")
+    base = args.plan.with_suffix("") if args.plan else None
+    written = []
+    with Outputs() as outputs:
+        out, map_png = outputs.file(args.out), outputs.file(args.map)
+        closes = outputs.file(Path(f"{base}.closes.parquet")) if base else None
+        plan_accounts = outputs.file(Path(f"{base}.accounts.parquet")) if base else None
+        with progress.step(f"reading {args.book}"):
+            tables = read_book(args.book)
+        with progress.step("validating book and market"):
+            book, market = tables.book(), tables.market()
+        held = (book, tables.positions, tables.balances, market)
+        label = f"liquidation scan, {args.model} model" + (f", stress {stress}" if stress else "")
+        label += ", with distance to liquidation (201 grid levels x underlying)" if args.distance else ""
+        with progress.step(label):
+            scan = api.liquidation_scan(*held, model=args.model, stress=stress, distance=args.distance, threads=args.threads)
+        _print_scan(scan, args)
+        if out is not None:
+            with progress.step(f"writing {args.out}"):
+                pq.write_table(scan, out)
+            written.append(f"scan results written to {args.out}")
+        if map_png is not None:
+            with progress.step(f"liquidation map, {args.model} model"):
+                lmap = api.liquidation_map(*held, model=args.model, threads=args.threads)
+            from margin_engine.charts import liquidation_map_png
 
-        with progress.step(f"drawing {args.map}"):
-            liquidation_map_png(lmap, args.map)
-        print(f"liquidation map written to {args.map}")
-    if args.plan:
-        with progress.step(f"liquidation plans, {args.model} model"):
-            plan = api.liquidation_plan(
-                book, tables.positions, tables.balances, market, model=args.model, stress=stress,
-                insurance_fund=args.insurance_fund, threads=args.threads,
-            )
-        base = args.plan.with_suffix("")
-        pq.write_table(plan.closes, f"{base}.closes.parquet")
-        pq.write_table(plan.accounts, f"{base}.accounts.parquet")
-        _print_plan_and_hedges(plan, None)
-        print(f"plan written to {base}.closes.parquet and {base}.accounts.parquet")
+            with progress.step(f"drawing {args.map}"):
+                liquidation_map_png(lmap, map_png)
+            written.append(f"liquidation map written to {args.map}")
+        if closes is not None and plan_accounts is not None:
+            with progress.step(f"liquidation plans, {args.model} model"):
+                plan = api.liquidation_plan(
+                    *held, model=args.model, stress=stress, insurance_fund=args.insurance_fund, threads=args.threads
+                )  # fmt: skip
+            pq.write_table(plan.closes, closes)
+            pq.write_table(plan.accounts, plan_accounts)
+            _print_plan_and_hedges(plan, None)
+            written.append(f"plan written to {base}.closes.parquet and {base}.accounts.parquet")
+    for line in written:
+        say(line)
     return 0
 
 
@@ -354,27 +490,33 @@ def cmd_report(args: argparse.Namespace) -> int:
     from margin_engine.report import efficiency_report, write_html
 
     progress = Progress(args.quiet)
-    with progress.step(f"reading {args.book}"):
-        tables = read_book(args.book)
-        book, market = tables.book(), tables.market()
-    with progress.step("efficiency report: margin under both models, optimal hedges"):
-        report = efficiency_report(
-            book, tables.positions, tables.balances, market,
-            hedge_instruments=args.hedge, hedge_objective=args.hedge_objective, threads=args.threads,
-        )
-    with progress.step(f"writing {args.out}"):
-        write_html(report, args.out)
+    with Outputs() as outputs:
+        out = outputs.file(args.out)
+        assert out is not None
+        with progress.step(f"reading {args.book}"):
+            tables = read_book(args.book)
+        with progress.step("validating book and market"):
+            book, market = tables.book(), tables.market()
+        hedging = "" if args.hedge == [] else ", optimal hedges"
+        with progress.step(f"efficiency report: margin under both models{hedging}"):
+            report = efficiency_report(
+                book, tables.positions, tables.balances, market,
+                hedge_instruments=args.hedge, hedge_objective=args.hedge_objective, threads=args.threads,
+            )  # fmt: skip
+        with progress.step(f"writing {args.out}"), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            write_html(report, out)
     pct = report.capital_freed_pct
     idle = dict(zip(report.idle.column("model").to_pylist(), report.idle.column("idle_total").to_pylist()))
-    print(
+    say(
         f"capital freed by portfolio margin: {_usd(report.capital_freed)}"
         + (f" ({100 * pct:+.1f}% of standard IM)" if pct == pct else "")
-        + f"; idle collateral of healthy accounts: {_usd(idle['portfolio'])} (portfolio model); "
+        + f"; idle collateral of healthy accounts: {_usd(idle.get('portfolio', 0.0))} (portfolio model); "
         f"best single hedges free {_usd(report.hedges_total_freed)} of {report.hedge_objective} margin"
     )
-    for note in report.notes:
-        print(f"note: {note}")
-    print(f"report written to {args.out}")
+    for note in [*report.notes, *(str(w.message).replace(str(out), str(args.out)) for w in caught)]:
+        say(f"note: {note}")
+    say(f"report written to {args.out}")
     return 0
 
 
@@ -386,66 +528,136 @@ def _has_pandas() -> bool:
     return True
 
 
+# --------------------------------------------------------------------------------------------
+# The parser: every option has help; a usage error is one line and exit 2
+# --------------------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    return 0 if text.strip() == "0" else _positive_int(text)
+
+
+def _amount(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+QUIET_HELP = "no progress on stderr (accepted before or after the subcommand)"
+
+
+def _subcommand(sub: Any, name: str, help: str, func: Any) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help, description=help)
+    # SUPPRESS: an absent --quiet here leaves the one given before the subcommand
+    parser.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)
+    parser.set_defaults(func=func)
+    return parser
+
+
+def _book_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("book", type=Path, help="book directory (see margin-engine generate); a table may be a folder of Parquet files")
+    parser.add_argument("--threads", type=_positive_int, default=None, help="worker threads (default: all cores)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="margin-engine", description=__doc__)
-    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="margin-engine", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"margin-engine {__version__}", help="print the version and exit")
+    parser.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="generate an exchange book and margin it under both models")
-    demo.add_argument("--accounts", type=int, default=1_000_000)
-    demo.add_argument("--seed", type=int, default=7)
-    demo.add_argument("--threads", type=int, default=None)
-    demo.set_defaults(func=cmd_demo)
+    demo = _subcommand(sub, "demo", "generate an exchange book and margin it under both models", cmd_demo)
+    demo.add_argument("--accounts", type=_positive_int, default=1_000_000, help="accounts to generate (default: 1,000,000)")
+    demo.add_argument("--seed", type=int, default=7, help="random seed of the generated book (default: 7)")
+    demo.add_argument("--threads", type=_positive_int, default=None, help="worker threads (default: all cores)")
 
-    gen = sub.add_parser("generate", help="write a generated book as Parquet")
-    gen.add_argument("--accounts", type=int, default=1_000_000)
-    gen.add_argument("--seed", type=int, default=7)
+    gen = _subcommand(sub, "generate", "write a generated book as a directory of Parquet files", cmd_generate)
+    gen.add_argument("--accounts", type=_positive_int, default=1_000_000, help="accounts to generate, at least 1 (default: 1,000,000)")
+    gen.add_argument("--seed", type=int, default=7, help="random seed of the generated book (default: 7)")
     gen.add_argument("--shuffle", action="store_true", help="rows not sorted by account")
-    gen.add_argument("--out", type=Path, required=True)
-    gen.set_defaults(func=cmd_generate)
+    gen.add_argument("--out", type=Path, required=True, help="book directory to write (created or updated; written atomically)")
 
-    run = sub.add_parser("run", help="margin a book directory")
-    run.add_argument("book", type=Path)
-    run.add_argument("--model", choices=["standard", "portfolio"], default="standard")
-    run.add_argument("--out", type=Path, default=None, help="results Parquet file")
-    run.add_argument("--threads", type=int, default=None)
+    run = _subcommand(sub, "run", "margin a book directory", cmd_run)
+    _book_options(run)
+    run.add_argument("--model", choices=["standard", "portfolio"], default="standard", help="margin model (default: standard)")
+    run.add_argument("--out", type=Path, default=None, help="results Parquet file (written atomically)")
     run.add_argument("--stream", action="store_true", help="stream positions/balances (sorted by account) in batches: bounded memory")
-    run.set_defaults(func=cmd_run)
+    run.add_argument(
+        "--rows-per-slice", type=_positive_int, default=2_000_000, metavar="N",
+        help="with --stream: positions margined per slice, the memory bound (default: 2,000,000)",
+    )  # fmt: skip
 
-    scan = sub.add_parser("scan", help="liquidation scan of a book directory")
-    scan.add_argument("book", type=Path)
-    scan.add_argument("--model", choices=["standard", "portfolio"], default="standard")
-    scan.add_argument("--stress", nargs="*", metavar="UNDERLYING=MOVE", help="e.g. BTC=-0.2 ETH=-0.25")
+    scan = _subcommand(sub, "scan", "liquidation scan of a book directory", cmd_scan)
+    _book_options(scan)
+    scan.add_argument("--model", choices=["standard", "portfolio"], default="standard", help="margin model (default: standard)")
+    scan.add_argument("--stress", nargs="+", metavar="UNDERLYING=MOVE", help="index moves to apply, each underlying once, e.g. BTC=-0.2 ETH=-0.25")
     scan.add_argument("--distance", action="store_true", help="add each account's nearest liquidation move")
-    scan.add_argument("--map", type=Path, default=None, metavar="PNG", help="draw the liquidation map")
+    scan.add_argument("--map", type=Path, default=None, metavar="PNG", help="draw the liquidation map to this PNG file")
     scan.add_argument("--out", type=Path, default=None, help="scan results Parquet file")
     scan.add_argument("--plan", type=Path, default=None, metavar="PARQUET", help="write liquidation plans (PLAN.closes/.accounts.parquet)")
-    scan.add_argument("--insurance-fund", type=float, default=0.0, help="insurance fund balance for --plan")
-    scan.add_argument("--top", type=int, default=15, help="accounts to print")
-    scan.add_argument("--threads", type=int, default=None)
-    scan.set_defaults(func=cmd_scan)
+    scan.add_argument("--insurance-fund", type=_amount, default=0.0, help="insurance fund balance for --plan (default: 0)")
+    scan.add_argument("--top", type=_count, default=15, help="accounts to print (default: 15)")
 
-    rep = sub.add_parser("report", help="capital-efficiency report of a book directory, as one HTML page")
-    rep.add_argument("book", type=Path)
+    rep = _subcommand(sub, "report", "capital-efficiency report of a book directory, as one HTML page", cmd_report)
+    _book_options(rep)
     rep.add_argument("--out", type=Path, default=Path("report.html"), help="HTML file (default: report.html)")
     rep.add_argument(
         "--hedge", nargs="*", default=None, metavar="INSTRUMENT",
         help="hedge instruments offered to optimal_hedge (default: each underlying's perpetual; "
         "--hedge with no names skips the hedges)",
-    )
-    rep.add_argument("--hedge-objective", choices=["initial", "maintenance"], default="initial")
-    rep.add_argument("--threads", type=int, default=None)
-    rep.set_defaults(func=cmd_report)
+    )  # fmt: skip
+    rep.add_argument("--hedge-objective", choices=["initial", "maintenance"], default="initial", help="margin the hedges minimise (default: initial)")
     return parser
+
+
+def _fail(message: str, status: int = 2) -> int:
+    with suppress(BrokenPipeError):
+        sys.stdout.flush()
+    print(f"margin-engine: {message}", file=sys.stderr)
+    return status
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        with _signals_raise():
+            status = int(args.func(args))
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:  # stdout closed by its reader; the work is done or cannot report
+        _silence_stdout()
+        return 0
     except MarginInputError as e:
-        print(f"margin-engine: bad input: {e}", file=sys.stderr)
-        return 2
+        return _fail(f"bad input: {_one_line(e)}")
+    except (OSError, pa.ArrowException) as e:
+        return _fail(_one_line(e))
+    except KeyboardInterrupt:
+        return _fail("interrupted; no result written", 130)
+    except Terminated as e:
+        return _fail(f"terminated by signal {e.args[0]}; no result written", 128 + int(e.args[0]))
 
 
 if __name__ == "__main__":
