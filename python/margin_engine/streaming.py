@@ -129,8 +129,9 @@ class _Cursor:
     def buffered(self) -> int:
         return self.buffer.num_rows if self.buffer is not None else 0
 
-    def _conform(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        """The batch with the first batch's schema; another set of columns or types raises."""
+    def _conform(self, batch: pa.RecordBatch, at: int) -> pa.RecordBatch:
+        """The batch with the first batch's schema; another set of columns or types raises
+        (naming the batch and ``at``, the stream row of its first row)."""
         if self.schema is None:
             if batch.schema.get_field_index("account_id") < 0:
                 raise input_error(self.table, "account_id", f"missing column (the table has: {', '.join(batch.schema.names)})")
@@ -143,7 +144,7 @@ class _Cursor:
             return pa.RecordBatch.from_arrays([batch.column(n) for n in self.schema.names], schema=self.schema)
         raise input_error(
             self.table, column,
-            f"batch {self.batches_read} (from stream row {self.rows_read}) has another schema than the first batch: "
+            f"batch {self.batches_read} (from stream row {at}) has another schema than the first batch: "
             f"{_describe(self.schema, batch.schema, column)}",
         )  # fmt: skip
 
@@ -157,7 +158,7 @@ class _Cursor:
         group: list[pa.RecordBatch] = []
         got = in_group = 0
         for batch in self.it:
-            batch = self._conform(batch)
+            batch = self._conform(batch, self.rows_read + got + in_group)
             self.batches_read += 1
             if batch.num_rows == 0:
                 continue
