@@ -135,4 +135,5 @@ def what_if(
     balances: Any | None,
     trades: Any | None,
     model: str = "standard",
+    premium_asset: str | int | None = None,
 ) -> WhatIf: ...

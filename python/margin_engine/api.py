@@ -701,6 +701,7 @@ def what_if(
     trades: Any,
     *,
     model: Model = "standard",
+    premium_asset: str | None = None,
 ) -> WhatIf:
     """One account's margin before and after ``trades``: the pre-trade check of order entry
     (``docs/optimization.md``, "What-if").
@@ -716,18 +717,24 @@ def what_if(
 
     A trade of ``quantity`` at ``price`` adds a position row (netted with the account's rows) and
     moves cash by ``−quantity × multiplier × price``, against the position's worth ``quantity ×
-    multiplier × mark``; a trade that closes a position keeps that position's P&L.
+    multiplier × mark``; a trade that closes a position keeps that position's P&L. An option
+    trade's premium (``premium`` on the result, < 0 when paid) moves the account's balance of
+    ``premium_asset`` (default: the book's quote asset, the first asset priced 1 and linked to no
+    underlying), valued at that asset's weights like any balance: a premium bought on credit
+    counts at its liability weight.
 
     Returns a :class:`WhatIf`: ``before`` and ``after`` (:class:`AccountMargin`: the columns of
     :func:`margin` for this account: ``equity``, ``collateral_initial``,
     ``collateral_maintenance``, ``initial_margin``, ``maintenance_margin``, ``free_collateral``,
     ``margin_excess``, ``health``, ``status``), ``trade_pnl`` (``Σ quantity × multiplier × (mark −
-    price)``), ``initial_margin_change``, ``maintenance_margin_change`` and ``accepted`` (free
+    price)``), ``premium`` (``−Σ quantity × multiplier × price`` over option trades),
+    ``initial_margin_change``, ``maintenance_margin_change`` and ``accepted`` (free
     collateral >= 0 after the trade, or the trade reduces risk: IM does not rise and free
     collateral does not fall).
 
     Built for one account: no table conversion, no thread pool, the market resolved once per
-    (book, market) pair and cached on the market. ``model`` as in :func:`margin`.
+    (book, market) pair and cached on the market. ``model`` as in :func:`margin`;
+    ``premium_asset``: an asset key of the book, or ``None`` for the quote asset.
 
     One perpetual (IM rate 2%) at 50,000, one held, 2,000 USD, buying one more at 49,000:
 
@@ -746,4 +753,4 @@ def what_if(
     if not isinstance(book, Book) or not isinstance(market, Market):
         check_instance(book, Book, "book")
         check_instance(market, Market, "market")
-    return _core.what_if(book._core, market._core, positions, balances, trades, check_model(model))
+    return _core.what_if(book._core, market._core, positions, balances, trades, check_model(model), premium_asset)
