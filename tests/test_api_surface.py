@@ -262,3 +262,27 @@ def test_public_functions_call_the_core_in_its_order(generated):
     public = me.margin(g["book"], g["positions"], g["balances"], g["market"], model="portfolio")
     core = pa.table(_core.margin(g["book"]._core, g["market"]._core, g["positions"], g["balances"], "portfolio", None))
     assert public.equals(core)
+
+
+def test_perpetual_only_book_needs_no_expiry_column():
+    """Finding "a perpetual-only book must not need an expiry column": a book without the
+    column margins exactly like the same book with an all-null ``expiry``; a future still needs
+    one."""
+    columns = {"instrument": ["BTC-PERP", "ETH-PERP"], "kind": ["perpetual"] * 2, "underlying": ["BTC", "ETH"],
+               "multiplier": [1.0, 1.0], "initial_margin_rate": [0.02, 0.03], "maintenance_margin_rate": [0.01, 0.015]}
+    assets = pa.table({"asset": ["USD"], "price": [1.0], "initial_weight": [1.0], "maintenance_weight": [1.0],
+                       "initial_liability_weight": [1.0], "maintenance_liability_weight": [1.0]})
+    market = me.Market(pa.table({"underlying": ["BTC", "ETH"], "index_price": [50_000.0, 3_000.0]}),
+                       pa.table({"instrument": ["BTC-PERP", "ETH-PERP"], "mark_price": [50_010.0, 2_999.0]}), 0)
+    positions = pa.table({"account_id": [1, 1, 2], "instrument": ["BTC-PERP", "ETH-PERP", "ETH-PERP"], "quantity": [1.0, -3.0, 2.0]})
+    balances = pa.table({"account_id": [1, 2], "asset": ["USD", "USD"], "amount": [1_000.0, 100.0]})
+    without = me.Book(pa.table(columns), assets)
+    with_nulls = me.Book(pa.table({**columns, "expiry": pa.array([None, None], pa.timestamp("ns", "UTC"))}), assets)
+    for model in ("standard", "portfolio"):
+        got = me.margin(without, positions, balances, market, model=model)
+        assert got.equals(me.margin(with_nulls, positions, balances, market, model=model))
+        assert got.num_rows == 2
+    future = pa.table({**columns, "kind": ["future", "perpetual"]})
+    with pytest.raises(me.MarginInputError) as info:
+        me.Book(future, assets)
+    assert (info.value.table, info.value.column) == ("instruments", "expiry")
