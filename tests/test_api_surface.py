@@ -130,9 +130,12 @@ def test_output_polars_without_polars_names_the_package(generated, monkeypatch):
 
 
 def test_as_output_is_zero_copy_for_numeric_columns():
-    table = pa.table({"x": pa.array([1.0, 2.0, 3.0])})
+    """``output="polars"`` reuses the Arrow buffers (no copy, no rechunking of chunked results)."""
+    table = pa.concat_tables([pa.table({"x": pa.array([1.0, 2.0])}), pa.table({"x": pa.array([3.0])})])
     frame = api.as_output(table, "polars")
     assert frame["x"].to_list() == [1.0, 2.0, 3.0]
+    polars_buffers = [c.to_arrow().buffers()[1].address for c in frame["x"].get_chunks()]
+    assert polars_buffers == [c.buffers()[1].address for c in table.column("x").chunks]
     assert api.as_output(table, "arrow") is table
 
 

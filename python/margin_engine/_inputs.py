@@ -235,4 +235,4 @@ def as_output(table: pa.Table, output: str = "arrow") -> Any:
     ``output="polars"``."""
     if check_output(output) == "arrow":
         return table
-    return _polars().from_arrow(table)
+    return _polars().from_arrow(table, rechunk=False)
