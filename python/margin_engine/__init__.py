@@ -7,7 +7,7 @@ Python, for reading and as the oracle of the differential tests.
 Every public function's docstring lists the columns it reads and returns, and :class:`Book` and
 :class:`Market` describe every column of the book and the market (``help(margin_engine.margin)``,
 ``help(margin_engine.Book)``). The rules behind the numbers are in ``docs/methodology.md`` of the
-source distribution; input errors and their fixes in ``docs/errors.md``.
+project's repository; input errors and their fixes in ``docs/errors.md``.
 """
 
 from margin_engine._core import MarginInputError, __version__
