@@ -582,7 +582,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="margin-engine", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"margin-engine {__version__}", help="print the version and exit")
     parser.add_argument("--quiet", action="store_true", help=QUIET_HELP)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="what to do (margin-engine COMMAND --help for its options)"
+    )
 
     demo = _subcommand(sub, "demo", "generate an exchange book and margin it under both models", cmd_demo)
     demo.add_argument("--accounts", type=_positive_int, default=1_000_000, help="accounts to generate (default: 1,000,000)")
