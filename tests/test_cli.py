@@ -266,9 +266,11 @@ def test_finding_2_read_only_directory_is_one_line_before_any_work(tmp_path, boo
             raise OSError(errno.EROFS, "Read-only file system")
 
         monkeypatch.setattr(tempfile, "mkstemp", read_only)
-    status, _, err = run(["--quiet", "run", book, "--out", ro / "r.parquet"], capsys)
+    try:
+        status, _, err = run(["--quiet", "run", book, "--out", ro / "r.parquet"], capsys)
+    finally:
+        ro.chmod(0o755)
     assert_one_line_error(status, err, "cannot write", str(ro / "r.parquet"))
-    ro.chmod(0o755)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The ``margin-engine`` command line: ``demo``, ``generate``, ``run``, ``scan``, ``report``.
+"""The margin-engine command line: demo, generate, run, scan, report (docs/cli.md).
 
 Long steps show progress on stderr (step name, a spinner while it runs on a terminal, then its
 time); results go to stdout or to files. Every result file is written to a temporary file beside
