@@ -14,6 +14,7 @@ import datetime as dt
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import margin_engine as me
@@ -1224,8 +1225,8 @@ def test_huge_but_finite_inputs_stay_finite_or_raise() -> None:
         d = cell("balances", "amount", 0, abs(q))(d)
         book, market = make_book(d), make_market(d)
         for fn, args in (
-            (me.margin, (book, d["positions"], d["balances"], market, "standard")),
-            (me.margin, (book, d["positions"], d["balances"], market, "portfolio")),
+            (partial(me.margin, model="standard"), (book, d["positions"], d["balances"], market)),
+            (partial(me.margin, model="portfolio"), (book, d["positions"], d["balances"], market)),
             (me.greeks, (book, d["positions"], market)),
         ):
             try:
