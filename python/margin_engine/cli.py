@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -78,7 +79,8 @@ class Progress:
     def _spin(self, name: str, t0: float, stop: threading.Event) -> None:
         tick = 0
         while not stop.wait(self.interval):
-            print("\r\033[K" + self._indicator(name, t0, tick), end="", file=self.out, flush=True)
+            width = shutil.get_terminal_size().columns - 1  # a wrapped line would not redraw in place
+            print("\r\033[K" + self._indicator(name, t0, tick)[-width:], end="", file=self.out, flush=True)
             tick += 1
 
     @contextmanager
