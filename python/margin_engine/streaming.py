@@ -175,10 +175,12 @@ class _Cursor:
             if group:
                 groups.append(self._concat(group))
         if groups:
-            block = pa.concat_tables(groups).combine_chunks() if len(groups) > 1 else groups[0]
+            block = pa.concat_tables(groups) if len(groups) > 1 else groups[0]
             self._check(block)
             self.rows_read += block.num_rows
-            self.buffer = block if not self.buffered else pa.concat_tables([self.buffer, block]).combine_chunks()
+            pieces = [self.buffer, *groups] if self.buffered else groups
+            # one copy into the new buffer (a lone piece is used as it is)
+            self.buffer = pa.concat_tables(pieces).combine_chunks() if len(pieces) > 1 else pieces[0]
 
     def _concat(self, batches: list[pa.RecordBatch]) -> pa.Table:
         table = pa.Table.from_batches(batches, schema=self.schema)
@@ -232,7 +234,10 @@ class _Cursor:
         assert self.buffer is not None
         ids = self.buffer.column("account_id")
         cut = int(pc.sum(pc.less_equal(ids, pa.scalar(account, ids.type))).as_py() or 0)
-        taken, self.buffer = self.buffer.slice(0, cut), self.buffer.slice(cut)
+        taken, rest = self.buffer.slice(0, cut), self.buffer.slice(cut)
+        if 0 < rest.num_rows < cut:  # a short rest copied out, so the slice's buffers can be freed
+            rest = pa.Table.from_arrays([pa.concat_arrays(c.chunks) for c in rest.columns], schema=rest.schema)
+        self.buffer = rest
         self.offset += cut
         return taken, at
 
