@@ -276,6 +276,7 @@ def margin_batches(
     positions: Any,
     balances: Any,
     market: api.Market,
+    *,
     model: api.Model = "standard",
     threads: int | None = None,
     rows_per_slice: int = 2_000_000,
