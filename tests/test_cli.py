@@ -578,3 +578,17 @@ def test_finding_4_long_steps_each_have_a_progress_step(tmp_path, book, capsys):
         assert f"{step}" in err and "done in" in err, err
     status, _, err = run(["report", book, "--out", tmp_path / "r.html"], capsys)
     assert status == 0 and "optimal hedges" in err
+
+
+def test_finding_2_generate_out_that_is_a_file_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    """Issue 12 finding 2: ``generate --out FILE`` (not a directory) failed after generating, with a traceback."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("generated before the output was checked")
+
+    monkeypatch.setattr(synthetic, "generate", forbidden)
+    target = tmp_path / "book"
+    target.write_text("a file")
+    status, _, err = run(["--quiet", "generate", "--accounts", "10", "--out", target], capsys)
+    assert_one_line_error(status, err, "cannot write", "not a directory")
+    assert target.read_text() == "a file" and _temps(tmp_path) == []
