@@ -56,6 +56,7 @@ $(DEPS_STAMP): pyproject.toml | $(PY)
 	touch $@
 
 $(BUILD_STAMP): $(DEPS_STAMP) $(RUST_SOURCES)
+	rm -f python/margin_engine/_core.cpython-*.so  # a build from before abi3 would shadow _core.abi3.so
 	$(VENV)/bin/maturin develop --release
 	touch $@
 
