@@ -51,7 +51,7 @@ $(PY):
 
 $(DEPS_STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "maturin>=1.7,<2" "numpy>=1.24" "pyarrow>=15" "pytest>=8" "hypothesis>=6.100" \
+	$(PY) -m pip install -q "maturin>=1.10,<2" "numpy>=1.24" "pyarrow>=15" "pytest>=8" "hypothesis>=6.100" \
 		"pytest-benchmark>=4" "QuantLib>=1.30" "polars>=1.0" "duckdb>=1.0" "matplotlib>=3.7" "pandas>=2.0" "scipy>=1.9"
 	touch $@
 
