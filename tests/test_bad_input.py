@@ -292,7 +292,6 @@ INSTRUMENT_CASES = [
     C("expiry-null-future", "book", I, "expiry", cell(I, "expiry", 1, None), "'BTC-FUT'"),
     C("expiry-null-option", "book", I, "expiry", cell(I, "expiry", 3, None), "'BTC-P'"),
     C("expiry-wrong-type", "book", I, "expiry", column(I, "expiry", strings), None, "wrong type"),
-    C("expiry-missing", "book", I, "expiry", drop(I, "expiry"), None, "missing column"),
     C(
         "expiry-out-of-range",
         "book",
@@ -525,7 +524,6 @@ POSITION_CASES = [
         "account 3",
         "too large",
     ),
-    C("pos-entry_price-null", "use", P, "entry_price", cell(P, "entry_price", 2, None), "row 2", "null"),
     C("pos-entry_price-nan", "use", P, "entry_price", cell(P, "entry_price", 2, NAN), "row 2"),
     C("pos-entry_price-inf", "use", P, "entry_price", cell(P, "entry_price", 2, INF), "row 2"),
     C("pos-entry_price-negative", "use", P, "entry_price", cell(P, "entry_price", 2, -1.0), "row 2"),
@@ -543,16 +541,6 @@ POSITION_CASES = [
     ),
     C("pos-option-no-vol", "use", M, "implied_vol", cell(M, "implied_vol", 2, None), "'BTC-C'", "implied_vol"),
     C("pos-option-vol-column-missing", "use", M, "implied_vol", drop(M, "implied_vol"), "'BTC-P'", "implied_vol"),
-    C(
-        "marks-instrument-unknown",
-        "use",
-        M,
-        "instrument",
-        cell(M, "instrument", 4, "DOGE-PERP"),
-        "'DOGE-PERP'",
-        "unknown",
-    ),
-    C("index-underlying-unknown", "use", X, "underlying", cell(X, "underlying", 1, "DOGE"), "'DOGE'", "unknown"),
 ]
 
 BALANCE_CASES = [

@@ -40,7 +40,7 @@ from ._tables import (
 from .black76 import black76_scalar
 from .portfolio import RiskArrays
 from .results import MARGIN_SCHEMA, AccountResult, Model, account_result
-from .valuation import NettedPosition, net_positions, notional, years_to_expiry
+from .valuation import NettedPosition, closed_pnl, net_positions, notional, years_to_expiry
 
 GRID_STEP = 0.005
 """Distance grid step: 0.5% of the index price."""
@@ -236,10 +236,12 @@ def account_in(
     positions: list[NettedPosition],
     balances: list[BalanceRow],
     model: Model,
+    closed: float = 0.0,
 ) -> AccountResult:
     """§6 row of one account in `scenario`: positions netted at the base market, revalued to the
     scenario's marks, margined (§3 / §4) and collateral valued (§2.5, stressed asset prices) in
-    the scenario's market."""
+    the scenario's market. `closed` is the P&L of its positions that netted to 0 (no move
+    changes it)."""
     return account_result(
         account_id,
         positions_in(scenario, positions),
@@ -248,6 +250,7 @@ def account_in(
         scenario.market,
         model,
         scenario.arrays,
+        closed=closed,
     )
 
 
@@ -265,18 +268,32 @@ class Accounts:
     ids: list[int]
     positions: dict[int, list[NettedPosition]]
     balances: dict[int, list[BalanceRow]]
+    closed: dict[int, float]
+    """P&L of positions that netted to 0, per account (`valuation.closed_pnl`)."""
+
+    def row_in(self, scenario: Scenario, account_id: int, model: Model) -> AccountResult:
+        """`account_in` of one of these accounts."""
+        return account_in(
+            scenario,
+            account_id,
+            self.positions.get(account_id, []),
+            self.balances.get(account_id, []),
+            model,
+            self.closed.get(account_id, 0.0),
+        )
 
 
 def read_accounts(book: Any, positions: Any, balances: Any, market: Any) -> Accounts:
     """Read the inputs and net positions at the base market (§2.1)."""
     bd = read_book(book)
     md = read_market(market, bd)
-    netted = net_positions(read_positions(positions, bd), bd, md)
+    rows = read_positions(positions, bd)
+    netted = net_positions(rows, bd, md)
     by_account: dict[int, list[BalanceRow]] = {}
     for row in read_balances(balances, bd):
         by_account.setdefault(row.account_id, []).append(row)
     ids = sorted(set(netted) | set(by_account))
-    return Accounts(bd, md, ids, netted, by_account)
+    return Accounts(bd, md, ids, netted, by_account, closed_pnl(rows, bd, md))
 
 
 def _check_model(model: str) -> None:
@@ -369,17 +386,18 @@ def account_distances(
     balances: list[BalanceRow],
     scenarios: Scenarios,
     model: Model,
+    closed: float = 0.0,
 ) -> list[DistanceRow]:
     """Distance rows of one account, one per exposed underlying (sorted by name)."""
     book = scenarios.book
-    current = account_in(scenarios.base, account_id, positions, balances, model)
+    current = account_in(scenarios.base, account_id, positions, balances, model, closed)
     base_excess = current.margin_excess
     rows: list[DistanceRow] = []
     for u in exposed_underlyings(positions, balances, book):
 
         def excess_at(j: int, side: int, u: str = u) -> float:
             scenario = scenarios.moved({u: side * grid_move(j)})
-            return account_in(scenario, account_id, positions, balances, model).margin_excess
+            return account_in(scenario, account_id, positions, balances, model, closed).margin_excess
 
         move_down, level_down = walk(base_excess, -1, lambda j: excess_at(j, -1))
         move_up, level_up = walk(base_excess, 1, lambda j: excess_at(j, 1))
@@ -414,6 +432,7 @@ def _all_distances(accounts: Accounts, model: Model) -> list[DistanceRow]:
                 accounts.balances.get(account, []),
                 scenarios,
                 model,
+                accounts.closed.get(account, 0.0),
             )
         )
     return rows
@@ -429,6 +448,17 @@ def nearest(rows: list[DistanceRow]) -> tuple[float, str] | None:
             if m is not None and (best is None or abs(m) < abs(best[0])):
                 best = (m, row.underlying)
     return best
+
+
+def scan_nearest(current: AccountResult, rows: list[DistanceRow]) -> tuple[float, str | None] | None:
+    """`nearest_move` and `nearest_underlying` of the scan for one account (`current`: its row at
+    the current market, `rows`: its distance rows). An account below maintenance now
+    (`e_0 < 0`, the walk's level 0) gets move 0 and no underlying: no move of one underlying is
+    what liquidates it, it is liquidatable as it stands (whether or not it is exposed to any).
+    Otherwise `nearest(rows)`."""
+    if current.margin_excess < 0.0:
+        return 0.0, None
+    return nearest(rows)
 
 
 def liquidation_price(spot: float, move: float | None) -> float | None:
@@ -494,7 +524,8 @@ def liquidation_scan(
 
     With `stress`, every account is margined in the stressed market. With `distance=True` (only
     without stress: distances are measured from the current market) two more columns,
-    `nearest_move` and `nearest_underlying`. `threads` is ignored.
+    `nearest_move` and `nearest_underlying` (`scan_nearest`: 0 and null for an account
+    liquidatable already). `threads` is ignored.
     """
     del threads
     _check_model(model)
@@ -506,15 +537,18 @@ def liquidation_scan(
     scenario = scenario_of(accounts, stress)
 
     results = [
-        account_in(scenario, a, accounts.positions.get(a, []), accounts.balances.get(a, []), model)
+        accounts.row_in(scenario, a, model)
         for a in accounts.ids
     ]
-    nearest_by_account: dict[int, tuple[float, str] | None] = {}
+    nearest_by_account: dict[int, tuple[float, str | None] | None] = {}
     if distance:
         by_account: dict[int, list[DistanceRow]] = {}
         for row in _all_distances(accounts, model):
             by_account.setdefault(row.account_id, []).append(row)
-        nearest_by_account = {a: nearest(by_account.get(a, [])) for a in accounts.ids}
+        # distance=True is refused under stress: `results` are the rows at the current market
+        nearest_by_account = {
+            r.account_id: scan_nearest(r, by_account.get(r.account_id, [])) for r in results
+        }
 
     schema = SCAN_DISTANCE_SCHEMA if distance else SCAN_SCHEMA
     columns: dict[str, list[Any]] = {name: [] for name in schema.names}

@@ -5,7 +5,7 @@ account's row is `account_in(...)` of the scan, its margin after a close is the 
 its positions scaled down, and a plan under `stress` is made in the stressed `Scenario` of
 `reference.liquidation` (positions netted at the current market, revalued to the moved marks).
 
-Rules, for every account below maintenance (`collateral_maintenance < MM` or `equity < 0`), taken
+Rules, for every account whose status is `liquidatable` or `bankrupt` (docs/methodology.md §6), taken
 one by one in account-id order:
 
 1. **Order.** Score each netted position by the maintenance margin that closing it alone (all
@@ -51,7 +51,6 @@ from .liquidation import (
     Scenario,
     _check_model,
     _not_null,
-    account_in,
     positions_in,
     read_accounts,
     scenario_of,
@@ -349,7 +348,7 @@ def liquidate(
     plans: list[tuple[list[Close], Outcome]] = []
     for account in accounts.ids:
         row = rows[account]
-        if row.collateral_maintenance < row.maintenance_margin or row.equity < 0.0:
+        if row.status in ("liquidatable", "bankrupt"):
             positions = positions_in(scenario, accounts.positions.get(account, []))
             plans.append(plan_account(row, positions, scenario, model, params))
 
@@ -561,7 +560,7 @@ def liquidation_plan(
     accounts = read_accounts(book, positions, balances, market)
     scenario = scenario_of(accounts, stress)
     rows = {
-        a: account_in(scenario, a, accounts.positions.get(a, []), accounts.balances.get(a, []), model)
+        a: accounts.row_in(scenario, a, model)
         for a in accounts.ids
     }
     liquidation = liquidate(accounts, rows, scenario, model, params)

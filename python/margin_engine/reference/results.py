@@ -12,7 +12,7 @@ import pyarrow as pa
 from ._tables import BalanceRow, BookData, MarketData, read_balances, read_book, read_market, read_positions
 from .portfolio import RiskArrays, portfolio_margin
 from .standard import standard_margin
-from .valuation import NettedPosition, net_positions, value_account
+from .valuation import NettedPosition, closed_pnl, net_positions, value_account
 
 Model = Literal["standard", "portfolio"]
 
@@ -32,16 +32,27 @@ MARGIN_SCHEMA = pa.schema(
 )
 
 
+STATUS_TOLERANCE = 1e-9
+"""Relative tolerance of the status rule (see `meets`)."""
+
+
+def meets(collateral: float, requirement: float) -> bool:
+    """Collateral meets a requirement when `collateral >= requirement − 1e-9 × max(1, requirement)`:
+    an account of long options and no cash sits exactly at maintenance in exact arithmetic, and
+    its status must not ride on the last bits of `erfc`."""
+    return collateral >= requirement - STATUS_TOLERANCE * max(requirement, 1.0)
+
+
 def account_status(
     equity: float, collateral_initial: float, collateral_maintenance: float, im: float, mm: float
 ) -> str:
-    """§6: `bankrupt` if equity < 0; else `liquidatable` if collateral_maintenance < MM; else
-    `margin_call` if collateral_initial < IM; else `healthy`."""
+    """`bankrupt` if equity < 0; else `liquidatable` if collateral_maintenance does not meet MM;
+    else `margin_call` if collateral_initial does not meet IM; else `healthy` (`meets`)."""
     if equity < 0.0:
         return "bankrupt"
-    if collateral_maintenance < mm:
+    if not meets(collateral_maintenance, mm):
         return "liquidatable"
-    if collateral_initial < im:
+    if not meets(collateral_initial, im):
         return "margin_call"
     return "healthy"
 
@@ -82,11 +93,13 @@ def account_result(
     model: Model,
     arrays: RiskArrays,
     extra_pnl: float = 0.0,
+    closed: float = 0.0,
 ) -> AccountResult:
     """§6 row of one account: §2 valuation, §3 or §4 margin, then
     `free_collateral = collateral_initial − IM`, `margin_excess = collateral_maintenance − MM`.
-    `extra_pnl` is value realized outside the positions (see `value_account`)."""
-    value = value_account(positions, balances, book, market, extra_pnl)
+    `extra_pnl` is value realized outside the positions and `closed` the P&L of positions that
+    netted to 0 (see `value_account`)."""
+    value = value_account(positions, balances, book, market, extra_pnl, closed)
     if model == "standard":
         im, mm = standard_margin(positions, book, market)
     elif model == "portfolio":
@@ -128,7 +141,9 @@ def margin(
         raise ValueError(f"unknown model {model!r}: expected 'standard' or 'portfolio'")
     bd = read_book(book)
     md = read_market(market, bd)
-    netted = net_positions(read_positions(positions, bd), bd, md)
+    rows = read_positions(positions, bd)
+    netted = net_positions(rows, bd, md)
+    closed = closed_pnl(rows, bd, md)
     balances_by_account: dict[int, list[BalanceRow]] = {}
     for row in read_balances(balances, bd):
         balances_by_account.setdefault(row.account_id, []).append(row)
@@ -137,7 +152,14 @@ def margin(
     columns: dict[str, list[Any]] = {name: [] for name in MARGIN_SCHEMA.names}
     for account in sorted(set(netted) | set(balances_by_account)):
         result = account_result(
-            account, netted.get(account, []), balances_by_account.get(account, []), bd, md, model, arrays
+            account,
+            netted.get(account, []),
+            balances_by_account.get(account, []),
+            bd,
+            md,
+            model,
+            arrays,
+            closed=closed.get(account, 0.0),
         )
         for name in MARGIN_SCHEMA.names:
             columns[name].append(getattr(result, name))

@@ -52,14 +52,11 @@ def row_upnl(quantity: float, multiplier: float, mark: float, entry: float) -> f
     return quantity * multiplier * (mark - entry)
 
 
-def net_positions(
+def _row_sums(
     rows: Iterable[PositionRow], book: BookData, market: MarketData
-) -> dict[int, list[NettedPosition]]:
-    """§2.1: net the rows per (account, instrument).
-
-    Returns, per account that has any position row, its netted positions with `q != 0` in
-    instrument-id order (an account whose positions all net to zero maps to an empty list).
-    """
+) -> tuple[dict[tuple[int, int], float], dict[tuple[int, int], float], dict[int, None]]:
+    """Per (account, instrument): `Σ quantity` and `Σ upnl` over the rows in input row order
+    (upnl of linear rows with an entry price only), and the accounts in first-seen order."""
     quantity: dict[tuple[int, int], float] = {}
     upnl: dict[tuple[int, int], float] = {}
     accounts: dict[int, None] = {}
@@ -73,14 +70,38 @@ def net_positions(
             upnl[key] = upnl.get(key, 0.0) + row_upnl(
                 row.quantity, instrument.multiplier, mark, row.entry_price
             )
+    return quantity, upnl, accounts
 
+
+def net_positions(
+    rows: Iterable[PositionRow], book: BookData, market: MarketData
+) -> dict[int, list[NettedPosition]]:
+    """§2.1: net the rows per (account, instrument).
+
+    Returns, per account that has any position row, its netted positions with `q != 0` in
+    instrument-id order (an account whose positions all net to zero maps to an empty list).
+    """
+    quantity, upnl, accounts = _row_sums(rows, book, market)
     netted: dict[int, list[NettedPosition]] = {account: [] for account in accounts}
     for account, ins_id in sorted(quantity):
         q = quantity[(account, ins_id)]
         if q == 0.0:
-            continue  # a net of exactly 0 contributes nothing (§2.1)
+            continue  # a net of exactly 0 carries no notional, margin or Greeks (§2.1)
         netted[account].append(NettedPosition(book.instruments[ins_id], q, upnl.get((account, ins_id), 0.0)))
     return netted
+
+
+def closed_pnl(rows: Iterable[PositionRow], book: BookData, market: MarketData) -> dict[int, float]:
+    """The P&L of each account's linear positions that net to exactly 0, summed in
+    instrument-id order: realized but not yet settled, it stays in equity and collateral
+    (rows `+1 @ 50,000` and `−1 @ 60,000` carry `+10,000 × multiplier`). Accounts without such
+    a position are absent."""
+    quantity, upnl, _ = _row_sums(rows, book, market)
+    closed: dict[int, float] = {}
+    for account, ins_id in sorted(quantity):
+        if quantity[(account, ins_id)] == 0.0 and (account, ins_id) in upnl:
+            closed[account] = closed.get(account, 0.0) + upnl[(account, ins_id)]
+    return closed
 
 
 def notional(position: NettedPosition, mark_price: float) -> float:
@@ -169,10 +190,12 @@ def value_account(
     book: BookData,
     market: MarketData,
     extra_pnl: float = 0.0,
+    closed: float = 0.0,
 ) -> AccountValue:
     """§2.6 for one account. `positions` must be in instrument-id order; balances are summed in
     asset-id order (each (account, asset) appears once). `extra_pnl` (value realized outside the
-    positions, e.g. a what-if trade away from the mark) starts the P&L sum."""
+    positions, e.g. a what-if trade away from the mark) starts the P&L sum; `closed` (the
+    account's `closed_pnl`) ends it."""
     cash = 0.0
     weighted_initial = 0.0
     weighted_maintenance = 0.0
@@ -184,4 +207,5 @@ def value_account(
     pnl = extra_pnl
     for position in positions:
         pnl += position_pnl(position, market.marks[position.instrument.id].mark_price)
+    pnl += closed
     return AccountValue(cash, weighted_initial, weighted_maintenance, pnl)

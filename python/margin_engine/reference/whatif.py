@@ -3,8 +3,12 @@
 Rules, in the engine's words:
 - the account's rows are margined exactly as `margin` margins one account (§2, §3/§4, §6);
 - each trade adds a position row of `quantity` contracts at the mark;
-- a trade at `price` realizes `quantity × multiplier × (mark − price)` (`trade_pnl`), which starts
-  the account's P&L sum after the trade (for an option: the premium paid against its mark value);
+- a trade at `price` (default: the mark) moves cash by `−quantity × multiplier × price` against a
+  position worth `quantity × multiplier × mark`: an option trade pays (or receives) its premium
+  (`premium`), which starts the account's P&L sum after the trade, while its mark value is in the
+  new row; a linear trade pays nothing and adds `quantity × multiplier × (mark − price)` of P&L.
+  `trade_pnl = Σ quantity × multiplier × (mark − price)` is the net of both;
+- a trade that closes a position keeps that position's P&L (`valuation.closed_pnl`);
 - a position row without an entry price is valued at the mark (no unrealized P&L);
 - the order is accepted when free collateral after it is ≥ 0, or when it reduces risk: initial
   margin does not rise and free collateral does not fall.
@@ -15,10 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ._tables import BalanceRow, BookData, PositionRow, as_table, column, read_book, read_market
+from ._tables import Asset, BalanceRow, BookData, PositionRow, as_table, column, read_book, read_market
 from .portfolio import RiskArrays
 from .results import AccountResult, Model, account_result
-from .valuation import net_positions
+from .valuation import closed_pnl, net_positions
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,7 @@ class WhatIfResult:
     before: AccountResult
     after: AccountResult
     trade_pnl: float
+    premium: float
     accepted: bool
     initial_margin_change: float
     maintenance_margin_change: float
@@ -59,32 +64,74 @@ def _balances(rows: Any, book: BookData) -> list[BalanceRow]:
     return [BalanceRow(0, book.asset_ids[a], float(x)) for a, x in pairs]
 
 
+def quote_asset(book: BookData) -> int | None:
+    """The asset option premiums settle in when no other is named: the first asset of the table
+    priced exactly 1 and linked to no underlying."""
+    for asset in book.assets:
+        if asset.price == 1.0 and asset.underlying is None:
+            return asset.id
+    return None
+
+
+def with_premium(balances: list[BalanceRow], asset: Asset, premium: float) -> list[BalanceRow]:
+    """The account's balances after `premium` (USD; < 0 paid) moved into its `asset` balance
+    (a new row when it has none)."""
+    out = list(balances)
+    for i, row in enumerate(out):
+        if row.asset_id == asset.id:
+            out[i] = BalanceRow(row.account_id, row.asset_id, row.amount + premium / asset.price)
+            return out
+    out.append(BalanceRow(0, asset.id, premium / asset.price))
+    return out
+
+
 def what_if(
-    book: Any, account_positions: Any, account_balances: Any, market: Any, trades: Any, model: Model = "standard"
+    book: Any,
+    positions: Any,
+    balances: Any,
+    market: Any,
+    trades: Any,
+    *,
+    model: Model = "standard",
+    premium_asset: str | None = None,
 ) -> WhatIfResult:
     """One account's margin before and after `trades` (same inputs and result as `me.what_if`)."""
     bd = read_book(book)
     md = read_market(market, bd)
     arrays = RiskArrays(bd, md)
-    positions = [
-        PositionRow(0, bd.instrument_ids[k], q, entry) for k, q, entry in _tuples(account_positions, "instrument", "entry_price")
+    position_rows = [
+        PositionRow(0, bd.instrument_ids[k], q, entry) for k, q, entry in _tuples(positions, "instrument", "entry_price")
     ]
-    balances = _balances(account_balances, bd)
+    balance_rows = _balances(balances, bd)
 
     trade_rows = _tuples(trades, "instrument", "price")
     trade_pnl = 0.0
+    premium = 0.0
+    linear_pnl = 0.0
     for k, q, price in trade_rows:
         instrument = bd.instruments[bd.instrument_ids[k]]
         mark = md.marks[instrument.id].mark_price
-        trade_pnl += q * instrument.multiplier * (mark - (mark if price is None else price))
-    after_rows = positions + [PositionRow(0, bd.instrument_ids[k], q, None) for k, q, _ in trade_rows]
+        paid = mark if price is None else price
+        trade_pnl += q * instrument.multiplier * (mark - paid)
+        if instrument.is_option:
+            premium -= q * instrument.multiplier * paid
+        else:
+            linear_pnl += q * instrument.multiplier * (mark - paid)
+    after_rows = position_rows + [PositionRow(0, bd.instrument_ids[k], q, None) for k, q, _ in trade_rows]
+    balances_after = balance_rows
+    if any(bd.instruments[bd.instrument_ids[k]].is_option for k, _, _ in trade_rows):
+        asset_id = quote_asset(bd) if premium_asset is None else bd.asset_ids[premium_asset]
+        if asset_id is None:
+            raise ValueError("trades: an option trade's premium needs a quote asset; name one with premium_asset=")
+        balances_after = with_premium(balance_rows, bd.assets[asset_id], premium)
 
-    def margin(rows: list[PositionRow], extra_pnl: float) -> AccountResult:
+    def margin(rows: list[PositionRow], balances: list[BalanceRow], extra_pnl: float) -> AccountResult:
         netted = net_positions(rows, bd, md).get(0, [])
-        return account_result(0, netted, balances, bd, md, model, arrays, extra_pnl)
+        closed = closed_pnl(rows, bd, md).get(0, 0.0)
+        return account_result(0, netted, balances, bd, md, model, arrays, extra_pnl, closed)
 
-    before = margin(positions, 0.0)
-    after = margin(after_rows, trade_pnl)
+    before = margin(position_rows, balance_rows, 0.0)
+    after = margin(after_rows, balances_after, linear_pnl)
     accepted = after.free_collateral >= 0.0 or (
         after.initial_margin <= before.initial_margin and after.free_collateral >= before.free_collateral
     )
@@ -92,6 +139,7 @@ def what_if(
         before=before,
         after=after,
         trade_pnl=trade_pnl,
+        premium=premium,
         accepted=accepted,
         initial_margin_change=after.initial_margin - before.initial_margin,
         maintenance_margin_change=after.maintenance_margin - before.maintenance_margin,

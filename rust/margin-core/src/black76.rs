@@ -86,6 +86,31 @@ pub fn greeks(forward: f64, strike: f64, time: f64, vol: f64, is_call: bool) -> 
     }
 }
 
+/// Checks the inputs of [`greeks_batch`]: forward, strike and vol finite and > 0, time finite
+/// (at or below 0 the option has expired and is worth its intrinsic value). Offenders are named `row N = value` under the
+/// table `black76` and the argument's name.
+pub fn check_inputs(forward: &[f64], strike: &[f64], time: &[f64], vol: &[f64]) -> crate::error::Result<()> {
+    use crate::error::Offenders;
+    let columns: [(&str, &[f64], bool, &str); 4] = [
+        ("forward", forward, false, "values must be finite and > 0"),
+        ("strike", strike, false, "values must be finite and > 0"),
+        ("time", time, true, "values must be finite numbers (NaN or infinite found)"),
+        ("vol", vol, false, "values must be finite and > 0"),
+    ];
+    for (name, values, any_sign, problem) in columns {
+        let ok = |v: f64| v.is_finite() && (v > 0.0 || any_sign);
+        if values.iter().all(|v| ok(*v)) {
+            continue;
+        }
+        let mut bad = Offenders::default();
+        for (i, v) in values.iter().enumerate().filter(|(_, v)| !ok(**v)) {
+            bad.push(|| format!("row {i} = {}", crate::error::show_value(*v)));
+        }
+        bad.into_result("black76", name, problem)?;
+    }
+    Ok(())
+}
+
 /// Vectorized [`greeks`] over equal-length slices, in parallel; element `i` of each output is
 /// the Greeks of input `i` (the same numbers whatever the thread count).
 pub fn greeks_batch(

@@ -163,6 +163,14 @@ pub struct Assets {
     pub underlying: Vec<Option<u32>>,
 }
 
+impl Assets {
+    /// The quote asset, in which option premiums settle when no other is named: the first asset
+    /// of the table priced exactly 1 and linked to no underlying (USD, or a dollar stable coin).
+    pub fn quote_asset(&self) -> Option<u32> {
+        (0..self.labels.len()).find(|&a| self.price[a] == 1.0 && self.underlying[a].is_none()).map(|a| a as u32)
+    }
+}
+
 /// Portfolio-model parameters of one underlying (§4).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RiskParams {
@@ -326,7 +334,11 @@ fn parse_instruments(t: &Table, labels: &[String]) -> Result<Instruments> {
     let is_option = |i: usize| kind[i] == Kind::Option;
 
     let multiplier = t.column("multiplier")?.f64s(Domain::Positive)?.into_owned();
-    let expiry_ns = t.column("expiry")?.timestamps_ns()?;
+    // optional: a book of perpetuals needs no expiry column
+    let expiry_ns = match t.optional_column("expiry") {
+        Some(c) => c.timestamps_ns()?,
+        None => vec![None; labels.len()],
+    };
     check_rows(t.name, "expiry", "futures and options need an expiry", labels, |i| {
         kind[i] != Kind::Perpetual && expiry_ns[i].is_none()
     })?;
@@ -374,7 +386,7 @@ fn parse_instruments(t: &Table, labels: &[String]) -> Result<Instruments> {
 }
 
 fn parse_assets(t: &Table, labels: &[String]) -> Result<Assets> {
-    let price = t.column("price")?.f64s(Domain::Positive)?.into_owned();
+    let price = t.column("price")?.f64s(Domain::Price)?.into_owned();
     let initial_weight = t.column("initial_weight")?.f64s(Domain::UnitInterval)?.into_owned();
     let maintenance_weight = t.column("maintenance_weight")?.f64s(Domain::UnitInterval)?.into_owned();
     check_rows(t.name, "initial_weight", "initial_weight must be <= maintenance_weight", labels, |i| {

@@ -227,7 +227,8 @@ impl Pricing<'_> {
             }),
             Some(risk) => portfolio::account_margin(book, market, risk, net, &mut scratch.portfolio),
         };
-        let pnl: f64 = net.iter().fold(extra_pnl, |s, p| s + p.value);
+        // open positions' P&L and option value, then the P&L of positions that netted to 0
+        let pnl: f64 = net.iter().fold(extra_pnl, |s, p| s + p.value) + scratch.net.closed_pnl;
         Ok(AccountRow::new(slot.account_id, collateral, pnl, initial_margin, maintenance_margin))
     }
 }

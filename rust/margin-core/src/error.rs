@@ -112,3 +112,13 @@ mod tests {
         assert_eq!(e.examples.len(), MAX_EXAMPLES);
     }
 }
+
+/// A float as an offender shows it: plain decimals in the everyday range, scientific notation
+/// for the very small and very large (`5e-324`, not 324 digits).
+pub fn show_value(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() || (1e-6..1e16).contains(&v.abs()) {
+        format!("{v}")
+    } else {
+        format!("{v:e}")
+    }
+}

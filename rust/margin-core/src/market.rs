@@ -48,7 +48,7 @@ impl MarketTables {
             underlyings_col.strings_nullable()?.into_iter().map(|s| s.unwrap_or_default()).collect();
         let keys: Vec<Key> = underlyings.iter().map(|u| Key::Str(u.clone())).collect();
         KeyIndex::build(&keys, index_prices.name, "underlying")?;
-        let index_price = index_prices.with_labels(&underlyings).column("index_price")?.f64s(Domain::Positive)?.into_owned();
+        let index_price = index_prices.with_labels(&underlyings).column("index_price")?.f64s(Domain::Price)?.into_owned();
 
         let instruments = marks.column("instrument")?.keys()?;
         KeyIndex::build(&instruments, marks.name, "instrument")?;
@@ -61,7 +61,7 @@ impl MarketTables {
             })
             .collect();
         let m = marks.with_labels(&labels);
-        let mark_price = m.column("mark_price")?.f64s(Domain::NonNegative)?.into_owned();
+        let mark_price = m.column("mark_price")?.f64s(Domain::Mark)?.into_owned();
         let implied_vol = match m.optional_column("implied_vol") {
             Some(c) => c.f64s_nullable(Domain::Positive)?,
             None => vec![None; labels.len()],
@@ -114,15 +114,14 @@ pub struct Market {
 impl Market {
     pub fn resolve(book: &Book, tables: &MarketTables) -> Result<Market> {
         let ins = &book.instruments;
+        // an exchange-wide feed may price more than this book: what the book does not know is
+        // ignored; what positions need and the market lacks is an error (`check_covers`)
         let mut index_price = vec![f64::NAN; book.underlyings.names.len()];
-        let mut unknown = Offenders::default();
         for (name, price) in tables.underlyings.iter().zip(&tables.index_price) {
-            match book.underlyings.index.get_str(name) {
-                Some(u) => index_price[u as usize] = *price,
-                None => unknown.push(|| format!("'{name}'")),
+            if let Some(u) = book.underlyings.index.get_str(name) {
+                index_price[u as usize] = *price;
             }
         }
-        unknown.into_result("index_prices", "underlying", "unknown underlying (not in the book)")?;
 
         let n = ins.len();
         let mut mark_price = vec![f64::NAN; n];
@@ -138,14 +137,10 @@ impl Market {
                 ));
             }
         }
-        let mut unknown = Offenders::default();
         let mut no_vol = Offenders::default();
         let mut no_greeks = Offenders::default();
         for (row, key) in tables.instruments.iter().enumerate() {
-            let Some(id) = ins.index.get(key) else {
-                unknown.push(|| key.to_string());
-                continue;
-            };
+            let Some(id) = ins.index.get(key) else { continue };
             let id = id as usize;
             mark_price[id] = tables.mark_price[row];
             if ins.kind[id] == Kind::Option {
@@ -161,7 +156,6 @@ impl Market {
                 }
             }
         }
-        unknown.into_result("marks", "instrument", "unknown instrument (not in the book)")?;
         no_vol.into_result("marks", "implied_vol", "options need an implied_vol > 0")?;
         no_greeks.into_result("marks", "delta", "supplied Greeks are null for options")?;
 

@@ -144,7 +144,7 @@ pub fn liquidate(
         .slots
         .iter()
         .zip(rows)
-        .filter(|(_, r)| r.collateral_maintenance < r.maintenance_margin || r.equity < 0.0)
+        .filter(|(_, r)| r.needs_liquidation())
         .collect();
     let plans: Vec<(Vec<Close>, Outcome)> = targets
         .par_iter()

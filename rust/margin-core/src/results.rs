@@ -32,6 +32,17 @@ impl Status {
     }
 }
 
+/// Relative tolerance of the status rule: collateral `c` meets a requirement `r` when
+/// `c >= r - 1e-9 × max(1, r)`. An account of long options and no cash sits exactly at
+/// maintenance in exact arithmetic; its status must not ride on the last bits of `erfc`.
+pub const STATUS_TOLERANCE: f64 = 1e-9;
+
+/// Whether collateral `c` meets the requirement `r` (see [`STATUS_TOLERANCE`]).
+#[inline]
+pub fn meets(c: f64, r: f64) -> bool {
+    c >= r - STATUS_TOLERANCE * r.max(1.0)
+}
+
 /// One account's valuation and margin.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AccountRow {
@@ -56,6 +67,11 @@ impl AccountRow {
         }
     }
 
+    /// Below maintenance or bankrupt: the accounts a liquidation engine takes over.
+    pub fn needs_liquidation(&self) -> bool {
+        matches!(self.status(), Status::Liquidatable | Status::Bankrupt)
+    }
+
     pub fn free_collateral(&self) -> f64 {
         self.collateral_initial - self.initial_margin
     }
@@ -70,12 +86,14 @@ impl AccountRow {
         (self.maintenance_margin != 0.0 && h.is_finite()).then_some(h)
     }
 
+    /// Bankrupt (equity < 0), else liquidatable (maintenance not met), else margin call
+    /// (initial not met), else healthy. A requirement is met within [`meets`]'s tolerance.
     pub fn status(&self) -> Status {
         if self.equity < 0.0 {
             Status::Bankrupt
-        } else if self.collateral_maintenance < self.maintenance_margin {
+        } else if !meets(self.collateral_maintenance, self.maintenance_margin) {
             Status::Liquidatable
-        } else if self.collateral_initial < self.initial_margin {
+        } else if !meets(self.collateral_initial, self.initial_margin) {
             Status::MarginCall
         } else {
             Status::Healthy
@@ -311,7 +329,7 @@ pub fn greeks_batch(book: &Book, rows: &[GreeksRow]) -> Result<RecordBatch> {
 
 /// `liquidation_scan` results: the margin columns plus `shortfall` in scan order, and with
 /// distances, `nearest_move` and `nearest_underlying` per account.
-pub fn scan_batch(book: &Book, rows: &[AccountRow], order: &[usize], nearest: Option<&[Option<(f64, u32)>]>) -> RecordBatch {
+pub fn scan_batch(book: &Book, rows: &[AccountRow], order: &[usize], nearest: Option<&[Option<(f64, Option<u32>)>]>) -> RecordBatch {
     let sorted: Vec<AccountRow> = order.iter().map(|i| rows[*i]).collect();
     let base = margin_batch(&sorted);
     let mut fields: Vec<Field> = base.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
@@ -324,7 +342,7 @@ pub fn scan_batch(book: &Book, rows: &[AccountRow], order: &[usize], nearest: Op
         fields.push(Field::new("nearest_underlying", DataType::Utf8, true));
         columns.push(Arc::new(order.iter().map(|i| nearest[*i].map(|n| n.0)).collect::<Float64Array>()));
         columns.push(Arc::new(
-            order.iter().map(|i| nearest[*i].map(|n| names[n.1 as usize].as_str())).collect::<StringArray>(),
+            order.iter().map(|i| nearest[*i].and_then(|n| n.1).map(|u| names[u as usize].as_str())).collect::<StringArray>(),
         ));
     }
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("columns match the schema by construction")

@@ -85,7 +85,8 @@ impl<'a> Positions<'a> {
         phases.lap("positions: instrument keys");
         let quantity = t.column("quantity")?.f64s(Domain::Finite)?;
         let entry_price = match t.optional_column("entry_price") {
-            Some(c) => Some(c.f64s(Domain::NonNegative)?),
+            // null: the row's P&L is already settled (read as NaN, skipped when netting)
+            Some(c) => Some(c.f64s_null_as_nan(Domain::NonNegative)?),
             None => None,
         };
         phases.lap("positions: quantity, entry_price");

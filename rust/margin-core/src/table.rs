@@ -103,6 +103,11 @@ pub enum Domain {
     NonNegative,
     UnitInterval,
     AtLeastOne,
+    /// A price: finite and > 0, and not subnormal (below 2.2e-308 no price is meaningful, and
+    /// its reciprocal overflows).
+    Price,
+    /// A mark: 0 (worthless) or a [`Domain::Price`].
+    Mark,
 }
 
 impl Domain {
@@ -113,6 +118,8 @@ impl Domain {
             Domain::NonNegative => v.is_finite() && v >= 0.0,
             Domain::UnitInterval => (0.0..=1.0).contains(&v),
             Domain::AtLeastOne => v.is_finite() && v >= 1.0,
+            Domain::Price => v.is_finite() && v >= f64::MIN_POSITIVE,
+            Domain::Mark => v.is_finite() && (v == 0.0 || v >= f64::MIN_POSITIVE),
         }
     }
 
@@ -123,6 +130,8 @@ impl Domain {
             Domain::NonNegative => "values must be finite and >= 0",
             Domain::UnitInterval => "values must be in [0, 1]",
             Domain::AtLeastOne => "values must be finite and >= 1",
+            Domain::Price => "values must be finite and > 0 (and not subnormal, below 2.2e-308)",
+            Domain::Mark => "values must be finite and >= 0 (and not subnormal, below 2.2e-308)",
         }
     }
 }
@@ -309,12 +318,22 @@ impl<'a> Column<'a> {
             let mut bad = Offenders::default();
             for (i, v) in values.iter().enumerate() {
                 if !domain.contains(*v) {
-                    bad.push(|| format!("{} = {v}", self.label(i)));
+                    bad.push(|| format!("{} = {}", self.label(i), crate::error::show_value(*v)));
                 }
             }
             return Err(self.error(domain.problem()).with_offenders(bad));
         }
         Ok(values)
+    }
+
+    /// [`Column::f64s`], but nulls are allowed and read as NaN (the values themselves are still
+    /// checked against `domain`, which NaN never meets). Zero-copy when there are no nulls.
+    pub fn f64s_null_as_nan(&self, domain: Domain) -> Result<Cow<'a, [f64]>> {
+        let has_nulls = self.chunks.iter().any(|(_, a)| a.data_type() == &DataType::Null || a.logical_null_count() > 0);
+        if !has_nulls {
+            return self.f64s(domain);
+        }
+        Ok(Cow::Owned(self.f64s_nullable(domain)?.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect()))
     }
 
     /// Float values with nulls as `None` (for small book tables). Non-null values are checked.
@@ -339,7 +358,7 @@ impl<'a> Column<'a> {
                     None
                 } else {
                     if !domain.contains(*v) {
-                        bad.push(|| format!("{} = {v}", self.label(i)));
+                        bad.push(|| format!("{} = {}", self.label(i), crate::error::show_value(*v)));
                     }
                     Some(*v)
                 }

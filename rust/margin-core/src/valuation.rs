@@ -23,18 +23,24 @@ pub struct Scratch {
     /// `instrument << 32 | row`: sorting these orders rows by instrument, then input order.
     rows: Vec<u64>,
     pub net: Vec<NetPosition>,
+    /// P&L of the account's linear positions that net to exactly 0: realized but not yet
+    /// settled, it stays in equity and collateral though the position carries no margin.
+    pub closed_pnl: f64,
 }
 
 /// Nets the account's position rows into `scratch.net`, in instrument-id order. Rows of one
-/// instrument are summed in input order; a net of exactly 0 is dropped (§2.1).
+/// instrument are summed in input order; a net of exactly 0 is dropped (§2.1), its P&L summed
+/// into `scratch.closed_pnl` (in instrument-id order).
 #[inline]
 pub fn net_positions(rows: Range<usize>, positions: &Positions, book: &Book, market: &Market, scratch: &mut Scratch) {
     scratch.net.clear();
+    scratch.closed_pnl = 0.0;
     // exports sorted by (account, instrument) are netted in one pass over the rows
-    if net_sorted_rows(rows.clone(), positions, book, market, &mut scratch.net) {
+    if net_sorted_rows(rows.clone(), positions, book, market, &mut scratch.net, &mut scratch.closed_pnl) {
         return;
     }
     scratch.net.clear();
+    scratch.closed_pnl = 0.0;
     scratch.rows.clear();
     scratch.rows.extend(rows.map(|r| (positions.instrument.get(r) as u64) << 32 | r as u64));
     scratch.rows.sort_unstable();
@@ -43,14 +49,21 @@ pub fn net_positions(rows: Range<usize>, positions: &Positions, book: &Book, mar
         for key in group {
             net.add((key & 0xFFFF_FFFF) as usize, positions);
         }
-        net.finish(book, &mut scratch.net);
+        net.finish(book, &mut scratch.net, &mut scratch.closed_pnl);
     }
 }
 
 /// Nets rows that are in instrument order, in one pass; `false` (with `net` partly filled) as
 /// soon as a row's instrument comes before the previous row's.
 #[inline(always)]
-fn net_sorted_rows(rows: Range<usize>, positions: &Positions, book: &Book, market: &Market, net: &mut Vec<NetPosition>) -> bool {
+fn net_sorted_rows(
+    rows: Range<usize>,
+    positions: &Positions,
+    book: &Book,
+    market: &Market,
+    net: &mut Vec<NetPosition>,
+    closed_pnl: &mut f64,
+) -> bool {
     let Some(first) = rows.clone().next() else { return true };
     let mut current = Netting::start(positions.instrument.get(first), book, market);
     for r in rows {
@@ -59,12 +72,12 @@ fn net_sorted_rows(rows: Range<usize>, positions: &Positions, book: &Book, marke
             if id < current.instrument {
                 return false;
             }
-            current.finish(book, net);
+            current.finish(book, net, closed_pnl);
             current = Netting::start(id, book, market);
         }
         current.add(r, positions);
     }
-    current.finish(book, net);
+    current.finish(book, net, closed_pnl);
     true
 }
 
@@ -90,17 +103,24 @@ impl Netting {
         let q = positions.quantity[r];
         self.quantity += q;
         if let Some(entry) = &positions.entry_price {
-            self.pnl += q * self.multiplier * (self.mark - entry[r]);
+            // a null entry price (read as NaN) is a row whose P&L is already settled
+            let pnl = q * self.multiplier * (self.mark - entry[r]);
+            self.pnl += if pnl.is_nan() { 0.0 } else { pnl };
         }
     }
 
-    /// Pushes the net position unless its quantity is exactly 0 (§2.1).
+    /// Pushes the net position unless its quantity is exactly 0 (§2.1); the P&L of a linear
+    /// position that nets to 0 goes to `closed_pnl` (an option's entry price carries no P&L).
     #[inline(always)]
-    fn finish(&self, book: &Book, net: &mut Vec<NetPosition>) {
+    fn finish(&self, book: &Book, net: &mut Vec<NetPosition>, closed_pnl: &mut f64) {
+        let option = book.contracts[self.instrument as usize].kind == Kind::Option;
         if self.quantity == 0.0 {
+            if !option {
+                *closed_pnl += self.pnl;
+            }
             return;
         }
-        let value = if book.contracts[self.instrument as usize].kind == Kind::Option {
+        let value = if option {
             self.quantity * self.multiplier * self.mark
         } else {
             self.pnl // 0 without entry prices

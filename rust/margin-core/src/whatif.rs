@@ -8,12 +8,21 @@
 //! - the account's positions and balances are margined exactly as [`crate::engine::margin`] would
 //!   margin them as one account (netting §2.1, collateral §2.5, §3 or §4, status §6);
 //! - each trade adds a position row of `quantity` contracts; a trade at `price` (default: the
-//!   mark) also realizes `quantity × multiplier × (mark − price)`, which is added to the account's
-//!   value like P&L (for an option this is the premium paid against the option's mark value);
+//!   mark) moves cash by `−quantity × multiplier × price` against a position worth
+//!   `quantity × multiplier × mark`. For an option that is the premium paid (or received)
+//!   against the option's mark value, which the new position row carries; for a linear contract
+//!   no cash changes hands and the row enters at the mark, so the trade adds
+//!   `quantity × multiplier × (mark − price)` of unrealized P&L (full weight, as for any entry
+//!   price). The premium moves the account's balance of the premium asset (the book's quote
+//!   asset unless another is named), valued at that asset's weights like any balance: a premium
+//!   paid on credit counts at the liability weight;
+//! - a trade that closes a position keeps that position's P&L (netting keeps the P&L of rows
+//!   that net to 0);
 //! - when some position rows carry an entry price and others do not, a missing entry price is
 //!   the mark (no unrealized P&L), as for a table without an `entry_price` column.
 
 use crate::accounts::AccountSlot;
+use crate::book::Kind;
 use crate::engine::{AccountScratch, Pricing};
 use crate::error::{InputError, Offenders, Result};
 use crate::results::AccountRow;
@@ -36,6 +45,9 @@ pub struct WhatIf {
     /// `Σ quantity × multiplier × (mark − price)` over the trades: value gained (or lost) by
     /// trading away from the mark, included in `after`.
     pub trade_pnl: f64,
+    /// `−Σ quantity × multiplier × price` over the option trades: the premium paid (< 0) or
+    /// received (> 0), in USD, moved into `after`'s balance of the premium asset.
+    pub premium: f64,
 }
 
 impl WhatIf {
@@ -63,8 +75,9 @@ fn check_rows(rows: &[Row], table: &'static str, price_column: &'static str) -> 
 }
 
 /// Margin of one account before and after `trades` (see the module docs). `balances` are
-/// `(asset id, amount)`.
-pub fn what_if(pricing: &Pricing, positions: &[Row], balances: &[(u32, f64)], trades: &[Row]) -> Result<WhatIf> {
+/// `(asset id, amount)`; option premiums settle in `premium_asset` (`None`: the book's
+/// [`quote_asset`](crate::book::Assets::quote_asset)).
+pub fn what_if(pricing: &Pricing, positions: &[Row], balances: &[(u32, f64)], trades: &[Row], premium_asset: Option<u32>) -> Result<WhatIf> {
     let (book, market) = (pricing.book, pricing.base);
     check_rows(positions, "positions", "entry_price")?;
     check_rows(trades, "trades", "price")?;
@@ -95,22 +108,45 @@ pub fn what_if(pricing: &Pricing, positions: &[Row], balances: &[(u32, f64)], tr
         let all = positions.iter().chain(&trades[..n_trades]);
         let instrument = all.clone().map(|r| r.instrument).collect();
         let quantity = all.clone().map(|r| r.quantity).collect();
-        // trade rows enter at the mark: their P&L against the trade price is `trade_pnl`
+        // trade rows enter at the mark: their P&L against the trade price is added on the side
         let entry = with_entry.then(|| {
             positions.iter().map(|r| r.price.unwrap_or_else(|| mark(r))).chain(trades[..n_trades].iter().map(mark)).collect()
         });
         Positions::one_account(instrument, quantity, entry)
     };
-    let balances = Balances::one_account(balances.iter().map(|b| b.0).collect(), balances.iter().map(|b| b.1).collect());
-    let trade_pnl: f64 = trades
-        .iter()
-        .fold(0.0, |s, t| s + t.quantity * book.instruments.multiplier[t.instrument as usize] * (mark(t) - t.price.unwrap_or_else(|| mark(t))));
+    let is_option = |t: &Row| book.contracts[t.instrument as usize].kind == Kind::Option;
+    let value = |t: &Row, price: f64| t.quantity * book.instruments.multiplier[t.instrument as usize] * price;
+    let price = |t: &Row| t.price.unwrap_or_else(|| mark(t));
+    let trade_pnl: f64 = trades.iter().fold(0.0, |s, t| s + value(t, mark(t) - price(t)));
+    let premium: f64 = trades.iter().filter(|t| is_option(t)).fold(0.0, |s, t| s - value(t, price(t)));
+    // what the trades add to the account beyond the rows: linear trades' P&L against the mark,
+    // option trades' premium (their mark value is in the new rows)
+    let linear_pnl: f64 = trades.iter().filter(|t| !is_option(t)).fold(0.0, |s, t| s + value(t, mark(t) - price(t)));
+    // the premium moves the account's balance of the premium asset (added to its row, or a new
+    // row), so a premium that overdraws it is valued at the asset's liability weights
+    let mut balances_after = balances.to_vec();
+    if trades.iter().any(is_option) {
+        let Some(asset) = premium_asset.or_else(|| book.assets.quote_asset()) else {
+            return Err(InputError::new(
+                "trades",
+                "instrument",
+                "an option trade's premium needs a quote asset: the book has no asset priced 1 without an underlying; name one with premium_asset=",
+            ));
+        };
+        let price = book.assets.price[asset as usize];
+        match balances_after.iter_mut().find(|b| b.0 == asset) {
+            Some(b) => b.1 += premium / price,
+            None => balances_after.push((asset, premium / price)),
+        }
+    }
+    let table = |balances: &[(u32, f64)]| Balances::one_account(balances.iter().map(|b| b.0).collect(), balances.iter().map(|b| b.1).collect());
+    let (balances, balances_after) = (table(balances), table(&balances_after));
 
     let mut scratch = AccountScratch::default();
-    let mut margin = |positions: &Positions, extra_pnl: f64| -> Result<AccountRow> {
+    let mut margin = |positions: &Positions, balances: &Balances, extra_pnl: f64| -> Result<AccountRow> {
         let n = positions.quantity.len();
         let slot = AccountSlot::new(0, 0..n, 0..balances.amount.len());
-        let row = pricing.account_with(&slot, positions, &balances, extra_pnl, &mut scratch).map_err(|asset| {
+        let row = pricing.account_with(&slot, positions, balances, extra_pnl, &mut scratch).map_err(|asset| {
             let mut duplicate = Offenders::default();
             duplicate.push(|| format!("'{}'", book.assets.labels[asset as usize]));
             InputError::new("balances", "asset", "duplicate asset in the account's balances").with_offenders(duplicate)
@@ -124,7 +160,7 @@ pub fn what_if(pricing: &Pricing, positions: &[Row], balances: &[(u32, f64)], tr
         }
         Ok(row)
     };
-    let before = margin(&rows(0), 0.0)?;
-    let after = margin(&rows(trades.len()), trade_pnl)?;
-    Ok(WhatIf { before, after, trade_pnl })
+    let before = margin(&rows(0), &balances, 0.0)?;
+    let after = margin(&rows(trades.len()), &balances_after, linear_pnl)?;
+    Ok(WhatIf { before, after, trade_pnl, premium })
 }

@@ -210,8 +210,10 @@ struct Resolved {
 }
 
 impl Market {
-    /// The market resolved against `book` (and its risk arrays when `with_risk`), from the cache
-    /// when it was last resolved against the same book. Called without the GIL.
+    /// The market resolved against `book`, from the cache when it was last resolved against the
+    /// same book, with its risk arrays if and only if `with_risk` (the portfolio model): a
+    /// standard-model caller never sees risk arrays cached by an earlier portfolio call.
+    /// Called without the GIL.
     pub(crate) fn resolve(&self, book: &Arc<CoreBook>, with_risk: bool) -> Result<Resolved, InputError> {
         let mut cache = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
         let hit = cache.as_ref().is_some_and(|r| Arc::ptr_eq(&r.book, book));
@@ -223,7 +225,11 @@ impl Market {
         if with_risk && resolved.risk.is_none() {
             resolved.risk = Some(Arc::new(RiskArrays::new(book, &resolved.market)));
         }
-        Ok(resolved.clone())
+        let mut out = resolved.clone();
+        if !with_risk {
+            out.risk = None;
+        }
+        Ok(out)
     }
 }
 
@@ -331,16 +337,7 @@ fn liquidation_scan(
             let rows = engine::margin_under(&book, &market, stress, &inputs, model)?;
             let nearest = if distance {
                 let d = liquidation::distances(&book, &market, &inputs, model, &rows)?;
-                let mut nearest = vec![None; rows.len()];
-                let mut k = 0;
-                for (i, row) in rows.iter().enumerate() {
-                    let start = k;
-                    while k < d.len() && d[k].account_id == row.account_id {
-                        k += 1;
-                    }
-                    nearest[i] = liquidation::nearest(&d[start..k]);
-                }
-                Some(nearest)
+                Some(liquidation::nearest_by_account(&rows, &d))
             } else {
                 None
             };
@@ -520,7 +517,10 @@ fn black76<'py>(
     if [k.len(), t.len(), v.len(), c.len()].iter().any(|l| *l != n) {
         return Err(PyValueError::new_err("black76: all inputs must have the same length"));
     }
-    let g = run(py, || Ok(b76::greeks_batch(f, k, t, v, c)))?;
+    let g = run(py, || {
+        b76::check_inputs(f, k, t, v)?;
+        Ok(b76::greeks_batch(f, k, t, v, c))
+    })?;
     let col = |x: fn(&b76::Greeks) -> f64| PyArray1::from_vec(py, g.iter().map(x).collect());
     Ok((col(|g| g.price), col(|g| g.delta), col(|g| g.gamma), col(|g| g.vega), col(|g| g.theta)))
 }

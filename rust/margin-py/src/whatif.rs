@@ -63,6 +63,8 @@ pub struct WhatIf {
     after: Py<AccountMargin>,
     /// Value realized by trading away from the mark: `Σ quantity × multiplier × (mark − price)`.
     trade_pnl: f64,
+    /// Option premium moved into cash: `−Σ quantity × multiplier × price` over option trades.
+    premium: f64,
     /// After free collateral ≥ 0, or the trade reduces risk (IM does not rise, free collateral
     /// does not fall).
     accepted: bool,
@@ -219,7 +221,7 @@ fn read_balances(book: &CoreBook, obj: Option<&Bound<'_, PyAny>>) -> Result<Vec<
 
 /// Margin of one account before and after `trades` (see `margin_engine.what_if`).
 #[pyfunction]
-#[pyo3(signature = (book, market, positions, balances, trades, model="standard"))]
+#[pyo3(signature = (book, market, positions, balances, trades, model="standard", premium_asset=None))]
 pub fn what_if(
     py: Python<'_>,
     book: &Book,
@@ -228,6 +230,7 @@ pub fn what_if(
     balances: Option<&Bound<'_, PyAny>>,
     trades: Option<&Bound<'_, PyAny>>,
     model: &str,
+    premium_asset: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<WhatIf> {
     let portfolio = matches!(parse_model(model)?, margin_core::engine::Model::Portfolio);
     let core_book = &book.inner;
@@ -236,18 +239,28 @@ pub fn what_if(
         let positions = RowReader { table: "positions", key_column: "instrument", price_column: "entry_price", index }.read(positions)?;
         let trades = RowReader { table: "trades", key_column: "instrument", price_column: "price", index }.read(trades)?;
         let balances = read_balances(core_book, balances)?;
-        Ok((positions, balances, trades))
+        let premium_asset = match premium_asset.filter(|a| !a.is_none()) {
+            None => None,
+            Some(a) => Some(key_id(a, &core_book.assets.index).map_err(|k| {
+                let mut bad = Offenders::default();
+                bad.push(|| k.clone());
+                InputError::new("arguments", "premium_asset", "unknown asset (not in the book)").with_offenders(bad)
+            })?),
+        };
+        Ok((positions, balances, trades, premium_asset))
     };
     let w = run_with_gil(py, || {
-        let (positions, balances, trades) = read()?;
+        let (positions, balances, trades, premium_asset) = read()?;
         let resolved = market.resolve(core_book, portfolio)?;
+        // `resolve` hands out risk arrays only to the portfolio model
         let pricing = Pricing { book: core_book, base: &resolved.market, stress: None, risk: resolved.risk.as_deref() };
-        core_whatif::what_if(&pricing, &positions, &balances, &trades)
+        core_whatif::what_if(&pricing, &positions, &balances, &trades, premium_asset)
     })?;
     Ok(WhatIf {
         before: Py::new(py, AccountMargin::from(&w.before))?,
         after: Py::new(py, AccountMargin::from(&w.after))?,
         trade_pnl: w.trade_pnl,
+        premium: w.premium,
         accepted: w.accepted(),
         initial_margin_change: w.after.initial_margin - w.before.initial_margin,
         maintenance_margin_change: w.after.maintenance_margin - w.before.maintenance_margin,
