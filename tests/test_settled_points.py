@@ -161,7 +161,7 @@ def test_null_entry_price_means_settled(model):
 def _one_linear_contract(kind: str):
     """A book of one linear contract of `kind` and no `expiry` column."""
     instruments = pa.table({
-        "instrument": [f"BTC-{kind[:4].upper()}"], "kind": [kind], "underlying": ["BTC"], "multiplier": [1.0],
+        "instrument": ["BTC-PERP" if kind == "perpetual" else "BTC-FUT"], "kind": [kind], "underlying": ["BTC"], "multiplier": [1.0],
         "initial_margin_rate": [0.02], "maintenance_margin_rate": [0.01],
     })  # fmt: skip
     assets = pa.table({
