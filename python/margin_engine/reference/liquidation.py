@@ -474,6 +474,7 @@ def liquidation_distance(
     positions: Any,
     balances: Any,
     market: Any,
+    *,
     model: Model = "standard",
     threads: int | None = None,
 ) -> pa.Table:
@@ -515,6 +516,7 @@ def liquidation_scan(
     positions: Any,
     balances: Any,
     market: Any,
+    *,
     model: Model = "standard",
     stress: Mapping[str, float] | None = None,
     distance: bool = False,
@@ -580,6 +582,7 @@ def liquidation_map(
     positions: Any,
     balances: Any,
     market: Any,
+    *,
     model: Model = "standard",
     threads: int | None = None,
 ) -> pa.Table:

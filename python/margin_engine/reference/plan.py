@@ -540,6 +540,7 @@ def liquidation_plan(
     positions: Any,
     balances: Any,
     market: Any,
+    *,
     model: Model = "standard",
     liquidation_fee: float = 0.01,
     liquidator_share: float = 0.5,

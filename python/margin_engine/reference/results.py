@@ -128,6 +128,7 @@ def margin(
     positions: Any,
     balances: Any,
     market: Any,
+    *,
     model: Model = "standard",
     threads: int | None = None,
 ) -> pa.Table:
