@@ -1,21 +1,25 @@
-//! Liquidation scan, distance to liquidation and the liquidation map (methodology §8).
+//! Liquidation scan, distance to liquidation and the liquidation map (docs/methodology.md §8).
 //!
 //! The scan is the margin run sorted by severity. Distances walk a grid of moves of one
-//! underlying at a time (±0.5% steps out to ±50%): every grid point's marks (and, for the
-//! portfolio model, risk arrays) are computed once per call, then each account re-adds only what
-//! the move changes: its positions in that underlying, its collateral linked to it, and that
-//! underlying's margin. Everything else of the account is summed once.
+//! underlying at a time (±0.5% steps out to ±50%). The walk goes one underlying after the other:
+//! for underlying `u`, the marks (and, for the portfolio model, risk arrays) at every grid point
+//! are computed for the instruments of `u` that some account holds, and for the assets linked to
+//! `u`, then every account exposed to `u` re-adds only what the move changes: its positions in
+//! `u`, its collateral linked to `u`, and `u`'s margin. Everything else of the account is summed
+//! once. Memory is that of one underlying's held instruments × 201 points at a time, however
+//! many instruments and underlyings the book lists.
 
 use rayon::prelude::*;
 
+use crate::accounts::AccountSlot;
 use crate::book::Book;
 use crate::engine::{Inputs, Model};
 use crate::error::Result;
 use crate::market::Market;
-use crate::portfolio::{self, group_by_underlying, RiskArrays};
+use crate::portfolio::{group_by_underlying, instrument_array_at, positions_margin_of, scenarios, Scenario};
 use crate::results::{AccountRow, Status};
 use crate::standard::position_margin_at;
-use crate::stress::{stress_asset_prices, stress_market};
+use crate::stress::{moved_price, stressed_mark};
 use crate::valuation::{net_positions, value_balance, NetPosition, Scratch};
 
 /// Grid step of the distance walk.
@@ -50,7 +54,7 @@ pub fn grid_move(j: i32) -> f64 {
     GRID_STEP * j as f64
 }
 
-/// One account × underlying distance (§8).
+/// One account × underlying distance (docs/methodology.md §8).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DistanceRow {
     pub account_id: u64,
@@ -69,51 +73,41 @@ pub struct DistanceRow {
 /// Grid points of a walk: levels −100..=100, stored at index `GRID_LEVELS + level`.
 const POINTS: usize = 2 * GRID_LEVELS + 1;
 
-/// Index price, marks, linked asset prices and (portfolio) risk arrays at each grid point of one
-/// underlying, computed once per call. Per-instrument and per-asset values are laid out
-/// grid-contiguous (`[id × POINTS + g]`) so an account's walk reads them sequentially.
-struct UnderlyingGrid {
-    spot: Vec<f64>,
-    mark: Vec<f64>,
-    asset_price: Vec<f64>,
-    risk: Vec<RiskArrays>,
+/// Marker of an instrument no account holds (or an asset linked to no underlying).
+const NONE: u32 = u32::MAX;
+
+/// What the walk can touch, numbered per underlying: the instruments that appear in some
+/// position row (`held[u]`, in instrument-id order) and the assets linked to each underlying
+/// (`linked[u]`); `instrument_slot[id]` / `asset_slot[a]` is the place in its underlying's list.
+struct Slots {
+    held: Vec<Vec<u32>>,
+    instrument_slot: Vec<u32>,
+    linked: Vec<Vec<u32>>,
+    asset_slot: Vec<u32>,
 }
 
-fn build_grids(book: &Book, market: &Market, model: Model) -> Vec<UnderlyingGrid> {
-    let n_underlyings = book.underlyings.names.len();
-    let n_instruments = book.instruments.len();
-    let n_assets = book.assets.price.len();
-    (0..n_underlyings)
-        .map(|u| {
-            let points: Vec<(f64, Vec<f64>, Vec<f64>, Option<RiskArrays>)> = (-(GRID_LEVELS as i32)..=GRID_LEVELS as i32)
-                .into_par_iter()
-                .map(|j| {
-                    let mut moves = vec![0.0; n_underlyings];
-                    moves[u] = grid_move(j);
-                    let stressed = stress_market(book, market, &moves);
-                    let risk = (model == Model::Portfolio).then(|| RiskArrays::for_underlying(book, &stressed, u));
-                    (stressed.index_price[u], stressed.mark_price, stress_asset_prices(book, &moves), risk)
-                })
-                .collect();
-            let mut grid = UnderlyingGrid {
-                spot: Vec::with_capacity(POINTS),
-                mark: vec![0.0; n_instruments * POINTS],
-                asset_price: vec![0.0; n_assets * POINTS],
-                risk: Vec::new(),
-            };
-            for (g, (spot, mark, asset_price, risk)) in points.into_iter().enumerate() {
-                grid.spot.push(spot);
-                for (id, m) in mark.iter().enumerate() {
-                    grid.mark[id * POINTS + g] = *m;
-                }
-                for (a, p) in asset_price.iter().enumerate() {
-                    grid.asset_price[a * POINTS + g] = *p;
-                }
-                grid.risk.extend(risk);
+impl Slots {
+    fn new(book: &Book, inputs: &Inputs) -> Slots {
+        let n_underlyings = book.underlyings.names.len();
+        let used = inputs.positions.used_instruments(book.instruments.len());
+        let mut held = vec![Vec::new(); n_underlyings];
+        let mut instrument_slot = vec![NONE; used.len()];
+        for (id, _) in used.iter().enumerate().filter(|(_, used)| **used) {
+            let list: &mut Vec<u32> = &mut held[book.instruments.underlying[id] as usize];
+            instrument_slot[id] = list.len() as u32;
+            list.push(id as u32);
+        }
+        let mut linked = vec![Vec::new(); n_underlyings];
+        let mut asset_slot = vec![NONE; book.assets.underlying.len()];
+        for (a, u) in book.assets.underlying.iter().enumerate() {
+            if let Some(u) = u {
+                let list: &mut Vec<u32> = &mut linked[*u as usize];
+                asset_slot[a] = list.len() as u32;
+                list.push(a as u32);
             }
-            grid
-        })
-        .collect()
+        }
+        Slots { held, instrument_slot, linked, asset_slot }
+    }
 }
 
 /// Where along one side of the walk the account first falls below maintenance, given the
@@ -134,6 +128,156 @@ fn walk(base_excess: f64, side: f64, mut excess_at: impl FnMut(usize) -> f64) ->
     (None, None)
 }
 
+/// Portfolio risk arrays of one underlying's held instruments at the current market: the
+/// underlying's scenarios, which held instruments have an array (a mark and an index price), and
+/// the arrays one after the other in slot order.
+#[derive(Default)]
+struct HeldRisk {
+    scenarios: Vec<Scenario>,
+    has_array: Vec<bool>,
+    base: Vec<f64>,
+}
+
+impl HeldRisk {
+    fn new(book: &Book, market: &Market, u: usize, held: &[u32]) -> HeldRisk {
+        let scenarios = scenarios(&book.underlyings.risk[u]);
+        let spot = market.index_price[u];
+        let has_array = held.iter().map(|id| !(market.mark_price[*id as usize].is_nan() || spot.is_nan())).collect();
+        let base = held_arrays(book, market, held, spot, held.iter().map(|id| market.mark_price[*id as usize]), &scenarios);
+        HeldRisk { scenarios, has_array, base }
+    }
+
+    /// The array of the instrument in `slot` within `arrays` (laid out as `base`): empty when
+    /// the instrument has no market data, as [`crate::portfolio::RiskArrays::array`].
+    fn array<'a>(&self, arrays: &'a [f64], slot: u32) -> &'a [f64] {
+        let (n, slot) = (self.scenarios.len(), slot as usize);
+        if self.has_array[slot] {
+            &arrays[slot * n..(slot + 1) * n]
+        } else {
+            &[]
+        }
+    }
+}
+
+/// Risk arrays of the instruments `held` at index price `spot` and these marks, one after the
+/// other (zeros where an instrument has no market data; [`HeldRisk::array`] skips those).
+fn held_arrays(book: &Book, market: &Market, held: &[u32], spot: f64, marks: impl Iterator<Item = f64>, scenarios: &[Scenario]) -> Vec<f64> {
+    let mut out = Vec::with_capacity(held.len() * scenarios.len());
+    for (id, mark) in held.iter().zip(marks) {
+        if mark.is_nan() || spot.is_nan() {
+            out.resize(out.len() + scenarios.len(), 0.0);
+        } else {
+            instrument_array_at(book, market, *id as usize, spot, mark, scenarios, &mut out);
+        }
+    }
+    out
+}
+
+/// Index price, held marks, linked asset prices and (portfolio) held risk arrays of one
+/// underlying at each grid point `g`. Marks and asset prices are laid out grid-contiguous
+/// (`[slot × POINTS + g]`) so an account's walk reads them sequentially; `risk[g]` holds the
+/// risk arrays at grid point `g`, laid out as [`HeldRisk::base`].
+struct UnderlyingGrid {
+    spot: Vec<f64>,
+    mark: Vec<f64>,
+    asset_price: Vec<f64>,
+    risk: Vec<Vec<f64>>,
+}
+
+impl UnderlyingGrid {
+    /// The grid of underlying `u`, for its held instruments and linked assets. A move of `u`
+    /// changes the marks of `u`'s instruments and the prices of assets linked to `u` only; each
+    /// value is the one [`crate::stress::stress_market`], [`crate::stress::stress_asset_prices`]
+    /// and [`crate::portfolio::RiskArrays`] give in the moved market.
+    fn new(book: &Book, market: &Market, u: usize, held: &[u32], linked: &[u32], risk: Option<&HeldRisk>) -> UnderlyingGrid {
+        let base_spot = market.index_price[u];
+        let points: Vec<(f64, Vec<f64>, Vec<f64>)> = (-(GRID_LEVELS as i32)..=GRID_LEVELS as i32)
+            .into_par_iter()
+            .map(|j| {
+                let m = grid_move(j);
+                let spot = moved_price(base_spot, m);
+                let marks: Vec<f64> = held.iter().map(|id| stressed_mark(book, market, *id as usize, m, spot)).collect();
+                let arrays = match risk {
+                    Some(r) => held_arrays(book, market, held, spot, marks.iter().copied(), &r.scenarios),
+                    None => Vec::new(),
+                };
+                (spot, marks, arrays)
+            })
+            .collect();
+        let mut grid = UnderlyingGrid {
+            spot: Vec::with_capacity(POINTS),
+            mark: vec![0.0; held.len() * POINTS],
+            asset_price: vec![0.0; linked.len() * POINTS],
+            risk: Vec::with_capacity(if risk.is_some() { POINTS } else { 0 }),
+        };
+        for (g, (spot, marks, arrays)) in points.into_iter().enumerate() {
+            let m = grid_move(g as i32 - GRID_LEVELS as i32);
+            grid.spot.push(spot);
+            for (slot, mark) in marks.iter().enumerate() {
+                grid.mark[slot * POINTS + g] = *mark;
+            }
+            for (slot, a) in linked.iter().enumerate() {
+                grid.asset_price[slot * POINTS + g] = moved_price(book.assets.price[*a as usize], m);
+            }
+            if risk.is_some() {
+                grid.risk.push(arrays);
+            }
+        }
+        grid
+    }
+
+    /// Floats held: what the walk of one underlying keeps in memory.
+    fn floats(&self) -> usize {
+        self.spot.len() + self.mark.len() + self.asset_price.len() + self.risk.iter().map(Vec::len).sum::<usize>()
+    }
+}
+
+/// For each underlying `u`, the accounts (indices into `inputs.slots`, ascending) with a
+/// position row in an instrument of `u` or a non-zero balance of an asset linked to `u`: those
+/// its walk visits (a position that nets to 0 drops out there). `(starts, accounts)`: the
+/// accounts of `u` are `accounts[starts[u]..starts[u + 1]]`.
+fn accounts_by_underlying(book: &Book, inputs: &Inputs) -> (Vec<usize>, Vec<u32>) {
+    const CHUNK: usize = 4096;
+    let n_underlyings = book.underlyings.names.len();
+    let pairs: Vec<Vec<(u32, u32)>> = inputs
+        .slots
+        .par_chunks(CHUNK)
+        .enumerate()
+        .map(|(c, slots)| {
+            let mut out = Vec::new();
+            let mut touched = Vec::new();
+            for (i, slot) in slots.iter().enumerate() {
+                touched.clear();
+                touched.extend(slot.positions().map(|r| book.instruments.underlying[inputs.positions.instrument.get(r) as usize]));
+                for r in slot.balances() {
+                    if let (Some(u), true) = (book.assets.underlying[inputs.balances.asset[r] as usize], inputs.balances.amount[r] != 0.0) {
+                        touched.push(u);
+                    }
+                }
+                touched.sort_unstable();
+                touched.dedup();
+                let account = (c * CHUNK + i) as u32;
+                out.extend(touched.iter().map(|u| (*u, account)));
+            }
+            out
+        })
+        .collect();
+    let mut starts = vec![0usize; n_underlyings + 1];
+    for (u, _) in pairs.iter().flatten() {
+        starts[*u as usize + 1] += 1;
+    }
+    for u in 0..n_underlyings {
+        starts[u + 1] += starts[u];
+    }
+    let mut next = starts.clone();
+    let mut accounts = vec![0u32; starts[n_underlyings]];
+    for (u, account) in pairs.iter().flatten() {
+        accounts[next[*u as usize]] = *account;
+        next[*u as usize] += 1;
+    }
+    (starts, accounts)
+}
+
 /// Per-thread buffers of the distance walk.
 #[derive(Default)]
 struct DistanceScratch {
@@ -148,42 +292,103 @@ struct DistanceScratch {
     pnl: Vec<f64>,
 }
 
-/// Distance to liquidation of every account × underlying it is exposed to (a netted position in
-/// it, or a non-zero balance of an asset linked to it). Rows by account, then underlying id.
-pub fn distances(book: &Book, market: &Market, inputs: &Inputs, model: Model, rows: &[AccountRow]) -> Result<Vec<DistanceRow>> {
-    let grids = build_grids(book, market, model);
-    let base_risk = (model == Model::Portfolio).then(|| RiskArrays::new(book, market));
-    let chunks: Vec<Vec<DistanceRow>> = inputs
-        .slots
-        .par_chunks(256)
-        .zip(rows.par_chunks(256))
-        .map(|(slots, rows)| {
-            let mut s = DistanceScratch::default();
-            let mut out = Vec::new();
-            for (slot, row) in slots.iter().zip(rows) {
-                account_distances(book, market, inputs, model, &grids, base_risk.as_ref(), slot, row, &mut s, &mut out);
-            }
-            out
-        })
-        .collect();
-    Ok(chunks.into_iter().flatten().collect())
+/// What every account's walk of one underlying shares.
+struct Walk<'a> {
+    book: &'a Book,
+    market: &'a Market,
+    inputs: &'a Inputs<'a>,
+    model: Model,
+    slots: &'a Slots,
+    /// Portfolio: the held risk arrays of every underlying at the current market.
+    risk: Option<&'a [HeldRisk]>,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn account_distances(
+/// Distance to liquidation of every account × underlying it is exposed to (a netted position in
+/// it, or a non-zero balance of an asset linked to it). Rows by account, then underlying id.
+///
+/// One underlying at a time: its grid is built for the instruments of it that some account
+/// holds, its accounts walk it, and it is dropped before the next.
+pub fn distances(book: &Book, market: &Market, inputs: &Inputs, model: Model, rows: &[AccountRow]) -> Result<Vec<DistanceRow>> {
+    distances_with(book, market, inputs, model, rows, |_| {})
+}
+
+/// [`distances`], telling `grid_floats` the size (in floats) of each underlying's grid.
+fn distances_with(
     book: &Book,
     market: &Market,
     inputs: &Inputs,
     model: Model,
-    grids: &[UnderlyingGrid],
-    base_risk: Option<&RiskArrays>,
-    slot: &crate::accounts::AccountSlot,
-    row: &AccountRow,
-    s: &mut DistanceScratch,
-    out: &mut Vec<DistanceRow>,
-) {
+    rows: &[AccountRow],
+    mut grid_floats: impl FnMut(usize),
+) -> Result<Vec<DistanceRow>> {
+    let slots = Slots::new(book, inputs);
+    let risk: Option<Vec<HeldRisk>> = (model == Model::Portfolio).then(|| {
+        (0..slots.held.len())
+            .into_par_iter()
+            .map(|u| if slots.held[u].is_empty() { HeldRisk::default() } else { HeldRisk::new(book, market, u, &slots.held[u]) })
+            .collect()
+    });
+    let walk = Walk { book, market, inputs, model, slots: &slots, risk: risk.as_deref() };
+    let (starts, accounts) = accounts_by_underlying(book, inputs);
+    let mut found: Vec<Vec<(u32, DistanceRow)>> = Vec::new();
+    for u in 0..book.underlyings.names.len() {
+        let accounts = &accounts[starts[u]..starts[u + 1]];
+        if accounts.is_empty() {
+            continue;
+        }
+        let grid = UnderlyingGrid::new(book, market, u, &slots.held[u], &slots.linked[u], risk.as_ref().map(|r| &r[u]));
+        grid_floats(grid.floats());
+        let chunks: Vec<Vec<(u32, DistanceRow)>> = accounts
+            .par_chunks(256)
+            .map(|chunk| {
+                let mut s = DistanceScratch::default();
+                let mut out = Vec::new();
+                for a in chunk {
+                    let i = *a as usize;
+                    if let Some(d) = account_distance(&walk, u as u32, &grid, &inputs.slots[i], &rows[i], &mut s) {
+                        out.push((*a, d));
+                    }
+                }
+                out
+            })
+            .collect();
+        found.extend(chunks);
+    }
+    // rows by account, then underlying: each account's rows were found in underlying order
+    let mut starts = vec![0usize; inputs.slots.len() + 1];
+    for (a, _) in found.iter().flatten() {
+        starts[*a as usize + 1] += 1;
+    }
+    for a in 0..inputs.slots.len() {
+        starts[a + 1] += starts[a];
+    }
+    let empty = DistanceRow {
+        account_id: 0,
+        underlying: 0,
+        move_down: None,
+        move_up: None,
+        level_down: None,
+        level_up: None,
+        notional: 0.0,
+        collateral_maintenance: 0.0,
+    };
+    let mut out = vec![empty; starts[inputs.slots.len()]];
+    for chunk in found {
+        for (a, d) in chunk {
+            out[starts[a as usize]] = d;
+            starts[a as usize] += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// The distance row of one account on underlying `u` (`None` when the account is not exposed to
+/// `u`: its positions in `u` net to 0 and it holds no linked asset).
+fn account_distance(w: &Walk, u: u32, grid: &UnderlyingGrid, slot: &AccountSlot, row: &AccountRow, s: &mut DistanceScratch) -> Option<DistanceRow> {
+    let (book, market, inputs, model) = (w.book, w.market, w.inputs, w.model);
     let ins = &book.instruments;
     let assets = &book.assets;
+    let instrument_slot = |p: &NetPosition| w.slots.instrument_slot[p.instrument as usize];
     net_positions(slot.positions(), &inputs.positions, book, market, &mut s.net);
     group_by_underlying(book, &s.net.net, &mut s.grouped);
 
@@ -191,14 +396,17 @@ fn account_distances(
     s.groups.clear();
     let mut start = 0;
     while start < s.grouped.len() {
-        let u = s.grouped[start].0;
-        let end = start + s.grouped[start..].iter().take_while(|(g, _)| *g == u).count();
+        let g = s.grouped[start].0;
+        let end = start + s.grouped[start..].iter().take_while(|(x, _)| *x == g).count();
         let positions = &s.grouped[start..end];
         let value: f64 = positions.iter().map(|(_, p)| p.value).sum();
-        let spot = market.index_price[u as usize];
-        let margin = match base_risk {
-            Some(risk) => portfolio::positions_margin(book, spot, risk, u as usize, positions.iter().map(|(_, p)| p), &mut s.pnl)
-                .maintenance_margin,
+        let spot = market.index_price[g as usize];
+        let margin = match w.risk {
+            Some(risk) => {
+                let r = &risk[g as usize];
+                let arrays = positions.iter().map(|(_, p)| (p, r.array(&r.base, instrument_slot(p))));
+                positions_margin_of(book, spot, &r.scenarios, g as usize, arrays, &mut s.pnl).maintenance_margin
+            }
             None => positions
                 .iter()
                 .map(|(_, p)| {
@@ -207,7 +415,7 @@ fn account_distances(
                 })
                 .sum(),
         };
-        s.groups.push((u, start, end, value, margin));
+        s.groups.push((g, start, end, value, margin));
         start = end;
     }
     s.balances.clear();
@@ -222,98 +430,93 @@ fn account_distances(
             s.exposed.push(u);
         }
     }
-    s.exposed.sort_unstable();
-    s.exposed.dedup();
+    if !s.exposed.contains(&u) {
+        return None;
+    }
 
     let base_excess = row.margin_excess();
-    for &u in &s.exposed {
-        let grid = &grids[u as usize];
-        // Everything the move of `u` leaves unchanged.
-        let mut other = 0.0;
-        for (weighted, linked, _, _) in &s.balances {
-            if *linked != Some(u) {
-                other += weighted;
-            }
+    // Everything the move of `u` leaves unchanged.
+    let mut other = 0.0;
+    for (weighted, linked, _, _) in &s.balances {
+        if *linked != Some(u) {
+            other += weighted;
         }
-        let mut positions: &[(u32, NetPosition)] = &[];
-        for &(g, start, end, value, margin) in &s.groups {
-            if g == u {
-                positions = &s.grouped[start..end];
-            } else {
-                other += value - margin;
-            }
-        }
-        let notional: f64 = positions
-            .iter()
-            .map(|(_, p)| p.quantity.abs() * ins.multiplier[p.instrument as usize] * market.mark_price[p.instrument as usize])
-            .sum();
-        let (move_down, level_down, move_up, level_up) = if base_excess < 0.0 {
-            (Some(0.0), Some(0), Some(0.0), Some(0))
-        } else {
-            // Excess at every grid point g: collateral linked to u and u's positions revalued.
-            s.excess.clear();
-            s.excess.resize(POINTS, other);
-            for (_, linked, a, amount) in &s.balances {
-                if *linked == Some(u) {
-                    let prices = &grid.asset_price[a * POINTS..(a + 1) * POINTS];
-                    for (e, price) in s.excess.iter_mut().zip(prices) {
-                        *e += value_balance(book, *a, *amount, *price).weighted_maintenance;
-                    }
-                }
-            }
-            for (_, p) in positions {
-                let id = p.instrument as usize;
-                let marks = &grid.mark[id * POINTS..(id + 1) * POINTS];
-                let size = p.quantity * ins.multiplier[id];
-                if ins.kind[id].is_linear() {
-                    let base_mark = market.mark_price[id];
-                    for (e, mark) in s.excess.iter_mut().zip(marks) {
-                        *e += p.value + size * (mark - base_mark);
-                    }
-                } else {
-                    for (e, mark) in s.excess.iter_mut().zip(marks) {
-                        *e += size * mark;
-                    }
-                }
-                if model == Model::Standard {
-                    for (g, (e, mark)) in s.excess.iter_mut().zip(marks).enumerate() {
-                        *e -= position_margin_at(book, id, p.quantity, *mark, grid.spot[g]).1;
-                    }
-                }
-            }
-            let excess = &s.excess;
-            let pnl = &mut s.pnl;
-            let mut excess_at = |g: usize| -> f64 {
-                match model {
-                    Model::Standard => excess[g],
-                    Model::Portfolio => {
-                        let margin = portfolio::positions_margin(
-                            book,
-                            grid.spot[g],
-                            &grid.risk[g],
-                            u as usize,
-                            positions.iter().map(|(_, p)| p),
-                            pnl,
-                        );
-                        excess[g] - margin.maintenance_margin
-                    }
-                }
-            };
-            let (move_down, level_down) = walk(base_excess, -1.0, |j| excess_at(GRID_LEVELS - j));
-            let (move_up, level_up) = walk(base_excess, 1.0, |j| excess_at(GRID_LEVELS + j));
-            (move_down, level_down, move_up, level_up)
-        };
-        out.push(DistanceRow {
-            account_id: slot.account_id,
-            underlying: u,
-            move_down,
-            move_up,
-            level_down,
-            level_up,
-            notional,
-            collateral_maintenance: row.collateral_maintenance,
-        });
     }
+    let mut positions: &[(u32, NetPosition)] = &[];
+    for &(g, start, end, value, margin) in &s.groups {
+        if g == u {
+            positions = &s.grouped[start..end];
+        } else {
+            other += value - margin;
+        }
+    }
+    let notional: f64 = positions
+        .iter()
+        .map(|(_, p)| p.quantity.abs() * ins.multiplier[p.instrument as usize] * market.mark_price[p.instrument as usize])
+        .sum();
+    let (move_down, level_down, move_up, level_up) = if base_excess < 0.0 {
+        (Some(0.0), Some(0), Some(0.0), Some(0))
+    } else {
+        // Excess at every grid point g: collateral linked to u and u's positions revalued.
+        s.excess.clear();
+        s.excess.resize(POINTS, other);
+        for (_, linked, a, amount) in &s.balances {
+            if *linked == Some(u) {
+                let k = w.slots.asset_slot[*a] as usize;
+                let prices = &grid.asset_price[k * POINTS..(k + 1) * POINTS];
+                for (e, price) in s.excess.iter_mut().zip(prices) {
+                    *e += value_balance(book, *a, *amount, *price).weighted_maintenance;
+                }
+            }
+        }
+        for (_, p) in positions {
+            let id = p.instrument as usize;
+            let k = instrument_slot(p) as usize;
+            let marks = &grid.mark[k * POINTS..(k + 1) * POINTS];
+            let size = p.quantity * ins.multiplier[id];
+            if ins.kind[id].is_linear() {
+                let base_mark = market.mark_price[id];
+                for (e, mark) in s.excess.iter_mut().zip(marks) {
+                    *e += p.value + size * (mark - base_mark);
+                }
+            } else {
+                for (e, mark) in s.excess.iter_mut().zip(marks) {
+                    *e += size * mark;
+                }
+            }
+            if model == Model::Standard {
+                for (g, (e, mark)) in s.excess.iter_mut().zip(marks).enumerate() {
+                    *e -= position_margin_at(book, id, p.quantity, *mark, grid.spot[g]).1;
+                }
+            }
+        }
+        let excess = &s.excess;
+        let pnl = &mut s.pnl;
+        let mut excess_at = |g: usize| -> f64 {
+            match w.risk {
+                None => excess[g],
+                Some(risk) => {
+                    let r = &risk[u as usize];
+                    let arrays = positions.iter().map(|(_, p)| (p, r.array(&grid.risk[g], instrument_slot(p))));
+                    let margin = positions_margin_of(book, grid.spot[g], &r.scenarios, u as usize, arrays, pnl);
+                    excess[g] - margin.maintenance_margin
+                }
+            }
+        };
+        let (move_down, level_down) = walk(base_excess, -1.0, |j| excess_at(GRID_LEVELS - j));
+        let (move_up, level_up) = walk(base_excess, 1.0, |j| excess_at(GRID_LEVELS + j));
+        (move_down, level_down, move_up, level_up)
+    };
+    Some(DistanceRow {
+        account_id: slot.account_id,
+        underlying: u,
+        move_down,
+        move_up,
+        level_down,
+        level_up,
+        notional,
+        collateral_maintenance: row.collateral_maintenance,
+    })
 }
 
 /// Nearest liquidation of an account over its underlyings: the signed move of smallest
@@ -375,4 +578,94 @@ pub fn liquidation_map(book: &Book, distances: &[DistanceRow]) -> Vec<MapRow> {
         }
     }
     map
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt64Array};
+
+    use super::*;
+    use crate::book::BookTables;
+    use crate::market::MarketTables;
+    use crate::table::Table;
+
+    fn batch(columns: Vec<(&str, ArrayRef)>) -> (Vec<String>, Vec<RecordBatch>) {
+        let names = columns.iter().map(|(n, _)| n.to_string()).collect();
+        (names, vec![RecordBatch::try_from_iter(columns).unwrap()])
+    }
+
+    fn strings(v: Vec<String>) -> ArrayRef {
+        Arc::new(StringArray::from(v))
+    }
+
+    fn floats(v: Vec<f64>) -> ArrayRef {
+        Arc::new(Float64Array::from(v))
+    }
+
+    /// Issue 12, "Memory and silent errors": the walk used to build a grid of every instrument
+    /// under every underlying's moves (underlyings × instruments × 201 floats, 3.3 GB for one
+    /// position in a 4,000-instrument, 500-underlying book). One account holding one perpetual in
+    /// a book of 200 underlyings × 10 perpetuals must build one grid, of that one instrument.
+    #[test]
+    fn distance_grids_hold_only_what_accounts_hold() {
+        let (n_underlyings, per) = (200, 10);
+        let n = n_underlyings * per;
+        let ids: Vec<String> = (0..n).map(|i| format!("I{i}")).collect();
+        let underlying: Vec<String> = (0..n).map(|i| format!("U{:03}", i / per)).collect();
+        let (inames, ibatches) = batch(vec![
+            ("instrument", strings(ids.clone())),
+            ("kind", strings(vec!["perpetual".to_string(); n])),
+            ("underlying", strings(underlying)),
+            ("multiplier", floats(vec![1.0; n])),
+            ("initial_margin_rate", floats(vec![0.10; n])),
+            ("maintenance_margin_rate", floats(vec![0.05; n])),
+        ]);
+        let one = |v: f64| floats(vec![v]);
+        let (anames, abatches) =
+            batch(vec![("asset", strings(vec!["USD".into()])), ("price", one(1.0)), ("initial_weight", one(1.0)), ("maintenance_weight", one(1.0)), ("initial_liability_weight", one(1.0)), ("maintenance_liability_weight", one(1.0))]);
+        let book = Book::new(BookTables {
+            instruments: Table::new("instruments", &inames, &ibatches),
+            assets: Table::new("assets", &anames, &abatches),
+            risk_params: None,
+            margin_tiers: None,
+        })
+        .unwrap();
+        let (xnames, xbatches) = batch(vec![
+            ("underlying", strings((0..n_underlyings).map(|u| format!("U{u:03}")).collect())),
+            ("index_price", floats(vec![100.0; n_underlyings])),
+        ]);
+        let (mnames, mbatches) = batch(vec![("instrument", strings(ids)), ("mark_price", floats(vec![100.0; n]))]);
+        let tables = MarketTables::new(&Table::new("index_prices", &xnames, &xbatches), &Table::new("marks", &mnames, &mbatches), 0).unwrap();
+        let market = Market::resolve(&book, &tables).unwrap();
+        // account 1: long 2 of the 4th underlying's first perpetual, 20 USD: e(m) = 10 + 190 m
+        let held = 3 * per;
+        let (pnames, pbatches) = batch(vec![
+            ("account_id", Arc::new(UInt64Array::from(vec![1u64])) as ArrayRef),
+            ("instrument", strings(vec![format!("I{held}")])),
+            ("quantity", floats(vec![2.0])),
+        ]);
+        let (bnames, bbatches) = batch(vec![
+            ("account_id", Arc::new(UInt64Array::from(vec![1u64])) as ArrayRef),
+            ("asset", strings(vec!["USD".into()])),
+            ("amount", floats(vec![20.0])),
+        ]);
+        let (pt, bt) = (Table::new("positions", &pnames, &pbatches), Table::new("balances", &bnames, &bbatches));
+        let inputs = Inputs::new(&book, &market, Some(&pt), Some(&bt)).unwrap();
+        for model in [Model::Standard, Model::Portfolio] {
+            let rows = crate::engine::margin(&book, &market, &inputs, model).unwrap();
+            let mut grids = Vec::new();
+            let d = distances_with(&book, &market, &inputs, model, &rows, |floats| grids.push(floats)).unwrap();
+            // one grid: the index price and the one held mark at 201 points (portfolio: plus
+            // that instrument's 65 scenario P&L at each point)
+            let scenarios = if model == Model::Portfolio { 65 } else { 0 };
+            assert_eq!(grids, vec![POINTS * (2 + scenarios)], "{model:?}");
+            assert_eq!(d.len(), 1);
+            assert_eq!(d[0].underlying, 3);
+            if model == Model::Standard {
+                assert!((d[0].move_down.unwrap() + 10.0 / 190.0).abs() < 1e-12, "{:?}", d[0]);
+            }
+        }
+    }
 }

@@ -142,24 +142,29 @@ impl RiskArrays {
 /// Per-contract P&L of one instrument under each scenario: `mult × mark × m` for linear
 /// contracts; `mult × (B76(S(1+m), K, T, σ') − B76(S, K, T, σ))` for options.
 fn instrument_array(book: &Book, market: &Market, id: usize, scenarios: &[Scenario]) -> Vec<f64> {
+    let spot = market.index_price[book.instruments.underlying[id] as usize];
+    let mut out = Vec::with_capacity(scenarios.len());
+    instrument_array_at(book, market, id, spot, market.mark_price[id], scenarios, &mut out);
+    out
+}
+
+/// [`instrument_array`] at index price `spot` and mark `mark` (expiry and implied vol from
+/// `market`), appended to `out`: the array of a moved market without building that market.
+pub fn instrument_array_at(book: &Book, market: &Market, id: usize, spot: f64, mark: f64, scenarios: &[Scenario], out: &mut Vec<f64>) {
     let ins = &book.instruments;
     let u = ins.underlying[id] as usize;
     let multiplier = ins.multiplier[id];
     if ins.kind[id].is_linear() {
-        let mark = market.mark_price[id];
-        return scenarios.iter().map(|s| multiplier * mark * s.spot_move).collect();
+        out.extend(scenarios.iter().map(|s| multiplier * mark * s.spot_move));
+        return;
     }
     let params = &book.underlyings.risk[u];
-    let spot = market.index_price[u];
     let (strike, time, vol, is_call) = (ins.strike[id], market.time_to_expiry[id], market.implied_vol[id], ins.is_call[id]);
     let base = black76::price(spot, strike, time, vol, is_call);
-    scenarios
-        .iter()
-        .map(|s| {
-            let shocked = shocked_vol(params, vol, time, s.vol);
-            multiplier * (black76::price(spot * (1.0 + s.spot_move), strike, time, shocked, is_call) - base)
-        })
-        .collect()
+    out.extend(scenarios.iter().map(|s| {
+        let shocked = shocked_vol(params, vol, time, s.vol);
+        multiplier * (black76::price(spot * (1.0 + s.spot_move), strike, time, shocked, is_call) - base)
+    }));
 }
 
 /// Per-thread scratch: the account's netted positions grouped by underlying, and one
@@ -221,6 +226,7 @@ fn minimum(values: &[f64]) -> f64 {
 
 /// Margin of the netted positions of one underlying `u` (all in `u`, in instrument order):
 /// `P_s = Σ q × array_s` accumulated in `pnl`, then [`underlying_margin`].
+#[inline]
 pub fn positions_margin<'p>(
     book: &Book,
     spot: f64,
@@ -229,16 +235,30 @@ pub fn positions_margin<'p>(
     positions: impl Iterator<Item = &'p NetPosition>,
     pnl: &mut Vec<f64>,
 ) -> UnderlyingMargin {
+    let arrays = positions.map(|p| (p, risk.array(book, p.instrument as usize)));
+    positions_margin_of(book, spot, &risk.scenarios[u], u, arrays, pnl)
+}
+
+/// [`positions_margin`] of positions given with their risk arrays (of `scenarios`, the
+/// scenarios of `u`), wherever those arrays are kept.
+#[inline]
+pub fn positions_margin_of<'p, 'a>(
+    book: &Book,
+    spot: f64,
+    scenarios: &[Scenario],
+    u: usize,
+    positions: impl Iterator<Item = (&'p NetPosition, &'a [f64])>,
+    pnl: &mut Vec<f64>,
+) -> UnderlyingMargin {
     let ins = &book.instruments;
     let params = &book.underlyings.risk[u];
-    let scenarios = &risk.scenarios[u];
     pnl.clear();
     pnl.resize(scenarios.len(), 0.0);
     let mut short_minimum = 0.0;
-    for p in positions {
+    for (p, array) in positions {
         let id = p.instrument as usize;
         let q = p.quantity;
-        for (a, r) in pnl.iter_mut().zip(risk.array(book, id)) {
+        for (a, r) in pnl.iter_mut().zip(array) {
             *a += q * r;
         }
         if !ins.kind[id].is_linear() && q < 0.0 {

@@ -1,4 +1,4 @@
-//! Market stress (methodology §8): move underlyings by relative amounts and revalue.
+//! Market stress (docs/methodology.md §8): move underlyings by relative amounts and revalue.
 //!
 //! Under a move `m` of underlying `u`: its index price becomes `S (1 + m)`; perpetual and future
 //! marks move by the same factor; option marks move by the Black-76 change
@@ -17,26 +17,42 @@ pub fn stress_market(book: &Book, market: &Market, moves: &[f64]) -> Market {
     let ins = &book.instruments;
     let mut out = market.clone();
     for (u, m) in moves.iter().enumerate() {
-        if *m != 0.0 {
-            out.index_price[u] = market.index_price[u] * (1.0 + m);
-        }
+        out.index_price[u] = moved_price(market.index_price[u], *m);
     }
     for id in 0..ins.len() {
         let u = ins.underlying[id] as usize;
-        let m = moves[u];
-        if m == 0.0 || market.mark_price[id].is_nan() {
-            continue;
-        }
-        out.mark_price[id] = if ins.kind[id].is_linear() {
-            market.mark_price[id] * (1.0 + m)
-        } else {
-            let (strike, time, vol, call) = (ins.strike[id], market.time_to_expiry[id], market.implied_vol[id], ins.is_call[id]);
-            let before = black76::price(market.index_price[u], strike, time, vol, call);
-            let after = black76::price(out.index_price[u], strike, time, vol, call);
-            (market.mark_price[id] + (after - before)).max(0.0)
-        };
+        out.mark_price[id] = stressed_mark(book, market, id, moves[u], out.index_price[u]);
     }
     out
+}
+
+/// The mark of instrument `id` when its underlying moves by `m`, to index price `moved_spot`
+/// (`S (1 + m)`, or `S` itself when `m` is 0): unchanged without a move or a mark.
+#[inline]
+pub fn stressed_mark(book: &Book, market: &Market, id: usize, m: f64, moved_spot: f64) -> f64 {
+    let ins = &book.instruments;
+    let mark = market.mark_price[id];
+    if m == 0.0 || mark.is_nan() {
+        return mark;
+    }
+    if ins.kind[id].is_linear() {
+        mark * (1.0 + m)
+    } else {
+        let (strike, time, vol, call) = (ins.strike[id], market.time_to_expiry[id], market.implied_vol[id], ins.is_call[id]);
+        let before = black76::price(market.index_price[ins.underlying[id] as usize], strike, time, vol, call);
+        let after = black76::price(moved_spot, strike, time, vol, call);
+        (mark + (after - before)).max(0.0)
+    }
+}
+
+/// The index price of an underlying moved by `m` (unchanged when `m` is 0).
+#[inline]
+pub fn moved_price(price: f64, m: f64) -> f64 {
+    if m != 0.0 {
+        price * (1.0 + m)
+    } else {
+        price
+    }
 }
 
 /// Collateral asset prices with assets linked to a moved underlying moved too.
@@ -46,8 +62,8 @@ pub fn stress_asset_prices(book: &Book, moves: &[f64]) -> Vec<f64> {
         .iter()
         .zip(&a.underlying)
         .map(|(price, u)| match u {
-            Some(u) if moves[*u as usize] != 0.0 => price * (1.0 + moves[*u as usize]),
-            _ => *price,
+            Some(u) => moved_price(*price, moves[*u as usize]),
+            None => *price,
         })
         .collect()
 }
