@@ -435,8 +435,8 @@ fn account_distance(w: &Walk, u: u32, grid: &UnderlyingGrid, slot: &AccountSlot,
     }
 
     let base_excess = row.margin_excess();
-    // Everything the move of `u` leaves unchanged.
-    let mut other = 0.0;
+    // Everything the move of `u` leaves unchanged, from the P&L of positions that netted to 0.
+    let mut other = s.net.closed_pnl;
     for (weighted, linked, _, _) in &s.balances {
         if *linked != Some(u) {
             other += weighted;
@@ -531,6 +531,28 @@ pub fn nearest(rows: &[DistanceRow]) -> Option<(f64, u32)> {
         }
     }
     best
+}
+
+/// Each account's nearest liquidation, for the scan: `rows` in account order and `distances` as
+/// [`distances`] returns them. An account below maintenance now (the walk's level 0) gets move 0
+/// and no underlying: no move is "the" cause, it is liquidatable as it stands, whether or not
+/// it is exposed to any underlying. Otherwise [`nearest`] with its underlying; `None` when no
+/// move within ±50% liquidates it.
+pub fn nearest_by_account(rows: &[AccountRow], distances: &[DistanceRow]) -> Vec<Option<(f64, Option<u32>)>> {
+    let mut out = Vec::with_capacity(rows.len());
+    let mut k = 0;
+    for row in rows {
+        let start = k;
+        while k < distances.len() && distances[k].account_id == row.account_id {
+            k += 1;
+        }
+        out.push(if row.margin_excess() < 0.0 {
+            Some((0.0, None))
+        } else {
+            nearest(&distances[start..k]).map(|(m, u)| (m, Some(u)))
+        });
+    }
+    out
 }
 
 /// One row of the liquidation map: at this level of one underlying, how many accounts (and how
