@@ -1,0 +1,31 @@
+"""Methodology presets: named parameter sets of the margin engines.
+
+A preset is data, never a code path of its own. `scenario_preset(name)` returns the
+`ScenarioMethodology` of a scenario-margin preset:
+
+- `derive_pmrm2`: Derive's PMRM_2 portfolio margin with its baseline parameters
+  (`margin_engine.presets.derive`, validated on Derive's published portfolio cases).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from margin_engine._inputs import input_error
+from margin_engine.methodology_params import ScenarioMethodology
+
+__all__ = ["SCENARIO_PRESETS", "scenario_preset"]
+
+SCENARIO_PRESETS = ("derive_pmrm2",)
+
+
+def scenario_preset(name: str, **overrides: Any) -> ScenarioMethodology:
+    """The scenario methodology of preset `name`, with top-level parts replaced by `overrides`
+    (plain tables as in `ScenarioMethodology.to_dict`)."""
+    if name == "derive_pmrm2":
+        from .derive import derive_pmrm2
+
+        meth = derive_pmrm2()
+    else:
+        raise input_error("methodology", "preset", f"unknown scenario preset {name!r} (known: {', '.join(SCENARIO_PRESETS)})")
+    return meth.replace(**overrides) if overrides else meth
