@@ -213,10 +213,11 @@ def _print_summary(tables: BookTables, results: dict[str, pa.Table], progress: P
     im_std, im_port = _sum(std, "initial_margin"), _sum(port, "initial_margin")
     freed = im_std - im_port
     p()
-    p(
-        f"capital freed by portfolio margin: {_usd(freed)} of initial margin "
-        f"({100 * freed / im_std if im_std else 0.0:+.1f}% of the standard requirement)"
-    )
+    share = f" ({100 * abs(freed) / im_std:.1f}% of the standard requirement)" if im_std else ""
+    if freed >= 0:
+        p(f"portfolio margin frees {_usd(freed)} of initial margin{share}")
+    else:
+        p(f"portfolio margin needs {_usd(-freed)} more initial margin{share}")
     saving = pc.subtract(std.column("initial_margin"), port.column("initial_margin"))
     gains = pc.greater(saving, 0.0)
     n_gain = pc.sum(gains).as_py() or 0
@@ -472,7 +473,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
             from margin_engine.charts import liquidation_map_png
 
             with progress.step(f"drawing {args.map}"):
-                liquidation_map_png(lmap, map_png)
+                liquidation_map_png(lmap, map_png, title=f"Liquidation map, {args.model} model: {args.book}")
             written.append(f"liquidation map written to {args.map}")
         if closes is not None and plan_accounts is not None:
             with progress.step(f"liquidation plans, {args.model} model"):
@@ -504,15 +505,17 @@ def cmd_report(args: argparse.Namespace) -> int:
             report = efficiency_report(
                 book, tables.positions, tables.balances, market,
                 hedge_instruments=args.hedge, hedge_objective=args.hedge_objective, threads=args.threads,
+                stress_moves=tuple(args.stress_moves), distance=not args.no_distance, source=str(args.book),
             )  # fmt: skip
         with progress.step(f"writing {args.out}"), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             write_html(report, out)
     pct = report.capital_freed_pct
     idle = dict(zip(report.idle.column("model").to_pylist(), report.idle.column("idle_total").to_pylist()))
+    share = "" if pct is None else f" ({100 * abs(pct):.1f}% of standard IM)"
+    freed = report.capital_freed
     say(
-        f"capital freed by portfolio margin: {_usd(report.capital_freed)}"
-        + (f" ({100 * pct:+.1f}% of standard IM)" if pct == pct else "")
+        (f"portfolio margin frees {_usd(freed)}{share}" if freed >= 0 else f"portfolio margin needs {_usd(-freed)} more{share}")
         + f"; idle collateral of healthy accounts: {_usd(idle.get('portfolio', 0.0))} (portfolio model); "
         f"best single hedges free {_usd(report.hedges_total_freed)} of {report.hedge_objective} margin"
     )
@@ -629,6 +632,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--hedge with no names skips the hedges)",
     )  # fmt: skip
     rep.add_argument("--hedge-objective", choices=["initial", "maintenance"], default="initial", help="margin the hedges minimise (default: initial)")
+    rep.add_argument(
+        "--stress-moves", nargs="*", type=float, default=[-0.2, -0.1, 0.1, 0.2], metavar="MOVE",
+        help="relative moves of the stress section, each underlying alone and all together "
+        "(default: -0.2 -0.1 0.1 0.2; no values skips the section)",
+    )  # fmt: skip
+    rep.add_argument("--no-distance", action="store_true", help="skip the distance-to-liquidation summary (the slowest section)")
     return parser
 
 
