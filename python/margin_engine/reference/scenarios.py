@@ -20,8 +20,8 @@ The steps:
    cancelling collateral moved with the spot; times the row's weight. In skew rows each
    expiry's P&L counts as a loss whichever its sign (a tilt in the other direction would turn a
    gain into a loss of about the same size).
-3. **Worst loss**: the lowest P&L over every row and the basis contingency; per group for
-   reporting.
+3. **Worst loss**: the lowest P&L over every row and the basis contingency (0 when switched
+   off or when nothing loses, so a scenario gain is never credited); per group for reporting.
 4. **Contingencies** (`contingencies`): charges on size and data quality that no scenario
    captures: perpetual and naked-short-option size, collateral haircuts, oracle confidence.
 5. **Combination** (`combine`): `margin = loss_factor × worst + mtm + cash − contingencies`, the
