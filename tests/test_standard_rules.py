@@ -1,5 +1,5 @@
 """The generalized standard margin (`reference.standard_rules`) and its parameters
-(`reference.standard_params`), METHODOLOGY-v2 §9.2.
+(`reference.standard_params`), docs/standard-methodologies.md.
 
 - the `v1` parameter set is docs/methodology.md §3 bit for bit (`reference.standard`), on
   random books of `strategies.books()`;
@@ -118,9 +118,9 @@ def test_max_loss_is_the_worst_settlement_over_a_price_scan(example):
 
 @given(books(max_accounts=5), rule_params())
 def test_short_option_mark_counted_once_or_twice(example, params):
-    """CHANGES-v2 point 10: with `option_value_in_collateral` the options' value is in both
-    collateral sums (a short's mark counted twice), without it in neither; requirements and
-    equity do not depend on the switch."""
+    """Rule 4, the mark counted once or twice: with `option_value_in_collateral` the options'
+    value is in both collateral sums (a short's mark counted twice), without it in neither;
+    requirements and equity do not depend on the switch."""
     twice = run(example, dataclasses.replace(params, option_value_in_collateral=True))
     once = run(example, dataclasses.replace(params, option_value_in_collateral=False))
     for a, b in zip(twice, once, strict=True):

@@ -108,7 +108,9 @@ class DeriveStandardCase:
 
     def book(self) -> SimpleNamespace:
         """A duck-typed book for `margin_engine.reference`."""
-        return SimpleNamespace(instruments=self.instruments, assets=self.assets, risk_params=None, margin_tiers=None)
+        return SimpleNamespace(
+            instruments=self.instruments, assets=self.assets, risk_params=None, margin_tiers=None
+        )
 
     def market(self) -> SimpleNamespace:
         """A duck-typed market for `margin_engine.reference`."""

@@ -90,7 +90,7 @@ class StandardParams:
     """True (v1, Deribit): every option position's value `q × mult × mark` is in collateral, so a
     short option's mark is counted twice (in its charge and, negative, in collateral). False
     (Derive): option positions add nothing to collateral and a short's mark is counted once,
-    in its charge (CHANGES-v2 point 10)."""
+    in its charge (docs/standard-methodologies.md, rule 4)."""
     base_asset_margin_factor: float | None = None
     """When set, a held asset linked to an underlying (assets.underlying not null) counts
     `amount × price × factor` in maintenance collateral, instead of its table weights. None: the

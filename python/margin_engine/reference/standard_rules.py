@@ -320,6 +320,46 @@ def _oracle_addon(threshold: float | None, confidence: float, factor: float, amo
     return (1.0 - confidence) * factor * amount
 
 
+def position_addons(
+    u: UnderlyingCharges,
+    underlying: str,
+    positions: list[NettedPosition],
+    expiries: dict[tuple[str, int], ExpiryCharge],
+    market: MarketData,
+    params: StandardParams,
+    feeds: MarketFeeds,
+) -> None:
+    """Rule 5 for the positions of one underlying, into `u`: the depeg add-on on
+    `Σ |linear contracts| + Σ short option contracts`, the oracle add-on of each perpetual /
+    future and of each option expiry. Sizes are `|q| × mult`."""
+    index_price = market.index_prices[underlying]
+    index_conf = _confidence(feeds.index_confidence, underlying)
+    exposure = 0.0
+    for position in positions:
+        ins = position.instrument
+        if ins.underlying != underlying:
+            continue
+        size = abs(position.quantity) * ins.multiplier
+        if not ins.is_option:
+            exposure += size
+            conf = min(_confidence(feeds.mark_confidence, ins.key), index_conf)
+            u.oracle_linear_im += _oracle_addon(
+                params.oracle_linear_threshold, conf, params.oracle_factor, index_price * size
+            )
+        elif position.quantity < 0.0:
+            exposure += size
+    for key, charge in expiries.items():
+        if key[0] != underlying:
+            continue
+        conf = min(index_conf, _confidence(feeds.forward_confidence, key), _confidence(feeds.vol_confidence, key))
+        u.oracle_option_im += _oracle_addon(
+            params.oracle_option_threshold, conf, params.oracle_factor, index_price * charge.short_contracts
+        )
+    if params.depeg_threshold is not None and feeds.stable_price < params.depeg_threshold:
+        depeg_rate = (params.depeg_threshold - feeds.stable_price) * params.depeg_factor
+        u.depeg_im = depeg_rate * index_price * exposure
+
+
 def account_standard_margin(
     account_id: int,
     positions: list[NettedPosition],
@@ -415,44 +455,9 @@ def account_standard_margin(
         pnl += position_pnl(position, market.marks[position.instrument.id].mark_price)
     pnl += closed
 
-    # Rule 5: IM add-ons per underlying (sorted), each computed from sizes in contracts.
-    if params.depeg_threshold is not None or params.oracle_linear_threshold is not None \
-            or params.oracle_option_threshold is not None:
-        depeg_rate = 0.0
-        if params.depeg_threshold is not None and feeds.stable_price < params.depeg_threshold:
-            depeg_rate = (params.depeg_threshold - feeds.stable_price) * params.depeg_factor
-        for underlying in sorted({p.instrument.underlying for p in positions}):
-            index_price = market.index_prices[underlying]
-            index_conf = _confidence(feeds.index_confidence, underlying)
-            u = charges(underlying)
-            exposure = 0.0
-            for position in positions:
-                ins = position.instrument
-                if ins.underlying != underlying:
-                    continue
-                size = abs(position.quantity) * ins.multiplier
-                if not ins.is_option:
-                    exposure += size
-                    conf = min(_confidence(feeds.mark_confidence, ins.key), index_conf)
-                    u.oracle_linear_im += _oracle_addon(
-                        params.oracle_linear_threshold, conf, params.oracle_factor, index_price * size
-                    )
-                elif position.quantity < 0.0:
-                    exposure += size
-            for (g_underlying, expiry_ns), charge in expiries.items():
-                if g_underlying != underlying:
-                    continue
-                key = (underlying, expiry_ns)
-                conf = min(
-                    index_conf,
-                    _confidence(feeds.forward_confidence, key),
-                    _confidence(feeds.vol_confidence, key),
-                )
-                u.oracle_option_im += _oracle_addon(
-                    params.oracle_option_threshold, conf, params.oracle_factor, index_price * charge.short_contracts
-                )
-            if depeg_rate > 0.0:
-                u.depeg_im = depeg_rate * index_price * exposure
+    # Rule 5: IM add-ons of the positions, per underlying (the base assets' came with rule 4).
+    for underlying in sorted({p.instrument.underlying for p in positions}):
+        position_addons(charges(underlying), underlying, positions, expiries, market, params, feeds)
     for underlying in sorted(per_u):
         u = per_u[underlying]
         addon = u.depeg_im + u.oracle_im
