@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
+import margin_engine as me
 from margin_engine.presets.derive_standard_cases import case_inputs, load_cases, published_figures
-from margin_engine.reference.standard_params import DERIVE_STANDARD
+from margin_engine.reference.standard_params import DERIVE_STANDARD, V1
 from margin_engine.reference.standard_rules import AccountStandardMargin, standard_margin_rules
 
 CASES_PATH = Path(__file__).parent / "data" / "derive" / "standard_manager_test_cases.json"
@@ -37,7 +38,12 @@ def close(ours: float, published: float) -> bool:
 def run(case: dict[str, Any]) -> AccountStandardMargin:
     inputs = case_inputs(case)
     [account] = standard_margin_rules(
-        inputs.book(), inputs.positions, inputs.balances, inputs.market(), DERIVE_STANDARD, inputs.feeds
+        inputs.reference_book(),
+        inputs.tables.positions,
+        inputs.tables.balances,
+        inputs.reference_market(),
+        DERIVE_STANDARD,
+        inputs.feeds,
     )
     return account
 
@@ -148,3 +154,21 @@ def test_fixture_is_the_published_file() -> None:
         assert case["source"]["repo"] == "derivexyz/v2-core"
         assert case["source"]["commit"] == "7736900d395703c4f675376caa4c315402943831"
         assert case["id"] == f"lyra_srm_{case['source']['key']}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_case_tables_are_engine_inputs(case: dict[str, Any]) -> None:
+    """The case's tables pass the engine's validation (`me.Book`, `me.Market`), and under v1
+    the engine's standard margin equals the generalized rules with the `V1` set, bit for bit:
+    the same book, two parameter sets."""
+    inputs = case_inputs(case)
+    tables = inputs.tables
+    [row] = me.margin(tables.book(), tables.positions, tables.balances, tables.market(), model="standard").to_pylist()
+    [account] = standard_margin_rules(
+        inputs.reference_book(), tables.positions, tables.balances, inputs.reference_market(), V1
+    )
+    assert (row["initial_margin"], row["maintenance_margin"]) == (account.initial_margin, account.maintenance_margin)
+    assert (row["collateral_initial"], row["collateral_maintenance"]) == (
+        account.collateral_initial,
+        account.collateral_maintenance,
+    )

@@ -31,6 +31,7 @@ Nothing here is Derive's code: it is a reading of the published inputs.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from margin_engine.io import BookTables
 from margin_engine.reference.black76 import black76_scalar
 from margin_engine.reference.standard_params import DERIVE_STANDARD
 from margin_engine.reference.standard_rules import MarketFeeds
@@ -90,32 +92,31 @@ def published_figures(case: dict[str, Any]) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class DeriveStandardCase:
-    """Our inputs for one published case."""
+    """Our inputs for one published case: the engine's tables (`tables.book()` and
+    `tables.market()` give `me.Book` / `me.Market`) and the feeds of the generalized rules."""
 
     case_id: str
-    instruments: pa.Table
-    assets: pa.Table
-    positions: pa.Table
-    balances: pa.Table
-    index_prices: pa.Table
-    marks: pa.Table
-    valuation_time_ns: int
+    tables: BookTables
     feeds: MarketFeeds
     unsettled_funding: dict[str, float] = field(default_factory=dict)
     """Perpetual key -> its unsettled funding (already in the USDC balance)."""
     cash: float = 0.0
     """The case's cash balance before funding."""
 
-    def book(self) -> SimpleNamespace:
+    @property
+    def valuation_time_ns(self) -> int:
+        return VALUATION_TIME_S * 1_000_000_000
+
+    def reference_book(self) -> SimpleNamespace:
         """A duck-typed book for `margin_engine.reference`."""
         return SimpleNamespace(
-            instruments=self.instruments, assets=self.assets, risk_params=None, margin_tiers=None
+            instruments=self.tables.instruments, assets=self.tables.assets, risk_params=None, margin_tiers=None
         )
 
-    def market(self) -> SimpleNamespace:
+    def reference_market(self) -> SimpleNamespace:
         """A duck-typed market for `margin_engine.reference`."""
         return SimpleNamespace(
-            index_prices=self.index_prices, marks=self.marks, valuation_time_ns=self.valuation_time_ns
+            index_prices=self.tables.index_prices, marks=self.tables.marks, valuation_time_ns=self.valuation_time_ns
         )
 
 
@@ -234,8 +235,7 @@ def case_inputs(case: dict[str, Any]) -> DeriveStandardCase:
         forward_confidence={(u, t0_ns + e * 1_000_000_000): c for (u, e), c in forward_conf_s.items()},
         vol_confidence={(u, t0_ns + e * 1_000_000_000): c for (u, e), c in vol_conf.items()},
     )
-    return DeriveStandardCase(
-        case_id=case["id"],
+    tables = BookTables(
         instruments=_instrument_table(instruments),
         assets=_asset_table(assets),
         positions=pa.table(
@@ -263,11 +263,9 @@ def case_inputs(case: dict[str, Any]) -> DeriveStandardCase:
                 "implied_vol": pa.array([m["implied_vol"] for m in marks], pa.float64()),
             }
         ),
-        valuation_time_ns=t0_ns,
-        feeds=feeds,
-        unsettled_funding=funding,
-        cash=cash,
+        valuation_time=dt.datetime.fromtimestamp(VALUATION_TIME_S, tz=dt.timezone.utc),
     )
+    return DeriveStandardCase(case["id"], tables, feeds, funding, cash)
 
 
 def _column(rows: Iterable[dict[str, Any]], name: str) -> list[Any]:
