@@ -85,11 +85,11 @@ options AS (    -- §2.4 option value; §3 short options (long options: 0)
         CASE WHEN q < 0 THEN size * (mark + mmr * s) ELSE 0.0 END AS mm
     FROM valued WHERE is_option
 ),
-by_account AS ( -- a net of exactly 0 contributes nothing, but its account still gets a row
+by_account AS ( -- a net of exactly 0 carries no margin, but its account still gets a row
     SELECT account_id,
         sum(CASE WHEN q <> 0 THEN im ELSE 0.0 END) AS im,
         sum(CASE WHEN q <> 0 THEN mm ELSE 0.0 END) AS mm,
-        sum(CASE WHEN q <> 0 THEN pnl ELSE 0.0 END) AS pnl
+        sum(pnl) AS pnl  -- a linear net of 0 keeps its rows' P&L; an option's value is 0 there
     FROM (SELECT * FROM linear UNION ALL SELECT * FROM options)
     GROUP BY account_id
 ),

@@ -165,6 +165,6 @@ def margin(book: Any, positions: Any, balances: Any, market: Any, pricer: str = 
         mm_u = np.maximum(np.maximum(scan, p.extreme_cover[u] * ext), short_min)
         mm[seg_acc] += mm_u
         im[seg_acc] += p.im_factor[u] * mm_u
-    pnl = np.bincount(net.acc, weights=position_pnl(net, ins), minlength=n_acc)
+    pnl = np.bincount(net.acc, weights=position_pnl(net, ins), minlength=n_acc) + net.closed
     cash, wi, wm = collateral(book, balances, net)
     return finish(net.accounts, cash, wi, wm, pnl, im, mm)

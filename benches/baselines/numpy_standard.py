@@ -193,6 +193,7 @@ class Netted:
     q: np.ndarray
     upnl: np.ndarray
     bal_acc: np.ndarray   # per balance row: index into accounts
+    closed: np.ndarray    # per account: P&L of linear positions that net to exactly 0
 
 
 def net_positions(positions: Any, balances: Any, ins: Instruments) -> Netted:
@@ -212,12 +213,13 @@ def net_positions(positions: Any, balances: Any, ins: Instruments) -> Netted:
         upnl = np.bincount(kinv, weights=row_upnl, minlength=nkey.size)
     else:
         upnl = np.zeros(nkey.size)
-    keep = q != 0.0  # a net of exactly 0 contributes nothing
+    keep = q != 0.0  # a net of exactly 0 carries no margin, but keeps its rows' P&L (`closed`)
     bacc = account_ids(bal)
     accounts = np.concatenate([pacc_u, bacc])  # sorted union (np.union1d's hash path is slower)
     accounts.sort()
     accounts = accounts[np.r_[True, accounts[1:] != accounts[:-1]]]
     acc_of_pacc = np.searchsorted(accounts, pacc_u)
+    closed = np.bincount(acc_of_pacc[nkey[~keep] // ins.n], weights=upnl[~keep], minlength=accounts.size)
     nkey = nkey[keep]
     return Netted(
         accounts=accounts,
@@ -226,6 +228,7 @@ def net_positions(positions: Any, balances: Any, ins: Instruments) -> Netted:
         q=q[keep],
         upnl=upnl[keep],
         bal_acc=np.searchsorted(accounts, bacc),
+        closed=closed,
     )
 
 
@@ -326,6 +329,6 @@ def margin(book: Any, positions: Any, balances: Any, market: Any) -> pa.Table:
     # rows are sorted by (account, instrument): bincount adds in instrument-id order
     im = np.bincount(net.acc, weights=pos_im, minlength=n)
     mm = np.bincount(net.acc, weights=pos_mm, minlength=n)
-    pnl = np.bincount(net.acc, weights=position_pnl(net, ins), minlength=n)
+    pnl = np.bincount(net.acc, weights=position_pnl(net, ins), minlength=n) + net.closed
     cash, wi, wm = collateral(book, balances, net)
     return finish(net.accounts, cash, wi, wm, pnl, im, mm)

@@ -153,7 +153,8 @@ def margin(book: Any, positions: Any, balances: Any, market: Any) -> pa.Table:
             .when(short_option).then(opt_im).otherwise(0.0),
             mm=pl.when(~live).then(0.0).when(~pl.col("is_option")).then(_tiered("mm", width))
             .when(short_option).then(opt_mm).otherwise(0.0),
-            pnl=pl.when(~live).then(0.0).when(pl.col("is_option"))
+            # a linear net of 0 keeps its rows' P&L; an option's is its value, 0 at q = 0
+            pnl=pl.when(pl.col("is_option"))
             .then(pl.col("q") * pl.col("multiplier") * pl.col("mark_price")).otherwise(pl.col("upnl")),
         )
         .group_by("account_id")

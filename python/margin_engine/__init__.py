@@ -34,6 +34,7 @@ from margin_engine.api import (
 from margin_engine.optimize import CollateralAllocation, RebalancePlan, allocate_collateral, rebalance
 from margin_engine.report import EfficiencyReport, efficiency_report, write_html
 from margin_engine.streaming import margin_batches
+from margin_engine import vol  # input helpers: me.vol.svi_implied_vol
 
 __all__ = [
     "AccountMargin",
@@ -64,4 +65,5 @@ __all__ = [
     "margin_batches",
     "optimal_hedge",
     "risk_arrays",
+    "vol",
 ]
