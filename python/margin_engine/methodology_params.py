@@ -25,6 +25,12 @@ from margin_engine._inputs import input_error
 
 __all__ = [
     "BasisContingency",
+    "CalendarBasis",
+    "COMBINATIONS",
+    "Concentration",
+    "MaxOfGroups",
+    "MethodologyByUnderlying",
+    "REVALUATIONS",
     "ConfidenceContingency",
     "LossFactors",
     "PegLoss",
@@ -36,6 +42,10 @@ __all__ = [
     "VolShock",
     "VOL_SHOCKS",
     "SCENARIO_GROUPS",
+    "exchange_methodology",
+    "exchange_preset",
+    "v1_methodology",
+    "v1_preset",
 ]
 
 VOL_SHOCKS = ("none", "up", "down", "skew_linear", "skew_abs")
@@ -44,6 +54,17 @@ tilt of the smile by log-moneyness (linear in k, or in |k|)."""
 
 SCENARIO_GROUPS = ("regular", "extreme", "skew", "basis")
 """Reporting groups of scenario rows: the worst loss is shown per group."""
+
+REVALUATIONS = ("expiry_sum", "risk_array")
+"""How a row's P&L is summed: `expiry_sum` revalues each expiry's options together (so a static
+discount and the skew rule can act on the expiry's total); `risk_array` is the sparse product of
+per-contract risk arrays (`multiplier × (shocked − current)` per contract) with the quantities,
+summed in the holdings' `order`."""
+
+COMBINATIONS = ("loss_factor", "max_of_groups")
+"""How the worst losses become margin: `loss_factor` (Derive: `factor × worst − contingencies +
+MtM + cash`, signed) or `max_of_groups` (v1: `max(scan, cover × extreme, short minimum)` plus
+add-ons, a requirement; `IM = im_factor × MM`)."""
 
 
 def _bad(group: str, name: str, problem: str) -> Exception:
@@ -81,6 +102,11 @@ def _build(cls: type, group: str, data: Any) -> Any:
     if unknown:
         raise _bad(group, unknown[0], f"unknown parameter (known: {', '.join(sorted(known))})")
     return cls(**data)
+
+
+def _plain(value: Any) -> Any:
+    """A parameter value as JSON / TOML writes it (tuples as lists)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _numbers(obj: Any, group: str) -> None:
@@ -284,12 +310,90 @@ class PegLoss:
 
 
 @dataclass(frozen=True)
+class MaxOfGroups:
+    """The v1 combination rule (`combination = "max_of_groups"`), per underlying:
+    `MM = max(scan, extreme_cover × extreme, short_min) + add-ons`, `IM = im_factor × MM`, with
+    `scan` the worst loss (>= 0) of the regular (and skew / basis) rows, `extreme` that of the
+    extreme rows, `short_min = Σ short options |q| × multiplier × spot × short_option_minimum`."""
+
+    extreme_cover: float
+    short_option_minimum: float
+    im_factor: float
+
+    def __post_init__(self) -> None:
+        _numbers(self, "max_of_groups")
+        _nonnegative(self, "max_of_groups", ("extreme_cover", "short_option_minimum"))
+        _check("max_of_groups", "im_factor", self.im_factor, self.im_factor > 0.0, "> 0")
+
+
+def _float_tuple(group: str, name: str, values: Any) -> tuple[float, ...]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
+        raise _bad(group, name, f"expected a list of numbers, got {values!r}")
+    return tuple(_finite(group, name, v) for v in values)
+
+
+@dataclass(frozen=True)
+class CalendarBasis:
+    """Calendar (basis) add-on: dated futures, options and perpetuals of one underlying do not
+    move one-for-one with its index.
+
+    Every holding's delta in the quote currency (linear: `q × multiplier × mark`; option:
+    `q × multiplier × Black-76 delta × forward`) goes to an expiry bucket: bucket 0 holds the
+    perpetuals (and risk-cancelling coins); bucket `i >= 1` the expiries with days to expiry in
+    `(bucket_edges_days[i−2], bucket_edges_days[i−1]]` (the first dated bucket starts at 0, the
+    last is open). Within a bucket deltas net. Across buckets, the long bucket deltas `D_i > 0`
+    are matched against the short ones `D_j < 0` in proportion,
+    `m_ij = D_i × |D_j| / max(Σ long, Σ |short|)` (so `Σ m_ij = min(Σ long, Σ |short|)`, the size
+    of the calendar spread), and each matched pair is charged at the larger of the two buckets'
+    rates: `charge = Σ_ij m_ij × max(bucket_rates[i], bucket_rates[j])`. A book whose deltas all
+    sit in one bucket (or all have one sign) is charged nothing."""
+
+    bucket_edges_days: tuple[float, ...]
+    bucket_rates: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        g = "calendar_basis"
+        edges = _float_tuple(g, "bucket_edges_days", self.bucket_edges_days)
+        rates = _float_tuple(g, "bucket_rates", self.bucket_rates)
+        for a, b in zip(edges, edges[1:]):
+            _check(g, "bucket_edges_days", b, b > a, f"increasing (after {a!r})")
+        if edges and edges[0] <= 0.0:
+            _check(g, "bucket_edges_days", edges[0], False, "> 0")
+        if len(rates) != len(edges) + 2:
+            raise _bad(g, "bucket_rates", f"needs {len(edges) + 2} rates (perpetual bucket, then one per dated bucket), got {len(rates)}")
+        for r in rates:
+            _check(g, "bucket_rates", r, r >= 0.0, ">= 0")
+        object.__setattr__(self, "bucket_edges_days", edges)
+        object.__setattr__(self, "bucket_rates", rates)
+
+
+@dataclass(frozen=True)
+class Concentration:
+    """Concentration (size) add-on against liquidity, per underlying: with `N = |net delta|` in
+    the quote currency (the sum of every holding's delta, as in `CalendarBasis`) and `L` =
+    `liquidity_notional`, `charge = rate × max(0, N − L)^1.5 / L^0.5`: nothing up to the
+    notional the market absorbs within the close-out horizon, then the excess times
+    `rate × sqrt(excess / L)` (square-root market impact)."""
+
+    rate: float
+    liquidity_notional: float
+
+    def __post_init__(self) -> None:
+        _numbers(self, "concentration")
+        _check("concentration", "rate", self.rate, self.rate >= 0.0, ">= 0")
+        _check("concentration", "liquidity_notional", self.liquidity_notional, self.liquidity_notional > 0.0, "> 0 (it divides)")
+
+
+@dataclass(frozen=True)
 class ScenarioMethodology:
     """Everything the scenario engine reads. Optional parts are `None` when switched off.
 
     `discount_options`: revalue options with the expiry's discount factor `exp(−max(r, 0) t)`;
     `collateral_haircuts_as_contingency`: each collateral's haircut × value is charged as a
-    contingency (its value enters the mark-to-market in full) instead of weighting the value.
+    contingency (its value enters the mark-to-market in full) instead of weighting the value;
+    `revaluation`: one of `REVALUATIONS`; `combination`: one of `COMBINATIONS` (`max_of_groups`
+    reads the `max_of_groups` part). `calendar_basis` and `concentration` are add-ons charged
+    under either combination rule.
     """
 
     name: str
@@ -304,6 +408,11 @@ class ScenarioMethodology:
     peg_loss: PegLoss | None = None
     discount_options: bool = True
     collateral_haircuts_as_contingency: bool = True
+    max_of_groups: MaxOfGroups | None = None
+    calendar_basis: CalendarBasis | None = None
+    concentration: Concentration | None = None
+    revaluation: str = "expiry_sum"
+    combination: str = "loss_factor"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -317,6 +426,17 @@ class ScenarioMethodology:
         for name in ("discount_options", "collateral_haircuts_as_contingency"):
             if not isinstance(getattr(self, name), bool):
                 raise _bad("", name, "expected true or false")
+        if self.revaluation not in REVALUATIONS:
+            raise _bad("", "revaluation", f"must be one of {', '.join(REVALUATIONS)}, got {self.revaluation!r}")
+        if self.combination not in COMBINATIONS:
+            raise _bad("", "combination", f"must be one of {', '.join(COMBINATIONS)}, got {self.combination!r}")
+        if self.combination == "max_of_groups" and self.max_of_groups is None:
+            raise _bad("", "max_of_groups", "combination max_of_groups needs the max_of_groups parameters")
+        if self.revaluation == "risk_array":
+            if self.static_discount is not None:
+                raise _bad("", "static_discount", "acts on an expiry's total: it needs revaluation expiry_sum")
+            if any(r.vol_shock.startswith("skew") for r in rows):
+                raise _bad("", "scenarios", "skew rows act on an expiry's total: they need revaluation expiry_sum")
 
     _PARTS = {
         "vol_shock": VolShock,
@@ -327,7 +447,11 @@ class ScenarioMethodology:
         "position_contingency": PositionContingency,
         "confidence_contingency": ConfidenceContingency,
         "peg_loss": PegLoss,
+        "max_of_groups": MaxOfGroups,
+        "calendar_basis": CalendarBasis,
+        "concentration": Concentration,
     }
+    _SWITCHES = ("discount_options", "collateral_haircuts_as_contingency", "revaluation", "combination")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScenarioMethodology:
@@ -360,9 +484,9 @@ class ScenarioMethodology:
         out["scenarios"] = [{f.name: getattr(r, f.name) for f in fields(r)} for r in self.scenarios]
         for key in self._PARTS:
             part = getattr(self, key)
-            out[key] = None if part is None else {f.name: getattr(part, f.name) for f in fields(part)}
-        out["discount_options"] = self.discount_options
-        out["collateral_haircuts_as_contingency"] = self.collateral_haircuts_as_contingency
+            out[key] = None if part is None else {f.name: _plain(getattr(part, f.name)) for f in fields(part)}
+        for key in self._SWITCHES:
+            out[key] = getattr(self, key)
         return out
 
     def replace(self, **overrides: Any) -> ScenarioMethodology:
@@ -370,3 +494,151 @@ class ScenarioMethodology:
         data = self.to_dict()
         data.update(overrides)
         return ScenarioMethodology.from_dict(data)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-underlying presets built from a book's risk_params table: v1 and exchange
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MethodologyByUnderlying:
+    """One `ScenarioMethodology` per underlying (v1's risk parameters are per underlying), and
+    the one used for an underlying without a row of its own."""
+
+    name: str
+    default: ScenarioMethodology
+    by_underlying: dict[str, ScenarioMethodology] = field(default_factory=dict)
+
+    def for_underlying(self, underlying: str) -> ScenarioMethodology:
+        return self.by_underlying.get(underlying, self.default)
+
+
+def v1_scenarios(params: Any) -> tuple[ScenarioRow, ...]:
+    """v1's table (docs/methodology.md §4), in v1's scenario numbering: for each spot step
+    `m_k = −R + 2R·k/(n−1)` (k = 0..n−1, evaluated left to right) the vol states down, none,
+    up (group `regular`); then `−extreme_move × R` and `+extreme_move × R` with vols unchanged
+    (group `extreme`)."""
+    r = params.price_range
+    n = params.price_steps
+    rows = [
+        ScenarioRow(-r + 2.0 * r * k / (n - 1), shock)
+        for k in range(n)
+        for shock in ("down", "none", "up")
+    ]
+    extreme = params.extreme_move * r
+    rows += [ScenarioRow(-extreme, "none", 1.0, "extreme"), ScenarioRow(extreme, "none", 1.0, "extreme")]
+    return tuple(rows)
+
+
+def v1_methodology(params: Any, name: str = "v1") -> ScenarioMethodology:
+    """v1's portfolio model for one underlying, from its risk parameters (anything with the
+    attributes of `margin_engine.reference._tables.RiskParams`): the generated table, one term
+    exponent (`τ = 30 / max(days, 1)`, `up = 1 + vol_up τ^p`, `down = max(0.01, 1 − vol_down τ^p)`),
+    Black-76 on the index undiscounted, risk arrays summed in position order, and the
+    `max_of_groups` combination."""
+    p = params.vol_term_exponent
+    return ScenarioMethodology(
+        name=name,
+        scenarios=v1_scenarios(params),
+        vol_shock=VolShock(
+            vol_up=params.vol_up,
+            vol_down=params.vol_down,
+            short_term_power=p,
+            long_term_power=p,
+            dte_floor_days=1.0,
+            term_threshold_days=30.0,
+            reference_days=30.0,
+            min_shocked_vol_up=0.0,
+            down_floor=0.01,
+        ),
+        discount_options=False,
+        collateral_haircuts_as_contingency=False,
+        max_of_groups=MaxOfGroups(params.extreme_cover, params.short_option_minimum, params.im_factor),
+        revaluation="risk_array",
+        combination="max_of_groups",
+    )
+
+
+def _risk_params_rows(risk_params: Any) -> tuple[Any, dict[str, Any]]:
+    """`(defaults, {underlying: RiskParams})` read from a risk_params table as v1 reads it."""
+    from margin_engine.reference._tables import DEFAULT_RISK_PARAMS, _read_risk_params, as_table
+
+    table = None if risk_params is None else as_table(risk_params)
+    return DEFAULT_RISK_PARAMS, _read_risk_params(table)
+
+
+def v1_preset(risk_params: Any = None) -> MethodologyByUnderlying:
+    """The `v1` preset of a book: `v1_methodology` of each underlying's risk_params row (the
+    docs/methodology.md §1 defaults for the others). `risk_params` is the book's table (or None)."""
+    defaults, rows = _risk_params_rows(risk_params)
+    return MethodologyByUnderlying(
+        "v1", v1_methodology(defaults), {u: v1_methodology(p) for u, p in rows.items()}
+    )
+
+
+EXCHANGE_BUCKET_EDGES_DAYS = (7.0, 30.0, 90.0, 180.0, 365.0)
+"""Expiry buckets of the `exchange` preset: perpetuals, then up to 1 week, 1 month, 1 quarter,
+half a year, a year, and beyond."""
+
+EXCHANGE_BUCKET_RATES = (0.005, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05)
+"""Basis rate of each bucket (perpetual first): how far a bucket's forward may move against the
+index, beyond the common move the scan already charges (docs/presets.md says why)."""
+
+EXCHANGE_CONCENTRATION_RATE = 0.05
+EXCHANGE_LIQUIDITY_NOTIONAL = 10_000_000.0
+
+EXCHANGE_COLUMNS = ("basis_rate_scale", "concentration_rate", "liquidity_notional")
+"""Optional columns of a risk_params table read by `exchange_preset`, per underlying:
+`basis_rate_scale` multiplies every bucket rate (default 1), `concentration_rate` and
+`liquidity_notional` are the `Concentration` parameters."""
+
+
+def exchange_methodology(
+    params: Any,
+    *,
+    basis_rate_scale: float = 1.0,
+    concentration_rate: float = EXCHANGE_CONCENTRATION_RATE,
+    liquidity_notional: float = EXCHANGE_LIQUIDITY_NOTIONAL,
+    name: str = "exchange",
+) -> ScenarioMethodology:
+    """The `exchange` preset for one underlying: `v1_methodology(params)` (its own scan range)
+    plus the calendar-basis and concentration add-ons."""
+    scale = _finite("calendar_basis", "basis_rate_scale", basis_rate_scale)
+    _check("calendar_basis", "basis_rate_scale", scale, scale >= 0.0, ">= 0")
+    base = v1_methodology(params, name)
+    return ScenarioMethodology(
+        **{f.name: getattr(base, f.name) for f in fields(base) if f.name not in ("calendar_basis", "concentration")},
+        calendar_basis=CalendarBasis(EXCHANGE_BUCKET_EDGES_DAYS, tuple(r * scale for r in EXCHANGE_BUCKET_RATES)),
+        concentration=Concentration(concentration_rate, liquidity_notional),
+    )
+
+
+def exchange_preset(risk_params: Any = None, overrides: dict[str, dict[str, float]] | None = None) -> MethodologyByUnderlying:
+    """The `exchange` preset of a book: per underlying, its v1 risk parameters (scan range,
+    vol shocks, ...) and the `EXCHANGE_COLUMNS` of its risk_params row when the table has them,
+    then `overrides[underlying]` (keyword arguments of `exchange_methodology`) on top."""
+    from margin_engine.reference._tables import as_table, column, has_column
+
+    defaults, rows = _risk_params_rows(risk_params)
+    extra: dict[str, dict[str, float]] = {}
+    if risk_params is not None:
+        table = as_table(risk_params)
+        names = column(table, "underlying")
+        for col in EXCHANGE_COLUMNS:
+            if has_column(table, col):
+                for u, v in zip(names, column(table, col), strict=True):
+                    if v is not None:
+                        extra.setdefault(u, {})[col] = float(v)
+    overrides = dict(overrides or {})
+    for u, kw in overrides.items():
+        if not isinstance(kw, dict):
+            raise _bad("exchange", u, f"expected a table of parameters, got {type(kw).__name__}")
+        unknown = sorted(set(kw) - set(EXCHANGE_COLUMNS))
+        if unknown:
+            raise _bad("exchange", f"{u}.{unknown[0]}", f"unknown parameter (known: {', '.join(EXCHANGE_COLUMNS)})")
+        extra.setdefault(u, {}).update(kw)
+    by_underlying = {
+        u: exchange_methodology(rows.get(u, defaults), **extra.get(u, {})) for u in sorted(set(rows) | set(extra))
+    }
+    return MethodologyByUnderlying("exchange", exchange_methodology(defaults), by_underlying)

@@ -24,15 +24,29 @@ The steps:
    off or when nothing loses, so a scenario gain is never credited); per group for reporting.
 4. **Contingencies** (`contingencies`): charges on size and data quality that no scenario
    captures: perpetual and naked-short-option size, collateral haircuts, oracle confidence.
-5. **Combination** (`combine`): `margin = loss_factor × worst + mtm + cash − contingencies`, the
-   MM with the maintenance loss factor and the MM contingencies, the IM with the initial loss
-   factor (raised by a stable-coin peg loss) and the MM plus IM contingencies. A positive margin
-   is an excess; negative, a shortfall (Derive's signed figures).
+5. **Combination**, by the methodology's `combination` rule:
+   - `loss_factor` (Derive): `margin = loss_factor × worst + mtm + cash − contingencies`, the
+     MM with the maintenance loss factor and the MM contingencies, the IM with the initial loss
+     factor (raised by a stable-coin peg loss) and the MM plus IM contingencies. A positive
+     margin is an excess; negative, a shortfall (Derive's signed figures);
+   - `max_of_groups` (v1): the requirement `MM = max(scan, extreme_cover × extreme, short_min)
+     + contingencies`, `IM = im_factor × MM + IM contingencies` (`max_of_group_requirements`).
+   Both report the requirements and the signed figures (equity after the requirement).
+
+Revaluation (`revaluation`): `expiry_sum` revalues each expiry's options together (the static
+discount and the skew rule act on that total); `risk_array` is the sparse product of
+per-contract risk arrays (`multiplier × (shocked − current)`) with the quantities, summed in the
+holdings' `order` (v1's position order, so v1's sums are reproduced bit for bit).
+
+Add-ons beyond v1 (the `exchange` preset): the calendar basis across expiry buckets and the
+concentration charge against liquidity (`calendar_basis_charge`, `concentration_charge`), both
+on the holdings' deltas.
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from dataclasses import dataclass, field
 
 from margin_engine.methodology_params import ScenarioMethodology, ScenarioRow
@@ -45,6 +59,7 @@ SECONDS_PER_YEAR = 365.0 * SECONDS_PER_DAY
 __all__ = [
     "CollateralHolding",
     "ExpiryHolding",
+    "LinearHolding",
     "OptionHolding",
     "ScenarioMargin",
     "ScenarioPortfolio",
@@ -59,12 +74,40 @@ __all__ = [
 
 @dataclass
 class OptionHolding:
-    """A net option position: `quantity` contracts (negative = short) of one strike and type."""
+    """A net option position: `quantity` contracts (negative = short) of one strike and type;
+    each contract is `multiplier` units of the underlying. `order` places the position in the
+    account's sums (`risk_array` revaluation, short minimum)."""
 
     strike: float
     is_call: bool
     quantity: float
     vol: float
+    multiplier: float = 1.0
+    order: int = 0
+
+
+@dataclass
+class LinearHolding:
+    """A net perpetual or dated future (beyond the one net perpetual of `ScenarioPortfolio`):
+    `quantity` contracts of `multiplier` units on `mark`, moving one-for-one with the index in
+    every scenario (`q × multiplier × mark × spot_move`). `seconds_to_expiry` is None for a
+    perpetual; it places the holding in its expiry bucket (`CalendarBasis`)."""
+
+    quantity: float
+    mark: float
+    multiplier: float = 1.0
+    seconds_to_expiry: float | None = None
+    order: int = 0
+    days_to_expiry: float | None = None
+    """Days as the caller measures them; None: `seconds_to_expiry / 86,400`."""
+
+    @property
+    def days(self) -> float | None:
+        if self.seconds_to_expiry is None:
+            return None
+        if self.days_to_expiry is not None:
+            return self.days_to_expiry
+        return max(self.seconds_to_expiry, 0.0) / SECONDS_PER_DAY
 
 
 @dataclass
@@ -84,10 +127,18 @@ class ExpiryHolding:
     rate: float
     options: list[OptionHolding]
     confidence: float = 1.0
+    days_to_expiry: float | None = None
+    """Days to expiry as the caller measures them (v1: years × 365); None: seconds / 86,400."""
 
     @property
     def years(self) -> float:
         return max(self.seconds_to_expiry, 0.0) / SECONDS_PER_YEAR
+
+    @property
+    def days(self) -> float:
+        if self.days_to_expiry is not None:
+            return self.days_to_expiry
+        return max(self.seconds_to_expiry, 0.0) / SECONDS_PER_DAY
 
     @property
     def forward(self) -> float:
@@ -119,6 +170,7 @@ class ScenarioPortfolio:
     """Unrealised perpetual P&L plus funding not yet settled into cash (part of the MtM)."""
     expiries: list[ExpiryHolding] = field(default_factory=list)
     collaterals: list[CollateralHolding] = field(default_factory=list)
+    linears: list[LinearHolding] = field(default_factory=list)
     spot_confidence: float = 1.0
     perp_confidence: float = 1.0
     stable_price: float = 1.0
@@ -156,10 +208,18 @@ class Contingencies:
     collateral_maintenance: float = 0.0
     collateral_initial: float = 0.0
     confidence: float = 0.0
+    calendar_basis: float = 0.0
+    concentration: float = 0.0
 
     @property
     def maintenance(self) -> float:
-        return self.perp_maintenance + self.option_maintenance + self.collateral_maintenance
+        return (
+            self.perp_maintenance
+            + self.option_maintenance
+            + self.collateral_maintenance
+            + self.calendar_basis
+            + self.concentration
+        )
 
     @property
     def initial_extra(self) -> float:
@@ -191,6 +251,10 @@ class ScenarioMargin:
     initial_loss_factor: float
     maintenance_loss_factor: float
     expiries: list[ExpiryPrecompute]
+    initial_requirement: float = 0.0
+    """The IM charged (>= 0 under `max_of_groups`): equity minus `initial_margin`."""
+    maintenance_requirement: float = 0.0
+    """The MM charged: equity minus `maintenance_margin`."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,7 +278,7 @@ def option_value(forward: float, strike: float, years: float, vol: float, is_cal
 def vol_shock_factors(expiry: ExpiryHolding, meth: ScenarioMethodology) -> tuple[float, float]:
     """The expiry's `(up, down)` vol multipliers (`VolShock`)."""
     p = meth.vol_shock
-    days = max(expiry.seconds_to_expiry, 0.0) / SECONDS_PER_DAY
+    days = expiry.days
     tau = p.reference_days / max(days, p.dte_floor_days)
     power = p.short_term_power if days <= p.term_threshold_days else p.long_term_power
     scale = tau**power
@@ -244,7 +308,7 @@ def expiry_value(
     total = 0.0
     for o in expiry.options:
         vol = max(min_vol, o.vol * vol_factor)
-        total += o.quantity * option_value(forward, o.strike, expiry.years, vol, o.is_call, discount)
+        total += o.quantity * o.multiplier * option_value(forward, o.strike, expiry.years, vol, o.is_call, discount)
     return total
 
 
@@ -264,7 +328,7 @@ def skewed_expiry_value(expiry: ExpiryHolding, discount: float, linear: bool, me
             k = abs(k)
         tilt = min(cap, k * cap / k_star) if k >= 0 else max(-cap, k * cap / k_star)
         vol = o.vol * max(0.0, 1.0 + tilt)
-        total += o.quantity * option_value(forward, o.strike, expiry.years, vol, o.is_call, discount)
+        total += o.quantity * o.multiplier * option_value(forward, o.strike, expiry.years, vol, o.is_call, discount)
     return total
 
 
@@ -312,6 +376,8 @@ def scenario_pnl(
     """Change of the portfolio's value in one scenario row, times the row's weight."""
     move = row.spot_factor - 1.0
     pnl = portfolio.perp_quantity * (move * portfolio.perp_mark) * row.weight if portfolio.perp_quantity else 0.0
+    for lin in portfolio.linears:
+        pnl += lin.quantity * linear_contract_pnl(lin, row) * row.weight
     for expiry, pre in zip(portfolio.expiries, pres, strict=True):
         shocked = shocked_expiry_value(expiry, pre, row, meth)
         shocked *= pre.static_long if shocked >= 0.0 else pre.static_short
@@ -325,9 +391,124 @@ def scenario_pnl(
     return pnl
 
 
+def linear_contract_pnl(lin: LinearHolding, row: ScenarioRow) -> float:
+    """Per-contract P&L of a perpetual / future in a row: `multiplier × mark × spot_move`."""
+    return lin.multiplier * lin.mark * row.spot_move
+
+
+def option_contract_pnl(expiry: ExpiryHolding, pre: ExpiryPrecompute, o: OptionHolding, row: ScenarioRow, meth: ScenarioMethodology) -> float:
+    """Per-contract P&L of an option in a (non-skew) row, its risk-array entry:
+    `multiplier × (value on the shocked forward and vol − value now)`."""
+    if row.vol_shock == "up":
+        vol = max(meth.vol_shock.min_shocked_vol_up, o.vol * pre.vol_up)
+    elif row.vol_shock == "down":
+        vol = o.vol * pre.vol_down
+    else:
+        vol = o.vol
+    forward = expiry.forward_variable * row.spot_factor + expiry.forward_fixed
+    shocked = option_value(forward, o.strike, expiry.years, vol, o.is_call, pre.discount)
+    current = option_value(expiry.forward, o.strike, expiry.years, o.vol, o.is_call, pre.discount)
+    return o.multiplier * (shocked - current)
+
+
+def ordered_holdings(portfolio: ScenarioPortfolio) -> list[tuple[int, OptionHolding | LinearHolding]]:
+    """Options (with their expiry's index) and linear holdings in `order` (stable): the order
+    of the account's sums under `risk_array` revaluation."""
+    items: list[tuple[int, int, OptionHolding | LinearHolding]] = []
+    for e, expiry in enumerate(portfolio.expiries):
+        items.extend((o.order, e, o) for o in expiry.options)
+    items.extend((lin.order, -1, lin) for lin in portfolio.linears)
+    items.sort(key=lambda item: item[0])
+    return [(e, h) for _, e, h in items]
+
+
+def risk_array_pnl(
+    portfolio: ScenarioPortfolio,
+    pres: list[ExpiryPrecompute],
+    holdings: list[tuple[int, OptionHolding | LinearHolding]],
+    row: ScenarioRow,
+    meth: ScenarioMethodology,
+) -> float:
+    """`risk_array` revaluation of one row: `Σ q × risk array entry` over the holdings in
+    order (the net perpetual first, risk-cancelling coins last), times the row's weight."""
+    move = row.spot_factor - 1.0
+    pnl = portfolio.perp_quantity * (move * portfolio.perp_mark) if portfolio.perp_quantity else 0.0
+    for e, h in holdings:
+        if isinstance(h, LinearHolding):
+            pnl += h.quantity * linear_contract_pnl(h, row)
+        else:
+            pnl += h.quantity * option_contract_pnl(portfolio.expiries[e], pres[e], h, row, meth)
+    for coin in portfolio.collaterals:
+        if coin.risk_cancelling:
+            pnl += coin.value * move
+    return pnl * row.weight
+
+
 # --------------------------------------------------------------------------------------------
 # Step 4: contingencies
 # --------------------------------------------------------------------------------------------
+
+
+def bucket_deltas(portfolio: ScenarioPortfolio, pres: list[ExpiryPrecompute], meth: ScenarioMethodology) -> dict[int, float]:
+    """Delta in the quote currency per expiry bucket of `CalendarBasis` (bucket 0: perpetuals
+    and risk-cancelling coins). Linear: `q × multiplier × mark`; option: `q × multiplier ×
+    discount × Black-76 delta × forward`. Edges of the `exchange` default when the methodology
+    has no calendar part (only the total is used then)."""
+    cb = meth.calendar_basis
+    edges = cb.bucket_edges_days if cb is not None else ()
+
+    def bucket(days: float | None) -> int:
+        return 0 if days is None else 1 + bisect_left(edges, days)
+
+    out: dict[int, float] = {}
+
+    def add(b: int, delta: float) -> None:
+        out[b] = out.get(b, 0.0) + delta
+
+    if portfolio.perp_quantity:
+        add(0, portfolio.perp_quantity * portfolio.perp_mark)
+    for lin in portfolio.linears:
+        add(bucket(lin.days), lin.quantity * lin.multiplier * lin.mark)
+    for expiry, pre in zip(portfolio.expiries, pres, strict=True):
+        forward = expiry.forward
+        for o in expiry.options:
+            delta = black76_scalar(forward, o.strike, expiry.years, o.vol, o.is_call)[1]
+            add(bucket(expiry.days), o.quantity * o.multiplier * pre.discount * delta * forward)
+    for coin in portfolio.collaterals:
+        if coin.risk_cancelling:
+            add(0, coin.value)
+    return out
+
+
+def calendar_basis_charge(deltas: dict[int, float], meth: ScenarioMethodology) -> float:
+    """`CalendarBasis`: long bucket deltas matched in proportion against short ones, each pair
+    charged at the larger of its two bucket rates."""
+    cb = meth.calendar_basis
+    if cb is None:
+        return 0.0
+    longs = {b: d for b, d in sorted(deltas.items()) if d > 0.0}
+    shorts = {b: -d for b, d in sorted(deltas.items()) if d < 0.0}
+    total_long = sum(longs.values())
+    total_short = sum(shorts.values())
+    if not longs or not shorts:
+        return 0.0
+    scale = max(total_long, total_short)
+    charge = 0.0
+    for i, li in longs.items():
+        for j, sj in shorts.items():
+            charge += li * sj / scale * max(cb.bucket_rates[i], cb.bucket_rates[j])
+    return charge
+
+
+def concentration_charge(deltas: dict[int, float], meth: ScenarioMethodology) -> float:
+    """`Concentration`: `rate × max(0, |net delta| − L)^1.5 / L^0.5`."""
+    c = meth.concentration
+    if c is None:
+        return 0.0
+    excess = abs(sum(deltas[b] for b in sorted(deltas))) - c.liquidity_notional
+    if excess <= 0.0:
+        return 0.0
+    return c.rate * excess * math.sqrt(excess / c.liquidity_notional)
 
 
 def naked_short_options(expiry: ExpiryHolding) -> float:
@@ -352,7 +533,7 @@ def confidence_charge(confidence: float, notional: float, meth: ScenarioMethodol
     return (1.0 - confidence) * cc.scale * notional
 
 
-def contingencies(portfolio: ScenarioPortfolio, meth: ScenarioMethodology) -> Contingencies:
+def contingencies(portfolio: ScenarioPortfolio, meth: ScenarioMethodology, pres: list[ExpiryPrecompute] | None = None) -> Contingencies:
     """Every contingency of the portfolio (`PositionContingency`, collateral haircuts,
     `ConfidenceContingency`).
 
@@ -382,6 +563,10 @@ def contingencies(portfolio: ScenarioPortfolio, meth: ScenarioMethodology) -> Co
             out.collateral_maintenance += coin.value * coin.maintenance_haircut
             out.collateral_initial += coin.value * coin.initial_haircut
         out.confidence += confidence_charge(min(portfolio.spot_confidence, coin.confidence), coin.value, meth)
+    if meth.calendar_basis is not None or meth.concentration is not None:
+        deltas = bucket_deltas(portfolio, pres if pres is not None else [precompute_expiry(e, meth) for e in portfolio.expiries], meth)
+        out.calendar_basis = calendar_basis_charge(deltas, meth)
+        out.concentration = concentration_charge(deltas, meth)
     return out
 
 
@@ -408,7 +593,11 @@ def margin_scenarios(portfolio: ScenarioPortfolio, meth: ScenarioMethodology) ->
     else:
         mtm += sum(c.value * (1.0 - c.maintenance_haircut) for c in portfolio.collaterals)
 
-    pnls = [scenario_pnl(portfolio, pres, row, meth) for row in meth.scenarios]
+    if meth.revaluation == "risk_array":
+        holdings = ordered_holdings(portfolio)
+        pnls = [risk_array_pnl(portfolio, pres, holdings, row, meth) for row in meth.scenarios]
+    else:
+        pnls = [scenario_pnl(portfolio, pres, row, meth) for row in meth.scenarios]
     worst_by_group: dict[str, float] = {}
     for row, pnl in zip(meth.scenarios, pnls, strict=True):
         worst_by_group[row.group] = min(worst_by_group.get(row.group, math.inf), pnl)
@@ -419,12 +608,18 @@ def margin_scenarios(portfolio: ScenarioPortfolio, meth: ScenarioMethodology) ->
         if pnl < worst:
             worst, worst_row = pnl, i
 
-    cont = contingencies(portfolio, meth)
+    cont = contingencies(portfolio, meth, pres)
     im_factor = initial_loss_factor(portfolio, meth)
     mm_factor = meth.loss_factors.maintenance
     equity = mtm + portfolio.cash
-    mm = worst * mm_factor - cont.maintenance + equity
-    im = worst * im_factor - cont.maintenance - cont.initial_extra + equity
+    if meth.combination == "max_of_groups":
+        im_req, mm_req = max_of_group_requirements(portfolio, pnls, basis, cont, meth)
+        im, mm = equity - im_req, equity - mm_req
+    else:
+        mm = worst * mm_factor - cont.maintenance + equity
+        im = worst * im_factor - cont.maintenance - cont.initial_extra + equity
+        mm_req = cont.maintenance - worst * mm_factor
+        im_req = cont.maintenance + cont.initial_extra - worst * im_factor
     return ScenarioMargin(
         initial_margin=im,
         maintenance_margin=mm,
@@ -439,4 +634,42 @@ def margin_scenarios(portfolio: ScenarioPortfolio, meth: ScenarioMethodology) ->
         initial_loss_factor=im_factor,
         maintenance_loss_factor=mm_factor,
         expiries=pres,
+        initial_requirement=im_req,
+        maintenance_requirement=mm_req,
     )
+
+
+def short_option_minimum(portfolio: ScenarioPortfolio, rate: float) -> float:
+    """v1's short-option minimum: `Σ |q| × multiplier × spot × rate` over the short options, in
+    the holdings' order."""
+    total = 0.0
+    for _, h in ordered_holdings(portfolio):
+        if isinstance(h, OptionHolding) and h.quantity < 0.0:
+            total += abs(h.quantity) * h.multiplier * portfolio.spot * rate
+    return total
+
+
+def max_of_group_requirements(
+    portfolio: ScenarioPortfolio, pnls: list[float], basis: float, cont: Contingencies, meth: ScenarioMethodology
+) -> tuple[float, float]:
+    """The `max_of_groups` rule: `(IM, MM)` requirements of the portfolio. `scan` is the worst
+    loss (>= 0) of every row outside the extreme group (and the basis contingency when it is
+    on), `extreme` that of the extreme rows; `MM = max(scan, extreme_cover × extreme,
+    short_min) + MM contingencies` (the add-ons), `IM = im_factor × MM + IM contingencies`.
+    The loss factors and the peg loss belong to the `loss_factor` rule and are not read."""
+    mg = meth.max_of_groups
+    assert mg is not None
+    regular = [p for row, p in zip(meth.scenarios, pnls, strict=True) if row.group != "extreme"]
+    extreme = [p for row, p in zip(meth.scenarios, pnls, strict=True) if row.group == "extreme"]
+    scan = max(0.0, -min(regular)) if regular else 0.0
+    if meth.basis_contingency is not None:
+        scan = max(scan, -basis)
+    extreme_loss = mg.extreme_cover * max(0.0, -min(extreme)) if extreme else 0.0
+    short_min = short_option_minimum(portfolio, mg.short_option_minimum)
+    mm = max(scan, extreme_loss, short_min)
+    if cont.maintenance:
+        mm += cont.maintenance
+    im = mg.im_factor * mm
+    if cont.initial_extra:
+        im += cont.initial_extra
+    return im, mm
