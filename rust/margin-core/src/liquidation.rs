@@ -278,6 +278,15 @@ fn accounts_by_underlying(book: &Book, inputs: &Inputs) -> (Vec<usize>, Vec<u32>
     (starts, accounts)
 }
 
+/// [`walk`] down, then up, from `excess_at(g)` at grid point `g` (level `g − 100`):
+/// `(move_down, level_down, move_up, level_up)`.
+#[inline(always)]
+fn walk_both_sides(base_excess: f64, mut excess_at: impl FnMut(usize) -> f64) -> (Option<f64>, Option<u32>, Option<f64>, Option<u32>) {
+    let (move_down, level_down) = walk(base_excess, -1.0, |j| excess_at(GRID_LEVELS - j));
+    let (move_up, level_up) = walk(base_excess, 1.0, |j| excess_at(GRID_LEVELS + j));
+    (move_down, level_down, move_up, level_up)
+}
+
 /// Per-thread buffers of the distance walk.
 #[derive(Default)]
 struct DistanceScratch {
@@ -303,56 +312,102 @@ struct Walk<'a> {
     risk: Option<&'a [HeldRisk]>,
 }
 
+/// Grids are built a batch of underlyings at a time, a batch holding at most this many floats
+/// (256 MiB) unless one underlying alone needs more: a book whose held instruments all fit walks
+/// every account once, a larger one walks the accounts of each batch in turn.
+const GRID_BUDGET: usize = 1 << 25;
+
 /// Distance to liquidation of every account × underlying it is exposed to (a netted position in
 /// it, or a non-zero balance of an asset linked to it). Rows by account, then underlying id.
 ///
-/// One underlying at a time: its grid is built for the instruments of it that some account
-/// holds, its accounts walk it, and it is dropped before the next.
+/// Underlyings are walked in batches: each batch's grids are built for the instruments of its
+/// underlyings that some account holds, the accounts exposed to them walk them, and they are
+/// dropped before the next batch.
 pub fn distances(book: &Book, market: &Market, inputs: &Inputs, model: Model, rows: &[AccountRow]) -> Result<Vec<DistanceRow>> {
-    distances_with(book, market, inputs, model, rows, |_| {})
+    distances_with(book, market, inputs, model, rows, GRID_BUDGET, |_| {})
 }
 
-/// [`distances`], telling `grid_floats` the size (in floats) of each underlying's grid.
+/// [`distances`] with batches of at most `budget` floats of grids, telling `grid_floats` the
+/// size (in floats) of each underlying's grid as it is built.
 fn distances_with(
     book: &Book,
     market: &Market,
     inputs: &Inputs,
     model: Model,
     rows: &[AccountRow],
+    budget: usize,
     mut grid_floats: impl FnMut(usize),
 ) -> Result<Vec<DistanceRow>> {
+    let n_underlyings = book.underlyings.names.len();
     let slots = Slots::new(book, inputs);
     let risk: Option<Vec<HeldRisk>> = (model == Model::Portfolio).then(|| {
-        (0..slots.held.len())
+        (0..n_underlyings)
             .into_par_iter()
             .map(|u| if slots.held[u].is_empty() { HeldRisk::default() } else { HeldRisk::new(book, market, u, &slots.held[u]) })
             .collect()
     });
     let walk = Walk { book, market, inputs, model, slots: &slots, risk: risk.as_deref() };
-    let (starts, accounts) = accounts_by_underlying(book, inputs);
-    let mut found: Vec<Vec<(u32, DistanceRow)>> = Vec::new();
-    for u in 0..book.underlyings.names.len() {
-        let accounts = &accounts[starts[u]..starts[u + 1]];
-        if accounts.is_empty() {
-            continue;
+    // the underlyings some account may be exposed to: a held instrument, a linked asset's balance
+    let mut touched: Vec<bool> = slots.held.iter().map(|h| !h.is_empty()).collect();
+    for (a, amount) in inputs.balances.asset.iter().zip(inputs.balances.amount.iter()) {
+        if let (Some(u), true) = (book.assets.underlying[*a as usize], *amount != 0.0) {
+            touched[u as usize] = true;
         }
-        let grid = UnderlyingGrid::new(book, market, u, &slots.held[u], &slots.linked[u], risk.as_ref().map(|r| &r[u]));
-        grid_floats(grid.floats());
-        let chunks: Vec<Vec<(u32, DistanceRow)>> = accounts
+    }
+    let walked: Vec<usize> = (0..n_underlyings).filter(|u| touched[*u]).collect();
+    let size = |u: usize| {
+        let scenarios = risk.as_ref().map_or(0, |r| r[u].scenarios.len());
+        POINTS * (1 + slots.linked[u].len() + slots.held[u].len() * (1 + scenarios))
+    };
+    let mut batches: Vec<&[usize]> = Vec::new();
+    let mut rest = &walked[..];
+    while !rest.is_empty() {
+        let mut total = size(rest[0]);
+        let mut n = 1;
+        while n < rest.len() && total + size(rest[n]) <= budget {
+            total += size(rest[n]);
+            n += 1;
+        }
+        batches.push(&rest[..n]);
+        rest = &rest[n..];
+    }
+    // with several batches, each walks only the accounts exposed to its underlyings
+    let by_underlying = (batches.len() > 1).then(|| accounts_by_underlying(book, inputs));
+    let mut found: Vec<Vec<(u32, DistanceRow)>> = Vec::new();
+    for batch in &batches {
+        let mut grids: Vec<Option<UnderlyingGrid>> = (0..n_underlyings).map(|_| None).collect();
+        for &u in batch.iter() {
+            let grid = UnderlyingGrid::new(book, market, u, &slots.held[u], &slots.linked[u], risk.as_ref().map(|r| &r[u]));
+            grid_floats(grid.floats());
+            grids[u] = Some(grid);
+        }
+        // the accounts exposed to some underlying of the batch, ascending
+        let batch_accounts: Vec<u32> = match &by_underlying {
+            None => (0..inputs.slots.len() as u32).collect(),
+            Some((starts, accounts)) => {
+                let mut all: Vec<u32> = batch.iter().flat_map(|u| accounts[starts[*u]..starts[u + 1]].iter().copied()).collect();
+                all.par_sort_unstable();
+                all.dedup();
+                all
+            }
+        };
+        let chunks: Vec<Vec<(u32, DistanceRow)>> = batch_accounts
             .par_chunks(256)
             .map(|chunk| {
                 let mut s = DistanceScratch::default();
                 let mut out = Vec::new();
                 for a in chunk {
                     let i = *a as usize;
-                    if let Some(d) = account_distance(&walk, u as u32, &grid, &inputs.slots[i], &rows[i], &mut s) {
-                        out.push((*a, d));
-                    }
+                    account_distances(&walk, &grids, &inputs.slots[i], &rows[i], &mut s, |d| out.push((*a, d)));
                 }
                 out
             })
             .collect();
         found.extend(chunks);
+    }
+    if batches.len() <= 1 {
+        // one pass over the accounts in order: the rows are in order already
+        return Ok(found.into_iter().flatten().map(|(_, d)| d).collect());
     }
     // rows by account, then underlying: each account's rows were found in underlying order
     let mut starts = vec![0usize; inputs.slots.len() + 1];
@@ -382,11 +437,17 @@ fn distances_with(
     Ok(out)
 }
 
-/// The distance row of one account on underlying `u` (`None` when the account is not exposed to
-/// `u`: its positions in `u` net to 0 and it holds no linked asset).
-fn account_distance(w: &Walk, u: u32, grid: &UnderlyingGrid, slot: &AccountSlot, row: &AccountRow, s: &mut DistanceScratch) -> Option<DistanceRow> {
-    let (book, market, inputs, model) = (w.book, w.market, w.inputs, w.model);
-    let ins = &book.instruments;
+/// The distance rows of one account on each underlying it is exposed to whose grid is in
+/// `grids` (`grids[u]`), in underlying order.
+fn account_distances(
+    w: &Walk,
+    grids: &[Option<UnderlyingGrid>],
+    slot: &AccountSlot,
+    row: &AccountRow,
+    s: &mut DistanceScratch,
+    mut emit: impl FnMut(DistanceRow),
+) {
+    let (book, market, inputs) = (w.book, w.market, w.inputs);
     let assets = &book.assets;
     let instrument_slot = |p: &NetPosition| w.slots.instrument_slot[p.instrument as usize];
     net_positions(slot.positions(), &inputs.positions, book, market, &mut s.net);
@@ -430,10 +491,22 @@ fn account_distance(w: &Walk, u: u32, grid: &UnderlyingGrid, slot: &AccountSlot,
             s.exposed.push(u);
         }
     }
-    if !s.exposed.contains(&u) {
-        return None;
+    s.exposed.sort_unstable();
+    s.exposed.dedup();
+    for i in 0..s.exposed.len() {
+        let u = s.exposed[i];
+        if let Some(grid) = &grids[u as usize] {
+            emit(walk_underlying(w, u, grid, slot, row, s));
+        }
     }
+}
 
+/// The distance row of one account on underlying `u`, from the account's base values in `s`
+/// (filled by [`account_distances`]).
+fn walk_underlying(w: &Walk, u: u32, grid: &UnderlyingGrid, slot: &AccountSlot, row: &AccountRow, s: &mut DistanceScratch) -> DistanceRow {
+    let (book, market, model) = (w.book, w.market, w.model);
+    let ins = &book.instruments;
+    let instrument_slot = |p: &NetPosition| w.slots.instrument_slot[p.instrument as usize];
     let base_excess = row.margin_excess();
     // Everything the move of `u` leaves unchanged, from the P&L of positions that netted to 0.
     let mut other = s.net.closed_pnl;
@@ -491,23 +564,19 @@ fn account_distance(w: &Walk, u: u32, grid: &UnderlyingGrid, slot: &AccountSlot,
             }
         }
         let excess = &s.excess;
-        let pnl = &mut s.pnl;
-        let mut excess_at = |g: usize| -> f64 {
-            match w.risk {
-                None => excess[g],
-                Some(risk) => {
-                    let r = &risk[u as usize];
+        match w.risk {
+            None => walk_both_sides(base_excess, |g| excess[g]),
+            Some(risk) => {
+                let r = &risk[u as usize];
+                let pnl = &mut s.pnl;
+                walk_both_sides(base_excess, |g| {
                     let arrays = positions.iter().map(|(_, p)| (p, r.array(&grid.risk[g], instrument_slot(p))));
-                    let margin = positions_margin_of(book, grid.spot[g], &r.scenarios, u as usize, arrays, pnl);
-                    excess[g] - margin.maintenance_margin
-                }
+                    excess[g] - positions_margin_of(book, grid.spot[g], &r.scenarios, u as usize, arrays, pnl).maintenance_margin
+                })
             }
-        };
-        let (move_down, level_down) = walk(base_excess, -1.0, |j| excess_at(GRID_LEVELS - j));
-        let (move_up, level_up) = walk(base_excess, 1.0, |j| excess_at(GRID_LEVELS + j));
-        (move_down, level_down, move_up, level_up)
+        }
     };
-    Some(DistanceRow {
+    DistanceRow {
         account_id: slot.account_id,
         underlying: u,
         move_down,
@@ -516,7 +585,7 @@ fn account_distance(w: &Walk, u: u32, grid: &UnderlyingGrid, slot: &AccountSlot,
         level_up,
         notional,
         collateral_maintenance: row.collateral_maintenance,
-    })
+    }
 }
 
 /// Nearest liquidation of an account over its underlyings: the signed move of smallest
@@ -626,27 +695,29 @@ mod tests {
         Arc::new(Float64Array::from(v))
     }
 
-    /// Issue 12, "Memory and silent errors": the walk used to build a grid of every instrument
-    /// under every underlying's moves (underlyings × instruments × 201 floats, 3.3 GB for one
-    /// position in a 4,000-instrument, 500-underlying book). One account holding one perpetual in
-    /// a book of 200 underlyings × 10 perpetuals must build one grid, of that one instrument.
-    #[test]
-    fn distance_grids_hold_only_what_accounts_hold() {
-        let (n_underlyings, per) = (200, 10);
+    /// A book of `n_underlyings` × `per` perpetuals (mark = index = 100, mmr 5%), instrument
+    /// `I{k}` of underlying `U{k / per}`, and assets USD and COIN (price 100, linked to U000).
+    fn perpetual_book(n_underlyings: usize, per: usize) -> (Book, Market) {
         let n = n_underlyings * per;
         let ids: Vec<String> = (0..n).map(|i| format!("I{i}")).collect();
-        let underlying: Vec<String> = (0..n).map(|i| format!("U{:03}", i / per)).collect();
         let (inames, ibatches) = batch(vec![
             ("instrument", strings(ids.clone())),
             ("kind", strings(vec!["perpetual".to_string(); n])),
-            ("underlying", strings(underlying)),
+            ("underlying", strings((0..n).map(|i| format!("U{:03}", i / per)).collect())),
             ("multiplier", floats(vec![1.0; n])),
             ("initial_margin_rate", floats(vec![0.10; n])),
             ("maintenance_margin_rate", floats(vec![0.05; n])),
         ]);
-        let one = |v: f64| floats(vec![v]);
-        let (anames, abatches) =
-            batch(vec![("asset", strings(vec!["USD".into()])), ("price", one(1.0)), ("initial_weight", one(1.0)), ("maintenance_weight", one(1.0)), ("initial_liability_weight", one(1.0)), ("maintenance_liability_weight", one(1.0))]);
+        let two = |a: f64, b: f64| floats(vec![a, b]);
+        let (anames, abatches) = batch(vec![
+            ("asset", strings(vec!["USD".into(), "COIN".into()])),
+            ("price", two(1.0, 100.0)),
+            ("initial_weight", two(1.0, 0.8)),
+            ("maintenance_weight", two(1.0, 0.9)),
+            ("initial_liability_weight", two(1.0, 1.2)),
+            ("maintenance_liability_weight", two(1.0, 1.1)),
+            ("underlying", Arc::new(StringArray::from(vec![None, Some("U000")])) as ArrayRef),
+        ]);
         let book = Book::new(BookTables {
             instruments: Table::new("instruments", &inames, &ibatches),
             assets: Table::new("assets", &anames, &abatches),
@@ -661,24 +732,42 @@ mod tests {
         let (mnames, mbatches) = batch(vec![("instrument", strings(ids)), ("mark_price", floats(vec![100.0; n]))]);
         let tables = MarketTables::new(&Table::new("index_prices", &xnames, &xbatches), &Table::new("marks", &mnames, &mbatches), 0).unwrap();
         let market = Market::resolve(&book, &tables).unwrap();
-        // account 1: long 2 of the 4th underlying's first perpetual, 20 USD: e(m) = 10 + 190 m
-        let held = 3 * per;
-        let (pnames, pbatches) = batch(vec![
-            ("account_id", Arc::new(UInt64Array::from(vec![1u64])) as ArrayRef),
-            ("instrument", strings(vec![format!("I{held}")])),
-            ("quantity", floats(vec![2.0])),
+        (book, market)
+    }
+
+    /// Position rows `(account, instrument index, quantity)` and balance rows `(account, asset,
+    /// amount)` as tables (names and batches).
+    #[allow(clippy::type_complexity)]
+    fn rows_of(positions: &[(u64, usize, f64)], balances: &[(u64, &str, f64)]) -> ((Vec<String>, Vec<RecordBatch>), (Vec<String>, Vec<RecordBatch>)) {
+        let p = batch(vec![
+            ("account_id", Arc::new(UInt64Array::from(positions.iter().map(|r| r.0).collect::<Vec<_>>())) as ArrayRef),
+            ("instrument", strings(positions.iter().map(|r| format!("I{}", r.1)).collect())),
+            ("quantity", floats(positions.iter().map(|r| r.2).collect())),
         ]);
-        let (bnames, bbatches) = batch(vec![
-            ("account_id", Arc::new(UInt64Array::from(vec![1u64])) as ArrayRef),
-            ("asset", strings(vec!["USD".into()])),
-            ("amount", floats(vec![20.0])),
+        let b = batch(vec![
+            ("account_id", Arc::new(UInt64Array::from(balances.iter().map(|r| r.0).collect::<Vec<_>>())) as ArrayRef),
+            ("asset", strings(balances.iter().map(|r| r.1.to_string()).collect())),
+            ("amount", floats(balances.iter().map(|r| r.2).collect())),
         ]);
+        (p, b)
+    }
+
+    /// Issue 12, "Memory and silent errors": the walk used to build a grid of every instrument
+    /// under every underlying's moves (underlyings × instruments × 201 floats, 3.3 GB for one
+    /// position in a 4,000-instrument, 500-underlying book). One account holding one perpetual in
+    /// a book of 200 underlyings × 10 perpetuals must build one grid, of that one instrument.
+    #[test]
+    fn distance_grids_hold_only_what_accounts_hold() {
+        let per = 10;
+        let (book, market) = perpetual_book(200, per);
+        // account 1: long 2 of U003's first perpetual, 20 USD: e(m) = 10 + 190 m
+        let ((pnames, pbatches), (bnames, bbatches)) = rows_of(&[(1, 3 * per, 2.0)], &[(1, "USD", 20.0)]);
         let (pt, bt) = (Table::new("positions", &pnames, &pbatches), Table::new("balances", &bnames, &bbatches));
         let inputs = Inputs::new(&book, &market, Some(&pt), Some(&bt)).unwrap();
         for model in [Model::Standard, Model::Portfolio] {
             let rows = crate::engine::margin(&book, &market, &inputs, model).unwrap();
             let mut grids = Vec::new();
-            let d = distances_with(&book, &market, &inputs, model, &rows, |floats| grids.push(floats)).unwrap();
+            let d = distances_with(&book, &market, &inputs, model, &rows, GRID_BUDGET, |floats| grids.push(floats)).unwrap();
             // one grid: the index price and the one held mark at 201 points (portfolio: plus
             // that instrument's 65 scenario P&L at each point)
             let scenarios = if model == Model::Portfolio { 65 } else { 0 };
@@ -688,6 +777,39 @@ mod tests {
             if model == Model::Standard {
                 assert!((d[0].move_down.unwrap() + 10.0 / 190.0).abs() < 1e-12, "{:?}", d[0]);
             }
+        }
+    }
+
+    /// Walking one underlying per batch (a budget of 0 floats) gives exactly the rows of walking
+    /// them all in one batch: accounts on several underlyings, linked collateral (COIN on
+    /// U000), a position that nets to 0 (exposure dropped), balance-only and liquidatable accounts.
+    #[test]
+    fn batches_of_underlyings_give_the_same_rows() {
+        let (book, market) = perpetual_book(4, 3);
+        let positions = [
+            (1, 0, 2.0),
+            (1, 4, -1.0),
+            (1, 10, 0.5),
+            (2, 5, 1.0),
+            (2, 5, -1.0),
+            (2, 7, 3.0),
+            (3, 1, -2.0),
+            (5, 11, 4.0),
+        ];
+        let balances = [(1, "USD", 40.0), (2, "USD", 25.0), (3, "COIN", 0.5), (4, "COIN", 1.0), (5, "USD", 1.0), (6, "USD", 3.0)];
+        let ((pnames, pbatches), (bnames, bbatches)) = rows_of(&positions, &balances);
+        let (pt, bt) = (Table::new("positions", &pnames, &pbatches), Table::new("balances", &bnames, &bbatches));
+        let inputs = Inputs::new(&book, &market, Some(&pt), Some(&bt)).unwrap();
+        for model in [Model::Standard, Model::Portfolio] {
+            let rows = crate::engine::margin(&book, &market, &inputs, model).unwrap();
+            let mut built = 0;
+            let one = distances_with(&book, &market, &inputs, model, &rows, 0, |_| built += 1).unwrap();
+            let all = distances(&book, &market, &inputs, model, &rows).unwrap();
+            assert_eq!(one, all, "{model:?}");
+            assert_eq!(built, 4);
+            let pairs: Vec<(u64, u32)> = all.iter().map(|d| (d.account_id, d.underlying)).collect();
+            assert_eq!(pairs, vec![(1, 0), (1, 1), (1, 3), (2, 2), (3, 0), (4, 0), (5, 3)], "{model:?}");
+            assert!(all.iter().any(|d| d.level_down == Some(0)) && all.iter().any(|d| [d.move_down, d.move_up].iter().flatten().any(|m| *m != 0.0)), "{model:?} {all:?}");
         }
     }
 }
