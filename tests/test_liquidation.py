@@ -1,4 +1,4 @@
-"""Liquidation scan, stress, distance to liquidation and map (METHODOLOGY §8, docs/liquidation.md):
+"""Liquidation scan, stress, distance to liquidation and map (docs/methodology.md §8, docs/liquidation.md):
 the Rust engine against `margin_engine.reference.liquidation`, plus properties and hand-worked
 examples.
 
@@ -126,8 +126,9 @@ class ReferenceWalk:
             if level == 0
             else self.scenarios.moved({underlying: ref_liq.grid_move(level)})
         )
-        result = ref_liq.account_in(scenario, account, positions, balances, self.model)  # type: ignore[arg-type]
-        gross = result.maintenance_margin + abs(result.collateral_maintenance)
+        result = self.accounts.row_in(scenario, account, self.model)  # type: ignore[arg-type]
+        # the P&L of positions that netted to 0 is in the excess, and in its rounding noise
+        gross = result.maintenance_margin + abs(result.collateral_maintenance) + abs(self.accounts.closed.get(account, 0.0))
         for b in balances:
             gross += abs(b.amount * scenario.book.assets[b.asset_id].price)
         for p in positions:
@@ -377,14 +378,16 @@ def test_scan_nearest_matches_reference(model, data):
     ambiguous_accounts = {a for a, _ in ambiguous}
     rows = zip(
         got.column("account_id").to_pylist(),
+        got.column("margin_excess").to_pylist(),
         got.column("nearest_move").to_pylist(),
         got.column("nearest_underlying").to_pylist(),
         want.column("nearest_move").to_pylist(),
         want.column("nearest_underlying").to_pylist(),
         strict=True,
     )
-    for account, g_move, g_u, w_move, w_u in rows:
-        own = ref_liq.nearest(by_account.get(account, []))
+    for account, excess, g_move, g_u, w_move, w_u in rows:
+        # liquidatable already: move 0, no underlying (CHANGES-v2 point 9)
+        own = (0.0, None) if excess < 0.0 else ref_liq.nearest(by_account.get(account, []))
         assert (g_move, g_u) == ((None, None) if own is None else own)
         if account in ambiguous_accounts:
             continue
@@ -643,6 +646,29 @@ def test_worked_example_of_the_docs(impl):
         rows[k]["cumulative_accounts"] == 1 and rows[k]["cumulative_notional"] == 300.0
         for k in range(85, 101)
     )
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("impl", [me, reference], ids=["engine", "reference"])
+def test_changes_point_9_liquidatable_accounts_have_move_0_and_no_nearest_underlying(impl, model):
+    """CHANGES-v2 point 9: in a distance scan an account liquidatable already has
+    `nearest_move = 0` and `nearest_underlying = null` (no underlying is "the" cause), whether it
+    is exposed to an underlying (account 1: long perpetuals, too little cash) or to none (account
+    2: a borrow, bankrupt); an account above maintenance keeps its underlying (account 3)."""
+    book, market = _hand_book()
+    positions = _positions([(1, "X-PERP", 2.0), (3, "X-PERP", 2.0)])
+    balances = _balances([(1, "USD", 5.0), (2, "USD", -10.0), (3, "USD", 40.0)])
+    args = (book, positions, balances, market)
+    scan = {r["account_id"]: r for r in impl.liquidation_scan(*args, model=model, distance=True).to_pylist()}
+    assert scan[1]["status"] == "liquidatable" and scan[2]["status"] == "bankrupt"
+    for account in (1, 2):
+        assert scan[account]["nearest_move"] == 0.0, scan[account]
+        assert scan[account]["nearest_underlying"] is None, scan[account]
+    assert scan[3]["nearest_underlying"] == "X" and scan[3]["nearest_move"] < 0.0
+    # the distance rows themselves still name the underlying, at move 0 on both sides
+    d = impl.liquidation_distance(*args, model=model).to_pylist()
+    assert [(r["account_id"], r["underlying"], r["move_down"], r["move_up"]) for r in d][0] == (1, "X", 0.0, 0.0)
+    assert scan[3]["nearest_move"] == d[1]["move_down"]
 
 
 @pytest.mark.parametrize("model", MODELS)
