@@ -349,6 +349,25 @@ def _until_committed(tmp: Path, target: Path, commit: Callable[[], None]) -> Ite
         raise
 
 
+def _durable_replace(tmp: Path, target: Path) -> None:
+    """``os.replace(tmp, target)`` after the file's data reached the disk (fsync), then the
+    directory entry (fsync of the directory, where the platform allows it): after a crash or a
+    power cut the target is the old result or the whole new one, never a torn or empty file."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+    try:
+        fd = os.open(target.parent, os.O_RDONLY)
+    except OSError:
+        return  # e.g. Windows: no directory handles
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """A temporary path beside ``target`` to write a result to; renamed over ``target`` when the
@@ -374,7 +393,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         raise _write_failed(target, e) from None
     os.close(fd)
     tmp = Path(name)
-    with _until_committed(tmp, target, lambda: os.replace(tmp, target)):
+    with _until_committed(tmp, target, lambda: _durable_replace(tmp, target)):
         _chmod_like(tmp, target, 0o666)
         yield tmp
 

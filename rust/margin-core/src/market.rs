@@ -61,7 +61,7 @@ impl MarketTables {
             })
             .collect();
         let m = marks.with_labels(&labels);
-        let mark_price = m.column("mark_price")?.f64s(Domain::Mark)?.into_owned();
+        let mark_price = m.column("mark_price")?.f64s(Domain::NonNegative)?.into_owned();
         let implied_vol = match m.optional_column("implied_vol") {
             Some(c) => c.f64s_nullable(Domain::Positive)?,
             None => vec![None; labels.len()],

@@ -106,8 +106,6 @@ pub enum Domain {
     /// A price: finite and > 0, and not subnormal (below 2.2e-308 no price is meaningful, and
     /// its reciprocal overflows).
     Price,
-    /// A mark: 0 (worthless) or a [`Domain::Price`].
-    Mark,
 }
 
 impl Domain {
@@ -119,7 +117,6 @@ impl Domain {
             Domain::UnitInterval => (0.0..=1.0).contains(&v),
             Domain::AtLeastOne => v.is_finite() && v >= 1.0,
             Domain::Price => v.is_finite() && v >= f64::MIN_POSITIVE,
-            Domain::Mark => v.is_finite() && (v == 0.0 || v >= f64::MIN_POSITIVE),
         }
     }
 
@@ -131,7 +128,6 @@ impl Domain {
             Domain::UnitInterval => "values must be in [0, 1]",
             Domain::AtLeastOne => "values must be finite and >= 1",
             Domain::Price => "values must be finite and > 0 (and not subnormal, below 2.2e-308)",
-            Domain::Mark => "values must be finite and >= 0 (and not subnormal, below 2.2e-308)",
         }
     }
 }
