@@ -172,21 +172,19 @@ def test_finding_5c_empty_inputs_that_say_so_are_not_errors():
     assert got.equals(me.margin(book, empty_pos, g.balances, market))
 
 
-def test_finding_5d_one_row_batches_are_coalesced_not_quadratic():
-    """Issue 12 finding 5d: one-row batches ran ~100x (and quadratically) slower than one batch:
-    10,000 of them took minutes (20,000: 539 s measured on the old code); coalesced, well under a second."""
-    import time
-
+def test_finding_5d_one_row_batches_are_coalesced():
+    """Issue 12 finding 5d: one-row batches ran ~100x (and quadratically) slower than one batch
+    (20,000 of them: 539 s on the old code). The speed is measured side by side in
+    benches/test_bench_streaming.py (no timed assertion here); this checks that 10,000 one-row
+    batches are coalesced into a few slices that equal the whole-table call."""
     g, book, market = _small_book(2_000, seed=4)
     positions = g.positions.slice(0, 10_000)
     last = positions.column("account_id")[-1].as_py()
     balances = g.balances.filter(pa.compute.less_equal(g.balances.column("account_id"), last))
     whole = me.margin(book, positions, balances, market)
-    t0 = time.perf_counter()
     parts = list(margin_batches(book, positions.to_batches(max_chunksize=1), balances.to_batches(max_chunksize=1), market, rows_per_slice=3_000))
-    elapsed = time.perf_counter() - t0
-    assert len(parts) > 1 and pa.concat_tables(parts).equals(whole)
-    assert elapsed < 15, f"{elapsed:.1f}s for 10,000 one-row batches"
+    assert 1 < len(parts) <= 10_000 // 3_000 + 2
+    assert pa.concat_tables(parts).equals(whole)
 
 
 def test_finding_5d_slices_stay_near_rows_per_slice_with_small_batches():
