@@ -5,6 +5,15 @@ A preset is data, never a code path of its own. `scenario_preset(name)` returns 
 
 - `derive_pmrm2`: Derive's PMRM_2 portfolio margin with its baseline parameters
   (`margin_engine.presets.derive`, validated on Derive's published portfolio cases).
+
+The presets whose parameters come from the book are built from its `risk_params` table instead:
+`v1` (today's portfolio model as a scenario table) by `methodology_params.v1_preset(risk_params)`
+and `exchange` (v1 plus calendar-basis and concentration add-ons) by
+`methodology_params.exchange_preset(risk_params, overrides)`. The standard (per-position)
+presets `v1` and `derive_standard` are `reference.standard_params.preset(name)`; Derive's
+standard-manager cases convert with `presets.derive_standard_cases.case_inputs(case)`.
+These engines are the pure-Python reference of the methodologies (docs/methodologies.md,
+docs/presets.md); the Rust engine does not read them yet.
 """
 
 from __future__ import annotations
