@@ -19,6 +19,7 @@ pub mod greeks;
 pub mod hedge;
 pub mod liquidation;
 pub mod market;
+pub mod methodology;
 pub mod plan;
 pub mod portfolio;
 pub mod results;

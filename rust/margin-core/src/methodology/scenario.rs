@@ -1,0 +1,675 @@
+//! The scenario engine: per-expiry precomputes, the P&L of every row, the worst loss, the
+//! contingencies and the combination into IM and MM.
+//!
+//! Each step follows `python/margin_engine/reference/scenarios.py` and adds its terms in the
+//! same order, so the two engines agree to the last few bits of rounding.
+
+use std::collections::BTreeMap;
+
+use super::params::*;
+use crate::black76;
+use crate::error::{InputError, Result};
+
+pub const SECONDS_PER_DAY: f64 = 86_400.0;
+pub const SECONDS_PER_YEAR: f64 = 365.0 * SECONDS_PER_DAY;
+
+/// Numbers computed once per expiry and read by every row.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ExpiryPrecompute {
+    pub mtm: f64,
+    pub discount: f64,
+    pub vol_up: f64,
+    pub vol_down: f64,
+    pub static_long: f64,
+    pub static_short: f64,
+    pub basis_up_pnl: f64,
+    pub basis_down_pnl: f64,
+    pub basis_charge: f64,
+}
+
+/// Charges added to the scenario loss (each >= 0).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Contingencies {
+    pub perp_maintenance: f64,
+    pub perp_initial: f64,
+    pub option_maintenance: f64,
+    pub option_initial: f64,
+    pub collateral_maintenance: f64,
+    pub collateral_initial: f64,
+    pub confidence: f64,
+    pub calendar_basis: f64,
+    pub concentration: f64,
+}
+
+impl Contingencies {
+    /// Everything the MM charges.
+    pub fn maintenance(&self) -> f64 {
+        self.perp_maintenance + self.option_maintenance + self.collateral_maintenance + self.calendar_basis + self.concentration
+    }
+
+    /// What the IM charges beyond [`Contingencies::maintenance`].
+    pub fn initial_extra(&self) -> f64 {
+        self.perp_initial + self.option_initial + self.collateral_initial + self.confidence
+    }
+}
+
+/// The engine's answer for one portfolio (signed margins: negative means a shortfall).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScenarioMargin {
+    pub initial_margin: f64,
+    pub maintenance_margin: f64,
+    pub mark_to_market: f64,
+    pub cash: f64,
+    pub scenario_pnl: Vec<f64>,
+    /// Lowest P&L per group, groups in order of first appearance in the table.
+    pub worst_by_group: Vec<(String, f64)>,
+    pub basis_contingency: f64,
+    pub worst_loss: f64,
+    pub worst_scenario: Option<usize>,
+    pub contingencies: Contingencies,
+    pub initial_loss_factor: f64,
+    pub maintenance_loss_factor: f64,
+    pub expiries: Vec<ExpiryPrecompute>,
+    pub initial_requirement: f64,
+    pub maintenance_requirement: f64,
+}
+
+// ------------------------------------------------------------------------------------------
+// Pricing
+// ------------------------------------------------------------------------------------------
+
+/// Undiscounted Black-76 value; intrinsic value when the time, `σ√t` or the forward is not
+/// positive (a forward pushed to or below zero by an extreme move has no log-moneyness).
+fn b76_price(forward: f64, strike: f64, years: f64, vol: f64, is_call: bool) -> f64 {
+    if years <= 0.0 || forward <= 0.0 {
+        return black76::price(forward, strike, 0.0, vol, is_call);
+    }
+    black76::price(forward, strike, years, vol, is_call)
+}
+
+fn b76_delta(forward: f64, strike: f64, years: f64, vol: f64, is_call: bool) -> f64 {
+    if years <= 0.0 || forward <= 0.0 {
+        return black76::greeks(forward, strike, 0.0, vol, is_call).delta;
+    }
+    black76::greeks(forward, strike, years, vol, is_call).delta
+}
+
+fn option_value(forward: f64, strike: f64, years: f64, vol: f64, is_call: bool, discount: f64) -> f64 {
+    discount * b76_price(forward, strike, years, vol, is_call)
+}
+
+// ------------------------------------------------------------------------------------------
+// Step 1: per expiry
+// ------------------------------------------------------------------------------------------
+
+/// `exp(−max(r, 0) t)` when options are discounted, else 1.
+pub fn discount_factor(e: &ExpiryHolding, m: &ScenarioMethodology) -> f64 {
+    if !m.discount_options {
+        return 1.0;
+    }
+    (-e.rate.max(0.0) * e.years()).exp()
+}
+
+/// The `(up, down)` vol multipliers of an expiry.
+pub fn vol_shock_factors(e: &ExpiryHolding, m: &ScenarioMethodology) -> (f64, f64) {
+    let p = &m.vol_shock;
+    let days = e.days();
+    let tau = p.reference_days / days.max(p.dte_floor_days);
+    let power = if days <= p.term_threshold_days { p.short_term_power } else { p.long_term_power };
+    let scale = tau.powf(power);
+    (1.0 + p.vol_up * scale, p.down_floor.max(1.0 - p.vol_down * scale))
+}
+
+/// `(long, short)` scales of a positive / negative shocked expiry value.
+pub fn static_discount_factors(e: &ExpiryHolding, discount: f64, m: &ScenarioMethodology) -> (f64, f64) {
+    let Some(sd) = &m.static_discount else { return (1.0, 1.0) };
+    let t = e.years();
+    let r = e.rate.max(0.0);
+    let long = sd.long_base * (-t * (r * sd.long_rate_mult + sd.long_rate_add)).exp();
+    let mut short = sd.short_base / (-t * (r * sd.short_rate_mult + sd.short_rate_add)).exp();
+    if sd.cap_short_at_inverse_discount {
+        short = short.min(1.0 / discount);
+    }
+    (long, short)
+}
+
+/// Value of the expiry's options, the variable forward scaled by `spot_factor`, every vol by
+/// `vol_factor` (and kept at or above `min_vol`).
+pub fn expiry_value(e: &ExpiryHolding, discount: f64, spot_factor: f64, vol_factor: f64, min_vol: f64) -> f64 {
+    let forward = e.forward_variable * spot_factor + e.forward_fixed;
+    let years = e.years();
+    let mut total = 0.0;
+    for o in &e.options {
+        let vol = min_vol.max(o.vol * vol_factor);
+        total += o.quantity * o.multiplier * option_value(forward, o.strike, years, vol, o.is_call, discount);
+    }
+    total
+}
+
+/// Value of the expiry's options with the smile tilted by log-moneyness, on the current forward.
+fn skewed_expiry_value(e: &ExpiryHolding, discount: f64, linear: bool, s: &SkewShock) -> f64 {
+    let years = e.years();
+    let root_t = years.sqrt();
+    let cap = if linear { s.linear_cap + s.linear_cap_slope * root_t } else { s.abs_cap + s.abs_cap_slope * root_t };
+    let k_star = s.min_k_star.max(root_t * s.width_scale * (s.vol_level + s.vol_level_slope * root_t));
+    let forward = e.forward();
+    let mut total = 0.0;
+    for o in &e.options {
+        let mut k = (o.strike / forward).ln();
+        if !linear {
+            k = k.abs();
+        }
+        let tilt = if k >= 0.0 { cap.min(k * cap / k_star) } else { (-cap).max(k * cap / k_star) };
+        let vol = o.vol * 0.0f64.max(1.0 + tilt);
+        total += o.quantity * o.multiplier * option_value(forward, o.strike, years, vol, o.is_call, discount);
+    }
+    total
+}
+
+/// `(up P&L, down P&L, charge)` of the basis contingency of one expiry (charge <= 0).
+pub fn basis_contingency(e: &ExpiryHolding, mtm: f64, discount: f64, m: &ScenarioMethodology) -> (f64, f64, f64) {
+    let Some(bc) = &m.basis_contingency else { return (0.0, 0.0, 0.0) };
+    let up = expiry_value(e, discount, 1.0 + bc.spot_up, 1.0, 0.0) - mtm;
+    let down = expiry_value(e, discount, 1.0 + bc.spot_down, 1.0, 0.0) - mtm;
+    let charge = up.min(down).min(0.0) * (bc.add_factor + bc.mult_factor * e.years());
+    (up, down, charge)
+}
+
+pub fn precompute_expiry(e: &ExpiryHolding, m: &ScenarioMethodology) -> ExpiryPrecompute {
+    let discount = discount_factor(e, m);
+    let mtm = expiry_value(e, discount, 1.0, 1.0, 0.0);
+    let (vol_up, vol_down) = vol_shock_factors(e, m);
+    let (static_long, static_short) = static_discount_factors(e, discount, m);
+    let (basis_up_pnl, basis_down_pnl, basis_charge) = basis_contingency(e, mtm, discount, m);
+    ExpiryPrecompute { mtm, discount, vol_up, vol_down, static_long, static_short, basis_up_pnl, basis_down_pnl, basis_charge }
+}
+
+// ------------------------------------------------------------------------------------------
+// Step 2: row P&L
+// ------------------------------------------------------------------------------------------
+
+fn shocked_expiry_value(e: &ExpiryHolding, pre: &ExpiryPrecompute, row: &ScenarioRow, m: &ScenarioMethodology) -> Result<f64> {
+    Ok(match row.vol_shock {
+        VolShockKind::SkewLinear | VolShockKind::SkewAbs => {
+            let s = m
+                .skew_shock
+                .as_ref()
+                .ok_or_else(|| InputError::new("methodology", "skew_shock", "the scenario table has skew rows but no skew_shock parameters"))?;
+            skewed_expiry_value(e, pre.discount, row.vol_shock == VolShockKind::SkewLinear, s)
+        }
+        VolShockKind::Up => expiry_value(e, pre.discount, row.spot_factor(), pre.vol_up, m.vol_shock.min_shocked_vol_up),
+        VolShockKind::Down => expiry_value(e, pre.discount, row.spot_factor(), pre.vol_down, 0.0),
+        VolShockKind::None => expiry_value(e, pre.discount, row.spot_factor(), 1.0, 0.0),
+    })
+}
+
+fn linear_contract_pnl(lin: &LinearHolding, row: &ScenarioRow) -> f64 {
+    lin.multiplier * lin.mark * row.spot_move
+}
+
+/// `expiry_sum` revaluation of one row, times its weight.
+pub fn scenario_pnl(p: &ScenarioPortfolio, pres: &[ExpiryPrecompute], row: &ScenarioRow, m: &ScenarioMethodology) -> Result<f64> {
+    let mv = row.spot_factor() - 1.0;
+    let mut pnl = if p.perp_quantity != 0.0 { p.perp_quantity * (mv * p.perp_mark) * row.weight } else { 0.0 };
+    for lin in &p.linears {
+        pnl += lin.quantity * linear_contract_pnl(lin, row) * row.weight;
+    }
+    for (e, pre) in p.expiries.iter().zip(pres) {
+        let mut shocked = shocked_expiry_value(e, pre, row, m)?;
+        shocked *= if shocked >= 0.0 { pre.static_long } else { pre.static_short };
+        let mut expiry_pnl = (shocked - pre.mtm) * row.weight;
+        if row.vol_shock.is_skew() {
+            expiry_pnl = -expiry_pnl.abs();
+        }
+        pnl += expiry_pnl;
+    }
+    for c in &p.collaterals {
+        if c.risk_cancelling {
+            pnl += c.value * mv * row.weight;
+        }
+    }
+    Ok(pnl)
+}
+
+/// A holding in the account's order: an option (with its expiry's index) or a linear holding.
+#[derive(Debug, Clone, Copy)]
+enum Held<'a> {
+    Option(usize, &'a OptionHolding),
+    Linear(&'a LinearHolding),
+}
+
+/// Options then linear holdings, stably sorted by `order`.
+fn ordered_holdings(p: &ScenarioPortfolio) -> Vec<Held<'_>> {
+    let mut items: Vec<(i64, Held<'_>)> = Vec::new();
+    for (i, e) in p.expiries.iter().enumerate() {
+        items.extend(e.options.iter().map(|o| (o.order, Held::Option(i, o))));
+    }
+    items.extend(p.linears.iter().map(|l| (l.order, Held::Linear(l))));
+    items.sort_by_key(|(order, _)| *order);
+    items.into_iter().map(|(_, h)| h).collect()
+}
+
+fn option_contract_pnl(e: &ExpiryHolding, pre: &ExpiryPrecompute, o: &OptionHolding, row: &ScenarioRow, m: &ScenarioMethodology) -> f64 {
+    let vol = match row.vol_shock {
+        VolShockKind::Up => m.vol_shock.min_shocked_vol_up.max(o.vol * pre.vol_up),
+        VolShockKind::Down => o.vol * pre.vol_down,
+        _ => o.vol,
+    };
+    let years = e.years();
+    let forward = e.forward_variable * row.spot_factor() + e.forward_fixed;
+    let shocked = option_value(forward, o.strike, years, vol, o.is_call, pre.discount);
+    let current = option_value(e.forward(), o.strike, years, o.vol, o.is_call, pre.discount);
+    o.multiplier * (shocked - current)
+}
+
+fn risk_array_pnl(p: &ScenarioPortfolio, pres: &[ExpiryPrecompute], held: &[Held<'_>], row: &ScenarioRow, m: &ScenarioMethodology) -> f64 {
+    let mv = row.spot_factor() - 1.0;
+    let mut pnl = if p.perp_quantity != 0.0 { p.perp_quantity * (mv * p.perp_mark) } else { 0.0 };
+    for h in held {
+        match *h {
+            Held::Linear(l) => pnl += l.quantity * linear_contract_pnl(l, row),
+            Held::Option(i, o) => pnl += o.quantity * option_contract_pnl(&p.expiries[i], &pres[i], o, row, m),
+        }
+    }
+    for c in &p.collaterals {
+        if c.risk_cancelling {
+            pnl += c.value * mv;
+        }
+    }
+    pnl * row.weight
+}
+
+// ------------------------------------------------------------------------------------------
+// Step 4: contingencies
+// ------------------------------------------------------------------------------------------
+
+/// Delta in the quote currency per expiry bucket (0: perpetuals and risk-cancelling coins).
+fn bucket_deltas(p: &ScenarioPortfolio, pres: &[ExpiryPrecompute], m: &ScenarioMethodology) -> BTreeMap<usize, f64> {
+    let edges: &[f64] = m.calendar_basis.as_ref().map(|c| c.bucket_edges_days.as_slice()).unwrap_or(&[]);
+    let bucket = |days: Option<f64>| match days {
+        None => 0,
+        Some(d) => 1 + edges.iter().take_while(|&&x| x < d).count(),
+    };
+    let mut out = BTreeMap::new();
+    let mut add = |b: usize, d: f64| *out.entry(b).or_insert(0.0) += d;
+    if p.perp_quantity != 0.0 {
+        add(0, p.perp_quantity * p.perp_mark);
+    }
+    for l in &p.linears {
+        add(bucket(l.days()), l.quantity * l.multiplier * l.mark);
+    }
+    for (e, pre) in p.expiries.iter().zip(pres) {
+        let forward = e.forward();
+        let years = e.years();
+        let b = bucket(Some(e.days()));
+        for o in &e.options {
+            let delta = b76_delta(forward, o.strike, years, o.vol, o.is_call);
+            add(b, o.quantity * o.multiplier * pre.discount * delta * forward);
+        }
+    }
+    for c in &p.collaterals {
+        if c.risk_cancelling {
+            add(0, c.value);
+        }
+    }
+    out
+}
+
+fn rate_of(cb: &CalendarBasis, bucket: usize) -> Result<f64> {
+    cb.bucket_rates.get(bucket).copied().ok_or_else(|| {
+        InputError::new("methodology", "calendar_basis.bucket_rates", format!("no rate for bucket {bucket}"))
+    })
+}
+
+/// Long bucket deltas matched in proportion against short ones, at the larger bucket rate.
+fn calendar_basis_charge(deltas: &BTreeMap<usize, f64>, m: &ScenarioMethodology) -> Result<f64> {
+    let Some(cb) = &m.calendar_basis else { return Ok(0.0) };
+    let longs: Vec<(usize, f64)> = deltas.iter().filter(|(_, &d)| d > 0.0).map(|(&b, &d)| (b, d)).collect();
+    let shorts: Vec<(usize, f64)> = deltas.iter().filter(|(_, &d)| d < 0.0).map(|(&b, &d)| (b, -d)).collect();
+    if longs.is_empty() || shorts.is_empty() {
+        return Ok(0.0);
+    }
+    let total_long: f64 = longs.iter().fold(0.0, |a, (_, d)| a + d);
+    let total_short: f64 = shorts.iter().fold(0.0, |a, (_, d)| a + d);
+    let scale = total_long.max(total_short);
+    let mut charge = 0.0;
+    for &(i, li) in &longs {
+        for &(j, sj) in &shorts {
+            charge += li * sj / scale * rate_of(cb, i)?.max(rate_of(cb, j)?);
+        }
+    }
+    Ok(charge)
+}
+
+/// `rate × max(0, |net delta| − L)^1.5 / L^0.5`.
+fn concentration_charge(deltas: &BTreeMap<usize, f64>, m: &ScenarioMethodology) -> f64 {
+    let Some(c) = &m.concentration else { return 0.0 };
+    let net = deltas.values().fold(0.0, |a, d| a + d);
+    let excess = net.abs() - c.liquidity_notional;
+    if excess <= 0.0 {
+        return 0.0;
+    }
+    c.rate * excess * (excess / c.liquidity_notional).sqrt()
+}
+
+/// Shorts beyond the longs of the same strike (calls and puts together), summed over strikes.
+fn naked_short_options(e: &ExpiryHolding) -> f64 {
+    // strikes in order of first appearance, as the reference's dict
+    let mut strikes: Vec<(f64, Vec<f64>)> = Vec::new();
+    for o in &e.options {
+        match strikes.iter_mut().find(|(k, _)| *k == o.strike) {
+            Some((_, qs)) => qs.push(o.quantity),
+            None => strikes.push((o.strike, vec![o.quantity])),
+        }
+    }
+    let mut naked = 0.0;
+    for (_, qs) in &strikes {
+        let shorts = -qs.iter().filter(|&&q| q < 0.0).fold(0.0, |a, q| a + q);
+        let longs = qs.iter().filter(|&&q| q > 0.0).fold(0.0, |a, q| a + q);
+        naked += (shorts - longs).max(0.0);
+    }
+    naked
+}
+
+fn confidence_charge(confidence: f64, notional: f64, m: &ScenarioMethodology) -> f64 {
+    match &m.confidence_contingency {
+        Some(cc) if confidence < cc.threshold => (1.0 - confidence) * cc.scale * notional,
+        _ => 0.0,
+    }
+}
+
+/// Every contingency of the portfolio.
+pub fn contingencies(p: &ScenarioPortfolio, m: &ScenarioMethodology, pres: &[ExpiryPrecompute]) -> Result<Contingencies> {
+    let mut out = Contingencies::default();
+    let pc = m.position_contingency.as_ref();
+    let mut book_confidence = p.spot_confidence;
+    if p.perp_quantity != 0.0 {
+        book_confidence = book_confidence.min(p.perp_confidence);
+    }
+    let perp_notional = p.perp_quantity.abs() * p.spot;
+    if let Some(pc) = pc {
+        out.perp_maintenance = perp_notional * pc.perp_maintenance;
+        out.perp_initial = perp_notional * pc.perp_initial;
+    }
+    out.confidence += confidence_charge(book_confidence, perp_notional, m);
+    for e in &p.expiries {
+        if let Some(pc) = pc {
+            let naked_notional = naked_short_options(e) * p.spot;
+            out.option_maintenance += naked_notional * pc.option_maintenance;
+            out.option_initial += naked_notional * pc.option_initial;
+        }
+        let gross = e.options.iter().fold(0.0, |a, o| a + o.quantity.abs()) * p.spot;
+        out.confidence += confidence_charge(book_confidence.min(e.confidence), gross, m);
+    }
+    for c in &p.collaterals {
+        if m.collateral_haircuts_as_contingency {
+            out.collateral_maintenance += c.value * c.maintenance_haircut;
+            out.collateral_initial += c.value * c.initial_haircut;
+        }
+        out.confidence += confidence_charge(p.spot_confidence.min(c.confidence), c.value, m);
+    }
+    if m.calendar_basis.is_some() || m.concentration.is_some() {
+        let deltas = bucket_deltas(p, pres, m);
+        out.calendar_basis = calendar_basis_charge(&deltas, m)?;
+        out.concentration = concentration_charge(&deltas, m);
+    }
+    Ok(out)
+}
+
+// ------------------------------------------------------------------------------------------
+// Steps 3 and 5: worst loss and combination
+// ------------------------------------------------------------------------------------------
+
+/// The IM loss factor, raised by the peg loss below its threshold.
+pub fn initial_loss_factor(p: &ScenarioPortfolio, m: &ScenarioMethodology) -> f64 {
+    let mut factor = m.loss_factors.initial;
+    if let Some(peg) = &m.peg_loss {
+        if p.stable_price < peg.threshold {
+            factor += (peg.threshold - p.stable_price) * peg.factor;
+        }
+    }
+    factor
+}
+
+/// v1's short-option minimum over the short options, in the holdings' order.
+fn short_option_minimum(p: &ScenarioPortfolio, rate: f64) -> f64 {
+    let mut total = 0.0;
+    for h in ordered_holdings(p) {
+        if let Held::Option(_, o) = h {
+            if o.quantity < 0.0 {
+                total += o.quantity.abs() * o.multiplier * p.spot * rate;
+            }
+        }
+    }
+    total
+}
+
+/// Python's `max(a, b)`: `a` unless `b` is larger.
+fn first_max(a: f64, b: f64) -> f64 {
+    if b > a { b } else { a }
+}
+
+/// The `max_of_groups` rule's `(IM, MM)` requirements.
+fn max_of_group_requirements(p: &ScenarioPortfolio, pnls: &[f64], basis: f64, cont: &Contingencies, m: &ScenarioMethodology) -> Result<(f64, f64)> {
+    let mg = m
+        .max_of_groups
+        .as_ref()
+        .ok_or_else(|| InputError::new("methodology", "max_of_groups", "combination max_of_groups needs the max_of_groups parameters"))?;
+    let lowest = |extreme: bool| {
+        m.scenarios
+            .iter()
+            .zip(pnls)
+            .filter(|(r, _)| (r.group == "extreme") == extreme)
+            .map(|(_, &v)| v)
+            .fold(None, |acc: Option<f64>, v| Some(match acc { Some(a) if !(v < a) => a, _ => v }))
+    };
+    let mut scan = lowest(false).map_or(0.0, |w| first_max(0.0, -w));
+    if m.basis_contingency.is_some() {
+        scan = first_max(scan, -basis);
+    }
+    let extreme = lowest(true).map_or(0.0, |w| mg.extreme_cover * first_max(0.0, -w));
+    let short_min = short_option_minimum(p, mg.short_option_minimum);
+    let mut mm = first_max(first_max(scan, extreme), short_min);
+    let maintenance = cont.maintenance();
+    if maintenance != 0.0 {
+        mm += maintenance;
+    }
+    let mut im = mg.im_factor * mm;
+    let extra = cont.initial_extra();
+    if extra != 0.0 {
+        im += extra;
+    }
+    Ok((im, mm))
+}
+
+/// Scenario margin of one portfolio under a methodology.
+pub fn margin_scenarios(p: &ScenarioPortfolio, m: &ScenarioMethodology) -> Result<ScenarioMargin> {
+    m.check()?;
+    let pres: Vec<ExpiryPrecompute> = p.expiries.iter().map(|e| precompute_expiry(e, m)).collect();
+    let mut mtm = p.perp_unsettled + pres.iter().fold(0.0, |a, x| a + x.mtm);
+    if m.collateral_haircuts_as_contingency {
+        mtm += p.collaterals.iter().fold(0.0, |a, c| a + c.value);
+    } else {
+        mtm += p.collaterals.iter().fold(0.0, |a, c| a + c.value * (1.0 - c.maintenance_haircut));
+    }
+
+    let pnls: Vec<f64> = match m.revaluation {
+        Revaluation::RiskArray => {
+            let held = ordered_holdings(p);
+            m.scenarios.iter().map(|row| risk_array_pnl(p, &pres, &held, row, m)).collect()
+        }
+        Revaluation::ExpirySum => m.scenarios.iter().map(|row| scenario_pnl(p, &pres, row, m)).collect::<Result<_>>()?,
+    };
+    let mut worst_by_group: Vec<(String, f64)> = Vec::new();
+    for (row, &v) in m.scenarios.iter().zip(&pnls) {
+        match worst_by_group.iter_mut().find(|(g, _)| *g == row.group) {
+            Some((_, w)) => {
+                if v < *w {
+                    *w = v
+                }
+            }
+            None => worst_by_group.push((row.group.clone(), v)),
+        }
+    }
+
+    let basis = pres.iter().fold(0.0, |a, x| a + x.basis_charge);
+    let (mut worst, mut worst_row) = (basis, None);
+    for (i, &v) in pnls.iter().enumerate() {
+        if v < worst {
+            worst = v;
+            worst_row = Some(i);
+        }
+    }
+
+    let cont = contingencies(p, m, &pres)?;
+    let im_factor = initial_loss_factor(p, m);
+    let mm_factor = m.loss_factors.maintenance;
+    let equity = mtm + p.cash;
+    let (im, mm, im_req, mm_req) = match m.combination {
+        Combination::MaxOfGroups => {
+            let (im_req, mm_req) = max_of_group_requirements(p, &pnls, basis, &cont, m)?;
+            (equity - im_req, equity - mm_req, im_req, mm_req)
+        }
+        Combination::LossFactor => (
+            worst * im_factor - cont.maintenance() - cont.initial_extra() + equity,
+            worst * mm_factor - cont.maintenance() + equity,
+            cont.maintenance() + cont.initial_extra() - worst * im_factor,
+            cont.maintenance() - worst * mm_factor,
+        ),
+    };
+    Ok(ScenarioMargin {
+        initial_margin: im,
+        maintenance_margin: mm,
+        mark_to_market: mtm,
+        cash: p.cash,
+        scenario_pnl: pnls,
+        worst_by_group,
+        basis_contingency: basis,
+        worst_loss: worst,
+        worst_scenario: worst_row,
+        contingencies: cont,
+        initial_loss_factor: im_factor,
+        maintenance_loss_factor: mm_factor,
+        expiries: pres,
+        initial_requirement: im_req,
+        maintenance_requirement: mm_req,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(spot_move: f64, vol_shock: VolShockKind, weight: f64, group: &str) -> ScenarioRow {
+        ScenarioRow { spot_move, vol_shock, weight, group: group.to_string() }
+    }
+
+    fn methodology(scenarios: Vec<ScenarioRow>) -> ScenarioMethodology {
+        ScenarioMethodology {
+            name: "hand".into(),
+            scenarios,
+            vol_shock: VolShock {
+                vol_up: 0.5,
+                vol_down: 0.3,
+                short_term_power: 0.5,
+                long_term_power: 0.2,
+                dte_floor_days: 1.0,
+                term_threshold_days: 30.0,
+                reference_days: 30.0,
+                min_shocked_vol_up: 0.0,
+                down_floor: 0.0,
+            },
+            loss_factors: LossFactors { initial: 1.0, maintenance: 0.8 },
+            skew_shock: None,
+            static_discount: None,
+            basis_contingency: None,
+            position_contingency: None,
+            confidence_contingency: None,
+            peg_loss: None,
+            discount_options: false,
+            collateral_haircuts_as_contingency: true,
+            max_of_groups: None,
+            calendar_basis: None,
+            concentration: None,
+            revaluation: Revaluation::ExpirySum,
+            combination: Combination::LossFactor,
+        }
+    }
+
+    #[test]
+    fn perpetual_down_move_with_loss_factors_and_contingency() {
+        // 2 perps on a mark of 1,000: a −10% row loses 200 (weight 1), a +10% row at weight 0.5
+        // gains 100; the worst loss is −200. Perp contingency 1% MM / 0.5% IM of |2| × spot 1,000.
+        let mut m = methodology(vec![row(-0.1, VolShockKind::None, 1.0, "regular"), row(0.1, VolShockKind::None, 0.5, "extreme")]);
+        m.position_contingency = Some(PositionContingency { perp_maintenance: 0.01, perp_initial: 0.005, ..Default::default() });
+        let p = ScenarioPortfolio { spot: 1_000.0, cash: 500.0, perp_quantity: 2.0, perp_mark: 1_000.0, ..Default::default() };
+        let r = margin_scenarios(&p, &m).unwrap();
+        assert!((r.scenario_pnl[0] + 200.0).abs() < 1e-9 && (r.scenario_pnl[1] - 100.0).abs() < 1e-9);
+        assert_eq!(r.worst_scenario, Some(0));
+        assert!((r.contingencies.perp_maintenance - 20.0).abs() < 1e-12);
+        assert!((r.contingencies.perp_initial - 10.0).abs() < 1e-12);
+        // MM = 0.8 × (−200) − 20 + 500 = 320; IM = −200 − 20 − 10 + 500 = 270
+        assert!((r.maintenance_margin - 320.0).abs() < 1e-9, "{}", r.maintenance_margin);
+        assert!((r.initial_margin - 270.0).abs() < 1e-9, "{}", r.initial_margin);
+        assert_eq!(r.worst_by_group, vec![("regular".to_string(), r.scenario_pnl[0]), ("extreme".to_string(), r.scenario_pnl[1])]);
+    }
+
+    #[test]
+    fn one_call_is_revalued_with_black76_and_v1_rule() {
+        // one short call; a +20% row with vols up: P&L = −(value at 1.2 F, vol × up − value now)
+        let days = 10.0;
+        let e = ExpiryHolding {
+            seconds_to_expiry: days * SECONDS_PER_DAY,
+            forward_variable: 100.0,
+            forward_fixed: 0.0,
+            rate: 0.0,
+            options: vec![OptionHolding { strike: 100.0, is_call: true, quantity: -1.0, vol: 0.5, multiplier: 1.0, order: 0 }],
+            confidence: 1.0,
+            days_to_expiry: None,
+        };
+        let p = ScenarioPortfolio { spot: 100.0, expiries: vec![e], ..Default::default() };
+        let mut m = methodology(vec![row(0.2, VolShockKind::Up, 1.0, "regular"), row(-0.3, VolShockKind::None, 1.0, "extreme")]);
+        m.revaluation = Revaluation::RiskArray;
+        m.combination = Combination::MaxOfGroups;
+        m.max_of_groups = Some(MaxOfGroups { extreme_cover: 0.5, short_option_minimum: 0.1, im_factor: 1.25 });
+        let t = days / 365.0;
+        let up = 1.0 + 0.5 * (30.0f64 / days).powf(0.5);
+        let now = black76::price(100.0, 100.0, t, 0.5, true);
+        let shocked = black76::price(120.0, 100.0, t, 0.5 * up, true);
+        let r = margin_scenarios(&p, &m).unwrap();
+        let want = -(shocked - now);
+        assert!((r.scenario_pnl[0] - want).abs() < 1e-12 * want.abs().max(1.0));
+        // the scan loss beats both the extreme (a short call gains on a fall) and the 10 short minimum
+        let mm_req = -want;
+        assert!(mm_req > 10.0);
+        assert!((r.maintenance_requirement - mm_req).abs() < 1e-12 * mm_req);
+        assert!((r.initial_requirement - 1.25 * mm_req).abs() < 1e-12 * mm_req);
+        assert!((r.maintenance_margin - (-now - mm_req)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn structural_errors_are_input_errors() {
+        let m = methodology(vec![row(0.0, VolShockKind::SkewLinear, 1.0, "skew")]);
+        let e = margin_scenarios(&ScenarioPortfolio::default(), &m).unwrap_err();
+        assert_eq!(e.column, "skew_shock");
+        let mut m = methodology(vec![row(0.1, VolShockKind::None, 1.0, "regular")]);
+        m.calendar_basis = Some(CalendarBasis { bucket_edges_days: vec![7.0], bucket_rates: vec![0.01] });
+        let e = margin_scenarios(&ScenarioPortfolio::default(), &m).unwrap_err();
+        assert_eq!(e.column, "calendar_basis.bucket_rates");
+        let m = methodology(Vec::new());
+        assert!(margin_scenarios(&ScenarioPortfolio::default(), &m).is_err());
+    }
+
+    #[test]
+    fn calendar_spread_is_charged_at_the_larger_rate() {
+        // long 1 perp on 60,000, short 1 future of 60 days on 60,000: matched 60,000 at the
+        // 60-day bucket's 2% = 1,200
+        let mut m = methodology(vec![row(0.1, VolShockKind::None, 1.0, "regular")]);
+        m.calendar_basis = Some(CalendarBasis { bucket_edges_days: vec![7.0, 30.0, 90.0], bucket_rates: vec![0.005, 0.005, 0.01, 0.02, 0.03] });
+        let fut = LinearHolding { quantity: -1.0, mark: 60_000.0, multiplier: 1.0, seconds_to_expiry: Some(60.0 * SECONDS_PER_DAY), order: 1, days_to_expiry: None };
+        let p = ScenarioPortfolio { spot: 60_000.0, perp_quantity: 1.0, perp_mark: 60_000.0, linears: vec![fut], ..Default::default() };
+        let r = margin_scenarios(&p, &m).unwrap();
+        assert!((r.contingencies.calendar_basis - 1_200.0).abs() < 1e-9);
+        assert!(r.scenario_pnl[0].abs() < 1e-9);
+    }
+}
