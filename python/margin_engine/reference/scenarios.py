@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from margin_engine.methodology_params import ScenarioMethodology, ScenarioRow
 
@@ -175,6 +175,11 @@ class ScenarioPortfolio:
     perp_confidence: float = 1.0
     stable_price: float = 1.0
     """Price of the quote stable coin in USD (for the peg-loss add-on)."""
+
+    def to_dict(self) -> dict:
+        """The plain structure (nested dicts and lists of the fields) that the Rust engine's
+        binding `_core.scenario_margin` reads."""
+        return asdict(self)
 
 
 # --------------------------------------------------------------------------------------------
