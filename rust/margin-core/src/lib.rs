@@ -8,7 +8,8 @@
 //! - [`standard`] (§3), [`portfolio`] (§4), [`black76`] (§5), [`greeks`] (§7);
 //! - [`results`]: account rows, status (§6) and their Arrow form;
 //! - [`engine`]: parallel orchestration, bit-identical for any thread count;
-//! - [`whatif`]: one account before and after a trade, for order entry.
+//! - [`whatif`]: one account before and after a trade, for order entry;
+//! - [`methodology`]: the scenario engine driven by a methodology as data, not yet wired into [`engine`].
 
 pub mod accounts;
 pub mod black76;

@@ -237,7 +237,7 @@ impl ScenarioMethodology {
             }
         }
         if let Some(c) = &self.concentration {
-            if !(c.liquidity_notional > 0.0) {
+            if c.liquidity_notional.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
                 return Err(bad("concentration.liquidity_notional", "must be > 0 (it divides)"));
             }
         }

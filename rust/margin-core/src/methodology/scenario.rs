@@ -461,7 +461,7 @@ fn max_of_group_requirements(p: &ScenarioPortfolio, pnls: &[f64], basis: f64, co
             .zip(pnls)
             .filter(|(r, _)| (r.group == "extreme") == extreme)
             .map(|(_, &v)| v)
-            .fold(None, |acc: Option<f64>, v| Some(match acc { Some(a) if !(v < a) => a, _ => v }))
+            .fold(None, |acc: Option<f64>, v| Some(match acc { Some(a) if v.partial_cmp(&a) != Some(std::cmp::Ordering::Less) => a, _ => v }))
     };
     let mut scan = lowest(false).map_or(0.0, |w| first_max(0.0, -w));
     if m.basis_contingency.is_some() {
