@@ -308,3 +308,50 @@ def test_report_max_difference() -> None:
     """Runs last in this file: prints the largest relative difference seen (for the record)."""
     print(f"max relative difference Rust vs reference: {MAX_SEEN['rel']:.3e}")
     assert MAX_SEEN["rel"] <= REL or math.isnan(MAX_SEEN["rel"])
+
+
+_any_float = st.floats(allow_nan=True, allow_infinity=True)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    spot=_any_float,
+    perp=_any_float,
+    strike=_any_float,
+    vol=_any_float,
+    seconds=_any_float,
+    forward=_any_float,
+    rate=_any_float,
+    quantity=_any_float,
+    move=_any_float,
+    weight=_any_float,
+    liquidity=_any_float,
+)
+def test_any_numbers_never_crash_the_rust_engine(spot, perp, strike, vol, seconds, forward, rate, quantity, move, weight, liquidity) -> None:
+    """Numbers the reference's validation would refuse (NaN, infinities, zero strikes, negative
+    times, a zero liquidity) reach the Rust engine unchecked through the raw dicts: it answers
+    with numbers or a MarginInputError, never a panic (RuntimeError) or a crash."""
+    meth = scenario_preset("derive_pmrm2").to_dict()
+    meth["scenarios"] = meth["scenarios"][:3] + [{"spot_move": move, "vol_shock": "up", "weight": weight, "group": "regular"}]
+    meth["calendar_basis"] = {"bucket_edges_days": [7.0, 30.0], "bucket_rates": [0.01, 0.01, 0.02, 0.03]}
+    meth["concentration"] = {"rate": 0.05, "liquidity_notional": liquidity}
+    pf = {
+        "spot": spot,
+        "perp_quantity": perp,
+        "perp_mark": spot,
+        "expiries": [
+            {
+                "seconds_to_expiry": seconds,
+                "forward_variable": forward,
+                "forward_fixed": 0.0,
+                "rate": rate,
+                "options": [{"strike": strike, "is_call": True, "quantity": quantity, "vol": vol}],
+            }
+        ],
+        "linears": [{"quantity": quantity, "mark": spot, "seconds_to_expiry": seconds}],
+    }
+    try:
+        out = _core.scenario_margin(meth, pf)
+    except MarginInputError:
+        return
+    assert len(out["scenario_pnl"]) == 4
