@@ -39,7 +39,7 @@ from ._tables import (
 )
 from .black76 import black76_scalar
 from .portfolio import RiskArrays
-from .results import MARGIN_SCHEMA, AccountResult, Model, account_result
+from .results import MARGIN_SCHEMA, AccountResult, Model, account_result, meets
 from .valuation import NettedPosition, closed_pnl, net_positions, notional, years_to_expiry
 
 GRID_STEP = 0.005
@@ -502,7 +502,10 @@ def liquidation_distance(
 
 
 def shortfall(result: AccountResult) -> float:
-    """`max(0, MM − collateral_maintenance)`."""
+    """`max(0, MM − collateral_maintenance)`, and 0 for an account that meets maintenance within
+    the status tolerance (`results.meets`): its status says it is not short."""
+    if meets(result.collateral_maintenance, result.maintenance_margin):
+        return 0.0
     return max(0.0, result.maintenance_margin - result.collateral_maintenance)
 
 

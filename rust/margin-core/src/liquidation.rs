@@ -27,8 +27,13 @@ pub const GRID_STEP: f64 = 0.005;
 /// Grid points on each side (±0.5% × 100 = ±50%).
 pub const GRID_LEVELS: usize = 100;
 
-/// `max(0, MM − collateral_maintenance)`.
+/// `max(0, MM − collateral_maintenance)`, and 0 for an account that meets maintenance within
+/// the status tolerance (its status says it is not short; a shortfall of rounding noise would
+/// only reorder the scan's healthy accounts by it).
 pub fn shortfall(row: &AccountRow) -> f64 {
+    if crate::results::meets(row.collateral_maintenance, row.maintenance_margin) {
+        return 0.0;
+    }
     (row.maintenance_margin - row.collateral_maintenance).max(0.0)
 }
 
