@@ -153,8 +153,7 @@ _vol = st.builds(
     vol_down=st.floats(0.0, 1.5),
     short_term_power=st.floats(0.0, 1.0),
     long_term_power=st.floats(0.0, 1.0),
-    # > 0: an expired expiry with a 0 floor divides by zero in the reference (ZeroDivisionError)
-    dte_floor_days=st.floats(0.01, 30.0),
+    dte_floor_days=st.floats(0.01, 30.0),  # > 0: validation refuses a 0 floor
     term_threshold_days=st.floats(0.0, 60.0),
     min_shocked_vol_up=st.floats(0.0, 1.0),
     down_floor=st.floats(0.0, 0.5),

@@ -177,8 +177,10 @@ class VolShock:
         g = "vol_shock"
         _numbers(self, g)
         _nonnegative(self, g, ("vol_up", "vol_down", "short_term_power", "long_term_power", "min_shocked_vol_up"))
-        _nonnegative(self, g, ("down_floor", "dte_floor_days", "term_threshold_days"))
+        _nonnegative(self, g, ("down_floor", "term_threshold_days"))
         _check(g, "reference_days", self.reference_days, self.reference_days > 0.0, "> 0")
+        # the floor divides: an expired expiry (0 days) with a 0 floor has no term factor
+        _check(g, "dte_floor_days", self.dte_floor_days, self.dte_floor_days > 0.0, "> 0")
 
 
 @dataclass(frozen=True)

@@ -209,6 +209,10 @@ impl ScenarioMethodology {
         if self.scenarios.is_empty() {
             return Err(bad("scenarios", "the scenario table needs at least one row"));
         }
+        let v = &self.vol_shock;
+        if !(v.dte_floor_days > 0.0 && v.reference_days > 0.0) {
+            return Err(bad("vol_shock.dte_floor_days", "dte_floor_days and reference_days must be > 0 (the floor divides)"));
+        }
         let has_skew = self.scenarios.iter().any(|r| r.vol_shock.is_skew());
         if has_skew && self.skew_shock.is_none() {
             return Err(bad("skew_shock", "the scenario table has skew rows but no skew_shock parameters"));
