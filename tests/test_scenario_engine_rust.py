@@ -4,7 +4,9 @@ against the pure-Python reference (`reference/scenarios.py`).
 Both read the same plain structures (`ScenarioMethodology.to_dict()`,
 `ScenarioPortfolio.to_dict()`) and add their terms in the same order, so they agree to rounding:
 - every valid Derive PMRM_2 case (and so the published figures): IM, MM, every scenario P&L, the
-  basis contingency and every contingency;
+  basis contingency and every contingency. The cases are Derive's own (derivexyz/v2-core @
+  7736900d, test/risk-managers/unit-tests/PMRM_2/portfolio_cases/, harness
+  TestPMRM_2_PortfolioCasesNEW.t.sol), copied with provenance in tests/data/derive/README.md;
 - random scenario tables, weights and vol-shock parameters under the `expiry_sum` revaluation;
 - the v1 and exchange presets (`risk_array` revaluation, `max_of_groups`, add-ons) on random books.
 
