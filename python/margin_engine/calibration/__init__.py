@@ -1,0 +1,19 @@
+"""Calibration, backtesting and predictive margin (``docs/calibration.md``, METHODOLOGY-v2 §12).
+
+- :func:`calibrate`: portfolio-model ``risk_params`` and collateral ``assets`` from a price
+  history (EWMA, filtered historical simulation, GARCH), with anti-procyclicality options.
+- :func:`backtest`: the calibrated margin against the P&L over the horizon at every date, per
+  underlying and for a book margined by the engine; Kupiec and Christoffersen tests; a chart.
+- :func:`forecast_margin`: simulated paths of the underlyings over the next days, the book
+  margined by the engine along each, the distribution of margin calls, liquidations and
+  shortfall, and a forecast-driven :func:`margin_engine.rebalance`.
+
+All of it is numpy (scipy for the filters and test statistics; ``arch`` for GARCH) and is its own
+reference: the tests check it against plain loops and hand-computed values. The engine's margin
+calls are the engine's (``me.margin``, ``me.liquidation_scan``).
+"""
+
+from margin_engine.calibration.calibrate import AntiProcyclicality, Calibration, calibrate
+from margin_engine.calibration.history import History, read_history
+
+__all__ = ["AntiProcyclicality", "Calibration", "History", "calibrate", "read_history"]
