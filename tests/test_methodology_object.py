@@ -602,3 +602,39 @@ def test_describe_shows_every_number(name):
             assert _close(_parsed(shown[f.name]), getattr(standard, f.name)), (f.name, shown.get(f.name))
     assert repr(m).startswith(f"Methodology({m.name!r}, portfolio=Portfolio(")
     assert len(repr(m)) < 200
+
+
+def test_line_location_ignores_comments_strings_and_inline_tables(tmp_path):
+    """Text that looks like a key or a table inside comments, strings and inline tables does
+    not mislead the line of the offending key."""
+    text = '''name = """a name with
+[portfolio.vol_shock]
+vol_upp = 1 inside a string"""   # vol_upp = 2 in a comment
+preset = "v1"
+[portfolio]
+loss_factors = { initial = 1.0, maintenance = 0.9 }
+# [portfolio.vol_shock] in a comment
+[portfolio.vol_shock]
+vol_down = 0.2
+vol_upp = 0.5
+'''
+    _raises(_write(tmp_path, text), "portfolio.vol_shock.vol_upp", "line 10 of venue.toml", "did you mean vol_up")
+    text = text.replace("vol_upp = 0.5", "vol_up = 0.5").replace("maintenance = 0.9", "maintenanc = 0.9")
+    _raises(_write(tmp_path, text), "portfolio.loss_factors.maintenanc", "line 6 of venue.toml", "did you mean maintenance")
+
+
+def test_portfolio_parts_are_validated_and_pickle():
+    with pytest.raises(MarginInputError, match="unknown recipe"):
+        Portfolio(recipe="v2")
+    with pytest.raises(MarginInputError, match="needs a default"):
+        Portfolio()
+    with pytest.raises(MarginInputError, match="did you mean vol_up"):
+        Portfolio(recipe="v1", patch={"vol_shock": {"vol_upp": 1.0}})
+    with pytest.raises(MarginInputError, match="give no default"):
+        Portfolio(recipe="v1", default=derive_pmrm2())
+    for m in VARIANTS.values():
+        assert pickle.loads(pickle.dumps(m.portfolio)) == m.portfolio
+    # normalized at construction: an int and a float of one value are one methodology
+    one = Portfolio(recipe="exchange", recipe_args={"BTC": {"basis_rate_scale": 2}}, patch={"max_of_groups": {"im_factor": 2}})
+    two = Portfolio(recipe="exchange", recipe_args={"BTC": {"basis_rate_scale": 2.0}}, patch={"max_of_groups": {"im_factor": 2.0}})
+    assert one == two and hash(one) == hash(two)

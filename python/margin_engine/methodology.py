@@ -309,6 +309,26 @@ class Portfolio:
     by_underlying: Mapping[str, ScenarioMethodology] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        path = ("portfolio",)
+        if self.recipe is None:
+            if not isinstance(self.default, ScenarioMethodology):
+                raise _error(path, "an explicit portfolio needs a default ScenarioMethodology", None)
+            if self.patch or self.recipe_args:
+                raise _error(path, "overrides and recipe arguments belong to a recipe (v1, exchange)", None)
+            for u, m in self.by_underlying.items():
+                if not isinstance(u, str) or not isinstance(m, ScenarioMethodology):
+                    raise _error(path + ("underlyings", str(u)), "expected a ScenarioMethodology per underlying name", None)
+        else:
+            if self.recipe not in RECIPES:
+                raise _error(path + ("recipe",), f"unknown recipe {self.recipe!r} (known: {', '.join(RECIPES)})", None)
+            if self.default is not None or self.by_underlying:
+                raise _error(path, "a recipe builds its scenario methodologies: give no default / by_underlying", None)
+            if not isinstance(self.patch, Mapping) or not isinstance(self.recipe_args, Mapping):
+                raise _error(path, "a recipe's patch and recipe_args are tables", None)
+            args, patch = _validate_recipe(self.recipe, {u: dict(a) for u, a in self.recipe_args.items()},
+                                           _thaw(self.patch), path, None)
+            object.__setattr__(self, "recipe_args", args)
+            object.__setattr__(self, "patch", patch)
         object.__setattr__(self, "recipe_args", MappingProxyType({u: MappingProxyType(dict(a)) for u, a in self.recipe_args.items()}))
         object.__setattr__(self, "patch", MappingProxyType(dict(self.patch)))
         object.__setattr__(self, "by_underlying", MappingProxyType(dict(self.by_underlying)))
@@ -810,7 +830,12 @@ class _TomlLines(_Scanner):
             self.advance(2 if q == '"' and self.peek() == "\\" else 1)
         s = self.t[start:self.i]
         self.advance()
-        return json.loads(f'"{s}"') if q == '"' else s
+        if q == "'":
+            return s
+        try:
+            return json.loads(f'"{s}"')
+        except ValueError:  # a TOML-only escape (\U0001F600, \e): the raw text locates it as well
+            return s
 
     def key(self) -> Path_:
         parts: list[str] = []
