@@ -8,12 +8,16 @@
   margined by the engine along each, the distribution of margin calls, liquidations and
   shortfall, and a forecast-driven :func:`margin_engine.rebalance`.
 
-All of it is numpy (scipy for the filters and test statistics; ``arch`` for GARCH) and is its own
+All of it is numpy and the standard library (scipy for the Student-t of the EWMA haircuts; ``arch`` to fit GARCH) and is its own
 reference: the tests check it against plain loops and hand-computed values. The engine's margin
 calls are the engine's (``me.margin``, ``me.liquidation_scan``).
 """
 
 from margin_engine.calibration.calibrate import AntiProcyclicality, Calibration, calibrate
+from margin_engine.calibration.backtest import Backtest, backtest, christoffersen, kupiec
 from margin_engine.calibration.history import History, read_history
 
-__all__ = ["AntiProcyclicality", "Calibration", "History", "calibrate", "read_history"]
+__all__ = [
+    "AntiProcyclicality", "Backtest", "Calibration", "History",
+    "backtest", "calibrate", "christoffersen", "kupiec", "read_history",
+]

@@ -76,14 +76,16 @@ class AntiProcyclicality:
     def needs_long(self) -> bool:
         return self.long_weight > 0 or self.long_floor
 
-    def apply(self, base: float, stress: float | None, long: float | None) -> float:
+    def apply(self, base: Any, stress: float | None, long: float | None) -> Any:
+        """The anti-procyclical range of ``base`` (a number or an array); a missing ``stress`` or
+        ``long`` figure (no such history yet) leaves its weight on ``base`` and its floor off."""
         stress_v = base if stress is None else stress
         long_v = base if long is None else long
         r = (1.0 - self.stress_weight - self.long_weight) * base + self.stress_weight * stress_v + self.long_weight * long_v
         if self.stress_floor > 0 and stress is not None:
-            r = max(r, self.stress_floor * stress)
+            r = np.maximum(r, self.stress_floor * stress)
         if self.long_floor and long is not None:
-            r = max(r, long)
+            r = np.maximum(r, long)
         return r * (1.0 + self.buffer)
 
 
@@ -196,7 +198,6 @@ def settings(
             import arch  # noqa: F401
         except ImportError as e:
             raise ImportError("method='garch' needs the arch library: pip install 'margin-engine[garch]'") from e
-    models.scipy_modules()
     steps = price_steps
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 3 or steps > 100_001 or steps % 2 == 0:
         raise input_error("arguments", "price_steps", f"must be an odd integer in [3, 100001], got {price_steps!r}")
@@ -368,98 +369,100 @@ def fit_series(
     if (his <= p.burn).any():
         raise input_error("arguments", "lookback", "a date to calibrate has no return after the EWMA seed")
     garch: tuple[float, float, float] | None = None
-    garch_time = -(2**62)
     g_pred = g_post = None
+    g_set: set[int] = set()
     cache: dict[str, Any] = {}
-    tail: dict[str, float] = {}
-    shock = (0.0, 0.0)
-    kurt = 0.0
-    nsamp = 0
-    apc_long: tuple[float, float] | None = None
-    apc_stress: tuple[float, float] | None = None
-    stress_span = (np.nan, np.nan)
     kp = max(1, int(round(k))) if k >= 1 else 1
     normal = method == "ewma"
-    for e in range(n):
-        t_end, hi = int(eval_times[e]), int(his[e])
-        if method == "garch" and (garch is None or t_end - garch_time >= st.garch_refit):
+    # blocks of dates sharing one estimate of the tails (and of the GARCH parameters)
+    starts = list(range(0, n, refit))
+    if method == "garch":  # a GARCH refit also starts a block
+        g_starts, last = [], None
+        for e in range(n):
+            if last is None or int(eval_times[e]) - last >= st.garch_refit:
+                g_starts.append(e)
+                last = int(eval_times[e])
+        starts = sorted(set(starts) | set(g_starts))
+        g_set = set(g_starts)
+    bounds = starts + [n]
+    for b0, b1 in zip(bounds[:-1], bounds[1:]):
+        t_end, hi = int(eval_times[b0]), int(his[b0])
+        if method == "garch" and b0 in g_set:
             lo_r, _ = _window(p, t_end, st.lookback, burn=False)
             garch = models.garch_fit(p.r[lo_r:hi])
-            garch_time = t_end
             g_pred, g_post = models.variance_filter(p.r, *garch, p.v0)
-            tail = {}  # the residuals changed: refit the quantiles now
         pred, post = (g_pred, g_post) if method == "garch" else (p.ewma_pred, p.ewma_post)
         assert pred is not None and post is not None
-        if e % refit == 0 or not tail:
-            lo, _ = _window(p, t_end, st.lookback)
-            resid = p.r[lo:hi] / np.sqrt(pred[lo:hi])
-            s = models.horizon_sums(resid, k)
-            nsamp = s.size
-            if nsamp < max(2, math.ceil(1.0 / (1.0 - conf))):
-                raise input_error(
-                    "arguments", "lookback",
-                    f"{series.symbol}: the lookback ({duration_text(st.lookback)}) holds {nsamp} samples of the horizon, "
-                    f"fewer than 1/(1 − confidence) = {math.ceil(1.0 / (1.0 - conf))}; lengthen lookback= or lower confidence=",
-                )  # fmt: skip
-            kurt = models.excess_kurtosis(s)
-            tail = models.tail_moves(None if normal else s, 1.0, conf, z=z if normal else None)
-            ratio = np.sqrt(post[lo + kp : hi] / post[lo : hi - kp]) if hi - lo > kp else np.ones(1)
-            q_lo, q_hi = np.quantile(ratio, [1.0 - conf, conf])
-            shock = (max(0.0, float(q_hi) - 1.0), min(0.99, max(0.0, 1.0 - float(q_lo))))
-            if st.apc is not None and st.apc.needs_long:
-                llo, lhi = _window(p, t_end, parse_duration(st.apc.long_lookback, "long_lookback"), burn=False)
-                m = _raw_moves(p, llo, lhi, st, z if normal else None)
-                apc_long = None if m is None else _side(m, st.measure)
-            if st.apc is not None and st.apc.needs_stress:
-                w = _stress_window(p, t_end, st, cache)
-                m = None if w is None else _raw_moves(p, w[0], w[1], st, z if normal else None)
-                apc_stress = None if m is None else _side(m, st.measure)
-                stress_span = (np.nan, np.nan) if w is None else (float(p.t[w[0]]), float(p.t[w[1] - 1]))
-        v_next = float(post[hi - 1])
-        sigma = math.sqrt(v_next)
+        lo, _ = _window(p, t_end, st.lookback)
+        resid = p.r[lo:hi] / np.sqrt(pred[lo:hi])
+        s = models.horizon_sums(resid, k)
+        nsamp = s.size
+        if nsamp < max(2, math.ceil(1.0 / (1.0 - conf))):
+            raise input_error(
+                "arguments", "lookback",
+                f"{series.symbol}: the lookback ({duration_text(st.lookback)}) holds {nsamp} samples of the horizon, "
+                f"fewer than 1/(1 − confidence) = {math.ceil(1.0 / (1.0 - conf))}; lengthen lookback= or lower confidence=",
+            )  # fmt: skip
+        kurt = models.excess_kurtosis(s)
+        tail = models.tail_moves(None if normal else s, 1.0, conf, z=z if normal else None)
+        ratio = np.sqrt(post[lo + kp : hi] / post[lo : hi - kp]) if hi - lo > kp else np.ones(1)
+        q_lo, q_hi = np.quantile(ratio, [1.0 - conf, conf])
+        shock = (max(0.0, float(q_hi) - 1.0), min(0.99, max(0.0, 1.0 - float(q_lo))))
+        long_r = stress_r = None
+        stress_span = (np.nan, np.nan)
+        if st.apc is not None and st.apc.needs_long:
+            llo, lhi = _window(p, t_end, parse_duration(st.apc.long_lookback, "long_lookback"), burn=False)
+            m = _raw_moves(p, llo, lhi, st, z if normal else None)
+            long_r = None if m is None else max(_side(m, st.measure))
+        if st.apc is not None and st.apc.needs_stress:
+            w = _stress_window(p, t_end, st, cache)
+            m = None if w is None else _raw_moves(p, w[0], w[1], st, z if normal else None)
+            stress_r = None if m is None else max(_side(m, st.measure))
+            stress_span = (np.nan, np.nan) if w is None else (float(p.t[w[0]]), float(p.t[w[1] - 1]))
+        # every date of the block: today's vol, the block's tails
+        blk = slice(b0, b1)
+        v_next = post[his[blk] - 1]
+        sigma = np.sqrt(v_next)
         if method == "garch":
             assert garch is not None
-            sig_h = math.sqrt(float(models.garch_horizon_variance(np.array([v_next]), *garch, k)[0]))
-            out["omega"][e], out["alpha"][e], out["beta"][e] = garch
+            sig_h = np.sqrt(models.garch_horizon_variance(v_next, *garch, k))
+            out["omega"][blk], out["alpha"][blk], out["beta"][blk] = garch
         else:
             sig_h = sigma * math.sqrt(k)
-        # tail moves at the horizon vol: the samples' quantiles (log, unit vol) times sig_h
         if normal:
-            moves = models.tail_moves(None, sig_h, conf, z=z)
+            pdf = math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+            lo_var, hi_var, lo_es, hi_es = -z, z, -pdf / (1.0 - conf), pdf / (1.0 - conf)
         else:
-            moves = {
-                "down_var": 1.0 - math.exp(tail["log_down_var"] * sig_h),
-                "up_var": math.expm1(tail["log_up_var"] * sig_h),
-                "down_es": 1.0 - math.exp(tail["log_down_es"] * sig_h),
-                "up_es": math.expm1(tail["log_up_es"] * sig_h),
-            }
-        down, up = _side(moves, st.measure)
-        base = max(down, up)
-        long_r = None if apc_long is None else max(apc_long)
-        stress_r = None if apc_stress is None else max(apc_stress)
+            lo_var, hi_var, lo_es, hi_es = tail["log_down_var"], tail["log_up_var"], tail["log_down_es"], tail["log_up_es"]
+        moves = {
+            "down_var": -np.expm1(lo_var * sig_h), "up_var": np.expm1(hi_var * sig_h),
+            "down_es": -np.expm1(lo_es * sig_h), "up_es": np.expm1(hi_es * sig_h),
+        }  # fmt: skip
+        down, up = moves[f"down_{st.measure}"], moves[f"up_{st.measure}"]
+        base = np.maximum(down, up)
         final = base if st.apc is None else st.apc.apply(base, stress_r, long_r)
         # haircut moves: EWMA's normal tail replaced by the Student-t of the samples' kurtosis
         if normal:
             zt_var, zt_es = models.student_tail(conf, kurt)
             zt = zt_var if st.measure == "var" else zt_es
-            h_down, h_up = 1.0 - math.exp(-zt * sig_h), math.expm1(zt * sig_h)
+            h_down, h_up = -np.expm1(-zt * sig_h), np.expm1(zt * sig_h)
         else:
             h_down, h_up = down, up
-        factor = final / base if base > 0 else 1.0
-        out["sigma"][e], out["sigma_horizon"][e] = sigma, sig_h
+        factor = np.where(base > 0, final / np.where(base > 0, base, 1.0), 1.0)
+        out["sigma"][blk], out["sigma_horizon"][blk] = sigma, sig_h
         for name in ("down_var", "up_var", "down_es", "up_es"):
-            out[name][e] = moves[name]
-        out["base_range"][e] = base
-        out["long_range"][e] = np.nan if long_r is None else long_r
-        out["stress_range"][e] = np.nan if stress_r is None else stress_r
-        out["stress_start"][e], out["stress_end"][e] = stress_span
-        out["capped"][e] = final > MAX_RANGE
-        out["price_range"][e] = min(final, MAX_RANGE)
-        out["vol_up"][e], out["vol_down"][e] = shock
-        out["kurtosis"][e] = kurt
-        out["haircut_move"][e] = min(1.0, h_down * factor)
-        out["liability_move"][e] = h_up * factor
-        out["samples"][e] = nsamp
+            out[name][blk] = moves[name]
+        out["base_range"][blk] = base
+        out["long_range"][blk] = np.nan if long_r is None else long_r
+        out["stress_range"][blk] = np.nan if stress_r is None else stress_r
+        out["stress_start"][blk], out["stress_end"][blk] = stress_span
+        out["capped"][blk] = final > MAX_RANGE
+        out["price_range"][blk] = np.minimum(final, MAX_RANGE)
+        out["vol_up"][blk], out["vol_down"][blk] = shock
+        out["kurtosis"][blk] = kurt
+        out["haircut_move"][blk] = np.minimum(1.0, h_down * factor)
+        out["liability_move"][blk] = h_up * factor
+        out["samples"][blk] = nsamp
     return out
 
 
