@@ -22,7 +22,6 @@ import json
 import math
 import pickle
 import re
-import shutil
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -638,3 +637,23 @@ def test_portfolio_parts_are_validated_and_pickle():
     one = Portfolio(recipe="exchange", recipe_args={"BTC": {"basis_rate_scale": 2}}, patch={"max_of_groups": {"im_factor": 2}})
     two = Portfolio(recipe="exchange", recipe_args={"BTC": {"basis_rate_scale": 2.0}}, patch={"max_of_groups": {"im_factor": 2.0}})
     assert one == two and hash(one) == hash(two)
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_the_rust_scenario_engine_reads_every_engine_dict(name):
+    """Every scenario methodology of `engine_dict` (through JSON, as a plain dict) is accepted by
+    the compiled scenario engine, and gives the reference's margin on a small portfolio."""
+    from margin_engine import _core
+    from margin_engine.reference.scenarios import LinearHolding, ScenarioPortfolio, margin_scenarios
+
+    risk = pa.table({"underlying": ["BTC"], "price_range": [0.2]})
+    d = json.loads(json.dumps(VARIANTS[name].engine_dict(risk), allow_nan=False))
+    resolved, _ = VARIANTS[name].resolve(risk)
+    pf = ScenarioPortfolio(spot=100.0, perp_quantity=3.0, perp_mark=100.0, cash=50.0,
+                           linears=[LinearHolding(quantity=-2.0, mark=101.0, seconds_to_expiry=90 * 86_400.0)])
+    for key, meth in [("default", resolved.default), *resolved.by_underlying.items()]:
+        plain = d["portfolio"]["default"] if key == "default" else d["portfolio"]["by_underlying"][key]
+        got = _core.scenario_margin(plain, pf.to_dict())
+        want = margin_scenarios(pf, meth)
+        assert got["maintenance_margin"] == pytest.approx(want.maintenance_margin, rel=1e-12, abs=1e-9)
+        assert got["initial_margin"] == pytest.approx(want.initial_margin, rel=1e-12, abs=1e-9)
