@@ -57,6 +57,7 @@ from margin_engine.methodology_params import (
     ScenarioRow,
     exchange_methodology,
     exchange_preset,
+    v1_methodology,
     v1_preset,
 )
 from margin_engine.reference.standard_params import DERIVE_STANDARD, V1, StandardParams
@@ -465,16 +466,12 @@ def _validate_recipe(recipe: str, args: dict[str, dict[str, Any]], patch: dict[s
         _need_table(a, p, src, f"a table of exchange arguments ({', '.join(EXCHANGE_COLUMNS)})")
         _check_keys(a, EXCHANGE_COLUMNS, p, src)
         try:
-            m = exchange_methodology(DEFAULT_RISK_PARAMS, **a)
+            exchange_methodology(DEFAULT_RISK_PARAMS, **a)  # checks every argument (finite, in range)
         except MarginInputError as e:
             key = _EXCHANGE_ARG_COLUMNS.get(str(getattr(e, "column", "")), "")
             raise _error(p + ((key,) if key else ()), str(getattr(e, "problem", e)), src) from None
-        del m  # built only to validate: the numbers are checked finite, so float() holds them
         clean[str(u)] = {k: float(v) for k, v in a.items()}
-    if recipe == "exchange":
-        from margin_engine.methodology_params import exchange_methodology as build
-    else:
-        from margin_engine.methodology_params import v1_methodology as build  # type: ignore[assignment]
+    build = exchange_methodology if recipe == "exchange" else v1_methodology
     default = _patch_scenario(build(DEFAULT_RISK_PARAMS), patch, path, src)
     return clean, _project(default.to_dict(), patch)
 
