@@ -15,9 +15,10 @@ calls are the engine's (``me.margin``, ``me.liquidation_scan``).
 
 from margin_engine.calibration.calibrate import AntiProcyclicality, Calibration, calibrate
 from margin_engine.calibration.backtest import Backtest, backtest, christoffersen, kupiec
+from margin_engine.calibration.forecast import Forecast, forecast_margin
 from margin_engine.calibration.history import History, read_history
 
 __all__ = [
-    "AntiProcyclicality", "Backtest", "Calibration", "History",
-    "backtest", "calibrate", "christoffersen", "kupiec", "read_history",
+    "AntiProcyclicality", "Backtest", "Calibration", "Forecast", "History",
+    "backtest", "calibrate", "christoffersen", "forecast_margin", "kupiec", "read_history",
 ]

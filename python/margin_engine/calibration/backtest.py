@@ -110,7 +110,7 @@ class Backtest:
     rate, expected`` (1 − confidence), ``kupiec_lr, kupiec_p, christoffersen_lr,
     christoffersen_p, conditional_lr, conditional_p`` (Christoffersen's conditional coverage,
     χ²(2)), ``mean_range, max_range``. ``book`` (with a book): per date ``time, margin`` (Σ
-    margin held), ``pnl`` (Σ equity change over the horizon), ``exceed``, ``accounts``,
+    margin held plus haircuts), ``pnl`` (Σ equity change over the horizon), ``exceed``, ``accounts``,
     ``exceeding_accounts``. ``accounts``: per account ``account_id, observations, exceedances,
     rate, kupiec_p, worst_excess`` (the largest loss beyond its margin). ``skipped``: dates left
     out because the candle a horizon later is missing (a gap).
@@ -210,7 +210,8 @@ def backtest(
     the book's ``risk_params`` replaced by that date's calibration (``price_range``, ``vol_up``,
     ``vol_down``, ``extreme_move``). One ``me.margin`` call per date; positions and balances are
     held constant. An account exceeds when its equity falls over the horizon by more than the
-    ``margin`` (``"maintenance"`` or ``"initial"``) it held.
+    protection it held: its ``margin`` (``"maintenance"`` or ``"initial"``) plus its collateral's
+    haircuts (``equity − collateral_maintenance``, or ``− collateral_initial``).
 
     Dates: every ``step`` (default: the horizon, so the windows do not overlap) from the first
     date with ``lookback`` behind it, within [``start``, ``end``]; a date whose candle a horizon
@@ -480,7 +481,7 @@ def _book_loop(
     # extra dates (t + horizon off the grid) are calibrated too, so every call has its figures
     extra = np.array([t for t in need if t not in have and all(history[u].index_at(int(t)) >= 0 for u in held)], dtype=np.int64)
     extra_fits = {u: fit_series(history[u], st, extra) for u in held} if extra.size else {}
-    col = "maintenance_margin" if margin_kind == "maintenance" else "initial_margin"
+    col, coll = ("maintenance_margin", "collateral_maintenance") if margin_kind == "maintenance" else ("initial_margin", "collateral_initial")
     equity: dict[int, np.ndarray] = {}
     req: dict[int, np.ndarray] = {}
     ids: np.ndarray | None = None
@@ -503,7 +504,8 @@ def _book_loop(
         if ids is None:
             ids = acc
         equity[t] = res.column("equity").to_numpy()
-        req[t] = res.column(col).to_numpy()
+        # the protection held: the margin plus the collateral's haircuts (equity − weighted collateral)
+        req[t] = res.column(col).to_numpy() + (equity[t] - res.column(coll).to_numpy())
         if progress is not None:
             progress(done + 1, len(todo))
     assert ids is not None
