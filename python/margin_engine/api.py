@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple, TypeVar
 
@@ -220,14 +221,24 @@ class Book:
     ['BTC']
     """
 
-    def __init__(self, instruments: Any, assets: Any, risk_params: Any = None, margin_tiers: Any = None):
+    def __init__(
+        self,
+        instruments: Any,
+        assets: Any,
+        risk_params: Any = None,
+        margin_tiers: Any = None,
+        *,
+        methodology: Any = None,
+    ):
         self.instruments: pa.Table = arrow_table(instruments, "instruments")
         self.assets: pa.Table = arrow_table(assets, "assets")
         self.risk_params: pa.Table | None = None if risk_params is None else arrow_table(risk_params, "risk_params")
         self.margin_tiers: pa.Table | None = (
             None if margin_tiers is None else arrow_table(margin_tiers, "margin_tiers")
         )
-        self._core = _core.Book(self.instruments, self.assets, self.risk_params, self.margin_tiers)
+        self.methodology = _methodology(methodology)
+        engine = None if self.methodology is None else self.methodology.engine_dict(self.risk_params)
+        self._core = _core.Book(self.instruments, self.assets, self.risk_params, self.margin_tiers, engine)
 
     @property
     def underlyings(self) -> list[str]:
@@ -239,6 +250,22 @@ class Book:
             f"Book({self.instruments.num_rows} instruments, {self.assets.num_rows} assets, "
             f"underlyings={self.underlyings})"
         )
+
+
+def _methodology(methodology: Any) -> Any:
+    """A `Methodology` from what `Book(methodology=)` accepts: None (v1), a preset name, a
+    file path (`.toml` / `.json`) or a `Methodology`."""
+    if methodology is None:
+        return None
+    from margin_engine.methodology import Methodology
+
+    if isinstance(methodology, Methodology):
+        return methodology
+    if isinstance(methodology, str) and not methodology.endswith((".toml", ".json")):
+        return Methodology.preset(methodology)
+    if isinstance(methodology, (str, os.PathLike)):
+        return Methodology.from_file(methodology)
+    raise input_error("arguments", "methodology", f"expected a Methodology, a preset name or a file, got {type(methodology).__name__}")
 
 
 class Market:
@@ -269,11 +296,12 @@ class Market:
     ``max(expiry − valuation_time, 0)`` in years of 365 days.
     """
 
-    def __init__(self, index_prices: Any, marks: Any, valuation_time: Any):
+    def __init__(self, index_prices: Any, marks: Any, valuation_time: Any, *, expiry_feeds: Any = None):
         self.index_prices: pa.Table = arrow_table(index_prices, "index_prices")
         self.marks: pa.Table = arrow_table(marks, "marks")
         self.valuation_time_ns: int = timestamp_ns(valuation_time)
-        self._core = _core.Market(self.index_prices, self.marks, self.valuation_time_ns)
+        self.expiry_feeds: pa.Table | None = None if expiry_feeds is None else arrow_table(expiry_feeds, "expiry_feeds")
+        self._core = _core.Market(self.index_prices, self.marks, self.valuation_time_ns, self.expiry_feeds)
 
     def __repr__(self) -> str:
         return f"Market({self.index_prices.num_rows} index prices, {self.marks.num_rows} marks)"

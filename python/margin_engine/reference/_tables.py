@@ -124,6 +124,9 @@ class Asset:
     maintenance_liability_weight: float
     size_premium: float
     underlying: str | None
+    price_confidence: float = 1.0
+    """Optional column (default 1): the price feed's confidence, read by the oracle-confidence
+    add-on of a scenario methodology."""
 
 
 @dataclass(frozen=True)
@@ -227,6 +230,7 @@ def _read_assets(table: pa.Table) -> list[Asset]:
     mlw = column(table, "maintenance_liability_weight")
     premiums = column(table, "size_premium", 0.0)
     underlyings = column(table, "underlying")
+    confidences = column(table, "price_confidence", 1.0)
     return [
         Asset(
             id=i,
@@ -238,6 +242,7 @@ def _read_assets(table: pa.Table) -> list[Asset]:
             maintenance_liability_weight=float(mlw[i]),
             size_premium=0.0 if premiums[i] is None else float(premiums[i]),
             underlying=underlyings[i],
+            price_confidence=1.0 if confidences[i] is None else float(confidences[i]),
         )
         for i in range(table.num_rows)
     ]
@@ -322,6 +327,19 @@ class Mark:
     gamma: float | None = None
     vega: float | None = None
     theta: float | None = None
+    confidence: float = 1.0
+    """Optional `confidence` column of marks (default 1)."""
+
+
+@dataclass(frozen=True)
+class ExpiryFeed:
+    """One row of the optional `expiry_feeds` table: the expiry's forward as a part moving with
+    the index and a fixed part, the discount rate and the feed's confidence."""
+
+    forward_variable: float
+    forward_fixed: float = 0.0
+    rate: float = 0.0
+    confidence: float = 1.0
 
 
 @dataclass
@@ -332,6 +350,13 @@ class MarketData:
     marks: dict[int, Mark]
     """Instrument id -> mark. Marks of instruments the book does not know are dropped."""
     valuation_ns: int
+    index_confidence: dict[str, float] = field(default_factory=dict)
+    """Optional `confidence` column of index_prices (an absent underlying: 1)."""
+    expiry_feeds: dict[tuple[str, int], ExpiryFeed] = field(default_factory=dict)
+    """(underlying, expiry ns) -> its feed."""
+    quote_usd_price: float = 1.0
+    """The index price of an index_prices row named like the book's quote asset (first asset
+    priced exactly 1 with no underlying), else 1: read by the peg-loss add-on."""
 
 
 def _opt_float(value: Any) -> float | None:
@@ -351,6 +376,7 @@ def read_market(market: Any, book: BookData) -> MarketData:
     prices = column(marks_table, "mark_price")
     vols = column(marks_table, "implied_vol")
     greek_cols = {g: column(marks_table, g) for g in ("delta", "gamma", "vega", "theta")}
+    mark_conf = column(marks_table, "confidence", 1.0)
     marks: dict[int, Mark] = {}
     for i, key in enumerate(keys):
         ins_id = book.instrument_ids.get(key)
@@ -363,8 +389,33 @@ def read_market(market: Any, book: BookData) -> MarketData:
             gamma=_opt_float(greek_cols["gamma"][i]),
             vega=_opt_float(greek_cols["vega"][i]),
             theta=_opt_float(greek_cols["theta"][i]),
+            confidence=float(mark_conf[i]) if mark_conf[i] is not None else 1.0,
         )
-    return MarketData(index_prices=index_prices, marks=marks, valuation_ns=int(market.valuation_time_ns))
+    index_confidence = {
+        u: float(c) for u, c in zip(column(index_table, "underlying"), column(index_table, "confidence", 1.0), strict=True)
+    }
+    feeds: dict[tuple[str, int], ExpiryFeed] = {}
+    feeds_table = getattr(market, "expiry_feeds", None)
+    if feeds_table is not None:
+        ft = as_table(feeds_table)
+        fixed = column(ft, "forward_fixed", 0.0)
+        rates = column(ft, "rate", 0.0)
+        confs = column(ft, "confidence", 1.0)
+        for i, (u, e, fwd) in enumerate(
+            zip(column(ft, "underlying"), timestamps_ns(ft, "expiry"), column(ft, "forward"), strict=True)
+        ):
+            assert e is not None
+            feeds[(u, e)] = ExpiryFeed(float(fwd) - float(fixed[i]), float(fixed[i]), float(rates[i]), float(confs[i]))
+    quote = next((a for a in book.assets if a.price == 1.0 and a.underlying is None), None)
+    quote_usd = index_prices.get(quote.key, 1.0) if quote is not None else 1.0
+    return MarketData(
+        index_prices=index_prices,
+        marks=marks,
+        valuation_ns=int(market.valuation_time_ns),
+        index_confidence=index_confidence,
+        expiry_feeds=feeds,
+        quote_usd_price=quote_usd,
+    )
 
 
 # --------------------------------------------------------------------------------------------

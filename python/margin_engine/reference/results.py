@@ -94,21 +94,29 @@ def account_result(
     arrays: RiskArrays,
     extra_pnl: float = 0.0,
     closed: float = 0.0,
+    methodology: Any = None,
 ) -> AccountResult:
     """§6 row of one account: §2 valuation, §3 or §4 margin, then
     `free_collateral = collateral_initial − IM`, `margin_excess = collateral_maintenance − MM`.
     `extra_pnl` is value realized outside the positions and `closed` the P&L of positions that
     netted to 0 (see `value_account`)."""
     value = value_account(positions, balances, book, market, extra_pnl, closed)
+    equity = value.equity
+    ci = value.collateral_initial
+    cm = value.collateral_maintenance
     if model == "standard":
         im, mm = standard_margin(positions, book, market)
+    elif model == "portfolio" and methodology is not None:
+        # a scenario methodology (`scenario_inputs.book_methodology`): its requirements
+        from .scenario_inputs import account_requirements
+
+        im, mm = account_requirements(positions, balances, book, market, methodology)
+        if methodology.default.collateral_haircuts_as_contingency:
+            ci = cm = equity  # collateral at its full value: the haircuts are in the requirements
     elif model == "portfolio":
         im, mm = portfolio_margin(positions, book, market, arrays)
     else:
         raise ValueError(f"unknown model {model!r}: expected 'standard' or 'portfolio'")
-    equity = value.equity
-    ci = value.collateral_initial
-    cm = value.collateral_maintenance
     return AccountResult(
         account_id=account_id,
         equity=equity,
@@ -149,6 +157,9 @@ def margin(
     for row in read_balances(balances, bd):
         balances_by_account.setdefault(row.account_id, []).append(row)
     arrays = RiskArrays(bd, md)
+    from .scenario_inputs import book_methodology
+
+    methodology = book_methodology(book)
 
     columns: dict[str, list[Any]] = {name: [] for name in MARGIN_SCHEMA.names}
     for account in sorted(set(netted) | set(balances_by_account)):
@@ -161,6 +172,7 @@ def margin(
             model,
             arrays,
             closed=closed.get(account, 0.0),
+            methodology=methodology,
         )
         for name in MARGIN_SCHEMA.names:
             columns[name].append(getattr(result, name))

@@ -30,11 +30,19 @@ from margin_engine.methodology_params import (
     v1_preset,
 )
 
-from ._tables import BookData, MarketData, read_book, read_market, read_positions
-from .scenarios import ExpiryHolding, LinearHolding, OptionHolding, ScenarioMargin, ScenarioPortfolio, margin_scenarios
+from ._tables import BalanceRow, BookData, ExpiryFeed, MarketData, read_book, read_market, read_positions
+from .scenarios import CollateralHolding, ExpiryHolding, LinearHolding, OptionHolding, ScenarioMargin, ScenarioPortfolio, margin_scenarios
 from .valuation import NANOS_PER_SECOND, NettedPosition, net_positions, years_to_expiry
 
-__all__ = ["account_margins", "preset_for_book", "scenario_portfolios", "underlying_margins"]
+__all__ = [
+    "account_margins",
+    "account_requirements",
+    "book_methodology",
+    "portfolio_of",
+    "preset_for_book",
+    "scenario_portfolios",
+    "underlying_margins",
+]
 
 PRESETS = ("v1", "exchange")
 
@@ -60,45 +68,145 @@ def _seconds(expiry_ns: int, valuation_ns: int) -> float:
     return max(expiry_ns - valuation_ns, 0) / NANOS_PER_SECOND
 
 
-def portfolio_of(positions: list[NettedPosition], underlying: str, market: MarketData) -> ScenarioPortfolio:
+def _coin(asset: Any, amount: float, linked: bool) -> CollateralHolding:
+    """A collateral coin of the portfolio: haircuts `1 − weight` (a borrow: `1 − liability
+    weight`, negative, so that the charge on its negative value is positive), the initial
+    haircut being what the IM charges beyond the maintenance one."""
+    if amount > 0.0:
+        mm_haircut = 1.0 - asset.maintenance_weight
+        im_haircut = asset.maintenance_weight - asset.initial_weight
+    else:
+        mm_haircut = 1.0 - asset.maintenance_liability_weight
+        im_haircut = asset.maintenance_liability_weight - asset.initial_liability_weight
+    return CollateralHolding(
+        name=asset.key,
+        value=amount * asset.price,
+        risk_cancelling=linked,
+        maintenance_haircut=mm_haircut,
+        initial_haircut=im_haircut,
+        confidence=asset.price_confidence,
+    )
+
+
+def portfolio_of(
+    positions: list[NettedPosition],
+    underlying: str | None,
+    market: MarketData,
+    coins: list[tuple[Any, float]] | None = None,
+) -> ScenarioPortfolio:
     """The `ScenarioPortfolio` of one account's netted positions on one underlying
-    (instrument-id order kept)."""
-    spot = market.index_prices.get(underlying, math.nan)
-    portfolio = ScenarioPortfolio(spot=spot)
+    (instrument-id order kept) and its coins linked to that underlying (`(asset, amount)` in
+    asset-id order); `underlying=None`: the account's unlinked coins alone."""
+    if underlying is None:
+        portfolio = ScenarioPortfolio(spot=0.0, spot_confidence=1.0, stable_price=market.quote_usd_price)
+    else:
+        spot = market.index_prices.get(underlying, math.nan)
+        if math.isnan(spot) and not positions:
+            spot = 0.0  # coins alone: the spot only sizes positions' notionals
+        portfolio = ScenarioPortfolio(
+            spot=spot,
+            spot_confidence=market.index_confidence.get(underlying, 1.0),
+            stable_price=market.quote_usd_price,
+        )
     by_expiry: dict[int, ExpiryHolding] = {}
     for position in positions:
         ins = position.instrument
         mark = market.marks[ins.id]
         days = None if ins.expiry_ns is None else years_to_expiry(ins.expiry_ns, market.valuation_ns) * 365.0
         if not ins.is_option:
+            future = ins.kind == "future" and ins.expiry_ns is not None
             portfolio.linears.append(
                 LinearHolding(
                     quantity=position.quantity,
                     mark=mark.mark_price,
                     multiplier=ins.multiplier,
-                    seconds_to_expiry=None if ins.expiry_ns is None else _seconds(ins.expiry_ns, market.valuation_ns),
+                    seconds_to_expiry=_seconds(ins.expiry_ns, market.valuation_ns) if future else None,
                     order=ins.id,
-                    days_to_expiry=days,
+                    days_to_expiry=days if ins.kind == "future" else None,
+                    confidence=mark.confidence,
                 )
             )
             continue
         assert ins.expiry_ns is not None and ins.strike is not None and mark.implied_vol is not None
         expiry = by_expiry.get(ins.expiry_ns)
         if expiry is None:
+            assert underlying is not None
+            feed = market.expiry_feeds.get((underlying, ins.expiry_ns)) or ExpiryFeed(portfolio.spot)
             expiry = ExpiryHolding(
                 seconds_to_expiry=_seconds(ins.expiry_ns, market.valuation_ns),
-                forward_variable=spot,
-                forward_fixed=0.0,
-                rate=0.0,
+                forward_variable=feed.forward_variable,
+                forward_fixed=feed.forward_fixed,
+                rate=feed.rate,
                 options=[],
+                confidence=min(feed.confidence, mark.confidence),
                 days_to_expiry=days,
             )
             by_expiry[ins.expiry_ns] = expiry
             portfolio.expiries.append(expiry)
+        else:
+            expiry.confidence = min(expiry.confidence, mark.confidence)
         expiry.options.append(
             OptionHolding(ins.strike, ins.is_call, position.quantity, mark.implied_vol, ins.multiplier, ins.id)
         )
+    for asset, amount in coins or []:
+        portfolio.collaterals.append(_coin(asset, amount, underlying is not None))
     return portfolio
+
+
+def account_requirements(
+    positions: list[NettedPosition],
+    balances: list[BalanceRow],
+    book: BookData,
+    market: MarketData,
+    meth: MethodologyByUnderlying,
+) -> tuple[float, float]:
+    """`(IM, MM)` of one account: the engine's requirements of each of its portfolios, summed
+    in underlying (name) order, the portfolio of unlinked coins last. Under
+    `collateral_haircuts_as_contingency` (of the default methodology: one answer per book)
+    every balance other than the quote asset is a coin, in the portfolio of its linked
+    underlying, else in the unlinked one; otherwise collateral stays out of the portfolios."""
+    coins_in = meth.default.collateral_haircuts_as_contingency
+    quote = next((a.id for a in book.assets if a.price == 1.0 and a.underlying is None), None)
+    groups: dict[tuple[int, str | None], tuple[list[NettedPosition], list[tuple[Any, float]]]] = {}
+    order = {u: i for i, u in enumerate(book.underlyings)}
+    for position in positions:
+        u = position.instrument.underlying
+        groups.setdefault((order[u], u), ([], []))[0].append(position)
+    if coins_in:
+        for row in sorted(balances, key=lambda b: b.asset_id):
+            if row.asset_id == quote or row.amount == 0.0:
+                continue
+            asset = book.assets[row.asset_id]
+            key = (order[asset.underlying], asset.underlying) if asset.underlying is not None else (len(order), None)
+            groups.setdefault(key, ([], []))[1].append((asset, row.amount))
+    im = 0.0
+    mm = 0.0
+    for key in sorted(groups, key=lambda k: k[0]):
+        held, coins = groups[key]
+        u = key[1]
+        m = meth.default if u is None else meth.for_underlying(u)
+        result = margin_scenarios(portfolio_of(held, u, market, coins), m)
+        im += result.initial_requirement
+        mm += result.maintenance_requirement
+    return im, mm
+
+
+def book_methodology(book: Any) -> MethodologyByUnderlying | None:
+    """The scenario methodologies of a book's `methodology` attribute, None for v1's portfolio
+    model (no methodology, or one whose portfolio part is v1's grid). The attribute is a
+    `margin_engine.Methodology` (anything with `engine_dict(risk_params)`) or such a dict."""
+    meth = getattr(book, "methodology", None)
+    if meth is None:
+        return None
+    d = meth.engine_dict(getattr(book, "risk_params", None)) if hasattr(meth, "engine_dict") else meth
+    if d.get("is_v1_portfolio", False):
+        return None
+    portfolio = d["portfolio"]
+    return MethodologyByUnderlying(
+        d.get("name", "custom"),
+        ScenarioMethodology.from_dict(portfolio["default"]),
+        {u: ScenarioMethodology.from_dict(v) for u, v in (portfolio.get("by_underlying") or {}).items()},
+    )
 
 
 def _netted(book: Any, positions: Any, market: Any) -> tuple[BookData, MarketData, dict[int, list[NettedPosition]]]:

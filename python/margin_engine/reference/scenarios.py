@@ -100,6 +100,9 @@ class LinearHolding:
     order: int = 0
     days_to_expiry: float | None = None
     """Days as the caller measures them; None: `seconds_to_expiry / 86,400`."""
+    confidence: float = 1.0
+    """The mark's confidence; a perpetual's enters the oracle-confidence add-on beside the
+    index feed's (as the net perpetual's does)."""
 
     @property
     def days(self) -> float | None:
@@ -552,6 +555,11 @@ def contingencies(portfolio: ScenarioPortfolio, meth: ScenarioMethodology, pres:
     if portfolio.perp_quantity:
         book_confidence = min(book_confidence, portfolio.perp_confidence)
     perp_notional = abs(portfolio.perp_quantity) * portfolio.spot
+    # perpetuals held as linear holdings (a book's accounts) count as the net perpetual does
+    for lin in portfolio.linears:
+        if lin.seconds_to_expiry is None:
+            perp_notional += abs(lin.quantity) * lin.multiplier * portfolio.spot
+            book_confidence = min(book_confidence, lin.confidence)
     if pc is not None:
         out.perp_maintenance = perp_notional * pc.perp_maintenance
         out.perp_initial = perp_notional * pc.perp_initial

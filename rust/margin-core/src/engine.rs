@@ -12,6 +12,7 @@ use crate::book::Book;
 use crate::error::{InputError, Offenders, Result};
 use crate::greeks::{account_greeks, instrument_greeks, GreeksRow};
 use crate::market::Market;
+use crate::methodology::account::{account_requirements, ScenarioScratch};
 use crate::portfolio::{self, RiskArrays};
 use crate::results::{AccountRow, MarginColumns, OUTPUT_BLOCK};
 use crate::rows::{account_slots, Balances, Positions};
@@ -179,6 +180,7 @@ pub struct AccountScratch {
     pub net: Scratch,
     balances: BalanceScratch,
     portfolio: portfolio::Scratch,
+    scenario: ScenarioScratch,
 }
 
 /// Everything needed to margin one account: the book, the market positions are valued at, an
@@ -218,14 +220,22 @@ impl Pricing<'_> {
                 *p = revalue(book, self.base, market, p);
             }
         }
-        let collateral = value_balances(slot.balances(), balances, book, asset_price, &mut scratch.balances)?;
+        let mut collateral = value_balances(slot.balances(), balances, book, asset_price, &mut scratch.balances)?;
         let net = &scratch.net.net;
-        let (initial_margin, maintenance_margin) = match self.risk {
-            None => net.iter().fold((0.0, 0.0), |(im, mm), p| {
+        let (initial_margin, maintenance_margin) = match (self.risk, &book.methodology.portfolio) {
+            (None, _) => net.iter().fold((0.0, 0.0), |(im, mm), p| {
                 let (i, m) = standard::position_margin(book, market, p);
                 (im + i, mm + m)
             }),
-            Some(risk) => portfolio::account_margin(book, market, risk, net, &mut scratch.portfolio),
+            (Some(risk), None) => portfolio::account_margin(book, market, risk, net, &mut scratch.portfolio),
+            (Some(_), Some(scenarios)) => {
+                if scenarios.haircuts_as_contingency() {
+                    // collateral at its full value: the haircuts are charged in the requirements
+                    collateral.weighted_initial = collateral.cash;
+                    collateral.weighted_maintenance = collateral.cash;
+                }
+                account_requirements(book, market, scenarios, net, balances, &scratch.balances, asset_price, &mut scratch.scenario)
+            }
         };
         // open positions' P&L and option value, then the P&L of positions that netted to 0
         let pnl: f64 = net.iter().fold(extra_pnl, |s, p| s + p.value) + scratch.net.closed_pnl;
@@ -279,4 +289,21 @@ pub fn greeks(book: &Book, market: &Market, inputs: &Inputs) -> Result<Vec<Greek
     }
     bad.into_result("positions", "quantity", "values too large: Greeks overflow float64")?;
     Ok(rows)
+}
+
+/// The kernels that read v1's risk arrays directly (the distance walk, liquidation plans,
+/// hedges) do not follow a scenario methodology yet: under one, with the portfolio model, they
+/// refuse rather than answer with v1's numbers.
+pub fn check_v1_portfolio(book: &Book, model: Model, what: &str) -> Result<()> {
+    match (&book.methodology.portfolio, model) {
+        (Some(_), Model::Portfolio) => Err(InputError::new(
+            "arguments",
+            "model",
+            format!(
+                "{what} with the portfolio model follows v1's scenario grid only; the book's methodology '{}' is not supported there yet (use model=\"standard\", or liquidation_scan / margin with stress=)",
+                book.methodology.name
+            ),
+        )),
+        _ => Ok(()),
+    }
 }

@@ -11,6 +11,7 @@ use arrow_array::RecordBatch;
 use margin_core::book::{Book as CoreBook, BookTables};
 use margin_core::engine::{self, Inputs, Model};
 use margin_core::market::{Market as CoreMarket, MarketTables};
+use margin_core::methodology::BookMethodology;
 use margin_core::portfolio::{risk_arrays_batch, RiskArrays};
 use margin_core::table::Table;
 use margin_core::trace::Phases;
@@ -159,27 +160,42 @@ pub(crate) struct Book {
 #[pymethods]
 impl Book {
     #[new]
-    #[pyo3(signature = (instruments, assets, risk_params=None, margin_tiers=None))]
+    #[pyo3(signature = (instruments, assets, risk_params=None, margin_tiers=None, methodology=None))]
     fn new(
         py: Python<'_>,
         instruments: &Bound<'_, PyAny>,
         assets: &Bound<'_, PyAny>,
         risk_params: Option<&Bound<'_, PyAny>>,
         margin_tiers: Option<&Bound<'_, PyAny>>,
+        methodology: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Book> {
         let instruments = OwnedTable::read(instruments, "instruments")?;
         let assets = OwnedTable::read(assets, "assets")?;
         let risk_params = read_optional(risk_params, "risk_params")?;
         let margin_tiers = read_optional(margin_tiers, "margin_tiers")?;
+        let parts = match methodology {
+            None => None,
+            Some(m) => Some(scenario::book_methodology_parts(m).map_err(|e| input_error(py, &e))?),
+        };
         let book = run(py, || {
-            CoreBook::new(BookTables {
+            let mut book = CoreBook::new(BookTables {
                 instruments: instruments.table(),
                 assets: assets.table(),
                 risk_params: risk_params.as_ref().map(|t| t.table()),
                 margin_tiers: margin_tiers.as_ref().map(|t| t.table()),
-            })
+            })?;
+            if let Some((name, portfolio)) = parts {
+                book.methodology = BookMethodology::new(name, portfolio, &book.underlyings.names)?;
+            }
+            Ok(book)
         })?;
         Ok(Book { inner: Arc::new(book) })
+    }
+
+    /// The methodology's name (`v1` without one).
+    #[getter]
+    fn methodology_name(&self) -> String {
+        self.inner.methodology.name.clone()
     }
 
     /// Underlying names in id order (sorted).
@@ -237,10 +253,24 @@ impl Market {
 #[pymethods]
 impl Market {
     #[new]
-    fn new(py: Python<'_>, index_prices: &Bound<'_, PyAny>, marks: &Bound<'_, PyAny>, valuation_time_ns: i64) -> PyResult<Market> {
+    #[pyo3(signature = (index_prices, marks, valuation_time_ns, expiry_feeds=None))]
+    fn new(
+        py: Python<'_>,
+        index_prices: &Bound<'_, PyAny>,
+        marks: &Bound<'_, PyAny>,
+        valuation_time_ns: i64,
+        expiry_feeds: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Market> {
         let index_prices = OwnedTable::read(index_prices, "index_prices")?;
         let marks = OwnedTable::read(marks, "marks")?;
-        let tables = run(py, || MarketTables::new(&index_prices.table(), &marks.table(), valuation_time_ns))?;
+        let feeds = read_optional(expiry_feeds, "expiry_feeds")?;
+        let tables = run(py, || {
+            let tables = MarketTables::new(&index_prices.table(), &marks.table(), valuation_time_ns)?;
+            match &feeds {
+                Some(f) => tables.with_expiry_feeds(&f.table()),
+                None => Ok(tables),
+            }
+        })?;
         Ok(Market { inner: Arc::new(tables), resolved: Mutex::new(None) })
     }
 
@@ -337,6 +367,7 @@ fn liquidation_scan(
             let stress = moved.as_ref().map(|(m, a)| engine::Stress { market: m, asset_price: a });
             let rows = engine::margin_under(&book, &market, stress, &inputs, model)?;
             let nearest = if distance {
+                engine::check_v1_portfolio(book, model, "liquidation_scan(distance=True)")?;
                 let d = liquidation::distances(&book, &market, &inputs, model, &rows)?;
                 Some(liquidation::nearest_by_account(&rows, &d))
             } else {
@@ -392,6 +423,7 @@ fn liquidation_walk(
 ) -> PyResult<PyTable> {
     let model = parse_model(model)?;
     let batch = with_accounts(py, book, market, positions, Some(balances), threads, |book, market, inputs| {
+            engine::check_v1_portfolio(book, model, if as_map { "liquidation_map" } else { "liquidation_distance" })?;
             let rows = engine::margin(&book, &market, &inputs, model)?;
             let d = liquidation::distances(&book, &market, &inputs, model, &rows)?;
             Ok(if as_map {
@@ -436,6 +468,7 @@ fn liquidation_plan(
     check("insurance_fund", insurance_fund, insurance_fund >= 0.0)?;
     let params = plan::PlanParams { liquidation_fee, liquidator_share, buffer, insurance_fund };
     let (batches, totals) = with_accounts(py, book, market, positions, Some(balances), threads, |book, market, inputs| {
+            engine::check_v1_portfolio(book, model, "liquidation_plan")?;
             let moved = stressed(&book, &market, &stress)?;
             let stress = moved.as_ref().map(|(m, a)| engine::Stress { market: m, asset_price: a });
             let rows = engine::margin_under(&book, &market, stress, &inputs, model)?;
@@ -475,6 +508,7 @@ fn optimal_hedge(
         }
     };
     let batch = with_accounts(py, book, market, positions, Some(balances), threads, |book, market, inputs| {
+            engine::check_v1_portfolio(book, model, "optimal_hedge")?;
             let hedges = hedge::hedge_ids(book, market, &hedge_instruments)?;
             let rows = engine::margin(&book, &market, &inputs, model)?;
             let hedges = hedge::optimal_hedges(&book, &market, &inputs, model, objective, &hedges, &rows);

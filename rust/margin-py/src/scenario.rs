@@ -292,6 +292,7 @@ pub(crate) fn portfolio(obj: &Bound<'_, PyAny>) -> Result<ScenarioPortfolio, Inp
             seconds_to_expiry: l.opt_f64("seconds_to_expiry")?,
             order: l.i64_or("order", 0)?,
             days_to_expiry: l.opt_f64("days_to_expiry")?,
+            confidence: l.f64_or("confidence", 1.0)?,
         });
     }
     Ok(ScenarioPortfolio {
@@ -370,4 +371,33 @@ pub fn scenario_margin<'py>(py: Python<'py>, methodology: &Bound<'py, PyAny>, po
     }
     d.set_item("expiries", expiries)?;
     Ok(d)
+}
+
+/// A book methodology's portfolio part: `(default, [(underlying, methodology)])`.
+pub(crate) type PortfolioParts = (ScenarioMethodology, Vec<(String, ScenarioMethodology)>);
+
+/// The parts of `Methodology.engine_dict(risk_params)`: `{"name", "is_v1_portfolio",
+/// "portfolio": {"default": ScenarioMethodology dict, "by_underlying": {name: dict}}}`. A v1
+/// portfolio part is `None` (the engine keeps v1's risk-array kernel).
+pub(crate) fn book_methodology_parts(obj: &Bound<'_, PyAny>) -> Result<(String, Option<PortfolioParts>), InputError> {
+    let f = Fields::of(M, String::new(), obj.clone())?;
+    let name = f.string_or("name", "custom")?;
+    if f.bool_or("is_v1_portfolio", false)? {
+        return Ok((name, None));
+    }
+    let Some(p) = f.sub("portfolio")? else {
+        return Err(err(M, "portfolio", "missing: the portfolio part (or is_v1_portfolio = true)"));
+    };
+    let default = p.raw("default")?.ok_or_else(|| err(M, "portfolio.default", "missing"))?;
+    let default = methodology(&default)?;
+    let mut by_underlying = Vec::new();
+    if let Some(map) = p.raw("by_underlying")? {
+        let map = map.cast_into::<PyDict>().map_err(|_| err(M, "portfolio.by_underlying", "expected a dict of underlying -> methodology"))?;
+        for (k, v) in map.iter() {
+            let u: String = k.extract().map_err(|_| err(M, "portfolio.by_underlying", "keys must be underlying names"))?;
+            by_underlying.push((u, methodology(&v)?));
+        }
+        by_underlying.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    Ok((name, Some((default, by_underlying))))
 }

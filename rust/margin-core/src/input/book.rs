@@ -1,6 +1,7 @@
 //! The book: instruments, collateral assets, underlyings with their risk parameters, and margin
 //! tiers (methodology §1, §3, §4). Validated once, reused by every call.
 
+use crate::methodology::BookMethodology;
 use crate::error::{Offenders, Result};
 use crate::table::{Domain, Key, KeyIndex, Table};
 
@@ -161,6 +162,9 @@ pub struct Assets {
     pub maintenance_liability_weight: Vec<f64>,
     pub size_premium: Vec<f64>,
     pub underlying: Vec<Option<u32>>,
+    /// Optional `price_confidence` column (1 when absent): the confidence in [0, 1] of the
+    /// asset's price feed, read by a methodology's oracle-confidence add-on.
+    pub price_confidence: Vec<f64>,
 }
 
 impl Assets {
@@ -217,6 +221,8 @@ pub struct Book {
     pub contracts: Vec<Contract>,
     pub assets: Assets,
     pub underlyings: Underlyings,
+    /// The methodology the models follow (default: v1, §3 and §4 exactly).
+    pub methodology: BookMethodology,
 }
 
 /// The input tables of a book.
@@ -310,7 +316,13 @@ impl Book {
         assets.underlying = asset_underlying.iter().map(|u| u.as_deref().map(id_of)).collect();
 
         let contracts = Contract::all(&instruments);
-        Ok(Book { instruments, contracts, assets, underlyings: Underlyings { names, index: underlying_index, risk } })
+        Ok(Book {
+            instruments,
+            contracts,
+            assets,
+            underlyings: Underlyings { names, index: underlying_index, risk },
+            methodology: BookMethodology::default(),
+        })
     }
 }
 
@@ -405,6 +417,10 @@ fn parse_assets(t: &Table, labels: &[String]) -> Result<Assets> {
         Some(c) => c.f64s(Domain::NonNegative)?.into_owned(),
         None => vec![0.0; labels.len()],
     };
+    let price_confidence = match t.optional_column("price_confidence") {
+        Some(c) => c.f64s(Domain::UnitInterval)?.into_owned(),
+        None => vec![1.0; labels.len()],
+    };
     Ok(Assets {
         labels: labels.to_vec(),
         index: KeyIndex::Str(Default::default()),
@@ -415,6 +431,7 @@ fn parse_assets(t: &Table, labels: &[String]) -> Result<Assets> {
         maintenance_liability_weight,
         size_premium,
         underlying: Vec::new(),
+        price_confidence,
     })
 }
 

@@ -36,6 +36,90 @@ pub struct MarketTables {
     pub implied_vol: Vec<Option<f64>>,
     pub greeks: Option<Vec<Option<SuppliedGreeks>>>,
     pub valuation_ns: i64,
+    /// Optional `confidence` column of `index_prices` (1 when absent): the feed's own
+    /// confidence in [0, 1], read by a methodology's oracle-confidence add-on.
+    pub index_confidence: Vec<f64>,
+    /// Optional `confidence` column of `marks` (1 when absent).
+    pub mark_confidence: Vec<f64>,
+    /// Rows of the optional `expiry_feeds` table.
+    pub expiry_feeds: Vec<ExpiryFeedRow>,
+}
+
+/// One row of `expiry_feeds`: the forward of one (underlying, expiry), its fixed part (the part
+/// of a settlement average already fixed), the rate options of that expiry are discounted at,
+/// and the feed's confidence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExpiryFeedRow {
+    pub underlying: String,
+    pub expiry_ns: i64,
+    pub feed: ExpiryFeed,
+}
+
+/// The market data of one expiry read by the scenario engine.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ExpiryFeed {
+    /// The part of the forward that moves with the index.
+    pub forward_variable: f64,
+    pub forward_fixed: f64,
+    pub rate: f64,
+    pub confidence: f64,
+}
+
+impl ExpiryFeed {
+    /// v1's view without a feed: the forward is the index, nothing fixed, no rate, confidence 1.
+    pub fn on_index(index_price: f64) -> ExpiryFeed {
+        ExpiryFeed { forward_variable: index_price, forward_fixed: 0.0, rate: 0.0, confidence: 1.0 }
+    }
+
+    pub fn forward(&self) -> f64 {
+        self.forward_variable + self.forward_fixed
+    }
+}
+
+/// The optional `expiry_feeds` table: `underlying`, `expiry` (timestamp), `forward` (> 0),
+/// `forward_fixed` (optional, >= 0 and < forward, default 0), `rate` (optional, finite, default
+/// 0), `confidence` (optional, in [0, 1], default 1); one row per (underlying, expiry).
+pub fn read_expiry_feeds(t: &Table) -> Result<Vec<ExpiryFeedRow>> {
+    t.check_unique_column_names()?;
+    let u = t.column("underlying")?;
+    u.check_no_nulls()?;
+    let underlyings: Vec<String> = u.strings_nullable()?.into_iter().map(|s| s.unwrap_or_default()).collect();
+    let e = t.column("expiry")?;
+    e.check_no_nulls()?;
+    let expiries: Vec<i64> = e.timestamps_ns()?.into_iter().map(|x| x.unwrap_or(0)).collect();
+    let labels: Vec<String> = underlyings.iter().zip(&expiries).map(|(u, e)| format!("{u} @ {e} ns")).collect();
+    let t = t.with_labels(&labels);
+    let forward = t.column("forward")?.f64s(Domain::Price)?.into_owned();
+    let n = labels.len();
+    let or = |name: &str, domain: Domain, default: f64| -> Result<Vec<f64>> {
+        Ok(match t.optional_column(name) {
+            Some(c) => c.f64s(domain)?.into_owned(),
+            None => vec![default; n],
+        })
+    };
+    let fixed = or("forward_fixed", Domain::NonNegative, 0.0)?;
+    let rate = or("rate", Domain::Finite, 0.0)?;
+    let confidence = or("confidence", Domain::UnitInterval, 1.0)?;
+    let mut bad = Offenders::default();
+    let mut seen = std::collections::HashSet::new();
+    let mut dup = Offenders::default();
+    let mut rows = Vec::with_capacity(n);
+    for i in 0..n {
+        if fixed[i] >= forward[i] {
+            bad.push(|| labels[i].clone());
+        }
+        if !seen.insert((underlyings[i].clone(), expiries[i])) {
+            dup.push(|| labels[i].clone());
+        }
+        rows.push(ExpiryFeedRow {
+            underlying: underlyings[i].clone(),
+            expiry_ns: expiries[i],
+            feed: ExpiryFeed { forward_variable: forward[i] - fixed[i], forward_fixed: fixed[i], rate: rate[i], confidence: confidence[i] },
+        });
+    }
+    bad.into_result(t.name, "forward_fixed", "the fixed part must be below the forward")?;
+    dup.into_result(t.name, "expiry", "duplicate (underlying, expiry)")?;
+    Ok(rows)
 }
 
 impl MarketTables {
@@ -93,7 +177,32 @@ impl MarketTables {
                     .collect(),
             )
         };
-        Ok(MarketTables { underlyings, index_price, instruments, mark_price, implied_vol, greeks, valuation_ns })
+        let index_confidence = match index_prices.with_labels(&underlyings).optional_column("confidence") {
+            Some(c) => c.f64s(Domain::UnitInterval)?.into_owned(),
+            None => vec![1.0; underlyings.len()],
+        };
+        let mark_confidence = match m.optional_column("confidence") {
+            Some(c) => c.f64s(Domain::UnitInterval)?.into_owned(),
+            None => vec![1.0; labels.len()],
+        };
+        Ok(MarketTables {
+            underlyings,
+            index_price,
+            instruments,
+            mark_price,
+            implied_vol,
+            greeks,
+            valuation_ns,
+            index_confidence,
+            mark_confidence,
+            expiry_feeds: Vec::new(),
+        })
+    }
+
+    /// The tables with an `expiry_feeds` table.
+    pub fn with_expiry_feeds(mut self, feeds: &Table) -> Result<MarketTables> {
+        self.expiry_feeds = read_expiry_feeds(feeds)?;
+        Ok(self)
     }
 }
 
@@ -109,6 +218,15 @@ pub struct Market {
     pub time_to_expiry: Vec<f64>,
     pub greeks: Option<Vec<Option<SuppliedGreeks>>>,
     pub valuation_ns: i64,
+    /// Per underlying id: the index feed's confidence (1 without a `confidence` column).
+    pub index_confidence: Vec<f64>,
+    /// Per instrument id: the mark's confidence (1 without a `confidence` column).
+    pub mark_confidence: Vec<f64>,
+    /// Per instrument id: the `expiry_feeds` row of its (underlying, expiry), if any.
+    pub expiry_feed: Vec<Option<ExpiryFeed>>,
+    /// The USD price of the book's quote asset: the index price of an `index_prices` row named
+    /// like the quote asset (e.g. `USDC`), else 1. Read by a methodology's peg-loss add-on.
+    pub quote_usd_price: f64,
 }
 
 impl Market {
@@ -168,7 +286,48 @@ impl Market {
                 (_, Some(e)) => time_to_expiry(*e, tables.valuation_ns),
             })
             .collect();
-        Ok(Market { index_price, mark_price, implied_vol, time_to_expiry, greeks, valuation_ns: tables.valuation_ns })
+        let mut index_confidence = vec![1.0; book.underlyings.names.len()];
+        for (name, c) in tables.underlyings.iter().zip(&tables.index_confidence) {
+            if let Some(u) = book.underlyings.index.get_str(name) {
+                index_confidence[u as usize] = *c;
+            }
+        }
+        let mut mark_confidence = vec![1.0; n];
+        for (row, key) in tables.instruments.iter().enumerate() {
+            if let Some(id) = ins.index.get(key) {
+                mark_confidence[id as usize] = tables.mark_confidence[row];
+            }
+        }
+        let mut expiry_feed = vec![None; n];
+        if !tables.expiry_feeds.is_empty() {
+            let by_key: std::collections::HashMap<(u32, i64), ExpiryFeed> = tables
+                .expiry_feeds
+                .iter()
+                .filter_map(|r| book.underlyings.index.get_str(&r.underlying).map(|u| ((u, r.expiry_ns), r.feed)))
+                .collect();
+            for (id, slot) in expiry_feed.iter_mut().enumerate() {
+                if let (Kind::Future | Kind::Option, Some(e)) = (ins.kind[id], ins.expiry_ns[id]) {
+                    *slot = by_key.get(&(ins.underlying[id], e)).copied();
+                }
+            }
+        }
+        let quote_usd_price = book
+            .assets
+            .quote_asset()
+            .and_then(|a| tables.underlyings.iter().position(|u| *u == book.assets.labels[a as usize]))
+            .map_or(1.0, |row| tables.index_price[row]);
+        Ok(Market {
+            index_price,
+            mark_price,
+            implied_vol,
+            time_to_expiry,
+            greeks,
+            valuation_ns: tables.valuation_ns,
+            index_confidence,
+            mark_confidence,
+            expiry_feed,
+            quote_usd_price,
+        })
     }
 
     /// Checks that every instrument flagged in `used()` has a mark and its underlying an index

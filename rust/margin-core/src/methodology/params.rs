@@ -269,6 +269,8 @@ pub struct LinearHolding {
     pub seconds_to_expiry: Option<f64>,
     pub order: i64,
     pub days_to_expiry: Option<f64>,
+    /// The mark's confidence (a perpetual's enters the oracle-confidence add-on).
+    pub confidence: f64,
 }
 
 impl LinearHolding {

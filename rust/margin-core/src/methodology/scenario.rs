@@ -386,7 +386,12 @@ pub fn contingencies(p: &ScenarioPortfolio, m: &ScenarioMethodology, pres: &[Exp
     if p.perp_quantity != 0.0 {
         book_confidence = book_confidence.min(p.perp_confidence);
     }
-    let perp_notional = p.perp_quantity.abs() * p.spot;
+    let mut perp_notional = p.perp_quantity.abs() * p.spot;
+    // perpetuals held as linear holdings (a book's accounts) count as the net perpetual does
+    for l in p.linears.iter().filter(|l| l.seconds_to_expiry.is_none()) {
+        perp_notional += l.quantity.abs() * l.multiplier * p.spot;
+        book_confidence = book_confidence.min(l.confidence);
+    }
     if let Some(pc) = pc {
         out.perp_maintenance = perp_notional * pc.perp_maintenance;
         out.perp_initial = perp_notional * pc.perp_initial;
@@ -666,7 +671,7 @@ mod tests {
         // 60-day bucket's 2% = 1,200
         let mut m = methodology(vec![row(0.1, VolShockKind::None, 1.0, "regular")]);
         m.calendar_basis = Some(CalendarBasis { bucket_edges_days: vec![7.0, 30.0, 90.0], bucket_rates: vec![0.005, 0.005, 0.01, 0.02, 0.03] });
-        let fut = LinearHolding { quantity: -1.0, mark: 60_000.0, multiplier: 1.0, seconds_to_expiry: Some(60.0 * SECONDS_PER_DAY), order: 1, days_to_expiry: None };
+        let fut = LinearHolding { quantity: -1.0, mark: 60_000.0, multiplier: 1.0, seconds_to_expiry: Some(60.0 * SECONDS_PER_DAY), order: 1, days_to_expiry: None, confidence: 1.0 };
         let p = ScenarioPortfolio { spot: 60_000.0, perp_quantity: 1.0, perp_mark: 60_000.0, linears: vec![fut], ..Default::default() };
         let r = margin_scenarios(&p, &m).unwrap();
         assert!((r.contingencies.calendar_basis - 1_200.0).abs() < 1e-9);

@@ -22,6 +22,10 @@ pub fn stress_market(book: &Book, market: &Market, moves: &[f64]) -> Market {
     for id in 0..ins.len() {
         let u = ins.underlying[id] as usize;
         out.mark_price[id] = stressed_mark(book, market, id, moves[u], out.index_price[u]);
+        // an expiry's forward moves with its index (its fixed part does not)
+        if let Some(feed) = out.expiry_feed[id].as_mut() {
+            feed.forward_variable = moved_price(feed.forward_variable, moves[u]);
+        }
     }
     out
 }

@@ -1,0 +1,195 @@
+//! One account under a scenario methodology: its netted positions (and, when haircuts are
+//! contingencies, its collateral coins) turned into one [`ScenarioPortfolio`] per underlying,
+//! margined by [`margin_scenarios`], the requirements summed over underlyings in id (name) order.
+//!
+//! The twin of `python/margin_engine/reference/scenario_inputs.py`; the same holdings in the
+//! same order, so both engines agree to rounding:
+//! - options grouped by expiry in order of first appearance (positions are in instrument order),
+//!   each expiry on its `expiry_feeds` forward (or on the index: no fixed part, no rate), with the
+//!   expiry's confidence the lowest of its feed's and its options' marks';
+//! - perpetuals and futures as linear holdings on their marks, with their marks' confidences;
+//! - under `collateral_haircuts_as_contingency`, every balance other than the quote asset as a
+//!   coin: in the portfolio of its linked underlying (moving with it), else in a portfolio of
+//!   unlinked coins (haircut and confidence charges only). Haircuts are `1 − weight` (borrows:
+//!   `1 − liability weight`, negative, so that the charge on a negative value is positive); the
+//!   initial haircut is what the IM charges beyond the maintenance one.
+
+use crate::book::{Book, Kind};
+use crate::market::{ExpiryFeed, Market};
+use crate::rows::Balances;
+use crate::valuation::NetPosition;
+
+use super::book::ScenarioByUnderlying;
+use super::params::*;
+use super::scenario::margin_scenarios;
+
+/// Per-thread buffers: the account's holdings grouped by underlying.
+#[derive(Default)]
+pub struct ScenarioScratch {
+    /// `(underlying, index into net or balance rows)`, sorted: the account's underlyings in order.
+    keys: Vec<(u32, u32)>,
+    /// The expiry (ns) of each of `portfolio.expiries`.
+    expiry_ns: Vec<i64>,
+    portfolio: ScenarioPortfolio,
+}
+
+/// Seconds from the valuation time to `expiry_ns` (0 once expired), as the reference counts
+/// them: integer nanoseconds first, then / 1e9.
+fn seconds_to(expiry_ns: i64, valuation_ns: i64) -> f64 {
+    (expiry_ns as i128 - valuation_ns as i128).max(0) as f64 / 1e9
+}
+
+/// The `(initial, maintenance)` requirements of one account: the sums over its underlyings.
+/// `balance_rows` are the account's balance rows in asset order (as `value_balances` sorted
+/// them), read only when haircuts are contingencies; `asset_price` the (possibly stressed)
+/// asset prices.
+pub fn account_requirements(
+    book: &Book,
+    market: &Market,
+    methodology: &ScenarioByUnderlying,
+    net: &[NetPosition],
+    balances: &Balances,
+    balance_rows: &[(u32, u32)],
+    asset_price: &[f64],
+    scratch: &mut ScenarioScratch,
+) -> (f64, f64) {
+    let ins = &book.instruments;
+    let coins = methodology.haircuts_as_contingency();
+    let quote = book.assets.quote_asset();
+    const UNLINKED: u32 = u32::MAX;
+    const COIN: u32 = 1 << 31;
+    scratch.keys.clear();
+    for (i, p) in net.iter().enumerate() {
+        scratch.keys.push((ins.underlying[p.instrument as usize], i as u32));
+    }
+    if coins {
+        for (k, &(asset, _)) in balance_rows.iter().enumerate() {
+            if Some(asset) == quote {
+                continue;
+            }
+            let u = book.assets.underlying[asset as usize].unwrap_or(UNLINKED);
+            scratch.keys.push((u, COIN | k as u32));
+        }
+    }
+    // stable: positions (instrument order) before coins (asset order) within an underlying
+    scratch.keys.sort_unstable();
+    let (mut im, mut mm) = (0.0, 0.0);
+    let mut start = 0;
+    while start < scratch.keys.len() {
+        let u = scratch.keys[start].0;
+        let end = start + scratch.keys[start..].iter().take_while(|k| k.0 == u).count();
+        let keys = std::mem::take(&mut scratch.keys);
+        let p = &mut scratch.portfolio;
+        reset(p);
+        scratch.expiry_ns.clear();
+        if u == UNLINKED {
+            p.spot = 0.0;
+            p.spot_confidence = 1.0;
+        } else {
+            p.spot = market.index_price[u as usize];
+            if p.spot.is_nan() {
+                p.spot = 0.0; // coins alone (positions have index prices): the spot only sizes positions
+            }
+            p.spot_confidence = market.index_confidence[u as usize];
+        }
+        p.stable_price = market.quote_usd_price;
+        for &(_, k) in &keys[start..end] {
+            if k & COIN != 0 {
+                let (asset, row) = balance_rows[(k & !COIN) as usize];
+                let (a, r) = (asset as usize, row as usize);
+                let amount = balances.amount[r];
+                if amount == 0.0 {
+                    continue;
+                }
+                let w = &book.assets;
+                let (mm_haircut, im_haircut) = if amount > 0.0 {
+                    (1.0 - w.maintenance_weight[a], w.maintenance_weight[a] - w.initial_weight[a])
+                } else {
+                    (1.0 - w.maintenance_liability_weight[a], w.maintenance_liability_weight[a] - w.initial_liability_weight[a])
+                };
+                p.collaterals.push(CollateralHolding {
+                    name: String::new(),
+                    value: amount * asset_price[a],
+                    risk_cancelling: u != UNLINKED,
+                    maintenance_haircut: mm_haircut,
+                    initial_haircut: im_haircut,
+                    confidence: w.price_confidence[a],
+                });
+                continue;
+            }
+            let pos = &net[k as usize];
+            let id = pos.instrument as usize;
+            let mark = market.mark_price[id];
+            let days = market.time_to_expiry[id] * 365.0;
+            match ins.kind[id] {
+                Kind::Perpetual | Kind::Future => p.linears.push(LinearHolding {
+                    quantity: pos.quantity,
+                    mark,
+                    multiplier: ins.multiplier[id],
+                    seconds_to_expiry: match (ins.kind[id], ins.expiry_ns[id]) {
+                        (Kind::Future, Some(e)) => Some(seconds_to(e, market.valuation_ns)),
+                        _ => None,
+                    },
+                    order: id as i64,
+                    days_to_expiry: (ins.kind[id] == Kind::Future).then_some(days),
+                    confidence: market.mark_confidence[id],
+                }),
+                Kind::Option => {
+                    let expiry_ns = ins.expiry_ns[id].unwrap_or(0);
+                    let seconds = seconds_to(expiry_ns, market.valuation_ns);
+                    let option = OptionHolding {
+                        strike: ins.strike[id],
+                        is_call: ins.is_call[id],
+                        quantity: pos.quantity,
+                        vol: market.implied_vol[id],
+                        multiplier: ins.multiplier[id],
+                        order: id as i64,
+                    };
+                    let confidence = market.mark_confidence[id];
+                    match scratch.expiry_ns.iter().position(|&e| e == expiry_ns) {
+                        Some(e) => {
+                            let e = &mut p.expiries[e];
+                            e.options.push(option);
+                            e.confidence = e.confidence.min(confidence);
+                        }
+                        None => {
+                            let feed = market.expiry_feed[id].unwrap_or_else(|| ExpiryFeed::on_index(market.index_price[u as usize]));
+                            p.expiries.push(ExpiryHolding {
+                                seconds_to_expiry: seconds,
+                                forward_variable: feed.forward_variable,
+                                forward_fixed: feed.forward_fixed,
+                                rate: feed.rate,
+                                options: vec![option],
+                                confidence: feed.confidence.min(confidence),
+                                days_to_expiry: Some(days),
+                            });
+                            scratch.expiry_ns.push(expiry_ns);
+                        }
+                    }
+                }
+            }
+        }
+        scratch.keys = keys;
+        let m = if u == UNLINKED { &methodology.default } else { methodology.for_underlying(u as usize) };
+        // the methodology was checked when the book was built: no structural error is left
+        let (i, mnt) = match margin_scenarios(&scratch.portfolio, m) {
+            Ok(r) => (r.initial_requirement, r.maintenance_requirement),
+            Err(_) => (f64::NAN, f64::NAN),
+        };
+        im += i;
+        mm += mnt;
+        start = end;
+    }
+    (im, mm)
+}
+
+fn reset(p: &mut ScenarioPortfolio) {
+    p.cash = 0.0;
+    p.perp_quantity = 0.0;
+    p.perp_mark = 0.0;
+    p.perp_unsettled = 0.0;
+    p.expiries.clear();
+    p.collaterals.clear();
+    p.linears.clear();
+    p.perp_confidence = 1.0;
+}
