@@ -35,7 +35,7 @@ from margin_engine.methodology import Methodology
 from margin_engine.optimize import CollateralAllocation, RebalancePlan, allocate_collateral, rebalance
 from margin_engine.report import EfficiencyReport, efficiency_report, write_html
 from margin_engine.streaming import margin_batches
-from margin_engine.calibration import AntiProcyclicality, Backtest, Calibration, backtest, calibrate
+from margin_engine.calibration import AntiProcyclicality, Backtest, Calibration, Forecast, backtest, calibrate, forecast_margin
 from margin_engine import vol  # input helpers: me.vol.svi_implied_vol
 
 __all__ = [
@@ -69,5 +69,5 @@ __all__ = [
     "optimal_hedge",
     "risk_arrays",
     "vol",
-    "AntiProcyclicality", "Backtest", "Calibration", "backtest", "calibrate",
+    "AntiProcyclicality", "Backtest", "Calibration", "Forecast", "backtest", "calibrate", "forecast_margin",
 ]
