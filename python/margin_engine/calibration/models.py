@@ -22,20 +22,27 @@ __all__ = [
     "student_quantile",
     "student_tail",
     "normal_quantile",
-    "scipy_stats",
+    "t_ppf",
     "chi2_sf",
 ]
 
 SCIPY_EXTRA = "pip install 'margin-engine[calibration]'"
 
 
-def scipy_stats() -> Any:
-    """scipy.stats (for the Student-t), or an ImportError naming the extra to install."""
+def t_ppf(p: float, nu: float) -> float:
+    """The ``p`` quantile of Student's t with ``nu`` degrees of freedom (``scipy.special.stdtrit``;
+    scipy.stats takes seconds to import)."""
     try:
-        import scipy.stats as stats
+        from scipy.special import stdtrit
     except ImportError as e:  # pragma: no cover - scipy is installed for the tests
         raise ImportError(f"the EWMA haircuts need scipy (>= 1.9) for the Student-t: {SCIPY_EXTRA}") from e
-    return stats
+    return float(stdtrit(nu, p))
+
+
+def t_pdf(x: float, nu: float) -> float:
+    """Student's t density."""
+    log_c = math.lgamma((nu + 1) / 2) - math.lgamma(nu / 2) - 0.5 * math.log(nu * math.pi)
+    return math.exp(log_c - (nu + 1) / 2 * math.log1p(x * x / nu))
 
 
 def variance_filter(r: np.ndarray, omega: float, alpha: float, beta: float, v0: float) -> tuple[np.ndarray, np.ndarray]:
@@ -88,9 +95,8 @@ def student_quantile(p: float, kurtosis: float) -> float:
     (``ν = 4 + 6 / kurtosis``); the normal quantile when ``kurtosis <= 0``."""
     if not (kurtosis > 0 and math.isfinite(kurtosis)):
         return normal_quantile(p)
-    stats = scipy_stats()
     nu = 4.0 + 6.0 / kurtosis
-    return float(stats.t.ppf(p, nu) * math.sqrt((nu - 2.0) / nu))
+    return t_ppf(p, nu) * math.sqrt((nu - 2.0) / nu)
 
 
 def student_tail(p: float, kurtosis: float) -> tuple[float, float]:
@@ -100,10 +106,9 @@ def student_tail(p: float, kurtosis: float) -> tuple[float, float]:
     if not (kurtosis > 0 and math.isfinite(kurtosis)):
         x = normal_quantile(p)
         return x, math.exp(-0.5 * x * x) / math.sqrt(2 * math.pi) / (1.0 - p)
-    stats = scipy_stats()
     nu = 4.0 + 6.0 / kurtosis
-    x = float(stats.t.ppf(p, nu))
-    es = float(stats.t.pdf(x, nu)) / (1.0 - p) * (nu + x * x) / (nu - 1.0)
+    x = t_ppf(p, nu)
+    es = t_pdf(x, nu) / (1.0 - p) * (nu + x * x) / (nu - 1.0)
     unit = math.sqrt((nu - 2.0) / nu)
     return x * unit, es * unit
 
