@@ -1,0 +1,456 @@
+"""The engine over Apache Spark DataFrames: the same rows as the in-memory calls, bit for bit.
+
+``margin_engine.spark.margin``, :func:`liquidation_scan` and :func:`greeks` take the in-memory
+functions' arguments (a :class:`~margin_engine.Book`, the account tables, a
+:class:`~margin_engine.Market`, the same keyword options), with the account tables as Spark
+DataFrames, and return a Spark DataFrame of the engine's columns (``account_id`` as ``bigint``:
+Spark has no unsigned type). Nothing runs until an action (``collect``, ``write``, ``count``).
+
+How it runs (``docs/distributed.md``):
+
+1. **One tagged stream.** Positions and balances are unioned into one DataFrame: ``account_id``,
+   a tag (0 = position, 1 = balance), a sequence number (the row's place in its DataFrame:
+   ``monotonically_increasing_id()``, or the ``order`` column) and each table's own columns
+   under a prefix (``p_instrument``, ``b_amount``, ...). One shuffle instead of two.
+2. **Accounts meet in one task.** ``repartition(partitions, "account_id")`` (hash) then
+   ``sortWithinPartitions("account_id", tag, sequence)``: every row of an account lands in one
+   partition, contiguous, positions before balances, each in its DataFrame's order (the engine
+   sums an account's fills in row order, so the order is what makes the sums bit-identical).
+3. **Arrow all the way.** ``mapInArrow`` hands each task its partition as Arrow record batches
+   (``spark.sql.execution.arrow.maxRecordsPerBatch`` rows each). The task buffers batches until
+   it holds ``rows_per_slice`` rows, cuts the buffer before the last account (which may go on in
+   the next batch), splits the slice by tag into a positions and a balances table and margins it
+   with the engine; an account of any size is margined whole, in one call. Memory per task is
+   about one slice, whatever the partition's size.
+4. **Book and market broadcast once.** Their tables travel as Arrow IPC bytes in one Spark
+   broadcast variable (fetched once per executor); each Python worker process rebuilds the
+   :class:`~margin_engine.Book` and :class:`~margin_engine.Market` at its first batch and keeps
+   them, keyed by the payload's digest, for every later batch and task (Spark reuses Python
+   workers: ``spark.python.worker.reuse``, on by default).
+
+Why ``mapInArrow`` and not ``groupBy("account_id").applyInArrow`` or a cogroup: those call the
+function once per group (per account: a Python call and an engine call for each of millions of
+accounts) and load each group whole; grouping by a coarser bucket instead loads a whole bucket
+into memory and sorts both tables. The tagged union streams a partition in bounded memory with
+one shuffle and a few engine calls per task.
+
+Requirements: ``margin-engine`` and ``pyarrow`` installed on every executor (``pip install
+'margin-engine[spark]'`` on the driver; ship the wheel to the cluster, ``docs/distributed.md``);
+account ids below 2**63. Engine errors (a bad value in a row) surface when the action runs, as
+Spark's ``PythonException`` carrying the :class:`~margin_engine.MarginInputError` message and
+the slice's account range; missing columns and wrong column types are caught at the call.
+
+A two-account book on a local Spark:
+
+>>> import pyarrow as pa, margin_engine as me, margin_engine.spark as mes
+>>> from pyspark.sql import SparkSession
+>>> spark = SparkSession.builder.master("local[1]").getOrCreate()  # doctest: +SKIP
+>>> book = me.Book(
+...     pa.table({"instrument": ["BTC-PERP"], "kind": ["perpetual"], "underlying": ["BTC"],
+...               "multiplier": [1.0], "initial_margin_rate": [0.02], "maintenance_margin_rate": [0.01]}),
+...     pa.table({"asset": ["USD"], "price": [1.0], "initial_weight": [1.0], "maintenance_weight": [1.0],
+...               "initial_liability_weight": [1.0], "maintenance_liability_weight": [1.0]}))
+>>> market = me.Market(pa.table({"underlying": ["BTC"], "index_price": [50_000.0]}),
+...                    pa.table({"instrument": ["BTC-PERP"], "mark_price": [50_000.0]}), "2025-01-01")
+>>> positions = spark.createDataFrame([(1, "BTC-PERP", 1.0), (2, "BTC-PERP", -2.0)],
+...                                   "account_id long, instrument string, quantity double")  # doctest: +SKIP
+>>> balances = spark.createDataFrame([(1, "USD", 2_000.0), (2, "USD", 500.0)],
+...                                  "account_id long, asset string, amount double")  # doctest: +SKIP
+>>> m = mes.margin(book, positions, balances, market, ordered=True)  # doctest: +SKIP
+>>> [(r.account_id, r.initial_margin, r.status) for r in m.collect()]  # doctest: +SKIP
+[(1, 1000.0, 'healthy'), (2, 2000.0, 'liquidatable')]
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from margin_engine import _distributed, api
+from margin_engine._inputs import check_flag, input_error
+
+try:
+    from pyspark.sql import Column, DataFrame
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+    from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+except ImportError as e:  # pragma: no cover - exercised only without pyspark
+    raise ImportError(
+        "margin_engine.spark needs pyspark, which is not installed: pip install 'margin-engine[spark]'"
+    ) from e
+
+__all__ = ["greeks", "liquidation_scan", "margin"]
+
+_TAG, _SEQ, _KEY = "_me_tag", "_me_seq", "_me_key"  # internal columns of the tagged stream
+_POSITION, _BALANCE = 0, 1
+_P, _B = "p_", "b_"  # prefixes of the positions' and the balances' own columns
+
+_INTEGRAL = (T.ByteType, T.ShortType, T.IntegerType, T.LongType)
+_NUMERIC = (*_INTEGRAL, T.FloatType, T.DoubleType, T.DecimalType)
+# the columns the engine reads, and the Spark types it can take them as
+_REQUIRED = {
+    "positions": {"account_id": _INTEGRAL, "instrument": (T.StringType, *_INTEGRAL), "quantity": _NUMERIC},
+    "balances": {"account_id": _INTEGRAL, "asset": (T.StringType,), "amount": _NUMERIC},
+}
+_OPTIONAL = {"positions": {"entry_price": _NUMERIC}, "balances": {}}
+
+
+# ----------------------------------------------------------------------------------------------
+# Shipping the book and the markets: one broadcast, rebuilt once per worker (_distributed)
+# ----------------------------------------------------------------------------------------------
+
+_DRIVER_BROADCASTS: collections.OrderedDict[tuple[int, str], Any] = collections.OrderedDict()
+
+
+def _ship(spark: Any, books: dict[Any, api.Book], markets: dict[Any, api.Market]) -> _distributed.Shipped:
+    data = _distributed.payload(books, markets)
+    try:
+        sc = spark.sparkContext
+    except Exception:  # Spark Connect: no SparkContext, no broadcast; the bytes go with the function
+        return _distributed.Shipped.of(data)
+    shipped = _distributed.Shipped.of(data)
+    key = (id(sc), shipped.digest)
+    if key not in _DRIVER_BROADCASTS:  # a repeated call with the same book and market reuses it
+        _DRIVER_BROADCASTS[key] = sc.broadcast(data)
+        while len(_DRIVER_BROADCASTS) > 16:
+            _DRIVER_BROADCASTS.popitem(last=False)
+    _DRIVER_BROADCASTS.move_to_end(key)
+    return _distributed.Shipped(_DRIVER_BROADCASTS[key], shipped.digest)
+
+
+# ----------------------------------------------------------------------------------------------
+# The task: a sorted partition in, engine results out
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """Everything one ``mapInArrow`` task needs (pickled with the function)."""
+
+    op: str  # "margin", "liquidation_scan" or "greeks"
+    shipped: _distributed.Shipped
+    options: tuple[tuple[str, Any], ...]
+    positions: tuple[tuple[str, str], ...]  # (column in the stream, column for the engine)
+    balances: tuple[tuple[str, str], ...]
+    output: pa.Schema  # the Arrow schema Spark expects back
+    rows_per_slice: int
+    key: str | None = None  # a column keying the book and market of each row (a date); None: one
+    extra: tuple[str, ...] = ()  # output columns copied from the key (the backtest's date)
+
+
+def _group_start(columns: list[np.ndarray]) -> int:
+    """The row where the last group (the run of rows equal to the last row in every column,
+    a suffix of sorted rows) starts."""
+    same = np.ones(len(columns[0]), dtype=bool)
+    for c in columns:
+        same &= c == c[-1]
+    return int(np.argmax(same))
+
+
+def _slices(batches: Iterable[pa.RecordBatch], job: _Job) -> Iterator[pa.Table]:
+    """The partition's rows in tables of about ``rows_per_slice`` rows, each ending at a group
+    boundary (an account; with a key column, a (key, account) pair), the groups whole."""
+    keys = ["account_id"] if job.key is None else [job.key, "account_id"]
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        pending.append(batch)
+        rows += batch.num_rows
+        if rows < job.rows_per_slice:
+            continue
+        first, last = pending[0], pending[-1]
+        if all(first.column(k)[0] == last.column(k)[-1] for k in keys):
+            continue  # one group so far (a large account): read on, no copy
+        table = pa.Table.from_batches(pending)
+        cut = _group_start([table.column(k).to_numpy() for k in keys])
+        yield table.slice(0, cut)
+        rest = table.slice(cut)
+        pending, rows = rest.to_batches(), rest.num_rows
+    if pending:
+        yield pa.Table.from_batches(pending)
+
+
+def _runs(table: pa.Table, column: str) -> Iterator[tuple[Any, pa.Table]]:
+    """The runs of equal values of a sorted ``column``: (value, rows)."""
+    values = table.column(column).to_numpy()
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+    ends = np.r_[starts[1:], len(values)]
+    for s, e in zip(starts, ends):
+        yield values[s].item(), table.slice(int(s), int(e - s))
+
+
+def _side(table: pa.Table, tag: int, columns: tuple[tuple[str, str], ...]) -> pa.Table:
+    rows = table.filter(pc.equal(table.column(_TAG), pa.scalar(tag, pa.int8())))
+    return pa.table([rows.column(src) for src, _ in columns], names=[dst for _, dst in columns])
+
+
+def _where(table: pa.Table) -> str:
+    ids = table.column("account_id")
+    return f"accounts {ids[0].as_py()}..{ids[-1].as_py()} of Spark partition {_partition_id()}"
+
+
+def _partition_id() -> Any:
+    try:
+        from pyspark import TaskContext
+
+        context = TaskContext.get()
+        return context.partitionId() if context is not None else "?"
+    except Exception:  # pragma: no cover - outside a task
+        return "?"
+
+
+def _margin_piece(job: _Job, piece: pa.Table, key: Any) -> pa.Table:
+    book, market = _distributed.engine(job.shipped, key, key)
+    positions = _side(piece, _POSITION, job.positions)
+    balances = _side(piece, _BALANCE, job.balances) if job.op != "greeks" else None
+    result = _distributed.call_in(_where(piece), job.op, dict(job.options), book, market, positions, balances)
+    for name in job.extra:  # the key's value on every row (the backtest's date)
+        result = result.append_column(name, pa.array(np.full(result.num_rows, key), pa.int32()))
+    return result.select(job.output.names).cast(job.output)
+
+
+def _run_partition(job: _Job, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    for table in _slices(batches, job):
+        table = table.combine_chunks()
+        pieces = _runs(table, job.key) if job.key is not None else [(None, table)]
+        for key, piece in pieces:
+            yield from _margin_piece(job, piece, key).to_batches()
+
+
+# ----------------------------------------------------------------------------------------------
+# The driver: checks, the tagged stream, the plan
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_frame(df: Any, table: str) -> DataFrame:
+    if not isinstance(df, DataFrame):
+        try:  # Spark Connect's DataFrame is another class
+            from pyspark.sql.connect.dataframe import DataFrame as ConnectDataFrame
+        except ImportError:  # pragma: no cover
+            ConnectDataFrame = ()  # noqa: N806
+        if not isinstance(df, ConnectDataFrame):
+            raise input_error(table, "*", f"expected a Spark DataFrame, got {type(df).__name__}")
+    fields = {f.name: f.dataType for f in df.schema.fields}
+    for column, types in {**_REQUIRED[table], **_OPTIONAL[table]}.items():
+        if column not in fields:
+            if column in _REQUIRED[table]:
+                raise input_error(table, column, f"missing column (the DataFrame has: {', '.join(df.columns)})")
+            continue
+        if not isinstance(fields[column], types):
+            raise input_error(table, column, f"Spark type {fields[column].simpleString()} cannot be read here")
+    return df
+
+
+def _own_columns(df: DataFrame, order: str | None, keep: Iterable[str] = ()) -> list[str]:
+    skip = {"account_id", order, *keep}
+    return [c for c in df.columns if c not in skip]
+
+
+def _tagged(df: DataFrame, tag: int, prefix: str, order: str | None, key: Column | None, columns: list[str]) -> DataFrame:
+    sequence = F.col(order).cast("long") if order is not None and order in df.columns else F.monotonically_increasing_id()
+    selected = [
+        F.col("account_id").cast("long").alias("account_id"),
+        F.lit(tag).cast("byte").alias(_TAG),
+        sequence.alias(_SEQ),
+        *[F.col(f"`{c}`").alias(prefix + c) for c in columns],
+    ]
+    if key is not None:
+        selected.insert(0, key.alias(_KEY))
+    return df.select(*selected)
+
+
+def _large_types(spark: Any) -> bool:
+    try:
+        return str(spark.conf.get("spark.sql.execution.arrow.useLargeVarTypes", "false")).lower() == "true"
+    except Exception:  # pragma: no cover
+        return False
+
+
+def _output_schema(empty_result: pa.Table, spark: Any, extra: list[pa.Field] | None = None) -> tuple[T.StructType, pa.Schema]:
+    """The Spark schema of the engine's result (uint64 ids as bigint) and the Arrow schema that
+    Spark expects the task to return for it."""
+    fields = [pa.field(f.name, pa.int64(), f.nullable) if f.name == "account_id" else f for f in empty_result.schema]
+    arrow = pa.schema([*(extra or []), *fields])
+    spark_schema = from_arrow_schema(arrow)
+    return spark_schema, to_arrow_schema(spark_schema, prefers_large_types=_large_types(spark))
+
+
+def _empty(df: DataFrame, columns: list[str]) -> pa.Table:
+    """An empty Arrow table of ``df``'s columns, typed as the task will see them."""
+    schema = to_arrow_schema(T.StructType([df.schema[c] for c in columns]))
+    return schema.empty_table()
+
+
+def _plan(
+    op: str,
+    book: api.Book,
+    market: api.Market,
+    positions: DataFrame,
+    balances: DataFrame | None,
+    options: dict[str, Any],
+    *,
+    partitions: int | None,
+    rows_per_slice: int,
+    order: str | None,
+) -> DataFrame:
+    """The tagged stream, partitioned by account and sorted, mapped through the engine."""
+    spark = positions.sparkSession
+    p_cols = _own_columns(positions, order)
+    b_cols = _own_columns(balances, order) if balances is not None else []
+    # the engine on empty tables, typed as the tasks will see them, gives the output's schema
+    empty_p = _empty(positions, ["account_id", *p_cols])
+    empty_b = _empty(balances, ["account_id", *b_cols]) if balances is not None else None
+    spark_schema, arrow_schema = _output_schema(_distributed.call(op, options, book, market, empty_p, empty_b), spark)
+
+    stream = _tagged(positions, _POSITION, _P, order, None, p_cols)
+    if balances is not None:
+        stream = stream.unionByName(_tagged(balances, _BALANCE, _B, order, None, b_cols), allowMissingColumns=True)
+    stream = stream.repartition(partitions, "account_id") if partitions else stream.repartition("account_id")
+    stream = stream.sortWithinPartitions("account_id", _TAG, _SEQ)
+    job = _Job(
+        op=op,
+        shipped=_ship(spark, {None: book}, {None: market}),
+        options=tuple(options.items()),
+        positions=(("account_id", "account_id"), *((_P + c, c) for c in p_cols)),
+        balances=(("account_id", "account_id"), *((_B + c, c) for c in b_cols)),
+        output=arrow_schema,
+        rows_per_slice=rows_per_slice,
+    )
+    return stream.mapInArrow(_partial(job), spark_schema)
+
+
+def _partial(job: _Job) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        return _run_partition(job, batches)
+
+    return run
+
+
+def _queue_order(df: DataFrame) -> DataFrame:
+    rank = F.lit(len(_distributed.STATUS_RANK))
+    for i, status in reversed(list(enumerate(_distributed.STATUS_RANK))):
+        rank = F.when(F.col("status") == status, F.lit(i)).otherwise(rank)
+    return df.orderBy(rank.asc(), F.col("shortfall").desc(), F.col("account_id").asc())
+
+
+def _knobs(partitions: Any, rows_per_slice: Any, order: Any, ordered: Any) -> dict[str, Any]:
+    if order is not None and not isinstance(order, str):
+        raise input_error("arguments", "order", f"must be a column name or None, got {order!r}")
+    check_flag(ordered, "ordered")
+    return {
+        "partitions": _distributed.positive_int(partitions, "partitions", optional=True),
+        "rows_per_slice": _distributed.positive_int(rows_per_slice, "rows_per_slice"),
+        "order": order,
+    }
+
+
+_OPTIONS_DOC = """
+    Spark options: ``partitions`` (default ``spark.sql.shuffle.partitions``): the number of
+    hash partitions by ``account_id``; ``rows_per_slice`` (default 500,000): rows a task margins
+    per engine call (an account is never split; a larger one is margined whole);
+    ``threads`` (default 1): engine threads per task (Spark's task slots are the parallelism;
+    set it to ``spark.task.cpus``; it never changes a result); ``order``: a column giving each
+    table's row order for the netting sums (default: the DataFrame's own order,
+    ``monotonically_increasing_id``); ``ordered``: sort the result as the in-memory call does
+    (one more shuffle; without it, each partition's rows are sorted but the partitions are not).
+"""
+
+
+def margin(
+    book: api.Book,
+    positions: DataFrame,
+    balances: DataFrame,
+    market: api.Market,
+    *,
+    model: api.Model = "standard",
+    threads: int | None = 1,
+    partitions: int | None = None,
+    rows_per_slice: int = 500_000,
+    order: str | None = None,
+    ordered: bool = False,
+) -> DataFrame:
+    """:func:`margin_engine.margin` over Spark DataFrames: one row per account in either table,
+    the same columns and the same values bit for bit (``account_id`` as ``bigint``).
+
+    Reads (Spark types): ``positions``: ``account_id`` (an integral type, >= 0), ``instrument``
+    (string or integral, a book key), ``quantity`` (numeric); optional ``entry_price``. Other
+    columns travel along and reach the engine as in-memory (extra columns are ignored there).
+    ``balances``: ``account_id``, ``asset`` (string), ``amount`` (numeric). The book and the
+    market as :func:`margin_engine.margin` reads them.
+    {options}
+    ``model`` as in :func:`margin_engine.margin`.
+    """
+    options = _distributed.options_of("margin", book, market, model, threads)
+    knobs = _knobs(partitions, rows_per_slice, order, ordered)
+    p, b = _check_frame(positions, "positions"), _check_frame(balances, "balances")
+    df = _plan("margin", book, market, p, b, options, **knobs)
+    return df.orderBy("account_id") if ordered else df
+
+
+def liquidation_scan(
+    book: api.Book,
+    positions: DataFrame,
+    balances: DataFrame,
+    market: api.Market,
+    *,
+    model: api.Model = "standard",
+    stress: dict[str, float] | None = None,
+    distance: bool = False,
+    threads: int | None = 1,
+    partitions: int | None = None,
+    rows_per_slice: int = 500_000,
+    order: str | None = None,
+    ordered: bool = False,
+) -> DataFrame:
+    """:func:`margin_engine.liquidation_scan` over Spark DataFrames: each account's margin row
+    plus ``shortfall`` (and with ``distance=True`` ``nearest_move``, ``nearest_underlying``), the
+    same values bit for bit. ``ordered=True`` gives the in-memory queue order (bankrupt,
+    liquidatable, margin_call, healthy; shortfall descending; account_id).
+
+    Reads the columns :func:`margin` reads, and the assets' ``underlying``. ``stress`` and
+    ``distance`` as in :func:`margin_engine.liquidation_scan`.
+    {options}
+    """
+    options = _distributed.options_of("liquidation_scan", book, market, model, threads, stress, distance)
+    knobs = _knobs(partitions, rows_per_slice, order, ordered)
+    p, b = _check_frame(positions, "positions"), _check_frame(balances, "balances")
+    df = _plan("liquidation_scan", book, market, p, b, options, **knobs)
+    return _queue_order(df) if ordered else df
+
+
+def greeks(
+    book: api.Book,
+    positions: DataFrame,
+    market: api.Market,
+    *,
+    threads: int | None = 1,
+    partitions: int | None = None,
+    rows_per_slice: int = 500_000,
+    order: str | None = None,
+    ordered: bool = False,
+) -> DataFrame:
+    """:func:`margin_engine.greeks` over a Spark DataFrame of positions: one row per account ×
+    underlying held, the same values bit for bit; ``ordered=True`` sorts by ``account_id`` then
+    ``underlying`` as the in-memory call does.
+
+    Reads ``positions`` as :func:`margin` does; the book's instruments and the market as
+    :func:`margin_engine.greeks` reads them.
+    {options}
+    """
+    options = _distributed.options_of("greeks", book, market, "standard", threads)
+    knobs = _knobs(partitions, rows_per_slice, order, ordered)
+    df = _plan("greeks", book, market, _check_frame(positions, "positions"), None, options, **knobs)
+    return df.orderBy("account_id", "underlying") if ordered else df
+
+
+for _f in (margin, liquidation_scan, greeks):
+    _f.__doc__ = (_f.__doc__ or "").replace("    {options}\n", _OPTIONS_DOC.strip("\n") + "\n")
+del _f

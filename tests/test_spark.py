@@ -1,0 +1,220 @@
+"""margin_engine.spark on a local Spark (local[2]): the same rows as the in-memory calls, bit for bit.
+
+The inputs are Parquet files read back in several input partitions, with 997-row Arrow batches
+and 4 shuffle partitions, so every large account straddles batch boundaries and (the skewed one
+of 100,000 positions, and any account of the shuffled book) input-partition boundaries; small
+``rows_per_slice`` values make each task cut its stream at many account boundaries. Results are
+compared sorted by account_id with exact equality (``pa.Table.equals``), or in the in-memory
+order with ``ordered=True``. Skipped without pyspark or without Java.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+pytest.importorskip("pyspark")
+if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+    pytest.skip("pyspark needs Java", allow_module_level=True)
+
+import margin_engine as me  # noqa: E402
+from margin_engine import _distributed  # noqa: E402
+from distributed_book import SKEWED_ROWS, as_spark_types, distributed_book  # noqa: E402
+
+mes = pytest.importorskip("margin_engine.spark")
+
+BATCH = 997
+pytestmark = pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning")
+
+
+@pytest.fixture(scope="module")
+def spark():
+    from pyspark.sql import SparkSession
+
+    previous = os.environ.get("PYSPARK_PYTHON")
+    os.environ["PYSPARK_PYTHON"] = sys.executable  # the workers import this interpreter's margin_engine
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("margin-engine-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.sql.adaptive.enabled", "false")  # keep the 4 partitions: their boundaries are tested
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(BATCH))
+        .config("spark.sql.files.maxPartitionBytes", str(256 * 1024))  # several input partitions
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.driver.memory", "2g")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+    if previous is None:
+        os.environ.pop("PYSPARK_PYTHON", None)
+    else:
+        os.environ["PYSPARK_PYTHON"] = previous
+
+
+def _frames(spark, tmp_path_factory, shuffled: bool):
+    data = distributed_book(shuffled=shuffled)
+    folder = tmp_path_factory.mktemp("shuffled" if shuffled else "sorted")
+    pq.write_table(data.positions, folder / "positions.parquet", row_group_size=5_000)
+    pq.write_table(data.balances, folder / "balances.parquet", row_group_size=1_000)
+    positions = spark.read.parquet(str(folder / "positions.parquet"))
+    balances = spark.read.parquet(str(folder / "balances.parquet"))
+    return data, positions, balances
+
+
+@pytest.fixture(scope="module")
+def frames(spark, tmp_path_factory):
+    return _frames(spark, tmp_path_factory, shuffled=False)
+
+
+@pytest.fixture(scope="module")
+def shuffled_frames(spark, tmp_path_factory):
+    return _frames(spark, tmp_path_factory, shuffled=True)
+
+
+def _sorted(table: pa.Table, *keys: str) -> pa.Table:
+    return table.sort_by([(k, "ascending") for k in keys])
+
+
+def test_inputs_straddle_batches_and_partitions(frames, shuffled_frames):
+    """The inputs are what the other tests claim: several input partitions, the skewed account
+    in more than one of them and in many batches; in the shuffled book most accounts in more
+    than one input partition."""
+    from pyspark.sql import functions as F
+
+    data, positions, _ = frames
+    assert positions.rdd.getNumPartitions() >= 3
+    spread = positions.withColumn("p", F.spark_partition_id()).groupBy("account_id").agg(F.countDistinct("p").alias("n"))
+    skewed = spread.filter(F.col("account_id") == data.skewed_account).first()
+    assert skewed.n >= 2 and SKEWED_ROWS > 50 * BATCH
+    _, shuffled, _ = shuffled_frames
+    spread = shuffled.withColumn("p", F.spark_partition_id()).groupBy("account_id").agg(F.countDistinct("p").alias("n"))
+    assert spread.filter(F.col("n") >= 2).count() > 100
+
+
+@pytest.mark.parametrize("model", ["standard", "portfolio"])
+def test_margin_equals_in_memory(frames, model):
+    data, positions, balances = frames
+    want = me.margin(data.book, data.positions, data.balances, data.market, model=model)
+    got = _sorted(mes.margin(data.book, positions, balances, data.market, model=model, partitions=4).toArrow(), "account_id")
+    assert got.num_rows == want.num_rows
+    assert got.equals(as_spark_types(want, got))
+    skewed = got.filter(pa.compute.equal(got.column("account_id"), data.skewed_account))
+    assert skewed.num_rows == 1 and skewed.column("initial_margin")[0].as_py() > 0
+
+
+def test_margin_small_slices_and_order(shuffled_frames):
+    """Rows in a random order (every account's fills scattered over the input partitions and
+    summed in that order in memory), slices cut every 300 rows, ``ordered=True``: the in-memory
+    table row for row."""
+    data, positions, balances = shuffled_frames
+    want = me.margin(data.book, data.positions, data.balances, data.market, model="portfolio")
+    got = mes.margin(
+        data.book, positions, balances, data.market, model="portfolio", partitions=3, rows_per_slice=300, ordered=True
+    ).toArrow()
+    assert got.equals(as_spark_types(want, got))
+
+
+def test_liquidation_scan_under_stress_in_queue_order(frames):
+    data, positions, balances = frames
+    stress = {"BTC": -0.18, "ETH": 0.07}
+    want = me.liquidation_scan(data.book, data.positions, data.balances, data.market, model="portfolio", stress=stress)
+    got = mes.liquidation_scan(
+        data.book, positions, balances, data.market, model="portfolio", stress=stress, partitions=4, ordered=True
+    ).toArrow()
+    assert got.equals(as_spark_types(want, got))
+    assert set(got.column("status").to_pylist()) >= {"bankrupt", "liquidatable", "healthy"}
+
+
+def test_liquidation_scan_distance(frames):
+    data, positions, balances = frames
+    want = me.liquidation_scan(data.book, data.positions, data.balances, data.market, distance=True)
+    got = mes.liquidation_scan(data.book, positions, balances, data.market, distance=True, partitions=4, rows_per_slice=2_000)
+    got = _sorted(got.toArrow(), "account_id")
+    assert got.equals(as_spark_types(_sorted(want, "account_id"), got))
+    assert got.column("nearest_underlying").null_count < got.num_rows
+
+
+def test_greeks_equal_in_memory(shuffled_frames):
+    data, positions, _ = shuffled_frames
+    want = me.greeks(data.book, data.positions, data.market)
+    got = mes.greeks(data.book, positions, data.market, partitions=4, rows_per_slice=1_000, ordered=True).toArrow()
+    assert got.equals(as_spark_types(want, got))
+
+
+def test_book_and_market_built_once_per_worker(spark, frames):
+    """Many batches and slices per task, yet each Python worker built the book once."""
+    data, positions, balances = frames
+    mes.margin(data.book, positions, balances, data.market, partitions=4, rows_per_slice=500).count()
+    digest = mes._ship(spark, {None: data.book}, {None: data.market}).digest  # the broadcast is reused: same digest
+
+    def stats(batches):
+        for _ in batches:
+            pass
+        from margin_engine import _distributed
+
+        s = _distributed.worker_stats(digest)
+        yield pa.record_batch({"pid": [s["pid"]], "builds": [s["builds"]]})
+
+    rows = spark.range(0, 8, numPartitions=8).mapInArrow(stats, "pid long, builds long").collect()
+    builds = {r.pid: r.builds for r in rows}
+    assert max(builds.values()) == 1, builds  # never rebuilt per batch or per task
+
+
+def test_bad_input_at_the_call(frames):
+    data, positions, balances = frames
+    with pytest.raises(me.MarginInputError, match=r"positions\.quantity: missing column"):
+        mes.margin(data.book, positions.drop("quantity"), balances, data.market)
+    with pytest.raises(me.MarginInputError, match=r"balances\.amount: Spark type string"):
+        mes.margin(data.book, positions, balances.withColumn("amount", balances.amount.cast("string")), data.market)
+    with pytest.raises(me.MarginInputError, match=r"arguments\.model"):
+        mes.margin(data.book, positions, balances, data.market, model="spam")
+    with pytest.raises(me.MarginInputError, match=r"arguments\.rows_per_slice"):
+        mes.margin(data.book, positions, balances, data.market, rows_per_slice=0)
+    with pytest.raises(me.MarginInputError, match=r"arguments\.distance"):
+        mes.liquidation_scan(data.book, positions, balances, data.market, distance=True, stress={"BTC": 0.1})
+    with pytest.raises(me.MarginInputError, match=r"positions\.\*: expected a Spark DataFrame"):
+        mes.greeks(data.book, data.positions, data.market)
+
+
+def test_bad_value_names_the_engine_error_and_the_accounts(spark, frames):
+    from pyspark.errors import PythonException
+    from pyspark.sql import functions as F
+
+    data, positions, balances = frames
+    bad = positions.withColumn(
+        "instrument", F.when(F.col("account_id") == data.skewed_account, F.lit("NO-SUCH")).otherwise(F.col("instrument"))
+    )
+    with pytest.raises(PythonException, match=rf"MarginInputError: positions\.instrument: unknown instrument.*'NO-SUCH' \(account {data.skewed_account}\).*\[in accounts "):
+        mes.margin(data.book, bad, balances, data.market, partitions=2).collect()
+
+
+def test_slices_cut_at_account_boundaries():
+    """The task's slicing on its own: random sorted ids in random batch sizes; every slice ends
+    where an account ends, holds at least ``rows_per_slice`` rows unless it is the last, and
+    the slices are the stream."""
+    rng = np.random.default_rng(5)
+    for trial in range(40):
+        counts = rng.geometric(0.3 if trial % 2 else 0.01, size=int(rng.integers(1, 60)))
+        ids = np.repeat(np.arange(len(counts)) * 3, counts).astype(np.int64)
+        bounds = np.unique(np.r_[0, np.sort(rng.integers(0, len(ids), size=int(rng.integers(0, 30)))), len(ids)])
+        batches = [pa.record_batch({"account_id": ids[a:b], "x": np.arange(a, b)}) for a, b in zip(bounds[:-1], bounds[1:])]
+        batches.insert(len(batches) // 2, batches[0].slice(0, 0))  # an empty batch
+        rows = int(rng.integers(1, 50))
+        job = mes._Job("margin", _distributed.Shipped(b"", ""), (), (), (), pa.schema([]), rows)
+        slices = list(mes._slices(iter(batches), job))
+        joined = pa.concat_tables(slices)
+        assert joined.column("x").to_pylist() == list(range(len(ids)))
+        owners = {}
+        for i, s in enumerate(slices):
+            assert s.num_rows > 0
+            for account in set(s.column("account_id").to_pylist()):
+                assert owners.setdefault(account, i) == i  # an account lies in one slice
