@@ -209,7 +209,9 @@ def backtest(
     ``underlying`` column) priced at its close, and, with ``recalibrate`` and the portfolio model,
     the book's ``risk_params`` replaced by that date's calibration (``price_range``, ``vol_up``,
     ``vol_down``, ``extreme_move``). One ``me.margin`` call per date; positions and balances are
-    held constant. An account exceeds when its equity falls over the horizon by more than the
+    held constant, and a perpetual or future row without an ``entry_price`` gets the first date's
+    close as its entry price, so that its P&L reaches equity (without one the engine counts it as
+    settled, and it would move nothing). An account exceeds when its equity falls over the horizon by more than the
     protection it held: its ``margin`` (``"maintenance"`` or ``"initial"``) plus its collateral's
     haircuts (``equity − collateral_maintenance``, or ``− collateral_initial``).
 
@@ -371,6 +373,30 @@ def _held_underlyings(book: Any, positions: Any) -> list[str]:
     return sorted(held)
 
 
+def _unsettled(book: Any, positions: pa.Table, history: History, t: int) -> pa.Table:
+    """``positions`` with a null or absent ``entry_price`` of perpetuals and futures set to the close
+    at ``t``: the backtest holds the positions, so their P&L over each horizon must reach equity
+    (a row without an entry price would count as settled at every date and move nothing)."""
+    inst = book.instruments
+    kind = dict(zip(inst.column("instrument").to_pylist(), inst.column("kind").to_pylist()))
+    und = dict(zip(inst.column("instrument").to_pylist(), inst.column("underlying").to_pylist()))
+    names = positions.column("instrument").to_pylist()
+    if "entry_price" in positions.column_names:
+        entry = pc.cast(positions.column("entry_price"), pa.float64()).to_pylist()
+    else:
+        entry = [None] * positions.num_rows
+    filled = []
+    for name, e in zip(names, entry):
+        if e is None and kind.get(name) in ("perpetual", "future") and und.get(name) in history.series:
+            ser = history[und[name]]
+            e = float(ser.close[ser.index_at(t)])
+        filled.append(e)
+    column = pa.array(filled, pa.float64())
+    if "entry_price" in positions.column_names:
+        return positions.set_column(positions.column_names.index("entry_price"), "entry_price", column)
+    return positions.append_column("entry_price", column)
+
+
 def _annual(sigma: float, period: int) -> float:
     return sigma * math.sqrt(365 * DAY / period)
 
@@ -475,6 +501,7 @@ def _book_loop(
         pos_in = arrow_table(pos_in, "positions")
     if not isinstance(bal_in, pa.Table):
         bal_in = arrow_table(bal_in, "balances")
+    pos_in = _unsettled(book, pos_in, history, int(grid[0]))
     need = np.union1d(grid, grid + st.horizon)
     have = set(grid.tolist())
     pos_of = {int(t): i for i, t in enumerate(grid)}
