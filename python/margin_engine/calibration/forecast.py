@@ -282,7 +282,7 @@ def forecast_margin(
         liq_any += any_path
 
     # the tail: the worst (1 − tail) share of paths by total shortfall on the last day
-    n_tail = max(1, int(math.ceil((1.0 - tail) * paths)))
+    n_tail = max(1, int(math.ceil((1.0 - tail) * paths - 1e-9)))  # 1e-9: (1 − 0.95)·100 is 5.000000000000004
     tail_paths = np.argsort(-stats["shortfall"][:, -1], kind="stable")[:n_tail]
     tail_sum = np.zeros(ids.size)
     for p in tail_paths:
