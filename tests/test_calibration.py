@@ -473,3 +473,30 @@ def test_every_shared_daily_symbol_calibrates_into_a_valid_book():
                             "multiplier": [1.0] * 14, "initial_margin_rate": [0.02] * 14, "maintenance_margin_rate": [0.01] * 14})  # fmt: skip
     me.Book(instruments, cal.assets, risk_params=cal.risk_params)  # validates every column's range
     assert cal.gaps.filter(pc.equal(cal.gaps.column("symbol"), "AVAX")).column("missing_periods").to_pylist() == [69]
+
+
+# --- the command line -------------------------------------------------------------------------------
+
+
+def test_cli_calibrate_and_backtest(tmp_path, capsys):
+    from margin_engine import cli
+
+    out, assets = tmp_path / "rp.parquet", tmp_path / "assets.parquet"
+    args = ["--quiet", "calibrate", str(DAILY), "--horizon", "2d", "--confidence", "0.99", "--method", "fhs",
+            "--volume-in", "quote", "--symbols", "BTC", "ETH", "--out", str(out), "--assets-out", str(assets)]  # fmt: skip
+    assert cli.main(args) == 0
+    want = me.calibrate(pq.read_table(DAILY), horizon="2d", confidence=0.99, method="fhs", symbols=["BTC", "ETH"], volume_in="quote")
+    assert pq.read_table(out).equals(want.risk_params) and pq.read_table(assets).equals(want.assets)
+    printed = capsys.readouterr().out
+    assert "BTC" in printed and f"{100 * want.risk_params.column('price_range')[0].as_py():.2f}%" in printed
+    summary = tmp_path / "summary.parquet"
+    assert cli.main(["--quiet", "backtest", str(DAILY), "--symbols", "USDC", "--summary-out", str(summary)]) == 0
+    assert pq.read_table(summary).column("symbol").to_pylist() == ["USDC", "USDC"]
+    # one-line errors, exit 2, nothing written
+    bad = tmp_path / "never.parquet"
+    assert cli.main(["--quiet", "calibrate", str(DAILY), "--lookback", "20y", "--out", str(bad)]) == 2
+    assert "history shorter than the lookback" in capsys.readouterr().err and not bad.exists()
+    assert cli.main(["--quiet", "calibrate", str(tmp_path / "missing.parquet")]) == 2
+    with pytest.raises(SystemExit) as e:
+        cli.main(["calibrate", str(DAILY), "--horizon", "3x"])
+    assert e.value.code == 2

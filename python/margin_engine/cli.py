@@ -1,4 +1,4 @@
-"""The margin-engine command line: demo, generate, run, scan, report (docs/cli.md).
+"""The margin-engine command line: demo, generate, run, scan, report, calibrate, backtest (docs/cli.md).
 
 Long steps show progress on stderr (step name, a spinner while it runs on a terminal, then its
 time); results go to stdout or to files. Every result file is written to a temporary file beside
@@ -525,6 +525,110 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------
+# calibrate and backtest (margin_engine.calibration, docs/calibration.md)
+# --------------------------------------------------------------------------------------------
+
+
+def _read_prices(path: Path) -> pa.Table:
+    """A price history: a Parquet file or a folder of them (``symbol, time, close[, volume]``)."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    try:
+        return pq.read_table(path)
+    except pa.ArrowException as e:
+        raise MarginInputError(f"prices.*: {path}: not a readable Parquet file or folder ({_one_line(e)})") from e
+
+
+def _apc(text: str | None) -> Any:
+    return None if text in (None, "none") else text
+
+
+def _calibration_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "horizon": args.horizon, "confidence": args.confidence, "method": args.method, "measure": args.measure,
+        "anti_procyclicality": _apc(args.anti_procyclicality), "lookback": args.lookback, "decay": args.decay,
+        "gaps": args.gaps,
+    }  # fmt: skip
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from margin_engine.calibration import calibrate
+
+    progress = Progress(args.quiet)
+    written = []
+    with Outputs() as outputs:
+        out, assets_out, report_out = outputs.file(args.out), outputs.file(args.assets_out), outputs.file(args.report_out)
+        with progress.step(f"reading {args.prices}"):
+            prices = _read_prices(args.prices)
+        label = f"calibrating {args.method.upper()} {args.measure.upper()} at {args.confidence:g}, horizon {args.horizon}"
+        with progress.step(label):
+            cal = calibrate(prices, symbols=args.symbols, volume_in=args.volume_in, **_calibration_options(args))
+        rep = cal.report()
+        weights = {r["asset"]: r for r in cal.assets.to_pylist()}
+        lines = [f"{'symbol':8} {'vol/yr':>8} {'range':>8} {'vol_up':>7} {'vol_dn':>7} {'weight':>7} {'kurt':>7}  gaps"]
+        for r in rep.to_pylist():
+            w = weights[r["symbol"]]["maintenance_weight"]
+            lines.append(
+                f"{r['symbol']:8} {100 * r['sigma_annual']:7.1f}% {100 * r['price_range']:7.2f}% {100 * r['vol_up']:6.1f}% "
+                f"{100 * r['vol_down']:6.1f}% {w:7.4f} {r['kurtosis']:7.1f}  {r['gaps']}" + ("  (capped)" if r["capped"] else "")
+            )
+        for line in lines:
+            say(line)
+        for target, table, what in ((out, cal.risk_params, "risk_params"), (assets_out, cal.assets, "assets"), (report_out, rep, "report")):
+            if target is not None:
+                pq.write_table(table, target)
+                written.append(f"{what} written to {getattr(args, {'risk_params': 'out', 'assets': 'assets_out', 'report': 'report_out'}[what])}")
+    for line in written:
+        say(line)
+    return 0
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from margin_engine.calibration import backtest
+
+    progress = Progress(args.quiet)
+    written = []
+    with Outputs() as outputs:
+        out, summary_out, chart = outputs.file(args.out), outputs.file(args.summary_out), outputs.file(args.chart)
+        with progress.step(f"reading {args.prices}"):
+            prices = _read_prices(args.prices)
+        held: tuple[Any, ...] = (None, None, None)
+        if args.book is not None:
+            with progress.step(f"reading {args.book}"):
+                tables = read_book(args.book)
+            with progress.step("validating book"):
+                held = (tables.book(), tables.positions, tables.balances)
+        label = f"backtest {args.method.upper()} at {args.confidence:g}, horizon {args.horizon}" + (
+            f", {args.model} margin of the book at every date" if args.book is not None else ""
+        )
+        with progress.step(label):
+            bt = backtest(
+                *held, prices, symbols=args.symbols, start=args.start, end=args.end, model=args.model,
+                threads=args.threads, progress=progress.advance, **_calibration_options(args),
+            )  # fmt: skip
+        for r in bt.summary.to_pylist():
+            say(
+                f"{r['symbol']:8} {r['side']:8} {r['exceedances']:6,}/{r['observations']:<7,} rate {100 * r['rate']:6.3f}% "
+                f"(expected {100 * r['expected']:.3g}%)  Kupiec p {r['kupiec_p']:.3f}  Christoffersen p {r['christoffersen_p']:.3f}"
+            )
+        if out is not None:
+            pq.write_table(bt.dates, out)
+            written.append(f"dates written to {args.out}")
+        if summary_out is not None:
+            pq.write_table(bt.summary, summary_out)
+            written.append(f"summary written to {args.summary_out}")
+        if chart is not None:
+            with progress.step(f"drawing {args.chart}"):
+                from margin_engine.calibration.charts import save_png
+
+                save_png(bt.chart(), chart)
+            written.append(f"chart written to {args.chart}")
+    for line in written:
+        say(line)
+    return 0
+
+
 def _has_pandas() -> bool:
     try:
         import pandas  # noqa: F401
@@ -638,6 +742,56 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: -0.2 -0.1 0.1 0.2; no values skips the section)",
     )  # fmt: skip
     rep.add_argument("--no-distance", action="store_true", help="skip the distance-to-liquidation summary (the slowest section)")
+    def duration(text: str) -> str:
+        from margin_engine.calibration.history import parse_duration
+
+        try:
+            parse_duration(text, "duration")
+        except MarginInputError:
+            raise argparse.ArgumentTypeError(f"expected a duration such as 1h, 1d, 2d, 4y, got {text!r}") from None
+        return text
+
+    def confidence(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not 0.5 < value < 1:
+            raise argparse.ArgumentTypeError(f"must be in (0.5, 1), got {text}")
+        return value
+
+    def calibration_options(p: argparse.ArgumentParser, horizon: str, conf: float) -> None:
+        p.add_argument("prices", type=Path, help="price history: a Parquet file or folder with symbol, time, close[, volume]")
+        p.add_argument("--horizon", type=duration, default=horizon, help=f"liquidation horizon, e.g. 1h, 1d, 2d (default: {horizon})")
+        p.add_argument("--confidence", type=confidence, default=conf, help=f"confidence level in (0.5, 1) (default: {conf})")
+        p.add_argument("--method", choices=["ewma", "fhs", "garch"], default="ewma", help="EWMA, filtered historical simulation or GARCH (needs arch) (default: ewma)")
+        p.add_argument("--measure", choices=["var", "es"], default="var", help="value at risk or expected shortfall (default: var)")
+        p.add_argument(
+            "--anti-procyclicality", choices=["none", "buffer", "stress_weight", "long_floor"], default="none",
+            help="EMIR's options: a 25%% buffer, 25%% weight on the stressed period, a 10-year floor (default: none)",
+        )  # fmt: skip
+        p.add_argument("--lookback", type=duration, default="4y", help="history behind each figure (default: 4y)")
+        p.add_argument("--decay", type=float, default=0.94, help="EWMA decay per day (default: 0.94)")
+        p.add_argument("--gaps", choices=["scale", "drop"], default="scale", help="returns across gaps: scaled by 1/sqrt(k) or dropped (default: scale)")
+        p.add_argument("--symbols", nargs="+", default=None, metavar="SYMBOL", help="symbols to use (default: all)")
+
+    cal = _subcommand(sub, "calibrate", "scan ranges, vol shocks and collateral weights from a price history", cmd_calibrate)
+    calibration_options(cal, "1h", 0.999)
+    cal.add_argument("--volume-in", choices=["base", "quote"], default="base", help="unit of the volume column (default: base, coins)")
+    cal.add_argument("--out", type=Path, default=None, metavar="PARQUET", help="risk_params table for a book (written atomically)")
+    cal.add_argument("--assets-out", type=Path, default=None, metavar="PARQUET", help="assets table (collateral weights) for a book")
+    cal.add_argument("--report-out", type=Path, default=None, metavar="PARQUET", help="the figures behind every number")
+
+    bt = _subcommand(sub, "backtest", "backtest the calibration (and a book's margin) over a price history", cmd_backtest)
+    calibration_options(bt, "1d", 0.99)
+    bt.add_argument("--book", type=Path, default=None, help="book directory: also margin its accounts at every date")
+    bt.add_argument("--model", choices=["standard", "portfolio"], default="portfolio", help="margin model of the book (default: portfolio)")
+    bt.add_argument("--start", default=None, help="first date (ISO), default: the first with a whole lookback")
+    bt.add_argument("--end", default=None, help="last date (ISO), default: the end of the history")
+    bt.add_argument("--threads", type=_positive_int, default=None, help="worker threads (default: all cores)")
+    bt.add_argument("--out", type=Path, default=None, metavar="PARQUET", help="per underlying and date: range, move, exceedances")
+    bt.add_argument("--summary-out", type=Path, default=None, metavar="PARQUET", help="exceedances and test statistics")
+    bt.add_argument("--chart", type=Path, default=None, metavar="PNG", help="draw P&L against margin with exceedances marked")
     return parser
 
 
