@@ -31,7 +31,7 @@ from margin_engine.presets import scenario_preset
 from margin_engine.presets.derive import (
     baseline_parameters,
     case_parameters,
-    case_tables,
+    case_inputs,
     methodology_from_derive,
     portfolio_from_tables,
 )
@@ -120,7 +120,7 @@ def _params(case: dict):
 @pytest.mark.parametrize("case", [_params(c) for c in CASES])
 def test_published_case(case: dict) -> None:
     """IM, MM, every scenario P&L and every contingency of one published case, to 1e-8."""
-    tables = case_tables(case)
+    tables = case_inputs(case)
     result = margin_scenarios(portfolio_from_tables(tables), tables.methodology)
     misses = _compare(case, result)
     assert not misses, "\n".join(misses)
@@ -137,10 +137,10 @@ def test_case_67_without_its_invalid_row() -> None:
     params["Scenarios"] = [params["Scenarios"][i] for i in kept]
     meth = methodology_from_derive(params)
     with pytest.raises(MarginInputError, match="scenarios.spot_move"):
-        case_tables(case)
+        case_inputs(case)
     stripped = json.loads(json.dumps(case))
     stripped["published_inputs"]["Parameters"]["Scenarios"] = params["Scenarios"]
-    tables = case_tables(stripped)
+    tables = case_inputs(stripped)
     assert tables.methodology == meth
     result = margin_scenarios(portfolio_from_tables(tables), meth)
     misses = _compare(case, result, rows=kept, skip_groups=("skew",))

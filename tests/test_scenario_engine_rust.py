@@ -31,7 +31,7 @@ from test_derive_pmrm2 import _compare as compare_with_published
 from margin_engine import MarginInputError, _core
 from margin_engine.methodology_params import ScenarioMethodology, ScenarioRow, SkewShock, StaticDiscount, VolShock
 from margin_engine.presets import scenario_preset
-from margin_engine.presets.derive import case_tables, portfolio_from_tables
+from margin_engine.presets.derive import case_inputs, portfolio_from_tables
 from margin_engine.reference.scenario_inputs import preset_for_book, scenario_portfolios
 from margin_engine.reference.scenarios import (
     CollateralHolding,
@@ -119,7 +119,7 @@ def test_seventy_valid_cases() -> None:
 def test_derive_case_rust_equals_reference(case: dict) -> None:
     """IM, MM, every scenario P&L and every contingency of one published case: Rust equals the
     reference (which test_derive_pmrm2.py checks against the published figures)."""
-    tables = case_tables(case)
+    tables = case_inputs(case)
     pf = portfolio_from_tables(tables)
     misses = compare(pf, tables.methodology)
     assert not misses, "\n".join(misses)

@@ -39,8 +39,9 @@ import copy
 import json
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -69,6 +70,8 @@ __all__ = [
     "REFERENCE_TIME_S",
     "DeriveCaseTables",
     "baseline_parameters",
+    "DeriveCase",
+    "case_inputs",
     "case_methodology",
     "case_tables",
     "derive_pmrm2",
@@ -288,9 +291,9 @@ def _svi_vol(feed: dict[str, Any], strike: float) -> float:
     return vol
 
 
-def case_tables(case: dict[str, Any], *, underlying: str = "BASE") -> DeriveCaseTables:
-    """Our tables for one case of Derive's published PMRM_2 JSON (see the module docstring for
-    how each input maps)."""
+def case_inputs(case: dict[str, Any], *, underlying: str = "BASE") -> DeriveCaseTables:
+    """The inputs of one case of Derive's published PMRM_2 JSON as plain tables (see the module
+    docstring for how each input maps); `case_tables` makes them a book and a market."""
     from margin_engine.reference.black76 import black76_scalar
 
     sc = case["published_inputs"]["Scenario"]
@@ -392,6 +395,95 @@ def case_tables(case: dict[str, Any], *, underlying: str = "BASE") -> DeriveCase
         valuation_time_ns=t0_ns,
         methodology=meth,
     )
+
+
+class DeriveCase(NamedTuple):
+    """One Derive case as the engine's inputs: `me.margin(book, positions, balances, market,
+    model="portfolio")` gives, in `free_collateral` and `margin_excess`, Derive's signed IM and MM."""
+
+    book: Any
+    market: Any
+    positions: pa.Table
+    balances: pa.Table
+
+
+STANDARD_RATES_FOR_CASES = {"initial_margin_rate": 0.15, "maintenance_margin_rate": 0.075, "initial_margin_floor": 0.10}
+"""The standard model's columns a book needs and Derive's PMRM_2 cases do not give: Deribit-like
+rates (docs/presets.md); they only matter under `model="standard"`."""
+
+
+def case_tables(case: dict[str, Any], *, underlying: str = "BASE") -> DeriveCase:
+    """`(book, market, positions, balances)` of one case of Derive's published PMRM_2 JSON, with
+    the case's methodology (`derive_pmrm2` and the case's overrides) inside the book.
+
+    Derive counts money in its quote coin (USDC): the USDC asset is priced 1, a collateral coin
+    at `Price / StablePrice` (its value in USDC), and the USDC price in dollars
+    (`StablePrice`) is an index_prices row named `USDC`, read by the peg-loss add-on. Haircuts are
+    weights (`maintenance_weight = 1 − MMHaircut`, `initial_weight = maintenance_weight −
+    IMHaircut`), charged as contingencies by the methodology. A perpetual's unsettled P&L and
+    funding are cash, added to the USDC balance. Options are on their expiry's forward
+    (`expiry_feeds`: forward, the part already fixed, rate, the lowest of the feeds'
+    confidences), marked at the discounted Black-76 value of their SVI vol.
+
+    >>> import json, margin_engine as me
+    >>> from importlib import resources
+    >>> from margin_engine.presets import derive
+    >>> case = derive.example_case()
+    >>> book, market, positions, balances = derive.case_tables(case)
+    >>> row = me.margin(book, positions, balances, market, model="portfolio").to_pylist()[0]
+    >>> expected = case["published_expected"]
+    >>> abs(row["margin_excess"] - expected["MM"]) <= 1e-8 * abs(expected["MM"])
+    True
+    """
+    import margin_engine as me
+
+    t = case_inputs(case, underlying=underlying)
+    ins = t.instruments
+    for col, value in STANDARD_RATES_FOR_CASES.items():
+        values = [None if (col == "initial_margin_floor" and k != "option") else value for k in ins.column("kind").to_pylist()]
+        ins = ins.append_column(col, pa.array(values, pa.float64()))
+    a = t.assets.to_pylist()
+    stable = next(r["price"] for r in a if r["asset"] == QUOTE_ASSET)
+    assets = {k: [] for k in ("asset", "price", "underlying", "initial_weight", "maintenance_weight",
+                               "initial_liability_weight", "maintenance_liability_weight", "price_confidence")}
+    for r in a:
+        quote = r["asset"] == QUOTE_ASSET
+        mw = 1.0 - r["maintenance_haircut"]
+        row = (r["asset"], 1.0 if quote else r["price"] / stable, r["underlying"], mw - r["initial_haircut"], mw,
+               1.0, 1.0, r["price_confidence"])
+        for k, v in zip(assets, row, strict=True):
+            assets[k].append(v)
+    bad = [x for x, w in zip(assets["asset"], assets["initial_weight"], strict=True) if not 0.0 <= w]
+    if bad:
+        raise input_error("derive.Collaterals", "IMHaircut", "MMHaircut + IMHaircut exceeds 1", bad)
+    unsettled = sum(v or 0.0 for v in t.positions.column("unsettled_cash").to_pylist())
+    bal = t.balances.to_pylist()
+    if unsettled != 0.0:
+        cash = next((b for b in bal if b["asset"] == QUOTE_ASSET), None)
+        if cash is None:
+            bal.insert(0, {"account_id": 0, "asset": QUOTE_ASSET, "amount": unsettled})
+        else:
+            cash["amount"] += unsettled
+    balances = pa.table({"account_id": pa.array([b["account_id"] for b in bal], pa.int64()),
+                         "asset": pa.array([b["asset"] for b in bal], pa.string()),
+                         "amount": pa.array([b["amount"] for b in bal], pa.float64())})
+    idx = t.index_prices.to_pylist() + [{"underlying": QUOTE_ASSET, "index_price": stable, "confidence": 1.0}]
+    index_prices = pa.table({"underlying": pa.array([r["underlying"] for r in idx], pa.string()),
+                             "index_price": pa.array([r["index_price"] for r in idx], pa.float64()),
+                             "confidence": pa.array([r["confidence"] for r in idx], pa.float64())})
+    meth = me.Methodology(t.methodology.name, portfolio=t.methodology, standard="v1")
+    book = me.Book(ins, pa.table({k: pa.array(v, pa.string() if k in ("asset", "underlying") else pa.float64())
+                                  for k, v in assets.items()}), methodology=meth)
+    market = me.Market(index_prices, t.marks, t.valuation_time_ns, expiry_feeds=t.expiry_feeds)
+    return DeriveCase(book, market, t.positions.drop_columns(["unsettled_cash"]), balances)
+
+
+def example_case() -> dict[str, Any]:
+    """One of Derive's published PMRM_2 cases shipped with the package (a short call spread
+    with a perpetual and collateral, see presets/data/README.md), for examples."""
+    text = resources.files("margin_engine.presets").joinpath("data/pmrm2_example_case.json").read_text()
+    data: dict[str, Any] = json.loads(text)
+    return data
 
 
 def portfolio_from_tables(tables: DeriveCaseTables, account_id: int = 0, *, underlying: str | None = None) -> ScenarioPortfolio:

@@ -149,7 +149,7 @@ def portfolio_of(
             OptionHolding(ins.strike, ins.is_call, position.quantity, mark.implied_vol, ins.multiplier, ins.id)
         )
     for asset, amount in coins or []:
-        portfolio.collaterals.append(_coin(asset, amount, underlying is not None))
+        portfolio.collaterals.append(_coin(asset, amount, underlying is not None and asset.underlying == underlying))
     return portfolio
 
 
@@ -164,7 +164,9 @@ def account_requirements(
     in underlying (name) order, the portfolio of unlinked coins last. Under
     `collateral_haircuts_as_contingency` (of the default methodology: one answer per book)
     every balance other than the quote asset is a coin, in the portfolio of its linked
-    underlying, else in the unlinked one; otherwise collateral stays out of the portfolios."""
+    underlying; an unlinked coin in the portfolio of the account's first underlying (name order)
+    with positions or linked coins, or, with neither, in a portfolio of coins alone; otherwise collateral stays
+    out of the portfolios."""
     coins_in = meth.default.collateral_haircuts_as_contingency
     quote = next((a.id for a in book.assets if a.price == 1.0 and a.underlying is None), None)
     groups: dict[tuple[int, str | None], tuple[list[NettedPosition], list[tuple[Any, float]]]] = {}
@@ -173,11 +175,16 @@ def account_requirements(
         u = position.instrument.underlying
         groups.setdefault((order[u], u), ([], []))[0].append(position)
     if coins_in:
-        for row in sorted(balances, key=lambda b: b.asset_id):
-            if row.asset_id == quote or row.amount == 0.0:
-                continue
+        # an unlinked coin joins the account's first underlying (name order), else stands alone
+        # (with positions or linked coins)
+        coin_rows = [b for b in sorted(balances, key=lambda b: b.asset_id) if b.asset_id != quote and b.amount != 0.0]
+        linked = [book.assets[b.asset_id].underlying for b in coin_rows]
+        first = min(
+            list(groups) + [(order[u], u) for u in linked if u is not None], key=lambda k: k[0], default=(len(order), None)
+        )
+        for row in coin_rows:
             asset = book.assets[row.asset_id]
-            key = (order[asset.underlying], asset.underlying) if asset.underlying is not None else (len(order), None)
+            key = (order[asset.underlying], asset.underlying) if asset.underlying is not None else first
             groups.setdefault(key, ([], []))[1].append((asset, row.amount))
     im = 0.0
     mm = 0.0

@@ -77,7 +77,7 @@ impl ExpiryFeed {
 }
 
 /// The optional `expiry_feeds` table: `underlying`, `expiry` (timestamp), `forward` (> 0),
-/// `forward_fixed` (optional, >= 0 and < forward, default 0), `rate` (optional, finite, default
+/// `forward_fixed` (optional, >= 0 and <= forward, default 0: all fixed at expiry), `rate` (optional, finite, default
 /// 0), `confidence` (optional, in [0, 1], default 1); one row per (underlying, expiry).
 pub fn read_expiry_feeds(t: &Table) -> Result<Vec<ExpiryFeedRow>> {
     t.check_unique_column_names()?;
@@ -105,7 +105,7 @@ pub fn read_expiry_feeds(t: &Table) -> Result<Vec<ExpiryFeedRow>> {
     let mut dup = Offenders::default();
     let mut rows = Vec::with_capacity(n);
     for i in 0..n {
-        if fixed[i] >= forward[i] {
+        if fixed[i] > forward[i] {
             bad.push(|| labels[i].clone());
         }
         if !seen.insert((underlyings[i].clone(), expiries[i])) {
@@ -117,7 +117,7 @@ pub fn read_expiry_feeds(t: &Table) -> Result<Vec<ExpiryFeedRow>> {
             feed: ExpiryFeed { forward_variable: forward[i] - fixed[i], forward_fixed: fixed[i], rate: rate[i], confidence: confidence[i] },
         });
     }
-    bad.into_result(t.name, "forward_fixed", "the fixed part must be below the forward")?;
+    bad.into_result(t.name, "forward_fixed", "the fixed part must be at most the forward")?;
     dup.into_result(t.name, "expiry", "duplicate (underlying, expiry)")?;
     Ok(rows)
 }

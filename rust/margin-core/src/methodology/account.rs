@@ -9,8 +9,11 @@
 //!   expiry's confidence the lowest of its feed's and its options' marks';
 //! - perpetuals and futures as linear holdings on their marks, with their marks' confidences;
 //! - under `collateral_haircuts_as_contingency`, every balance other than the quote asset as a
-//!   coin: in the portfolio of its linked underlying (moving with it), else in a portfolio of
-//!   unlinked coins (haircut and confidence charges only). Haircuts are `1 − weight` (borrows:
+//!   coin: in the portfolio of its linked underlying (moving with it); an unlinked coin in the
+//!   portfolio of the account's first underlying (name order) with positions or linked coins
+//!   (its confidence charge reads that index feed's confidence, as on a one-underlying venue),
+//!   or, for an account with neither, in a portfolio of coins alone (haircut and confidence
+//!   charges). Haircuts are `1 − weight` (borrows:
 //!   `1 − liability weight`, negative, so that the charge on a negative value is positive); the
 //!   initial haircut is what the IM charges beyond the maintenance one.
 
@@ -63,11 +66,18 @@ pub fn account_requirements(
         scratch.keys.push((ins.underlying[p.instrument as usize], i as u32));
     }
     if coins {
+        // an unlinked coin joins the account's first underlying with positions or linked coins
+        // (its charges read that spot feed's confidence, as on a one-underlying venue), or stands alone
+        let linked = balance_rows
+            .iter()
+            .filter(|&&(asset, row)| Some(asset) != quote && balances.amount[row as usize] != 0.0)
+            .filter_map(|&(asset, _)| book.assets.underlying[asset as usize]);
+        let first = scratch.keys.iter().map(|k| k.0).chain(linked).min().unwrap_or(UNLINKED);
         for (k, &(asset, _)) in balance_rows.iter().enumerate() {
             if Some(asset) == quote {
                 continue;
             }
-            let u = book.assets.underlying[asset as usize].unwrap_or(UNLINKED);
+            let u = book.assets.underlying[asset as usize].unwrap_or(first);
             scratch.keys.push((u, COIN | k as u32));
         }
     }
@@ -110,7 +120,7 @@ pub fn account_requirements(
                 p.collaterals.push(CollateralHolding {
                     name: String::new(),
                     value: amount * asset_price[a],
-                    risk_cancelling: u != UNLINKED,
+                    risk_cancelling: w.underlying[a] == Some(u),
                     maintenance_haircut: mm_haircut,
                     initial_haircut: im_haircut,
                     confidence: w.price_confidence[a],
