@@ -52,7 +52,7 @@ $(PY):
 $(DEPS_STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "maturin>=1.10,<2" "numpy>=1.24" "pyarrow>=15" "pytest>=8" "hypothesis>=6.100" \
-		"pytest-benchmark>=4" "QuantLib>=1.30" "polars>=1.0" "duckdb>=1.0" "matplotlib>=3.7" "pandas>=2.0" "scipy>=1.9" "tomli>=2; python_version<'3.11'"
+		"pytest-benchmark>=4" "QuantLib>=1.30" "polars>=1.0" "duckdb>=1.0" "matplotlib>=3.7" "pandas>=2.0" "scipy>=1.9" "arch>=6" "tomli>=2; python_version<'3.11'"
 	$(PY) -m pip install -q "pyspark>=4.0" "dask[dataframe]>=2024.12"  # tests/test_spark.py (needs Java 17+), tests/test_dask.py
 	touch $@
 

@@ -1,4 +1,4 @@
-"""Calibration, backtesting and predictive margin (``docs/calibration.md``, METHODOLOGY-v2 §12).
+"""Calibration, backtesting and predictive margin (``docs/calibration.md``).
 
 - :func:`calibrate`: portfolio-model ``risk_params`` and collateral ``assets`` from a price
   history (EWMA, filtered historical simulation, GARCH), with anti-procyclicality options.
