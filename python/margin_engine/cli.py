@@ -575,10 +575,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             )
         for line in lines:
             say(line)
-        for target, table, what in ((out, cal.risk_params, "risk_params"), (assets_out, cal.assets, "assets"), (report_out, rep, "report")):
+        for target, table, what, named in (
+            (out, cal.risk_params, "risk_params", args.out), (assets_out, cal.assets, "assets", args.assets_out),
+            (report_out, rep, "report", args.report_out),
+        ):  # fmt: skip
             if target is not None:
                 pq.write_table(table, target)
-                written.append(f"{what} written to {getattr(args, {'risk_params': 'out', 'assets': 'assets_out', 'report': 'report_out'}[what])}")
+                written.append(f"{what} written to {named}")
     for line in written:
         say(line)
     return 0
