@@ -500,3 +500,13 @@ def test_cli_calibrate_and_backtest(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["calibrate", str(DAILY), "--horizon", "3x"])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize("module", ["history", "models", "calibrate", "backtest", "forecast"])
+def test_docstring_examples_pass(module):
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(f"margin_engine.calibration.{module}")
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0
