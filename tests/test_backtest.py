@@ -292,3 +292,23 @@ def test_backtest_bad_inputs():
     with pytest.raises(me.MarginInputError) as e:
         me.backtest("not a book", positions, balances, t, lookback="300d")
     assert e.value.column == "book"
+
+
+def test_book_at_keeps_the_methodology():
+    if not hasattr(me, "Methodology"):
+        pytest.skip("no me.Methodology in this build")
+    from margin_engine.calibration.backtest import book_at
+    from margin_engine.calibration.history import read_history
+
+    prices = pq.read_table(DAILY).filter(pc.equal(pc.field("symbol"), "BTC"))
+    inst = pa.table({"instrument": ["BTC-PERP"], "kind": ["perpetual"], "underlying": ["BTC"], "multiplier": [1.0],
+                     "initial_margin_rate": [0.02], "maintenance_margin_rate": [0.01]})  # fmt: skip
+    assets = pa.table({"asset": ["USD", "BTC"], "price": [1.0, 1.0], "initial_weight": [1.0, 0.9], "maintenance_weight": [1.0, 0.95],
+                       "initial_liability_weight": [1.0, 1.1], "maintenance_liability_weight": [1.0, 1.05]})  # fmt: skip
+    book = me.Book(inst, assets, methodology=me.Methodology.preset("exchange"))
+    h = read_history(prices)
+    t = int(h["BTC"].times[-1])
+    moved = book_at(book, h, t, {"BTC": {"price_range": 0.05}})
+    assert moved.methodology == book.methodology
+    assert moved.assets.column("price").to_pylist() == [1.0, h["BTC"].close[-1]]  # the BTC coin at its close
+    assert moved.risk_params.column("price_range").to_pylist() == [0.05]

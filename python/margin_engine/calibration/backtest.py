@@ -446,8 +446,8 @@ def _market_at(
 
 
 def book_at(book: Any, history: History, t: int, risk: dict[str, dict[str, float]] | None) -> Any:
-    """The book with its assets priced at the closes of time ``t`` and, given ``risk``, its
-    risk_params replaced per underlying by those figures."""
+    """The book (its methodology kept) with its assets priced at the closes of time ``t`` and,
+    given ``risk``, its risk_params replaced per underlying by those figures."""
     from margin_engine.api import Book
 
     assets = book.assets
@@ -464,7 +464,10 @@ def book_at(book: Any, history: History, t: int, risk: dict[str, dict[str, float
     rp = book.risk_params
     if risk:
         rp = merge_risk_params(rp, risk)
-    return Book(book.instruments, assets, risk_params=rp, margin_tiers=book.margin_tiers)
+    methodology = getattr(book, "methodology", None)
+    if methodology is None:
+        return Book(book.instruments, assets, risk_params=rp, margin_tiers=book.margin_tiers)
+    return Book(book.instruments, assets, risk_params=rp, margin_tiers=book.margin_tiers, methodology=methodology)
 
 
 def merge_risk_params(rp: pa.Table | None, risk: dict[str, dict[str, float]]) -> pa.Table:
