@@ -312,3 +312,12 @@ def test_book_at_keeps_the_methodology():
     assert moved.methodology == book.methodology
     assert moved.assets.column("price").to_pylist() == [1.0, h["BTC"].close[-1]]  # the BTC coin at its close
     assert moved.risk_params.column("price_range").to_pylist() == [0.05]
+
+
+def test_christoffersen_pools_columns():
+    a = [0, 1, 1, 0, 0, 0]
+    b = [1, 0, 0, 0, 1, 1]
+    lr, p, n = christoffersen(np.array([a, b]).T)
+    na, nb = christoffersen(a)[2], christoffersen(b)[2]
+    assert n == {k: na[k] + nb[k] for k in na}  # no transition from a's last date to b's first
+    assert n["n00"] + n["n01"] + n["n10"] + n["n11"] == 10

@@ -113,6 +113,8 @@ def test_counts_and_shortfall_equal_an_independent_computation(monkeypatch):
     qa = {1: 1.0, 2: -1.0, 3: 0.0, 4: 0.5}
     qb = {1: 0.0, 2: 0.0, 3: 20.0, 4: -5.0}
     worst = {}
+    liq_last = {k: 0 for k in qa}
+    liq_any = {k: set() for k in qa}
     for row in fc.paths.to_pylist():
         p, d = row["path"], row["day"]
         sa, sb = a0 * (1 + by[(p, d, "AAA")]), b0 * (1 + by[(p, d, "BBB")])
@@ -126,6 +128,8 @@ def test_counts_and_shortfall_equal_an_independent_computation(monkeypatch):
                 bankrupt += 1
             if equity < mm - 1e-9 * max(1, mm):
                 liq += 1
+                liq_any[k].add(p)
+                liq_last[k] += d == 4
             elif equity < im - 1e-9 * max(1, im):
                 calls_ += 1
             shortfall += max(0.0, mm - equity)
@@ -145,6 +149,9 @@ def test_counts_and_shortfall_equal_an_independent_computation(monkeypatch):
     got = {r["account_id"]: r["tail_shortfall"] for r in fc.accounts.to_pylist()}
     assert got == pytest.approx({k: v for k, v in mean.items() if v > 0})
     assert list(got) == sorted(got, key=lambda k: -got[k])
+    for r in fc.accounts.to_pylist():
+        assert r["p_liquidatable"] == liq_last[r["account_id"]] / 100
+        assert r["p_liquidatable_any"] == len(liq_any[r["account_id"]]) / 100
 
 
 def test_forecast_driven_rebalance():

@@ -60,13 +60,16 @@ def kupiec(observations: int, exceedances: int, p: float) -> tuple[float, float]
 def christoffersen(hits: Any) -> tuple[float, float, dict[str, int]]:
     """Christoffersen's independence test of a 0/1 exceedance sequence: (LR, p-value, the
     transition counts n00, n01, n10, n11). With ``π0 = n01/(n00+n01)``, ``π1 = n11/(n10+n11)``,
-    ``π = (n01+n11)/(n−1)``: ``LR = −2 [ ln L(π) − ln L(π0, π1) ]`` ~ χ²(1).
+    ``π = (n01+n11)/(n−1)``: ``LR = −2 [ ln L(π) − ln L(π0, π1) ]`` ~ χ²(1). A 2-D array (dates ×
+    series, e.g. accounts) pools the transitions within each column.
 
     >>> lr, pv, n = christoffersen([0, 0, 1, 1, 0, 0, 0, 1, 0, 0])
     >>> n
     {'n00': 4, 'n01': 2, 'n10': 2, 'n11': 1}
     """
     h = np.asarray(hits, dtype=bool)
+    if h.ndim == 1:
+        h = h[:, None]
     a, b = h[:-1], h[1:]
     n00 = int(np.sum(~a & ~b))
     n01 = int(np.sum(~a & b))
@@ -586,8 +589,8 @@ def _book_loop(
             "worst_excess": pa.array(np.where(np.isfinite(worst), worst, np.nan)),
         }
     )
-    book_rows = {
+    book_rows: dict[str, np.ndarray] = {
         "total": np.array(rows["exceed"], dtype=bool),
-        "accounts": mat.T.reshape(-1),  # each account's dates in turn
+        "accounts": mat,  # dates × accounts: Christoffersen's transitions within each account
     }
     return book_table, accounts, book_rows, skipped

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from margin_engine._inputs import as_output, check_choice, check_instance, check_model, check_output, input_error
 from margin_engine.calibration import models
@@ -26,6 +27,11 @@ from margin_engine.calibration.calibrate import prepare, settings
 from margin_engine.calibration.history import DAY, Series, read_history
 
 __all__ = ["Forecast", "forecast_margin"]
+
+
+def _status_counts(scan: pa.Table) -> dict[str, int]:
+    vc = pc.value_counts(scan.column("status"))
+    return dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()))
 
 
 def _daily(series: Series) -> Series:
@@ -247,11 +253,11 @@ def forecast_margin(
 
     base = liquidation_scan(book, positions, balances, market, model=model, threads=threads).sort_by("account_id")
     ids = base.column("account_id").to_numpy()
-    status0 = base.column("status").to_numpy(zero_copy_only=False)
+    counts0 = _status_counts(base)
     today = {
-        "margin_call": int(np.sum(status0 == "margin_call")),
-        "liquidatable": int(np.sum((status0 == "liquidatable") | (status0 == "bankrupt"))),
-        "bankrupt": int(np.sum(status0 == "bankrupt")),
+        "margin_call": int(counts0.get("margin_call", 0)),
+        "liquidatable": int(counts0.get("liquidatable", 0) + counts0.get("bankrupt", 0)),
+        "bankrupt": int(counts0.get("bankrupt", 0)),
         "shortfall": float(base.column("shortfall").to_numpy().sum()),
     }
     stats = {k: np.zeros((paths, days)) for k in ("margin_call", "liquidatable", "bankrupt", "shortfall", "call_amount")}
@@ -263,16 +269,16 @@ def forecast_margin(
         for d in range(days):
             stress = {u: float(moves[p, d, j]) for j, u in enumerate(held)}
             scan = liquidation_scan(book, positions, balances, market, model=model, stress=stress, threads=threads)
-            status = scan.column("status").to_numpy(zero_copy_only=False)
-            liq = (status == "liquidatable") | (status == "bankrupt")
-            stats["margin_call"][p, d] = np.sum(status == "margin_call")
-            stats["liquidatable"][p, d] = np.sum(liq)
-            stats["bankrupt"][p, d] = np.sum(status == "bankrupt")
+            counts = _status_counts(scan)
+            n_liq = counts.get("liquidatable", 0) + counts.get("bankrupt", 0)
+            stats["margin_call"][p, d] = counts.get("margin_call", 0)
+            stats["liquidatable"][p, d] = n_liq
+            stats["bankrupt"][p, d] = counts.get("bankrupt", 0)
             stats["shortfall"][p, d] = scan.column("shortfall").to_numpy().sum()
             gap = scan.column("initial_margin").to_numpy() - scan.column("collateral_initial").to_numpy()
             stats["call_amount"][p, d] = np.maximum(gap, 0.0).sum()
-            if liq.any():
-                where = np.searchsorted(ids, scan.column("account_id").to_numpy()[liq])
+            if n_liq:  # the scan lists bankrupt then liquidatable accounts first
+                where = np.searchsorted(ids, scan.column("account_id").slice(0, n_liq).to_numpy())
                 any_path[where] = True
                 if d == days - 1:
                     liq_last[where] += 1
