@@ -510,3 +510,19 @@ def test_docstring_examples_pass(module):
     mod = importlib.import_module(f"margin_engine.calibration.{module}")
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_any_arrow_table_of_prices():
+    """pyarrow, polars (string_view symbols), pandas, a dict of columns, dictionary-encoded symbols
+    and date32 times give the same calibration."""
+    t = pq.read_table(DAILY)
+    want = me.calibrate(t, horizon="1d", confidence=0.99).risk_params
+    inputs = [t.to_pandas(), {c: t.column(c).to_pylist() for c in ("symbol", "time", "close")},
+              t.set_column(0, "symbol", pc.dictionary_encode(t.column("symbol"))).set_column(
+                  1, "time", pc.cast(pc.cast(t.column("time"), pa.timestamp("s")), pa.date32()))]  # fmt: skip
+    pl = pytest.importorskip("polars")
+    inputs.append(pl.from_arrow(t))
+    for obj in inputs:
+        assert me.calibrate(obj, horizon="1d", confidence=0.99).risk_params.equals(want), type(obj)
+    with pytest.raises(me.MarginInputError, match="utf8"):
+        me.calibrate(t.set_column(0, "symbol", pa.array([1] * t.num_rows)))

@@ -174,10 +174,13 @@ def read_history(prices: Any, *, volume_in: str = "base", symbols: list[str] | N
     if table.num_rows == 0:
         raise input_error("prices", "*", "the history is empty")
     sym_col = table.column("symbol")
-    if pa.types.is_dictionary(sym_col.type):
-        sym_col = pc.cast(sym_col, pa.string())
-    if not (pa.types.is_string(sym_col.type) or pa.types.is_large_string(sym_col.type)):
-        raise input_error("prices", "symbol", f"expected a utf8 column, got {sym_col.type}")
+    t = sym_col.type
+    text = pa.types.is_string(t) or pa.types.is_large_string(t) or str(t) == "string_view"  # polars: string_view
+    if pa.types.is_dictionary(t) and (pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type)):
+        text = True
+    if not text:
+        raise input_error("prices", "symbol", f"expected a utf8 column, got {t}")
+    sym_col = pc.cast(sym_col, pa.string())
     for name, col in (("symbol", sym_col), ("time", table.column("time")), ("close", table.column("close"))):
         if col.null_count:
             rows = np.flatnonzero(pc.is_null(col).to_numpy(zero_copy_only=False))
