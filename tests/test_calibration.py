@@ -526,3 +526,24 @@ def test_any_arrow_table_of_prices():
         assert me.calibrate(obj, horizon="1d", confidence=0.99).risk_params.equals(want), type(obj)
     with pytest.raises(me.MarginInputError, match="utf8"):
         me.calibrate(t.set_column(0, "symbol", pa.array([1] * t.num_rows)))
+
+
+def test_released_buffer_is_drawn_down_when_the_range_rises():
+    """buffer_release: the range is max(R, 1.25 × the lowest R of the last 30 days), R the range
+    without the buffer; calibrate() at a date equals the backtest's figure there."""
+    close = _random_close(1500, seed=12, df=4)
+    t = _series(close)
+    opts = dict(horizon="1d", confidence=0.99, method="fhs", lookback="1000d")
+    plain = _backtest(prices=t, refit=1, **opts).dates.column("price_range").to_numpy()
+    bt = _backtest(prices=t, refit=1, anti_procyclicality="released_buffer", **opts)
+    rel = bt.dates.column("price_range").to_numpy()
+    for i in range(rel.size):
+        assert rel[i] == pytest.approx(max(plain[i], 1.25 * plain[max(0, i - 29) : i + 1].min()), rel=1e-12)
+    assert (rel < 1.25 * plain - 1e-12).any() and (rel > plain + 1e-12).any()  # drawn down on some days, held on others
+    rows = bt.dates.to_pylist()
+    for row in (rows[40], rows[-1]):
+        cut = t.filter(pc.less_equal(t.column("time"), pa.scalar(row["time"], pa.timestamp("s", "UTC"))))
+        rep = me.calibrate(cut, anti_procyclicality="released_buffer", **opts).report().to_pylist()[0]
+        assert rep["price_range"] == pytest.approx(row["price_range"], rel=1e-12)
+    with pytest.raises(me.MarginInputError):
+        me.calibrate(t, anti_procyclicality={"buffer": 0.2, "buffer_release": True, "buffer_window": "36h"}, **opts)

@@ -770,8 +770,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--method", choices=["ewma", "fhs", "garch"], default="ewma", help="EWMA, filtered historical simulation or GARCH (needs arch) (default: ewma)")
         p.add_argument("--measure", choices=["var", "es"], default="var", help="value at risk or expected shortfall (default: var)")
         p.add_argument(
-            "--anti-procyclicality", choices=["none", "buffer", "stress_weight", "long_floor"], default="none",
-            help="EMIR's options: a 25%% buffer, 25%% weight on the stressed period, a 10-year floor (default: none)",
+            "--anti-procyclicality", choices=["none", "buffer", "released_buffer", "stress_weight", "long_floor"], default="none",
+            help="EMIR's options: a 25%% buffer (constant, or released as the range rises), 25%% weight on the stressed period, a 10-year floor (default: none)",
         )  # fmt: skip
         p.add_argument("--lookback", type=duration, default="4y", help="history behind each figure (default: 4y)")
         p.add_argument("--decay", type=float, default=0.94, help="EWMA decay per day (default: 0.94)")

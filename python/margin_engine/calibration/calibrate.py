@@ -37,6 +37,7 @@ APC_PRESETS = {
     "buffer": {"buffer": 0.25},
     "stress_weight": {"stress_weight": 0.25},
     "long_floor": {"long_floor": True},
+    "released_buffer": {"buffer": 0.25, "buffer_release": True},
 }
 
 
@@ -51,12 +52,17 @@ class AntiProcyclicality:
        (weights to stressed and to long-lookback observations; EMIR (b) is ``stress_weight=0.25``);
     2. ``R2 = max(R1, stress_floor·R_stress, R_long if long_floor)`` (a floor: EMIR (c) is
        ``long_floor=True`` with a ten-year lookback; ``stress_floor=1`` floors at the stressed VaR);
-    3. ``R3 = (1 + buffer)·R2`` (a buffer the range carries in calm markets; EMIR (a) is 25%).
+    3. ``R3 = (1 + buffer)·R2`` (a buffer the range carries in calm markets; EMIR (a) is 25%);
+       with ``buffer_release=True`` the buffer is drawn down when the range rises:
+       ``R3 = max(R2, (1 + buffer)·min R2 over the last buffer_window)`` (days at the same time of
+       day), so a rise is absorbed up to the buffer, and the buffer is rebuilt once the higher
+       range has lasted ``buffer_window`` (30 days).
 
     ``stress_period``: ``(start, end)`` (ISO dates or datetimes), or ``None``: the window of
     ``stress_window`` with the highest realized volatility in the history up to the date being
     calibrated (so a backtest never looks ahead). The presets ``"buffer"``, ``"stress_weight"``
-    and ``"long_floor"`` are EMIR's three options with their regulatory minimums.
+    and ``"long_floor"`` are EMIR's three options with their regulatory minimums;
+    ``"released_buffer"`` is the 25% buffer drawn down as the range rises.
     """
 
     buffer: float = 0.0
@@ -67,6 +73,8 @@ class AntiProcyclicality:
     long_lookback: str = "10y"
     stress_period: tuple[Any, Any] | None = None
     stress_window: str = "365d"
+    buffer_release: bool = False
+    buffer_window: str = "30d"
 
     @property
     def needs_stress(self) -> bool:
@@ -86,7 +94,7 @@ class AntiProcyclicality:
             r = np.maximum(r, self.stress_floor * stress)
         if self.long_floor and long is not None:
             r = np.maximum(r, long)
-        return r * (1.0 + self.buffer)
+        return r if self.buffer_release else r * (1.0 + self.buffer)
 
 
 def _anti_procyclicality(value: Any) -> AntiProcyclicality | None:
@@ -114,6 +122,8 @@ def _anti_procyclicality(value: Any) -> AntiProcyclicality | None:
         raise input_error("arguments", "anti_procyclicality", "stress_weight + long_weight must be <= 1")
     parse_duration(apc.long_lookback, "anti_procyclicality.long_lookback")
     parse_duration(apc.stress_window, "anti_procyclicality.stress_window")
+    if parse_duration(apc.buffer_window, "anti_procyclicality.buffer_window") % DAY:
+        raise input_error("arguments", "anti_procyclicality.buffer_window", f"must be whole days, got {apc.buffer_window!r}")
     if apc.stress_period is not None:
         _period_seconds(apc.stress_period)
     return apc
@@ -353,6 +363,35 @@ def fit_series(
     carried in between; the volatility is today's at every date. Returns arrays, one value per
     date: the figures of :meth:`Calibration.report`."""
     p = prepared or prepare(series, st)
+    apc = st.apc
+    if apc is None or not apc.buffer_release or apc.buffer == 0:
+        out = _fit(series, st, eval_times, refit, p)
+        out.pop("_uncapped")
+        return out
+    # a released buffer needs the range on the days before each date (same time of day)
+    window = parse_duration(apc.buffer_window, "buffer_window") // DAY
+    first = first_eval_time(series, st)
+    anchors = (eval_times[:, None] - DAY * np.arange(window)[None, :]).ravel()
+    anchors = anchors[(anchors >= first) & np.isin(anchors, series.times)]
+    grid = np.union1d(eval_times, anchors)
+    out = _fit(series, st, grid, refit, p)
+    r2 = out.pop("_uncapped")
+    pos = {int(t): i for i, t in enumerate(grid)}
+    low = np.empty(grid.size)
+    for i, t in enumerate(grid.tolist()):
+        idx = [pos[a] for a in range(t - (window - 1) * DAY, t + 1, DAY) if a in pos]
+        low[i] = r2[idx].min()
+    final = np.maximum(r2, (1.0 + apc.buffer) * low)
+    scale = np.where(r2 > 0, final / np.where(r2 > 0, r2, 1.0), 1.0)
+    out["capped"] = final > MAX_RANGE
+    out["price_range"] = np.minimum(final, MAX_RANGE)
+    out["haircut_move"] = np.minimum(1.0, out["haircut_move"] * scale)
+    out["liability_move"] = out["liability_move"] * scale
+    keep = np.searchsorted(grid, eval_times)
+    return {name: values[keep] for name, values in out.items()}
+
+
+def _fit(series: Series, st: Settings, eval_times: np.ndarray, refit: int, p: Prepared) -> dict[str, np.ndarray]:
     n = eval_times.size
     conf, k, method = st.confidence, p.k, st.method
     z = models.normal_quantile(conf)
@@ -365,6 +404,7 @@ def fit_series(
         )
     }  # fmt: skip
     out["capped"] = np.zeros(n, dtype=bool)
+    out["_uncapped"] = np.full(n, np.nan)
     his = np.searchsorted(p.t, eval_times, side="right")  # returns known at each date
     if (his <= p.burn).any():
         raise input_error("arguments", "lookback", "a date to calibrate has no return after the EWMA seed")
@@ -457,6 +497,7 @@ def fit_series(
         out["stress_range"][blk] = np.nan if stress_r is None else stress_r
         out["stress_start"][blk], out["stress_end"][blk] = stress_span
         out["capped"][blk] = final > MAX_RANGE
+        out["_uncapped"][blk] = final
         out["price_range"][blk] = np.minimum(final, MAX_RANGE)
         out["vol_up"][blk], out["vol_down"][blk] = shock
         out["kurtosis"][blk] = kurt
@@ -590,8 +631,8 @@ def calibrate(
 
     ``price_range`` = the larger of the down move ``1 − e^q_low`` and the up move ``e^q_high − 1``
     at ``confidence`` (``measure="var"``) or their expected shortfall (``"es"``), then
-    ``anti_procyclicality`` (None, ``"buffer"``, ``"stress_weight"``, ``"long_floor"``, a dict or
-    an :class:`AntiProcyclicality`), capped at 0.999. ``vol_up``/``vol_down``: the confidence
+    ``anti_procyclicality`` (None, ``"buffer"``, ``"released_buffer"``, ``"stress_weight"``,
+    ``"long_floor"``, a dict or an :class:`AntiProcyclicality`), capped at 0.999. ``vol_up``/``vol_down``: the confidence
     quantiles of the filter's vol change over the horizon (a realized-vol proxy of the implied-vol
     shock). Other risk_params columns: the given values (``extreme_move`` 3, or 1/range).
 
