@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from margin_engine._inputs import arrow_input, arrow_table, as_output, check_choice, check_model, check_output, input_error, timestamp_ns
 from margin_engine.calibration import models
 from margin_engine.calibration.calibrate import Settings, check_lookback, extreme_move, first_eval_time, fit_series, prepare, settings
-from margin_engine.calibration.history import DAY, History, Series, duration_text, iso, parse_duration, read_history
+from margin_engine.calibration.history import DAY, History, duration_text, parse_duration, read_history
 
 __all__ = ["Backtest", "backtest", "christoffersen", "kupiec", "STRESS_PERIODS"]
 

@@ -298,11 +298,6 @@ def _window(p: Prepared, t_end: int, span: int, burn: bool = True) -> tuple[int,
     return (max(lo, p.burn) if burn else lo), hi
 
 
-def _samples(x: np.ndarray, lo: int, hi: int, k: float) -> np.ndarray:
-    """Horizon samples of ``x[lo:hi]`` (see :func:`models.horizon_sums`)."""
-    return models.horizon_sums(x[lo:hi], k)
-
-
 def _raw_moves(p: Prepared, lo: int, hi: int, st: Settings, normal_z: float | None) -> dict[str, float] | None:
     """Tail moves of the unfiltered returns ``r[lo:hi]`` over the horizon (the long-lookback and
     stressed figures): a normal at their root mean square (EWMA) or their empirical quantiles."""
