@@ -17,6 +17,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 import margin_engine as me
 from margin_engine.calibration import models
@@ -547,3 +550,31 @@ def test_released_buffer_is_drawn_down_when_the_range_rises():
         assert rep["price_range"] == pytest.approx(row["price_range"], rel=1e-12)
     with pytest.raises(me.MarginInputError):
         me.calibrate(t, anti_procyclicality={"buffer": 0.2, "buffer_release": True, "buffer_window": "36h"}, **opts)
+
+
+# --- random histories ---------------------------------------------------------------------------
+
+
+@hsettings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(420, 700),
+    seed=st.integers(0, 2**31 - 1),
+    df=st.sampled_from([3, 5, 30]),
+    vol=st.floats(0.001, 0.2),
+    k=st.sampled_from([1, 2, 3]),
+    conf=st.sampled_from([0.95, 0.99, 0.995]),
+    decay=st.floats(0.8, 0.99),
+)
+def test_random_histories_equal_the_plain_loops(n, seed, df, vol, k, conf, decay):
+    close = _random_close(n, vol=vol, seed=seed, df=df)
+    t = _series(close)
+    ew = me.calibrate(t, horizon=f"{k}d", confidence=conf, decay=decay, lookback="400d").report().to_pylist()[0]
+    fhs = me.calibrate(t, horizon=f"{k}d", confidence=conf, decay=decay, lookback="400d", method="fhs").report().to_pylist()[0]
+    r = [math.log(close[i] / close[i - 1]) for i in range(1, len(close))]
+    _, v_now, _ = loop_ewma(r, decay)
+    z = NormalDist().inv_cdf(conf)
+    assert ew["sigma"] == pytest.approx(math.sqrt(v_now), rel=1e-10)
+    assert ew["price_range"] == pytest.approx(min(0.999, math.expm1(z * math.sqrt(v_now * k))), rel=1e-10)
+    want, _, samples = loop_fhs_range(close, decay, k, conf, lookback_returns=400)
+    assert fhs["samples"] == samples
+    assert fhs["price_range"] == pytest.approx(min(0.999, want), rel=1e-9)
