@@ -321,3 +321,19 @@ def test_christoffersen_pools_columns():
     na, nb = christoffersen(a)[2], christoffersen(b)[2]
     assert n == {k: na[k] + nb[k] for k in na}  # no transition from a's last date to b's first
     assert n["n00"] + n["n01"] + n["n10"] + n["n11"] == 10
+
+
+def test_unpriced_underlyings_raise_or_are_dropped():
+    prices = pq.read_table(DAILY).filter(pc.equal(pc.field("symbol"), "BTC"))
+    positions = pa.table({"account_id": [1, 1, 2], "instrument": ["BTC-PERP", "ETH-PERP", "ETH-PERP"], "quantity": [1.0, 5.0, -5.0],
+                          "entry_price": [30_000.0, None, None]})  # fmt: skip
+    balances = pa.table({"account_id": [1, 2], "asset": ["USD", "USD"], "amount": [1e6, 1e5]})
+    with pytest.raises(me.MarginInputError, match="unpriced='drop'"):
+        me.backtest(_book(), positions, balances, prices, lookback="2y", start="2024-06-01")
+    bt = me.backtest(_book(), positions, balances, prices, lookback="2y", start="2024-06-01", unpriced="drop")
+    assert bt.dropped == {"underlyings": ["ETH"], "positions": 2}
+    alone = me.backtest(_book(), positions.slice(0, 1), balances, prices, lookback="2y", start="2024-06-01")
+    assert bt.accounts.column("exceedances").to_pylist() == alone.accounts.column("exceedances").to_pylist()
+    with pytest.raises(me.MarginInputError) as e:
+        me.backtest(_book(), positions, balances, prices, lookback="2y", unpriced="ignore")
+    assert e.value.column == "unpriced"

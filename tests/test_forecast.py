@@ -235,3 +235,22 @@ def test_forecast_bad_inputs():
     with pytest.raises(me.MarginInputError) as e:
         me.forecast_margin(_book(), positions, balances, "market", prices)
     assert e.value.column == "market"
+
+
+def test_unpriced_underlyings_held_at_todays_price():
+    prices = _prices(seed=4)
+    only_a = prices.filter(pc.equal(prices.column("symbol"), "AAA"))
+    positions = pa.table({"account_id": [1, 1], "instrument": ["AAA-PERP", "BBB-PERP"], "quantity": [1.0, -3.0]})
+    balances = pa.table({"account_id": [1], "asset": ["USD"], "amount": [30.0]})
+    args = (_book(), positions, balances, _market(prices), only_a)
+    with pytest.raises(me.MarginInputError, match="unpriced='hold'"):
+        me.forecast_margin(*args, days=2, paths=20, lookback="800d")
+    fc = me.forecast_margin(*args, days=2, paths=20, lookback="800d", unpriced="hold", model="standard")
+    assert fc.held_constant == ["BBB"] and set(fc.moves.column("underlying").to_pylist()) == {"AAA"}
+    # BBB stays at today's price: shortfall = max(0, MM − equity) with only AAA moved
+    a0, b0 = _last(prices, "AAA"), _last(prices, "BBB")
+    moves = {(r["path"], r["day"]): r["move"] for r in fc.moves.to_pylist()}
+    for r in fc.paths.to_pylist():
+        sa = a0 * (1 + moves[(r["path"], r["day"])])
+        want = max(0.0, 0.05 * (sa + 3 * b0) - (30.0 + sa - a0))
+        assert r["shortfall"] == pytest.approx(want, rel=1e-9, abs=1e-9)

@@ -608,8 +608,10 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         with progress.step(label):
             bt = backtest(
                 *held, prices, symbols=args.symbols, start=args.start, end=args.end, model=args.model,
-                threads=args.threads, progress=progress.advance, **_calibration_options(args),
+                unpriced=args.unpriced, threads=args.threads, progress=progress.advance, **_calibration_options(args),
             )  # fmt: skip
+        if bt.dropped:
+            progress.note(f"left out {bt.dropped['positions']:,} position rows in {', '.join(bt.dropped['underlyings'])} (no history)")
         for r in bt.summary.to_pylist():
             say(
                 f"{r['symbol']:8} {r['side']:8} {r['exceedances']:6,}/{r['observations']:<7,} rate {100 * r['rate']:6.3f}% "
@@ -789,6 +791,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibration_options(bt, "1d", 0.99)
     bt.add_argument("--book", type=Path, default=None, help="book directory: also margin its accounts at every date")
     bt.add_argument("--model", choices=["standard", "portfolio"], default="portfolio", help="margin model of the book (default: portfolio)")
+    bt.add_argument("--unpriced", choices=["error", "drop"], default="error", help="positions in underlyings without a history: an error, or left out (default: error)")
     bt.add_argument("--start", default=None, help="first date (ISO), default: the first with a whole lookback")
     bt.add_argument("--end", default=None, help="last date (ISO), default: the end of the history")
     bt.add_argument("--threads", type=_positive_int, default=None, help="worker threads (default: all cores)")

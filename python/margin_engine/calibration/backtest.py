@@ -116,7 +116,8 @@ class Backtest:
     margin held plus haircuts), ``pnl`` (Σ equity change over the horizon), ``exceed``, ``accounts``,
     ``exceeding_accounts``. ``accounts``: per account ``account_id, observations, exceedances,
     rate, kupiec_p, worst_excess`` (the largest loss beyond its margin). ``skipped``: dates left
-    out because the candle a horizon later is missing (a gap).
+    out because the candle a horizon later is missing (a gap). ``dropped`` (``unpriced="drop"``):
+    the held underlyings without a history and how many position rows were left out with them.
     """
 
     dates: Any
@@ -127,6 +128,7 @@ class Backtest:
     settings: Settings
     margin: str
     model: str
+    dropped: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def margin_moves(self, periods: dict[str, tuple[str, str]] | None = None, output: str = "arrow") -> Any:
         """How far the range rose in stress periods: per period and symbol, ``before`` (the range
@@ -195,6 +197,7 @@ def backtest(
     margin: Literal["maintenance", "initial"] = "maintenance",
     implied_vol: Any = None,
     recalibrate: bool = True,
+    unpriced: Literal["error", "drop"] = "error",
     threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     output: Literal["arrow", "polars"] = "arrow",
@@ -224,7 +227,8 @@ def backtest(
     ``refit`` dates (default: daily); the vol every date. Calibration options (``method``,
     ``confidence``, ``anti_procyclicality``, ``measure``, ``decay``, ``lookback``, ``gaps`` and
     the rest of :func:`margin_engine.calibrate`'s) as there. ``progress(done, total)`` is called
-    after each date of the book loop.
+    after each date of the book loop. ``unpriced="drop"``: positions in underlyings without a
+    history are left out (``Backtest.dropped``) instead of raising.
 
     >>> import margin_engine as me, numpy as np, datetime as dt
     >>> rng = np.random.default_rng(1)
@@ -245,6 +249,7 @@ def backtest(
     output = check_output(output)
     model = check_model(model)
     margin = check_choice(margin, "margin", ("maintenance", "initial"))
+    unpriced = check_choice(unpriced, "unpriced", ("error", "drop"))
     with_book = book is not None
     if with_book:
         from margin_engine.api import Book
@@ -255,11 +260,20 @@ def backtest(
             raise input_error("arguments", "positions", "a book backtest needs positions and balances")
     history = read_history(prices, symbols=None)
     held: list[str] = []
+    dropped: dict[str, Any] = {}
     if with_book:
         held = _held_underlyings(book, positions)
         missing = [u for u in held if u not in history.series]
-        if missing:
-            raise input_error("prices", "symbol", "no history for an underlying the book holds", [repr(u) for u in missing[:10]])
+        if missing and unpriced == "drop":
+            positions, dropped = _drop_unpriced(book, positions, missing)
+            held = [u for u in held if u not in missing]
+            if not held:
+                raise input_error("prices", "symbol", "no underlying the book holds has a history")
+        elif missing:
+            raise input_error(
+                "prices", "symbol", "no history for an underlying the book holds (unpriced='drop' leaves its positions out)",
+                [repr(u) for u in missing[:10]],
+            )  # fmt: skip
         names = held if symbols is None else sorted(set(held) | set(symbols))
     else:
         names = history.symbols if symbols is None else sorted(set(symbols))
@@ -352,7 +366,18 @@ def backtest(
         settings=st,
         margin=margin,
         model=model,
+        dropped=dropped,
     )
+
+
+def _drop_unpriced(book: Any, positions: Any, missing: list[str]) -> tuple[pa.Table, dict[str, Any]]:
+    """``positions`` without the rows of instruments on the ``missing`` underlyings."""
+    pos = arrow_table(positions, "positions")
+    inst = book.instruments
+    gone = inst.filter(pc.is_in(inst.column("underlying"), pa.array(missing, pa.string()))).column("instrument")
+    keep = pc.invert(pc.is_in(pos.column("instrument"), gone.combine_chunks()))
+    kept = pos.filter(keep)
+    return kept, {"underlyings": list(missing), "positions": pos.num_rows - kept.num_rows}
 
 
 def _add(summary: dict[str, list[Any]], symbol: str, side: str, tests: dict[str, Any], rng: np.ndarray) -> None:

@@ -64,7 +64,8 @@ class Forecast:
     paths, the worst ``1 − tail`` share by total shortfall), with ``share`` (of the tail's total),
     ``p_liquidatable`` (last day) and ``p_liquidatable_any`` (on any day). ``today``: the current
     counts (``margin_call, liquidatable, bankrupt, shortfall``). ``vols``: today's annualized vol
-    per underlying.
+    per underlying. ``held_constant``: held underlyings without a history, kept at today's prices
+    (``unpriced="hold"``).
     """
 
     days: Any
@@ -78,6 +79,7 @@ class Forecast:
     tail: float
     _inputs: tuple[Any, ...]
     _tail_paths: np.ndarray
+    held_constant: list[str] = dataclasses.field(default_factory=list)
 
     def chart(self, path: Any = None, *, title: str | None = None) -> Any:
         """The per-day distributions (:func:`margin_engine.calibration.charts.forecast_figure`);
@@ -153,6 +155,7 @@ def forecast_margin(
     tail: float = 0.99,
     top: int = 20,
     seed: int = 0,
+    unpriced: Literal["error", "hold"] = "error",
     threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     output: Literal["arrow", "polars"] = "arrow",
@@ -171,7 +174,8 @@ def forecast_margin(
     ``arch`` per underlying over the ``lookback``). Each day of each path draws one past date of the
     lookback (common to all underlyings) and takes its standardized returns, times the path's
     current vol. ``paths × days`` bulk engine calls; ``progress(done, total)`` after each.
-    ``seed``: the draws (same seed, same forecast).
+    ``seed``: the draws (same seed, same forecast). ``unpriced="hold"``: underlyings without a
+    history stay at today's prices along every path (``Forecast.held_constant``) instead of raising.
 
     >>> import margin_engine as me, numpy as np, datetime as dt, pyarrow as pa
     >>> t = [dt.datetime(2020, 1, 1) + dt.timedelta(days=i) for i in range(800)]
@@ -203,12 +207,19 @@ def forecast_margin(
         raise input_error("arguments", "tail", f"must be in (0, 1), got {tail!r}")
     st = settings(horizon="1d", confidence=0.99, method="garch" if method == "garch" else "fhs", decay=decay, lookback=lookback, gaps=gaps)
     history = read_history(prices)
+    unpriced = check_choice(unpriced, "unpriced", ("error", "hold"))
     held = _held_underlyings(book, positions)
-    missing = [u for u in held if u not in history.series]
-    if missing:
-        raise input_error("prices", "symbol", "no history for an underlying the book holds", [repr(u) for u in missing[:10]])
     if not held:
         raise input_error("positions", "instrument", "the positions hold no underlying to simulate")
+    missing = [u for u in held if u not in history.series]
+    if missing and unpriced == "error":
+        raise input_error(
+            "prices", "symbol", "no history for an underlying the book holds (unpriced='hold' keeps it at today's price)",
+            [repr(u) for u in missing[:10]],
+        )  # fmt: skip
+    held = [u for u in held if u not in missing]
+    if not held:
+        raise input_error("prices", "symbol", "no underlying the book holds has a history")
 
     # filter each underlying's daily returns; standardized residuals on a common date grid
     resid: dict[str, dict[int, float]] = {}
@@ -358,4 +369,5 @@ def forecast_margin(
         days=as_output(days_table, output), paths=as_output(paths_table, output), moves=as_output(moves_table, output),
         accounts=as_output(accounts, output), today=today, vols=vols, method=method, paths_count=int(paths), tail=float(tail),
         _inputs=(book, positions, balances, market, model, threads, moves, held), _tail_paths=tail_paths,
+        held_constant=missing,
     )  # fmt: skip
