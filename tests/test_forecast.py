@@ -254,3 +254,20 @@ def test_unpriced_underlyings_held_at_todays_price():
         sa = a0 * (1 + moves[(r["path"], r["day"])])
         want = max(0.0, 0.05 * (sa + 3 * b0) - (30.0 + sa - a0))
         assert r["shortfall"] == pytest.approx(want, rel=1e-9, abs=1e-9)
+
+
+def test_hourly_histories_ending_at_different_hours_line_up():
+    """Intraday candles are taken once a day at one time of day for every underlying (the
+    earliest last candle's), so series that end at different hours still share their days."""
+    rng = np.random.default_rng(9)
+    n = 24 * 500
+    rows = []
+    for sym, cut, s0 in (("AAA", 0, 100.0), ("BBB", 5, 10.0)):  # BBB's last 5 hours are missing
+        close = s0 * np.exp(np.cumsum(0.004 * rng.standard_normal(n - cut)))
+        rows.append(pa.table({"symbol": [sym] * (n - cut), "time": pa.array([T0 + dt.timedelta(hours=i) for i in range(n - cut)], pa.timestamp("s", "UTC")),
+                              "close": close}))  # fmt: skip
+    prices = pa.concat_tables(rows)
+    positions = pa.table({"account_id": [1, 1], "instrument": ["AAA-PERP", "BBB-PERP"], "quantity": [1.0, -3.0]})
+    balances = pa.table({"account_id": [1], "asset": ["USD"], "amount": [30.0]})
+    fc = me.forecast_margin(_book(), positions, balances, _market(prices), prices, days=2, paths=20, lookback="400d")
+    assert fc.paths.num_rows == 40

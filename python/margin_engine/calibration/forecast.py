@@ -34,14 +34,14 @@ def _status_counts(scan: pa.Table) -> dict[str, int]:
     return dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()))
 
 
-def _daily(series: Series) -> Series:
-    """The series at one candle a day: itself if daily, else the candles at the time of day of its
-    last candle (missing days are gaps, handled like any other)."""
+def _daily(series: Series, anchor: int) -> Series:
+    """The series at one candle a day: itself if daily, else its candles at the time of day of
+    ``anchor`` (missing days are gaps, handled like any other)."""
     if series.period == DAY:
         return series
     if series.period > DAY or DAY % series.period:
         raise input_error("prices", "time", f"{series.symbol}: forecasts need daily or intraday candles that divide a day")
-    keep = (series.times[-1] - series.times) % DAY == 0
+    keep = (anchor - series.times) % DAY == 0
     return Series(
         symbol=series.symbol, times=series.times[keep], close=series.close[keep],
         volume=None if series.volume is None else series.volume[keep], rows=series.rows[keep], period=DAY,
@@ -164,7 +164,8 @@ def forecast_margin(
 
     Reads the book, ``positions``, ``balances`` and ``market`` as :func:`margin_engine.liquidation_scan`
     does, and ``prices`` as :func:`margin_engine.calibrate` (``symbol, time, close``; intraday
-    candles are taken once a day at the time of the last one). Every underlying the positions hold
+    candles are taken once a day, at the time of day of the earliest last candle among the held
+    underlyings, so that their days line up). Every underlying the positions hold
     needs a history; the moves are relative to today's market (the stress of
     ``liquidation_scan``: index prices, perpetual and future marks and linked collateral move,
     options are repriced by Black-76 at their implied vol; the valuation time stays today's, so
@@ -226,8 +227,9 @@ def forecast_margin(
     v_today: dict[str, float] = {}
     garch_params: dict[str, tuple[float, float, float]] = {}
     lam = st.lam(DAY)
+    anchor = min(int(history[u].times[-1]) for u in held)  # one time of day for every underlying
     for u in held:
-        ser = _daily(history[u])
+        ser = _daily(history[u], anchor)
         p = prepare(ser, st)
         lo = int(np.searchsorted(p.t, p.t[-1] - st.lookback, side="right"))
         if method == "garch":
