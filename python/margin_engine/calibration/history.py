@@ -199,6 +199,8 @@ def read_history(prices: Any, *, volume_in: str = "base", symbols: list[str] | N
         if bad.size:
             raise input_error("prices", "volume", "must be finite and >= 0 (no nulls)", _rows(bad, sym, times))
 
+    if isinstance(symbols, str):
+        symbols = [symbols]
     wanted = None if symbols is None else [str(s) for s in symbols]
     names = sorted(set(sym.tolist()))
     if wanted is not None:
