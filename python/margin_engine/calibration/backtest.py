@@ -242,6 +242,8 @@ def backtest(
     """
     if prices is None:
         raise input_error("prices", "*", "a price history is required")
+    if isinstance(symbols, str):
+        symbols = [symbols]
     st = settings(
         horizon=horizon, confidence=confidence, method=method, measure=measure, decay=decay, lookback=lookback,
         gaps=gaps, anti_procyclicality=anti_procyclicality, **calibration_options,
