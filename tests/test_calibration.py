@@ -578,3 +578,22 @@ def test_random_histories_equal_the_plain_loops(n, seed, df, vol, k, conf, decay
     want, _, samples = loop_fhs_range(close, decay, k, conf, lookback_returns=400)
     assert fhs["samples"] == samples
     assert fhs["price_range"] == pytest.approx(min(0.999, want), rel=1e-9)
+
+
+def test_auto_stress_window_is_the_highest_mean_square_year():
+    rng = np.random.default_rng(21)
+    n = 1600
+    vol = 0.01 * (1 + np.sin(np.arange(n) / 150.0) ** 2 + np.arange(n) / 2000.0)  # many new running maxima
+    close = 100 * np.exp(np.cumsum(vol * rng.standard_normal(n)))
+    t = _series(close)
+    rep = me.calibrate(t, horizon="1d", confidence=0.99, lookback="1000d",
+                       anti_procyclicality={"stress_weight": 0.5}).report().to_pylist()[0]  # fmt: skip
+    r = np.diff(np.log(close))
+    best, where = -1.0, None
+    for end in range(365 - 1, r.size):  # windows of the 365 returns ending at `end` (return i ends on day i + 1)
+        ms = float(np.mean(r[end - 364 : end + 1] ** 2))
+        if ms > best:
+            best, where = ms, end
+    start = dt.datetime(2019, 1, 1, tzinfo=dt.timezone.utc)
+    assert rep["stress_start"] == start + dt.timedelta(days=where - 364 + 1)
+    assert rep["stress_end"] == start + dt.timedelta(days=where + 1)

@@ -334,11 +334,8 @@ def _stress_window(p: Prepared, t_end: int, st: Settings, cache: dict[str, Any])
         complete = p.t - width >= p.series.times[0]
         ms = np.where(complete, ms, -1.0)
         best = np.maximum.accumulate(ms)
-        arg = np.zeros(p.r.size, dtype=np.int64)  # running argmax
-        cur = 0
-        for i in np.flatnonzero(np.diff(best, prepend=-2.0) > 0):
-            cur = i
-            arg[i:] = cur
+        rises = np.diff(best, prepend=-2.0) > 0  # where the running maximum is first reached
+        arg = np.maximum.accumulate(np.where(rises, np.arange(p.r.size), 0))  # running argmax
         cache["rms"], cache["arg"], cache["lo_w"], cache["best"] = ms, arg, lo_w, best
     if hi_now == 0:
         return None
