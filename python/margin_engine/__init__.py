@@ -30,6 +30,7 @@ from margin_engine.api import (
     margin,
     optimal_hedge,
     risk_arrays,
+    scenario_losses,
 )
 from margin_engine.methodology import Methodology
 from margin_engine.optimize import CollateralAllocation, RebalancePlan, allocate_collateral, rebalance
@@ -68,6 +69,7 @@ __all__ = [
     "margin_batches",
     "optimal_hedge",
     "risk_arrays",
+    "scenario_losses",
     "vol",
     "AntiProcyclicality", "Backtest", "Calibration", "Forecast", "backtest", "calibrate", "forecast_margin",
 ]

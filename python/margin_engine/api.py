@@ -664,9 +664,43 @@ def risk_arrays(book: Book, market: Market, *, output: Output = "arrow") -> Any:
     (int32: ``3k + v`` for spot step k and vol state v, then the two extreme scenarios),
     ``move`` (the relative spot move), ``vol_state`` (``down``, ``none``, ``up``), ``extreme``
     (bool), ``pnl`` (per contract, multiplier included). ``output`` as in :func:`margin`.
+
+    Under a book's scenario methodology (``Book(methodology=...)`` other than v1's grid), the
+    rows follow that methodology's scenario table: ``instrument``, ``underlying``, ``scenario``
+    (uint32, the table's row), ``spot_move``, ``vol_shock``, ``weight``, ``group``, ``pnl``: the
+    weighted P&L of one contract held alone (rules acting on an expiry's total, the static
+    discount and the skew rows, act on that one contract; the market's ``expiry_feeds`` give
+    the forwards). An account's own losses are :func:`scenario_losses`.
     """
     core_book, core_market, _, _, output = _checked(book, market, output=output)
     return _table(_core.risk_arrays(core_book, core_market), output)
+
+
+@_doc
+def scenario_losses(
+    book: Book, positions: Any, balances: Any, market: Market, *, threads: int | None = None, output: Output = "arrow"
+) -> Any:
+    """Per account, portfolio and scenario row, the weighted P&L that the book's scenario
+    methodology finds (the losses its worst-loss rule reads): Derive's per-scenario losses under
+    ``derive_pmrm2``.
+
+    Reads the same columns as :func:`margin` (with the market's ``expiry_feeds`` and
+    confidences). Returns ``account_id``, ``underlying`` (null: the account's coins linked to no
+    underlying it trades, under ``collateral_haircuts_as_contingency``), ``scenario`` (row of the
+    table), ``spot_move``, ``vol_shock``, ``weight``, ``group``, ``pnl``; rows by account, then
+    underlying, then scenario. A book without a scenario methodology (v1) raises
+    :class:`MarginInputError`: its per-contract arrays are :func:`risk_arrays`.
+
+    >>> import margin_engine as me
+    >>> from margin_engine.presets import derive
+    >>> book, market, positions, balances = derive.case_tables(derive.example_case())
+    >>> losses = me.scenario_losses(book, positions, balances, market)
+    >>> losses.num_rows == len(book.methodology.portfolio.default.scenarios)
+    True
+    """
+    core_book, core_market, _, threads, output = _checked(book, market, threads=threads, output=output)
+    p, b = arrow_input(positions, "positions"), arrow_input(balances, "balances")
+    return _table(_core.scenario_losses(core_book, core_market, p, b, threads), output)
 
 
 class Black76(NamedTuple):

@@ -307,3 +307,90 @@ pub fn check_v1_portfolio(book: &Book, model: Model, what: &str) -> Result<()> {
         _ => Ok(()),
     }
 }
+
+/// One scenario's P&L of one account's portfolio (see [`scenario_losses`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScenarioLoss {
+    pub account_id: u64,
+    /// Underlying id; `None`: the account's coins linked to no underlying it trades.
+    pub underlying: Option<u32>,
+    /// Row of the methodology's scenario table.
+    pub scenario: u32,
+    pub pnl: f64,
+}
+
+/// Per account, portfolio (underlying) and scenario row, the weighted P&L the scenario engine
+/// finds under the book's scenario methodology (the losses its worst-loss rule reads), in
+/// account order, then underlying id, then table row. Without a scenario methodology (v1) an
+/// error: v1's per-contract arrays are `risk_arrays`.
+pub fn scenario_losses(book: &Book, market: &Market, inputs: &Inputs) -> Result<Vec<ScenarioLoss>> {
+    let Some(scenarios) = &book.methodology.portfolio else {
+        return Err(InputError::new(
+            "arguments",
+            "methodology",
+            "the book has no scenario methodology (v1): its per-contract scenario P&L is me.risk_arrays",
+        ));
+    };
+    let chunks: Vec<Vec<ScenarioLoss>> = inputs
+        .slots
+        .par_chunks(1024)
+        .map_init(AccountScratch::default, |scratch, slots| {
+            let mut out = Vec::new();
+            for slot in slots {
+                net_positions(slot.positions(), &inputs.positions, book, market, &mut scratch.net);
+                if value_balances(slot.balances(), &inputs.balances, book, &book.assets.price, &mut scratch.balances).is_err() {
+                    continue; // a repeated balance: margin reports it
+                }
+                crate::methodology::account::for_each_portfolio(
+                    book,
+                    market,
+                    scenarios,
+                    &scratch.net.net,
+                    &inputs.balances,
+                    &scratch.balances,
+                    &book.assets.price,
+                    &mut scratch.scenario,
+                    |u, p, m| {
+                        let pnls = crate::methodology::margin_scenarios(p, m).map(|r| r.scenario_pnl).unwrap_or_default();
+                        let underlying = (u != crate::methodology::account::UNLINKED).then_some(u);
+                        for (i, pnl) in pnls.into_iter().enumerate() {
+                            out.push(ScenarioLoss { account_id: slot.account_id, underlying, scenario: i as u32, pnl });
+                        }
+                    },
+                );
+            }
+            out
+        })
+        .collect();
+    Ok(chunks.into_iter().flatten().collect())
+}
+
+/// Under a scenario methodology, the weighted P&L of one contract of each instrument with
+/// market data held alone, per row of its underlying's scenario table: `(instrument, row, pnl)`
+/// in instrument order. Rules that act on an expiry's total (static discount, skew rows) act on
+/// that one contract. `None` without a scenario methodology (v1: see [`RiskArrays`]).
+pub fn scenario_risk_arrays(book: &Book, market: &Market) -> Option<Vec<(u32, u32, f64)>> {
+    let scenarios = book.methodology.portfolio.as_ref()?;
+    let ins = &book.instruments;
+    let balances = Balances::empty();
+    let chunks: Vec<Vec<(u32, u32, f64)>> = (0..ins.len())
+        .collect::<Vec<_>>()
+        .par_chunks(256)
+        .map_init(crate::methodology::account::ScenarioScratch::default, |scratch, ids| {
+            let mut out = Vec::new();
+            for &id in ids {
+                let u = ins.underlying[id] as usize;
+                if market.mark_price[id].is_nan() || market.index_price[u].is_nan() {
+                    continue;
+                }
+                let one = [crate::valuation::NetPosition { instrument: id as u32, quantity: 1.0, value: 0.0 }];
+                crate::methodology::account::for_each_portfolio(book, market, scenarios, &one, &balances, &[], &book.assets.price, scratch, |_, p, m| {
+                    let pnls = crate::methodology::margin_scenarios(p, m).map(|r| r.scenario_pnl).unwrap_or_default();
+                    out.extend(pnls.into_iter().enumerate().map(|(row, pnl)| (id as u32, row as u32, pnl)));
+                });
+            }
+            out
+        })
+        .collect();
+    Some(chunks.into_iter().flatten().collect())
+}

@@ -517,11 +517,38 @@ fn optimal_hedge(
     to_table(batch)
 }
 
+/// Per account × portfolio × scenario row, the weighted P&L under the book's scenario
+/// methodology.
+#[pyfunction]
+#[pyo3(signature = (book, market, positions, balances, threads=None))]
+fn scenario_losses(
+    py: Python<'_>,
+    book: &Book,
+    market: &Market,
+    positions: &Bound<'_, PyAny>,
+    balances: &Bound<'_, PyAny>,
+    threads: Option<usize>,
+) -> PyResult<PyTable> {
+    let batch = with_accounts(py, book, market, positions, Some(balances), threads, |book, market, inputs| {
+        let rows = engine::scenario_losses(book, market, inputs)?;
+        Ok(results::scenario_losses_batch(book, &rows))
+    })?;
+    to_table(batch)
+}
+
 /// Per-contract scenario P&L of every instrument with a mark (§4), long format.
 #[pyfunction]
 fn risk_arrays(py: Python<'_>, book: &Book, market: &Market) -> PyResult<PyTable> {
     let book = book.inner.clone();
     let batch = run(py, || {
+        if book.methodology.portfolio.is_some() {
+            let resolved = market.resolve(&book, false)?;
+            let rows = engine::scenario_risk_arrays(&book, &resolved.market).unwrap_or_default();
+            if let Some(&(id, _, _)) = rows.iter().find(|r| !r.2.is_finite()) {
+                return Err(InputError::new("marks", "mark_price", format!("a scenario P&L overflows float64 for instrument '{}'", book.instruments.labels[id as usize])));
+            }
+            return Ok(results::scenario_risk_arrays_batch(&book, &rows));
+        }
         let risk = market.resolve(&book, true)?.risk.expect("resolved with risk arrays");
         risk.check_finite(&book)?;
         Ok(risk_arrays_batch(&book, &risk))
@@ -568,6 +595,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(margin, m)?)?;
     m.add_function(wrap_pyfunction!(greeks, m)?)?;
     m.add_function(wrap_pyfunction!(risk_arrays, m)?)?;
+    m.add_function(wrap_pyfunction!(scenario_losses, m)?)?;
     m.add_function(wrap_pyfunction!(liquidation_scan, m)?)?;
     m.add_function(wrap_pyfunction!(liquidation_distance, m)?)?;
     m.add_function(wrap_pyfunction!(liquidation_map, m)?)?;

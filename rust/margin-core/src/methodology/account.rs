@@ -26,6 +26,9 @@ use super::book::ScenarioByUnderlying;
 use super::params::*;
 use super::scenario::margin_scenarios;
 
+/// The key of an account's portfolio of coins linked to no underlying it trades.
+pub const UNLINKED: u32 = u32::MAX;
+
 /// Per-thread buffers: the account's holdings grouped by underlying.
 #[derive(Default)]
 pub struct ScenarioScratch {
@@ -46,6 +49,7 @@ fn seconds_to(expiry_ns: i64, valuation_ns: i64) -> f64 {
 /// `balance_rows` are the account's balance rows in asset order (as `value_balances` sorted
 /// them), read only when haircuts are contingencies; `asset_price` the (possibly stressed)
 /// asset prices.
+#[allow(clippy::too_many_arguments)]
 pub fn account_requirements(
     book: &Book,
     market: &Market,
@@ -56,10 +60,36 @@ pub fn account_requirements(
     asset_price: &[f64],
     scratch: &mut ScenarioScratch,
 ) -> (f64, f64) {
+    let (mut im, mut mm) = (0.0, 0.0);
+    for_each_portfolio(book, market, methodology, net, balances, balance_rows, asset_price, scratch, |_, p, m| {
+        // the methodology was checked when the book was built: no structural error is left
+        let (i, mnt) = match margin_scenarios(p, m) {
+            Ok(r) => (r.initial_requirement, r.maintenance_requirement),
+            Err(_) => (f64::NAN, f64::NAN),
+        };
+        im += i;
+        mm += mnt;
+    });
+    (im, mm)
+}
+
+/// The account's portfolios in underlying order (`u32::MAX`: coins alone), each handed to
+/// `visit` with its methodology.
+#[allow(clippy::too_many_arguments)]
+pub fn for_each_portfolio(
+    book: &Book,
+    market: &Market,
+    methodology: &ScenarioByUnderlying,
+    net: &[NetPosition],
+    balances: &Balances,
+    balance_rows: &[(u32, u32)],
+    asset_price: &[f64],
+    scratch: &mut ScenarioScratch,
+    mut visit: impl FnMut(u32, &ScenarioPortfolio, &ScenarioMethodology),
+) {
     let ins = &book.instruments;
     let coins = methodology.haircuts_as_contingency();
     let quote = book.assets.quote_asset();
-    const UNLINKED: u32 = u32::MAX;
     const COIN: u32 = 1 << 31;
     scratch.keys.clear();
     for (i, p) in net.iter().enumerate() {
@@ -83,7 +113,6 @@ pub fn account_requirements(
     }
     // stable: positions (instrument order) before coins (asset order) within an underlying
     scratch.keys.sort_unstable();
-    let (mut im, mut mm) = (0.0, 0.0);
     let mut start = 0;
     while start < scratch.keys.len() {
         let u = scratch.keys[start].0;
@@ -181,16 +210,9 @@ pub fn account_requirements(
         }
         scratch.keys = keys;
         let m = if u == UNLINKED { &methodology.default } else { methodology.for_underlying(u as usize) };
-        // the methodology was checked when the book was built: no structural error is left
-        let (i, mnt) = match margin_scenarios(&scratch.portfolio, m) {
-            Ok(r) => (r.initial_requirement, r.maintenance_requirement),
-            Err(_) => (f64::NAN, f64::NAN),
-        };
-        im += i;
-        mm += mnt;
+        visit(u, &scratch.portfolio, m);
         start = end;
     }
-    (im, mm)
 }
 
 fn reset(p: &mut ScenarioPortfolio) {

@@ -577,3 +577,70 @@ pub fn hedge_batch(book: &Book, rows: &[crate::hedge::HedgeRow]) -> RecordBatch 
     ];
     RecordBatch::try_new(schema, columns).expect("columns match the schema by construction")
 }
+
+/// The long table of [`crate::engine::scenario_losses`]: account_id, underlying (null: coins
+/// linked to no traded underlying), scenario (row of the table), spot_move, vol_shock, weight,
+/// group (of the row, from the underlying's methodology) and pnl.
+pub fn scenario_losses_batch(book: &Book, rows: &[crate::engine::ScenarioLoss]) -> RecordBatch {
+    use arrow_array::UInt32Array;
+    let scenarios = book.methodology.portfolio.as_ref();
+    let row_of = |r: &crate::engine::ScenarioLoss| {
+        let m = match (scenarios, r.underlying) {
+            (Some(s), Some(u)) => Some(s.for_underlying(u as usize)),
+            (Some(s), None) => Some(&s.default),
+            (None, _) => None,
+        };
+        m.and_then(|m| m.scenarios.get(r.scenario as usize))
+    };
+    let kind = |k: crate::methodology::VolShockKind| match k {
+        crate::methodology::VolShockKind::None => "none",
+        crate::methodology::VolShockKind::Up => "up",
+        crate::methodology::VolShockKind::Down => "down",
+        crate::methodology::VolShockKind::SkewLinear => "skew_linear",
+        crate::methodology::VolShockKind::SkewAbs => "skew_abs",
+    };
+    let schema = Schema::new(vec![
+        Field::new("account_id", DataType::UInt64, false),
+        Field::new("underlying", DataType::Utf8, true),
+        Field::new("scenario", DataType::UInt32, false),
+        Field::new("spot_move", DataType::Float64, false),
+        Field::new("vol_shock", DataType::Utf8, false),
+        Field::new("weight", DataType::Float64, false),
+        Field::new("group", DataType::Utf8, false),
+        Field::new("pnl", DataType::Float64, false),
+    ]);
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.account_id))),
+        Arc::new(StringArray::from_iter(rows.iter().map(|r| r.underlying.map(|u| book.underlyings.names[u as usize].as_str())))),
+        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.scenario))),
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| row_of(r).map_or(f64::NAN, |s| s.spot_move)))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| row_of(r).map_or("none", |s| kind(s.vol_shock))))),
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| row_of(r).map_or(f64::NAN, |s| s.weight)))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| row_of(r).map_or("", |s| s.group.as_str())))),
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.pnl))),
+    ];
+    RecordBatch::try_new(Arc::new(schema), columns).expect("columns match the schema")
+}
+
+/// [`crate::engine::scenario_risk_arrays`] as a table: instrument, underlying, scenario, spot_move,
+/// vol_shock, weight, group, pnl (per contract, multiplier included).
+pub fn scenario_risk_arrays_batch(book: &Book, rows: &[(u32, u32, f64)]) -> RecordBatch {
+    let losses: Vec<crate::engine::ScenarioLoss> = rows
+        .iter()
+        .map(|&(id, scenario, pnl)| crate::engine::ScenarioLoss {
+            account_id: 0,
+            underlying: Some(book.instruments.underlying[id as usize]),
+            scenario,
+            pnl,
+        })
+        .collect();
+    let batch = scenario_losses_batch(book, &losses);
+    let labels = StringArray::from_iter_values(rows.iter().map(|&(id, _, _)| book.instruments.labels[id as usize].as_str()));
+    let mut fields: Vec<Field> = vec![Field::new("instrument", DataType::Utf8, false)];
+    let mut columns: Vec<ArrayRef> = vec![Arc::new(labels)];
+    for (f, c) in batch.schema().fields().iter().zip(batch.columns()).skip(1) {
+        fields.push(f.as_ref().clone());
+        columns.push(c.clone());
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("columns match the schema")
+}
