@@ -218,3 +218,62 @@ def test_slices_cut_at_account_boundaries():
             assert s.num_rows > 0
             for account in set(s.column("account_id").to_pylist()):
                 assert owners.setdefault(account, i) == i  # an account lies in one slice
+
+
+def _dated(data, days: int = 3):
+    """Three dates: the market moved (index and marks × a factor, a day later each) and, on the
+    last, the book's BTC scan range widened (the portfolio model reads it)."""
+    import datetime as dt
+
+    dated = {}
+    for i, factor in enumerate([1.0, 0.93, 1.06][:days]):
+        day = dt.date(2026, 11, 25) + dt.timedelta(days=i)
+        idx, marks = data.market.index_prices, data.market.marks
+        idx = idx.set_column(idx.schema.get_field_index("index_price"), "index_price", pa.compute.multiply(idx.column("index_price"), factor))
+        marks = marks.set_column(marks.schema.get_field_index("mark_price"), "mark_price", pa.compute.multiply(marks.column("mark_price"), factor))
+        market = me.Market(idx, marks, data.market.valuation_time_ns + i * 86_400 * 10**9)
+        book = data.book
+        if i == days - 1:
+            risk = pa.table({"underlying": ["BTC"], "price_range": [0.2]})
+            book = me.Book(book.instruments, book.assets, risk, book.margin_tiers)
+        dated[day] = (book, market)
+    return dated
+
+
+def test_margin_by_date_held_constant(frames):
+    """Positions without a date column: every account at every date, each date equal to the
+    in-memory call on that date's book and market."""
+    data, positions, balances = frames
+    dated = _dated(data)
+    got = mes.margin_by_date(dated, positions, balances, model="portfolio", partitions=4, rows_per_slice=5_000, ordered=True).toArrow()
+    assert got.column_names[0] == "date"
+    for day, (book, market) in dated.items():
+        want = me.margin(book, data.positions, data.balances, market, model="portfolio")
+        rows = got.filter(pa.compute.equal(got.column("date"), pa.scalar(day))).drop_columns(["date"])
+        assert rows.equals(as_spark_types(want, rows)), day
+    assert got.num_rows == 3 * want.num_rows
+
+
+def test_margin_by_date_daily_snapshots(spark, frames):
+    """Positions and balances with a date column (each date its own rows, here a different
+    subset of accounts per date, the skewed account on every date)."""
+    data, _, _ = frames
+    dated = _dated(data)
+    p_days, b_days, wants = [], [], {}
+    ids = data.positions.column("account_id")
+    for i, (day, (book, market)) in enumerate(dated.items()):
+        keep_p = pa.compute.or_(pa.compute.not_equal(pa.compute.bit_wise_and(ids, 3), i), pa.compute.equal(ids, data.skewed_account))
+        p = data.positions.filter(keep_p)
+        b = data.balances.filter(pa.compute.not_equal(pa.compute.bit_wise_and(data.balances.column("account_id"), 3), i))
+        wants[day] = me.margin(book, p, b, market)
+        p_days.append(p.append_column("date", pa.array([day] * p.num_rows, pa.date32())))
+        b_days.append(b.append_column("date", pa.array([day] * b.num_rows, pa.date32())))
+    positions = spark.createDataFrame(pa.concat_tables(p_days))
+    balances = spark.createDataFrame(pa.concat_tables(b_days))
+    got = mes.margin_by_date(dated, positions, balances, partitions=3).toArrow()
+    for day, want in wants.items():
+        rows = got.filter(pa.compute.equal(got.column("date"), pa.scalar(day))).drop_columns(["date"])
+        assert _sorted(rows, "account_id").equals(as_spark_types(want, rows)), day
+    missing = dict(list(dated.items())[:2])  # the third date's rows have no book and market
+    with pytest.raises(Exception, match=r"MarginInputError: positions\.date: no book and market"):
+        mes.margin_by_date(missing, positions, balances, partitions=2).collect()

@@ -85,7 +85,7 @@ except ImportError as e:  # pragma: no cover - exercised only without pyspark
         "margin_engine.spark needs pyspark, which is not installed: pip install 'margin-engine[spark]'"
     ) from e
 
-__all__ = ["greeks", "liquidation_scan", "margin"]
+__all__ = ["greeks", "liquidation_scan", "margin", "margin_by_date"]
 
 _TAG, _SEQ, _KEY = "_me_tag", "_me_seq", "_me_key"  # internal columns of the tagged stream
 _POSITION, _BALANCE = 0, 1
@@ -142,6 +142,7 @@ class _Job:
     rows_per_slice: int
     key: str | None = None  # a column keying the book and market of each row (a date); None: one
     extra: tuple[str, ...] = ()  # output columns copied from the key (the backtest's date)
+    key_name: str = "date"  # the user's name of the key column, for errors
 
 
 def _group_start(columns: list[np.ndarray]) -> int:
@@ -217,9 +218,21 @@ def _margin_piece(job: _Job, piece: pa.Table, key: Any) -> pa.Table:
     return result.select(job.output.names).cast(job.output)
 
 
+def _undated(table: pa.Table, column: str) -> Exception:
+    rows = table.filter(pc.is_null(table.column(_KEY)))
+    tag = rows.column(_TAG)[0].as_py()
+    ids = sorted(set(rows.column("account_id").to_pylist()))
+    return input_error(
+        "positions" if tag == _POSITION else "balances", column,
+        "no book and market in `dated` for this date", [f"account {a}" for a in ids[:10]],
+    )  # fmt: skip
+
+
 def _run_partition(job: _Job, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     for table in _slices(batches, job):
         table = table.combine_chunks()
+        if job.key is not None and table.column(job.key).null_count:
+            raise _undated(table, job.key_name)
         pieces = _runs(table, job.key) if job.key is not None else [(None, table)]
         for key, piece in pieces:
             yield from _margin_piece(job, piece, key).to_batches()
@@ -244,8 +257,10 @@ def _check_frame(df: Any, table: str) -> DataFrame:
             if column in _REQUIRED[table]:
                 raise input_error(table, column, f"missing column (the DataFrame has: {', '.join(df.columns)})")
             continue
-        if not isinstance(fields[column], types):
-            raise input_error(table, column, f"Spark type {fields[column].simpleString()} cannot be read here")
+        kind = fields[column]
+        whole = isinstance(kind, T.DecimalType) and kind.scale == 0  # Parquet's uint64 reads as decimal(20,0)
+        if not isinstance(kind, types) and not (column == "account_id" and whole):
+            raise input_error(table, column, f"Spark type {kind.simpleString()} cannot be read here")
     return df
 
 
@@ -291,8 +306,8 @@ def _empty(df: DataFrame, columns: list[str]) -> pa.Table:
 
 def _plan(
     op: str,
-    book: api.Book,
-    market: api.Market,
+    books: dict[Any, api.Book],
+    markets: dict[Any, api.Market],
     positions: DataFrame,
     balances: DataFrame | None,
     options: dict[str, Any],
@@ -300,29 +315,41 @@ def _plan(
     partitions: int | None,
     rows_per_slice: int,
     order: str | None,
+    keyed: bool = False,
+    key_name: str = "date",
 ) -> DataFrame:
-    """The tagged stream, partitioned by account and sorted, mapped through the engine."""
+    """The tagged stream, partitioned by account (with ``keyed``: by the ``_KEY`` column that
+    both tables then carry, and account) and sorted, mapped through the engine; ``books`` and
+    ``markets`` by key (``None`` without ``keyed``)."""
     spark = positions.sparkSession
-    p_cols = _own_columns(positions, order)
-    b_cols = _own_columns(balances, order) if balances is not None else []
+    keep = (_KEY,) if keyed else ()
+    p_cols = _own_columns(positions, order, keep)
+    b_cols = _own_columns(balances, order, keep) if balances is not None else []
     # the engine on empty tables, typed as the tasks will see them, gives the output's schema
     empty_p = _empty(positions, ["account_id", *p_cols])
     empty_b = _empty(balances, ["account_id", *b_cols]) if balances is not None else None
-    spark_schema, arrow_schema = _output_schema(_distributed.call(op, options, book, market, empty_p, empty_b), spark)
+    some = next(iter(books))
+    empty = _distributed.call(op, options, books[some], markets[some], empty_p, empty_b)
+    spark_schema, arrow_schema = _output_schema(empty, spark, [pa.field(_KEY, pa.int32(), False)] if keyed else None)
 
-    stream = _tagged(positions, _POSITION, _P, order, None, p_cols)
+    key = F.col(_KEY) if keyed else None
+    stream = _tagged(positions, _POSITION, _P, order, key, p_cols)
     if balances is not None:
-        stream = stream.unionByName(_tagged(balances, _BALANCE, _B, order, None, b_cols), allowMissingColumns=True)
-    stream = stream.repartition(partitions, "account_id") if partitions else stream.repartition("account_id")
-    stream = stream.sortWithinPartitions("account_id", _TAG, _SEQ)
+        stream = stream.unionByName(_tagged(balances, _BALANCE, _B, order, key, b_cols), allowMissingColumns=True)
+    by = [_KEY, "account_id"] if keyed else ["account_id"]
+    stream = stream.repartition(partitions, *by) if partitions else stream.repartition(*by)
+    stream = stream.sortWithinPartitions(*by, _TAG, _SEQ)
     job = _Job(
         op=op,
-        shipped=_ship(spark, {None: book}, {None: market}),
+        shipped=_ship(spark, books, markets),
         options=tuple(options.items()),
         positions=(("account_id", "account_id"), *((_P + c, c) for c in p_cols)),
         balances=(("account_id", "account_id"), *((_B + c, c) for c in b_cols)),
         output=arrow_schema,
         rows_per_slice=rows_per_slice,
+        key=_KEY if keyed else None,
+        extra=(_KEY,) if keyed else (),
+        key_name=key_name,
     )
     return stream.mapInArrow(_partial(job), spark_schema)
 
@@ -391,7 +418,7 @@ def margin(
     options = _distributed.options_of("margin", book, market, model, threads)
     knobs = _knobs(partitions, rows_per_slice, order, ordered)
     p, b = _check_frame(positions, "positions"), _check_frame(balances, "balances")
-    df = _plan("margin", book, market, p, b, options, **knobs)
+    df = _plan("margin", {None: book}, {None: market}, p, b, options, **knobs)
     return df.orderBy("account_id") if ordered else df
 
 
@@ -422,7 +449,7 @@ def liquidation_scan(
     options = _distributed.options_of("liquidation_scan", book, market, model, threads, stress, distance)
     knobs = _knobs(partitions, rows_per_slice, order, ordered)
     p, b = _check_frame(positions, "positions"), _check_frame(balances, "balances")
-    df = _plan("liquidation_scan", book, market, p, b, options, **knobs)
+    df = _plan("liquidation_scan", {None: book}, {None: market}, p, b, options, **knobs)
     return _queue_order(df) if ordered else df
 
 
@@ -447,10 +474,80 @@ def greeks(
     """
     options = _distributed.options_of("greeks", book, market, "standard", threads)
     knobs = _knobs(partitions, rows_per_slice, order, ordered)
-    df = _plan("greeks", book, market, _check_frame(positions, "positions"), None, options, **knobs)
+    df = _plan("greeks", {None: book}, {None: market}, _check_frame(positions, "positions"), None, options, **knobs)
     return df.orderBy("account_id", "underlying") if ordered else df
 
 
 for _f in (margin, liquidation_scan, greeks):
     _f.__doc__ = (_f.__doc__ or "").replace("    {options}\n", _OPTIONS_DOC.strip("\n") + "\n")
 del _f
+
+
+def _dated_frame(df: DataFrame, keys: DataFrame, date_column: str) -> DataFrame:
+    """``df`` with the ``_KEY`` of each row's date: its own (a daily snapshot; null for a date
+    not in ``keys``, an error in the task) or, without a date column, every date (rows held
+    constant, replicated)."""
+    if date_column in df.columns:
+        return df.join(F.broadcast(keys), on=date_column, how="left").drop(date_column)
+    return df.crossJoin(F.broadcast(keys.select(_KEY)))
+
+
+def margin_by_date(
+    dated: dict[Any, tuple[api.Book, api.Market]],
+    positions: DataFrame,
+    balances: DataFrame,
+    *,
+    date_column: str = "date",
+    model: api.Model = "standard",
+    threads: int | None = 1,
+    partitions: int | None = None,
+    rows_per_slice: int = 500_000,
+    order: str | None = None,
+    ordered: bool = False,
+) -> DataFrame:
+    """:func:`margin_engine.margin` of every account at every date of ``dated`` in one job, the
+    date a partition key: the showcase of a workload past one machine (a backtest's year of
+    daily books).
+
+    ``dated``: ``{date: (Book, Market)}``, the dates any values Spark holds as one type
+    (``datetime.date``, ``datetime.datetime``, strings, integers), e.g. each day's marks and
+    recalibrated risk parameters. ``positions`` and ``balances`` with a ``date_column`` are daily
+    snapshots, each date's own rows (a date missing from ``dated`` is a
+    :class:`~margin_engine.MarginInputError` in the task); without one, the rows are held
+    constant and margined at every date (replicated per date in the shuffle).
+
+    The stream is keyed by (date, account): hash-partitioned on both, sorted by date, account,
+    table and row order, so each task margins whole accounts date by date, and each worker
+    process builds a date's book and market once (all of them travel in one broadcast).
+
+    Returns ``date_column`` then the columns of :func:`margin_engine.margin`, one row per date ×
+    account in that date's tables, each equal bit for bit to ``me.margin(*dated[date],
+    ...)`` on the date's rows; ``ordered=True`` sorts by date then account_id. Options as in
+    :func:`margin`.
+    """
+    if not isinstance(dated, dict) or not dated:
+        raise input_error("arguments", "dated", "expected a non-empty dict {date: (Book, Market)}")
+    dates = sorted(dated)
+    for d in dates:
+        pair = dated[d]
+        if not (isinstance(pair, tuple) and len(pair) == 2):
+            raise input_error("arguments", "dated", f"expected (Book, Market) pairs, got {type(pair).__name__} for {d!r}")
+    options = _distributed.options_of("margin", *dated[dates[0]], model, threads)
+    for d in dates[1:]:
+        _distributed.options_of("margin", *dated[d], model, threads)  # every pair a Book and a Market
+    if not isinstance(date_column, str):
+        raise input_error("arguments", "date_column", f"must be a column name, got {date_column!r}")
+    knobs = _knobs(partitions, rows_per_slice, order, ordered)
+    p, b = _check_frame(positions, "positions"), _check_frame(balances, "balances")
+    spark = p.sparkSession
+    keys = spark.createDataFrame([(i, d) for i, d in enumerate(dates)], [_KEY, date_column])
+    keys = keys.withColumn(_KEY, F.col(_KEY).cast("int"))
+    books = {i: dated[d][0] for i, d in enumerate(dates)}
+    markets = {i: dated[d][1] for i, d in enumerate(dates)}
+    df = _plan(
+        "margin", books, markets, _dated_frame(p, keys, date_column), _dated_frame(b, keys, date_column), options,
+        keyed=True, key_name=date_column, **knobs,
+    )  # fmt: skip
+    engine_columns = [c for c in df.columns if c != _KEY]
+    df = df.join(F.broadcast(keys), on=_KEY).select(date_column, *engine_columns)
+    return df.orderBy(date_column, "account_id") if ordered else df
