@@ -301,7 +301,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     progress = Progress(args.quiet)
     tables = _generate(args.accounts, args.seed, False, progress)
     with progress.step("validating book and market"):
-        book, market = tables.book(), tables.market()
+        book, market = tables.book(getattr(args, "methodology", None)), tables.market()
     results = {}
     for model in ("standard", "portfolio"):
         with progress.step(f"margin, {model} model"):
@@ -346,7 +346,7 @@ def _stream_margin(
     slice, not the book. Returns (accounts, IM, MM, status counts)."""
     from margin_engine.streaming import margin_batches
 
-    book, market = tables.book(), tables.market()
+    book, market = tables.book(getattr(args, "methodology", None)), tables.market()
     paths = {name: table_path(args.book, name) for name in ("positions", "balances")}
     total_rows = count_rows("positions", paths["positions"])
     batch = min(1 << 20, args.rows_per_slice)
@@ -398,7 +398,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             accounts, im, mm, counts = _stream_margin(args, tables, out, progress)
         else:
             with progress.step("validating book and market"):
-                book, market = tables.book(), tables.market()
+                book, market = tables.book(getattr(args, "methodology", None)), tables.market()
             with progress.step(f"margin, {args.model} model"):
                 results = api.margin(book, tables.positions, tables.balances, market, model=args.model, threads=args.threads)
             if out is not None:
@@ -456,7 +456,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         with progress.step(f"reading {args.book}"):
             tables = read_book(args.book)
         with progress.step("validating book and market"):
-            book, market = tables.book(), tables.market()
+            book, market = tables.book(getattr(args, "methodology", None)), tables.market()
         held = (book, tables.positions, tables.balances, market)
         label = f"liquidation scan, {args.model} model" + (f", stress {stress}" if stress else "")
         label += ", with distance to liquidation (201 grid levels x underlying)" if args.distance else ""
@@ -499,7 +499,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         with progress.step(f"reading {args.book}"):
             tables = read_book(args.book)
         with progress.step("validating book and market"):
-            book, market = tables.book(), tables.market()
+            book, market = tables.book(getattr(args, "methodology", None)), tables.market()
         hedging = "" if args.hedge == [] else ", optimal hedges"
         with progress.step(f"efficiency report: margin under both models{hedging}"):
             report = efficiency_report(
@@ -601,7 +601,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
             with progress.step(f"reading {args.book}"):
                 tables = read_book(args.book)
             with progress.step("validating book"):
-                held = (tables.book(), tables.positions, tables.balances)
+                held = (tables.book(getattr(args, "methodology", None)), tables.positions, tables.balances)
         label = f"backtest {args.method.upper()} at {args.confidence:g}, horizon {args.horizon}" + (
             f", {args.model} margin of the book at every date" if args.book is not None else ""
         )
@@ -687,9 +687,31 @@ def _subcommand(sub: Any, name: str, help: str, func: Any) -> argparse.ArgumentP
     return parser
 
 
+def _methodology(text: str) -> Any:
+    """``--methodology``: a preset name or a ``.toml`` / ``.json`` file, loaded and validated
+    before any work (a bad file is one line: the key, its line, what is wrong)."""
+    from margin_engine.methodology import PRESETS, Methodology
+
+    try:
+        if text in PRESETS:
+            return Methodology.preset(text)
+        if not text.endswith((".toml", ".json")):
+            raise argparse.ArgumentTypeError(f"expected a preset ({', '.join(PRESETS)}) or a .toml / .json file, got {text!r}")
+        return Methodology.from_file(text)
+    except MarginInputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot read {text}: {e.strerror or e}") from None
+
+
 def _book_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("book", type=Path, help="book directory (see margin-engine generate); a table may be a folder of Parquet files")
     parser.add_argument("--threads", type=_positive_int, default=None, help="worker threads (default: all cores)")
+    parser.add_argument(
+        "--methodology", type=_methodology, default=None, metavar="FILE|PRESET",
+        help="how margin is computed: a preset (v1, exchange, derive_pmrm2, derive_standard) or a "
+        "methodology file (.toml / .json, see docs/methodology-files.md); default v1",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -65,10 +65,10 @@ class BookTables:
         tables: list[Any] = [getattr(self, f.name) for f in dataclasses.fields(self)]
         return sum(t.nbytes for t in tables if isinstance(t, pa.Table))
 
-    def book(self) -> Any:
+    def book(self, methodology: Any = None) -> Any:
         from margin_engine.api import Book
 
-        return Book(self.instruments, self.assets, self.risk_params, self.margin_tiers)
+        return Book(self.instruments, self.assets, self.risk_params, self.margin_tiers, methodology=methodology)
 
     def market(self) -> Any:
         from margin_engine.api import Market
