@@ -143,11 +143,18 @@ def test_liquidation_scan_distance(frames):
     assert got.column("nearest_underlying").null_count < got.num_rows
 
 
-def test_greeks_equal_in_memory(shuffled_frames):
+def test_greeks_equal_in_memory(spark, shuffled_frames):
+    """Also with Spark's large Arrow string types (the tasks then see and return large_utf8)."""
     data, positions, _ = shuffled_frames
     want = me.greeks(data.book, data.positions, data.market)
     got = mes.greeks(data.book, positions, data.market, partitions=4, rows_per_slice=1_000, ordered=True).toArrow()
     assert got.equals(as_spark_types(want, got))
+    spark.conf.set("spark.sql.execution.arrow.useLargeVarTypes", "true")
+    try:
+        got = mes.greeks(data.book, positions, data.market, partitions=2, ordered=True).toArrow()
+    finally:
+        spark.conf.unset("spark.sql.execution.arrow.useLargeVarTypes")
+    assert got.cast(as_spark_types(want, got).schema).equals(as_spark_types(want, got))
 
 
 def test_book_and_market_built_once_per_worker(spark, frames):
@@ -175,6 +182,8 @@ def test_bad_input_at_the_call(frames):
         mes.margin(data.book, positions.drop("quantity"), balances, data.market)
     with pytest.raises(me.MarginInputError, match=r"balances\.amount: Spark type string"):
         mes.margin(data.book, positions, balances.withColumn("amount", balances.amount.cast("string")), data.market)
+    with pytest.raises(me.MarginInputError, match=r"positions\.quantity: Spark type decimal\(18,6\)"):
+        mes.margin(data.book, positions.withColumn("quantity", positions.quantity.cast("decimal(18,6)")), balances, data.market)
     with pytest.raises(me.MarginInputError, match=r"arguments\.model"):
         mes.margin(data.book, positions, balances, data.market, model="spam")
     with pytest.raises(me.MarginInputError, match=r"arguments\.rows_per_slice"):

@@ -92,7 +92,7 @@ _POSITION, _BALANCE = 0, 1
 _P, _B = "p_", "b_"  # prefixes of the positions' and the balances' own columns
 
 _INTEGRAL = (T.ByteType, T.ShortType, T.IntegerType, T.LongType)
-_NUMERIC = (*_INTEGRAL, T.FloatType, T.DoubleType, T.DecimalType)
+_NUMERIC = (*_INTEGRAL, T.FloatType, T.DoubleType)  # the engine reads no decimals: cast them to double
 # the columns the engine reads, and the Spark types it can take them as
 _REQUIRED = {
     "positions": {"account_id": _INTEGRAL, "instrument": (T.StringType, *_INTEGRAL), "quantity": _NUMERIC},
