@@ -105,7 +105,7 @@ _OPTIONAL = {"positions": {"entry_price": _NUMERIC}, "balances": {}}
 # Shipping the book and the markets: one broadcast, rebuilt once per worker (_distributed)
 # ----------------------------------------------------------------------------------------------
 
-_DRIVER_BROADCASTS: collections.OrderedDict[tuple[int, str], Any] = collections.OrderedDict()
+_DRIVER_BROADCASTS: collections.OrderedDict[tuple[str, str], Any] = collections.OrderedDict()
 
 
 def _ship(spark: Any, books: dict[Any, api.Book], markets: dict[Any, api.Market]) -> _distributed.Shipped:
@@ -115,7 +115,7 @@ def _ship(spark: Any, books: dict[Any, api.Book], markets: dict[Any, api.Market]
     except Exception:  # Spark Connect: no SparkContext, no broadcast; the bytes go with the function
         return _distributed.Shipped.of(data)
     shipped = _distributed.Shipped.of(data)
-    key = (id(sc), shipped.digest)
+    key = (sc.applicationId, shipped.digest)  # a broadcast lives as long as its application
     if key not in _DRIVER_BROADCASTS:  # a repeated call with the same book and market reuses it
         _DRIVER_BROADCASTS[key] = sc.broadcast(data)
         while len(_DRIVER_BROADCASTS) > 16:
