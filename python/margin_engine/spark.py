@@ -143,6 +143,7 @@ class _Job:
     key: str | None = None  # a column keying the book and market of each row (a date); None: one
     extra: tuple[str, ...] = ()  # output columns copied from the key (the backtest's date)
     key_name: str = "date"  # the user's name of the key column, for errors
+    dates: tuple[int, ...] = ()  # without a key column: margin every slice at each of these keys
 
 
 def _group_start(columns: list[np.ndarray]) -> int:
@@ -235,7 +236,8 @@ def _run_partition(job: _Job, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.
             raise _undated(table, job.key_name)
         pieces = _runs(table, job.key) if job.key is not None else [(None, table)]
         for key, piece in pieces:
-            yield from _margin_piece(job, piece, key).to_batches()
+            for date in job.dates or (key,):  # rows held constant: the slice at every date
+                yield from _margin_piece(job, piece, date).to_batches()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -317,10 +319,12 @@ def _plan(
     order: str | None,
     keyed: bool = False,
     key_name: str = "date",
+    dates: tuple[int, ...] = (),
 ) -> DataFrame:
     """The tagged stream, partitioned by account (with ``keyed``: by the ``_KEY`` column that
     both tables then carry, and account) and sorted, mapped through the engine; ``books`` and
-    ``markets`` by key (``None`` without ``keyed``)."""
+    ``markets`` by key (``None`` without ``keyed`` or ``dates``). With ``dates`` (and no key
+    column) every slice is margined at each of those keys: rows shuffled once, not per date."""
     spark = positions.sparkSession
     keep = (_KEY,) if keyed else ()
     p_cols = _own_columns(positions, order, keep)
@@ -330,7 +334,8 @@ def _plan(
     empty_b = _empty(balances, ["account_id", *b_cols]) if balances is not None else None
     some = next(iter(books))
     empty = _distributed.call(op, options, books[some], markets[some], empty_p, empty_b)
-    spark_schema, arrow_schema = _output_schema(empty, spark, [pa.field(_KEY, pa.int32(), False)] if keyed else None)
+    dated = keyed or bool(dates)
+    spark_schema, arrow_schema = _output_schema(empty, spark, [pa.field(_KEY, pa.int32(), False)] if dated else None)
 
     key = F.col(_KEY) if keyed else None
     stream = _tagged(positions, _POSITION, _P, order, key, p_cols)
@@ -348,8 +353,9 @@ def _plan(
         output=arrow_schema,
         rows_per_slice=rows_per_slice,
         key=_KEY if keyed else None,
-        extra=(_KEY,) if keyed else (),
+        extra=(_KEY,) if dated else (),
         key_name=key_name,
+        dates=dates,
     )
     return stream.mapInArrow(_partial(job), spark_schema)
 
@@ -511,14 +517,18 @@ def margin_by_date(
 
     ``dated``: ``{date: (Book, Market)}``, the dates any values Spark holds as one type
     (``datetime.date``, ``datetime.datetime``, strings, integers), e.g. each day's marks and
-    recalibrated risk parameters. ``positions`` and ``balances`` with a ``date_column`` are daily
-    snapshots, each date's own rows (a date missing from ``dated`` is a
-    :class:`~margin_engine.MarginInputError` in the task); without one, the rows are held
-    constant and margined at every date (replicated per date in the shuffle).
+    recalibrated risk parameters.
 
-    The stream is keyed by (date, account): hash-partitioned on both, sorted by date, account,
-    table and row order, so each task margins whole accounts date by date, and each worker
-    process builds a date's book and market once (all of them travel in one broadcast).
+    - ``positions`` (or ``balances``) with a ``date_column``: daily snapshots, each date its own
+      rows (a date missing from ``dated`` is a :class:`~margin_engine.MarginInputError` in the
+      task; a table without the column is held constant and replicated to every date). The
+      stream is keyed by (date, account): hash-partitioned on both, sorted by date, account,
+      table and row order; each task margins whole accounts date by date.
+    - neither with a ``date_column``: the rows are held constant (as ``me.backtest`` holds them),
+      shuffled once by account, and each task margins each slice at every date.
+
+    Each worker process builds a date's book and market once (all of them travel in one
+    broadcast).
 
     Returns ``date_column`` then the columns of :func:`margin_engine.margin`, one row per date ×
     account in that date's tables, each equal bit for bit to ``me.margin(*dated[date],
@@ -544,10 +554,11 @@ def margin_by_date(
     keys = keys.withColumn(_KEY, F.col(_KEY).cast("int"))
     books = {i: dated[d][0] for i, d in enumerate(dates)}
     markets = {i: dated[d][1] for i, d in enumerate(dates)}
-    df = _plan(
-        "margin", books, markets, _dated_frame(p, keys, date_column), _dated_frame(b, keys, date_column), options,
-        keyed=True, key_name=date_column, **knobs,
-    )  # fmt: skip
+    if date_column in p.columns or date_column in b.columns:  # daily snapshots: (date, account) keys
+        p, b = _dated_frame(p, keys, date_column), _dated_frame(b, keys, date_column)
+        df = _plan("margin", books, markets, p, b, options, keyed=True, key_name=date_column, **knobs)
+    else:  # held constant: shuffled once by account, each slice margined at every date
+        df = _plan("margin", books, markets, p, b, options, dates=tuple(books), **knobs)
     engine_columns = [c for c in df.columns if c != _KEY]
     df = df.join(F.broadcast(keys), on=_KEY).select(date_column, *engine_columns)
     return df.orderBy(date_column, "account_id") if ordered else df
