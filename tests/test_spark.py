@@ -11,7 +11,9 @@ order with ``ordered=True``. Skipped without pyspark or without Java.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -20,8 +22,24 @@ import pyarrow.parquet as pq
 import pytest
 
 pytest.importorskip("pyspark")
-if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
-    pytest.skip("pyspark needs Java", allow_module_level=True)
+
+
+def _java_major() -> int:
+    """The major version of the ``java`` Spark would start (0 when there is none)."""
+    home = os.environ.get("JAVA_HOME")
+    java = os.path.join(home, "bin", "java") if home else shutil.which("java")
+    if not java or not os.path.exists(java):
+        return 0
+    out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60)
+    found = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
+    if not found:
+        return 0
+    major = int(found[1])
+    return int(found[2] or 0) if major == 1 else major  # "1.8.0" is Java 8
+
+
+if _java_major() < 17:
+    pytest.skip("pyspark 4 needs Java 17 or later", allow_module_level=True)
 
 import margin_engine as me  # noqa: E402
 from margin_engine import _distributed  # noqa: E402
