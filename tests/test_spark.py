@@ -160,7 +160,8 @@ def test_liquidation_scan_under_stress_in_queue_order(frames):
 def test_liquidation_scan_distance(frames):
     data, positions, balances = frames
     want = me.liquidation_scan(data.book, data.positions, data.balances, data.market, distance=True)
-    got = mes.liquidation_scan(data.book, positions, balances, data.market, distance=True, partitions=4, rows_per_slice=2_000)
+    # partitions=None: spark.sql.shuffle.partitions (4 here)
+    got = mes.liquidation_scan(data.book, positions, balances, data.market, distance=True, rows_per_slice=2_000)
     got = _sorted(got.toArrow(), "account_id")
     assert got.equals(as_spark_types(_sorted(want, "account_id"), got))
     assert got.column("nearest_underlying").null_count < got.num_rows
