@@ -228,13 +228,14 @@ impl Pricing<'_> {
                 (im + i, mm + m)
             }),
             (Some(risk), None) => portfolio::account_margin(book, market, risk, net, &mut scratch.portfolio),
-            (Some(_), Some(scenarios)) => {
+            (Some(risk), Some(scenarios)) => {
                 if scenarios.haircuts_as_contingency() {
                     // collateral at its full value: the haircuts are charged in the requirements
                     collateral.weighted_initial = collateral.cash;
                     collateral.weighted_maintenance = collateral.cash;
                 }
-                account_requirements(book, market, scenarios, net, balances, &scratch.balances, asset_price, &mut scratch.scenario)
+                let values = risk.scenario_values.as_ref();
+                account_requirements(book, market, scenarios, net, balances, &scratch.balances, asset_price, values, &mut scratch.scenario)
             }
         };
         // open positions' P&L and option value, then the P&L of positions that netted to 0

@@ -24,7 +24,7 @@ use crate::valuation::NetPosition;
 
 use super::book::ScenarioByUnderlying;
 use super::params::*;
-use super::scenario::margin_scenarios;
+use super::scenario::{margin_scenarios_checked, precompute_expiry_with, row_eval, DirectValues, Eval, ExpiryPrecompute, OptionValues};
 
 /// The key of an account's portfolio of coins linked to no underlying it trades.
 pub const UNLINKED: u32 = u32::MAX;
@@ -58,12 +58,17 @@ pub fn account_requirements(
     balances: &Balances,
     balance_rows: &[(u32, u32)],
     asset_price: &[f64],
+    values: Option<&InstrumentValues>,
     scratch: &mut ScenarioScratch,
 ) -> (f64, f64) {
     let (mut im, mut mm) = (0.0, 0.0);
     for_each_portfolio(book, market, methodology, net, balances, balance_rows, asset_price, scratch, |_, p, m| {
         // the methodology was checked when the book was built: no structural error is left
-        let (i, mnt) = match margin_scenarios(p, m) {
+        let result = match values {
+            Some(v) => margin_scenarios_checked(p, m, v),
+            None => margin_scenarios_checked(p, m, &DirectValues),
+        };
+        let (i, mnt) = match result {
             Ok(r) => (r.initial_requirement, r.maintenance_requirement),
             Err(_) => (f64::NAN, f64::NAN),
         };
@@ -175,15 +180,7 @@ pub fn for_each_portfolio(
                 }),
                 Kind::Option => {
                     let expiry_ns = ins.expiry_ns[id].unwrap_or(0);
-                    let seconds = seconds_to(expiry_ns, market.valuation_ns);
-                    let option = OptionHolding {
-                        strike: ins.strike[id],
-                        is_call: ins.is_call[id],
-                        quantity: pos.quantity,
-                        vol: market.implied_vol[id],
-                        multiplier: ins.multiplier[id],
-                        order: id as i64,
-                    };
+                    let option = option_holding(book, market, id, pos.quantity);
                     let confidence = market.mark_confidence[id];
                     match scratch.expiry_ns.iter().position(|&e| e == expiry_ns) {
                         Some(e) => {
@@ -192,16 +189,10 @@ pub fn for_each_portfolio(
                             e.confidence = e.confidence.min(confidence);
                         }
                         None => {
-                            let feed = market.expiry_feed[id].unwrap_or_else(|| ExpiryFeed::on_index(market.index_price[u as usize]));
-                            p.expiries.push(ExpiryHolding {
-                                seconds_to_expiry: seconds,
-                                forward_variable: feed.forward_variable,
-                                forward_fixed: feed.forward_fixed,
-                                rate: feed.rate,
-                                options: vec![option],
-                                confidence: feed.confidence.min(confidence),
-                                days_to_expiry: Some(days),
-                            });
+                            let mut e = expiry_holding(book, market, id);
+                            e.confidence = e.confidence.min(confidence);
+                            e.options.push(option);
+                            p.expiries.push(e);
                             scratch.expiry_ns.push(expiry_ns);
                         }
                     }
@@ -224,4 +215,117 @@ fn reset(p: &mut ScenarioPortfolio) {
     p.collaterals.clear();
     p.linears.clear();
     p.perp_confidence = 1.0;
+}
+
+/// One contract's holding as the account builder makes it (quantity `q`).
+fn option_holding(book: &Book, market: &Market, id: usize, q: f64) -> OptionHolding {
+    let ins = &book.instruments;
+    OptionHolding { strike: ins.strike[id], is_call: ins.is_call[id], quantity: q, vol: market.implied_vol[id], multiplier: ins.multiplier[id], order: id as i64 }
+}
+
+/// The (empty) expiry holding of option `id`: its feed's forward (or the index), rate and
+/// confidence, its time to expiry.
+fn expiry_holding(book: &Book, market: &Market, id: usize) -> ExpiryHolding {
+    let u = book.instruments.underlying[id] as usize;
+    let feed = market.expiry_feed[id].unwrap_or_else(|| ExpiryFeed::on_index(market.index_price[u]));
+    ExpiryHolding {
+        seconds_to_expiry: seconds_to(book.instruments.expiry_ns[id].unwrap_or(0), market.valuation_ns),
+        forward_variable: feed.forward_variable,
+        forward_fixed: feed.forward_fixed,
+        rate: feed.rate,
+        options: Vec::new(),
+        confidence: feed.confidence,
+        days_to_expiry: Some(market.time_to_expiry[id] * 365.0),
+    }
+}
+
+/// Every option's numbers under its underlying's methodology, computed once per market by
+/// [`DirectValues`] on a one-contract holding, so that reading them gives the same bits:
+/// per option `[mtm, basis up, basis down, delta, row 0, row 1, ...]` (a row: the contract's
+/// value, or under `risk_array` revaluation its P&L with the multiplier).
+#[derive(Debug, Clone, Default)]
+pub struct InstrumentValues {
+    start: Vec<Option<u32>>,
+    values: Vec<f64>,
+}
+
+const HEAD: usize = 4;
+
+impl InstrumentValues {
+    pub fn new(book: &Book, market: &Market, methodology: &ScenarioByUnderlying) -> InstrumentValues {
+        use rayon::prelude::*;
+        let ins = &book.instruments;
+        let per: Vec<Option<Vec<f64>>> = (0..ins.len())
+            .into_par_iter()
+            .map(|id| {
+                let u = ins.underlying[id] as usize;
+                if ins.kind[id] != Kind::Option || market.mark_price[id].is_nan() || market.index_price[u].is_nan() {
+                    return None;
+                }
+                let m = methodology.for_underlying(u);
+                let mut e = expiry_holding(book, market, id);
+                e.options.push(option_holding(book, market, id, 1.0));
+                let o = &e.options[0];
+                let pre: ExpiryPrecompute = precompute_expiry_with(&e, m, &DirectValues);
+                let v = &DirectValues;
+                let mut out = Vec::with_capacity(HEAD + m.scenarios.len());
+                let (up, down) = m.basis_contingency.as_ref().map_or((1.0, 1.0), |b| (1.0 + b.spot_up, 1.0 + b.spot_down));
+                out.push(v.value(&e, o, pre.discount, Eval::Mtm));
+                out.push(v.value(&e, o, pre.discount, Eval::BasisUp(up)));
+                out.push(v.value(&e, o, pre.discount, Eval::BasisDown(down)));
+                out.push(v.delta(&e, o));
+                for (r, row) in m.scenarios.iter().enumerate() {
+                    out.push(match (m.revaluation, row.vol_shock, m.skew_shock.as_ref()) {
+                        (Revaluation::RiskArray, _, _) => v.contract_pnl(&e, &pre, o, row, r, m),
+                        (_, VolShockKind::SkewLinear, Some(s)) => v.skewed(&e, o, pre.discount, true, s, r),
+                        (_, VolShockKind::SkewAbs, Some(s)) => v.skewed(&e, o, pre.discount, false, s, r),
+                        _ => v.value(&e, o, pre.discount, row_eval(&pre, row, r, m)),
+                    });
+                }
+                Some(out)
+            })
+            .collect();
+        let mut start = Vec::with_capacity(ins.len());
+        let mut values = Vec::new();
+        for p in per {
+            match p {
+                None => start.push(None),
+                Some(v) => {
+                    start.push(Some(values.len() as u32));
+                    values.extend(v);
+                }
+            }
+        }
+        InstrumentValues { start, values }
+    }
+
+    #[inline]
+    fn at(&self, o: &OptionHolding, k: usize) -> Option<f64> {
+        let s = *self.start.get(usize::try_from(o.order).ok()?)?;
+        self.values.get(s? as usize + k).copied()
+    }
+}
+
+impl OptionValues for InstrumentValues {
+    fn value(&self, e: &ExpiryHolding, o: &OptionHolding, discount: f64, eval: Eval) -> f64 {
+        let k = match eval {
+            Eval::Mtm => Some(0),
+            Eval::BasisUp(_) => Some(1),
+            Eval::BasisDown(_) => Some(2),
+            Eval::Row { row, .. } => row.checked_add(HEAD),
+        };
+        k.and_then(|k| self.at(o, k)).unwrap_or_else(|| DirectValues.value(e, o, discount, eval))
+    }
+
+    fn skewed(&self, e: &ExpiryHolding, o: &OptionHolding, discount: f64, linear: bool, s: &SkewShock, row: usize) -> f64 {
+        row.checked_add(HEAD).and_then(|k| self.at(o, k)).unwrap_or_else(|| DirectValues.skewed(e, o, discount, linear, s, row))
+    }
+
+    fn contract_pnl(&self, e: &ExpiryHolding, pre: &ExpiryPrecompute, o: &OptionHolding, row: &ScenarioRow, r: usize, m: &ScenarioMethodology) -> f64 {
+        r.checked_add(HEAD).and_then(|k| self.at(o, k)).unwrap_or_else(|| DirectValues.contract_pnl(e, pre, o, row, r, m))
+    }
+
+    fn delta(&self, e: &ExpiryHolding, o: &OptionHolding) -> f64 {
+        self.at(o, 3).unwrap_or_else(|| DirectValues.delta(e, o))
+    }
 }

@@ -133,54 +133,128 @@ pub fn static_discount_factors(e: &ExpiryHolding, discount: f64, m: &ScenarioMet
     (long, short)
 }
 
-/// Value of the expiry's options, the variable forward scaled by `spot_factor`, every vol by
-/// `vol_factor` (and kept at or above `min_vol`).
-pub fn expiry_value(e: &ExpiryHolding, discount: f64, spot_factor: f64, vol_factor: f64, min_vol: f64) -> f64 {
-    let forward = e.forward_variable * spot_factor + e.forward_fixed;
-    let years = e.years();
-    let mut total = 0.0;
-    for o in &e.options {
-        let vol = min_vol.max(o.vol * vol_factor);
-        total += o.quantity * o.multiplier * option_value(forward, o.strike, years, vol, o.is_call, discount);
-    }
-    total
+/// Which value of one option contract a step reads: at the current forward and vols, at the
+/// basis contingency's two moves, or under row `r` of the table (the evaluation's own
+/// arguments follow, so that a [`DirectValues`] pricer needs no table).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Eval {
+    Mtm,
+    BasisUp(f64),
+    BasisDown(f64),
+    Row { row: usize, spot_factor: f64, vol_factor: f64, min_vol: f64 },
 }
 
-/// Value of the expiry's options with the smile tilted by log-moneyness, on the current forward.
-fn skewed_expiry_value(e: &ExpiryHolding, discount: f64, linear: bool, s: &SkewShock) -> f64 {
-    let years = e.years();
-    let root_t = years.sqrt();
-    let cap = if linear { s.linear_cap + s.linear_cap_slope * root_t } else { s.abs_cap + s.abs_cap_slope * root_t };
-    let k_star = s.min_k_star.max(root_t * s.width_scale * (s.vol_level + s.vol_level_slope * root_t));
-    let forward = e.forward();
-    let mut total = 0.0;
-    for o in &e.options {
+/// How the engine gets an option contract's numbers: computed on the spot ([`DirectValues`]),
+/// or read from values computed once per instrument and market (`account::InstrumentValues`).
+/// Both give the same bits: a cache stores what [`DirectValues`] computes for one contract.
+pub trait OptionValues {
+    /// Value of one contract (before quantity and multiplier): discounted Black-76 on the
+    /// variable forward × the evaluation's spot factor plus the fixed part, vol × its factor
+    /// (kept at or above its minimum).
+    fn value(&self, e: &ExpiryHolding, o: &OptionHolding, discount: f64, eval: Eval) -> f64;
+    /// Value of one contract under skew row `row` (smile tilted by log-moneyness).
+    fn skewed(&self, e: &ExpiryHolding, o: &OptionHolding, discount: f64, linear: bool, s: &SkewShock, row: usize) -> f64;
+    /// `risk_array` revaluation: the contract's P&L (multiplier included) under `row`.
+    fn contract_pnl(&self, e: &ExpiryHolding, pre: &ExpiryPrecompute, o: &OptionHolding, row: &ScenarioRow, r: usize, m: &ScenarioMethodology) -> f64;
+    /// Black-76 delta of one contract on the current forward.
+    fn delta(&self, e: &ExpiryHolding, o: &OptionHolding) -> f64;
+}
+
+/// Computes every value from the holding.
+pub struct DirectValues;
+
+impl OptionValues for DirectValues {
+    fn value(&self, e: &ExpiryHolding, o: &OptionHolding, discount: f64, eval: Eval) -> f64 {
+        let (spot_factor, vol_factor, min_vol) = match eval {
+            Eval::Mtm => (1.0, 1.0, 0.0),
+            Eval::BasisUp(f) | Eval::BasisDown(f) => (f, 1.0, 0.0),
+            Eval::Row { spot_factor, vol_factor, min_vol, .. } => (spot_factor, vol_factor, min_vol),
+        };
+        let forward = e.forward_variable * spot_factor + e.forward_fixed;
+        let vol = min_vol.max(o.vol * vol_factor);
+        option_value(forward, o.strike, e.years(), vol, o.is_call, discount)
+    }
+
+    fn skewed(&self, e: &ExpiryHolding, o: &OptionHolding, discount: f64, linear: bool, s: &SkewShock, _row: usize) -> f64 {
+        let years = e.years();
+        let root_t = years.sqrt();
+        let cap = if linear { s.linear_cap + s.linear_cap_slope * root_t } else { s.abs_cap + s.abs_cap_slope * root_t };
+        let k_star = s.min_k_star.max(root_t * s.width_scale * (s.vol_level + s.vol_level_slope * root_t));
+        let forward = e.forward();
         let mut k = (o.strike / forward).ln();
         if !linear {
             k = k.abs();
         }
         let tilt = if k >= 0.0 { cap.min(k * cap / k_star) } else { (-cap).max(k * cap / k_star) };
         let vol = o.vol * 0.0f64.max(1.0 + tilt);
-        total += o.quantity * o.multiplier * option_value(forward, o.strike, years, vol, o.is_call, discount);
+        option_value(forward, o.strike, years, vol, o.is_call, discount)
+    }
+
+    fn contract_pnl(&self, e: &ExpiryHolding, pre: &ExpiryPrecompute, o: &OptionHolding, row: &ScenarioRow, _r: usize, m: &ScenarioMethodology) -> f64 {
+        let vol = match row.vol_shock {
+            VolShockKind::Up => m.vol_shock.min_shocked_vol_up.max(o.vol * pre.vol_up),
+            VolShockKind::Down => o.vol * pre.vol_down,
+            _ => o.vol,
+        };
+        let years = e.years();
+        let forward = e.forward_variable * row.spot_factor() + e.forward_fixed;
+        let shocked = option_value(forward, o.strike, years, vol, o.is_call, pre.discount);
+        let current = option_value(e.forward(), o.strike, years, o.vol, o.is_call, pre.discount);
+        o.multiplier * (shocked - current)
+    }
+
+    fn delta(&self, e: &ExpiryHolding, o: &OptionHolding) -> f64 {
+        b76_delta(e.forward(), o.strike, e.years(), o.vol, o.is_call)
+    }
+}
+
+/// Value of the expiry's options under `eval`.
+pub fn expiry_value_with(e: &ExpiryHolding, discount: f64, eval: Eval, v: &impl OptionValues) -> f64 {
+    let mut total = 0.0;
+    for o in &e.options {
+        total += o.quantity * o.multiplier * v.value(e, o, discount, eval);
+    }
+    total
+}
+
+/// Value of the expiry's options, the variable forward scaled by `spot_factor`, every vol by
+/// `vol_factor` (and kept at or above `min_vol`).
+pub fn expiry_value(e: &ExpiryHolding, discount: f64, spot_factor: f64, vol_factor: f64, min_vol: f64) -> f64 {
+    expiry_value_with(e, discount, Eval::Row { row: usize::MAX, spot_factor, vol_factor, min_vol }, &DirectValues)
+}
+
+/// Value of the expiry's options with the smile tilted by log-moneyness, on the current forward.
+fn skewed_expiry_value(e: &ExpiryHolding, discount: f64, linear: bool, s: &SkewShock, row: usize, v: &impl OptionValues) -> f64 {
+    let mut total = 0.0;
+    for o in &e.options {
+        total += o.quantity * o.multiplier * v.skewed(e, o, discount, linear, s, row);
     }
     total
 }
 
 /// `(up P&L, down P&L, charge)` of the basis contingency of one expiry (charge <= 0).
 pub fn basis_contingency(e: &ExpiryHolding, mtm: f64, discount: f64, m: &ScenarioMethodology) -> (f64, f64, f64) {
+    basis_contingency_with(e, mtm, discount, m, &DirectValues)
+}
+
+fn basis_contingency_with(e: &ExpiryHolding, mtm: f64, discount: f64, m: &ScenarioMethodology, v: &impl OptionValues) -> (f64, f64, f64) {
     let Some(bc) = &m.basis_contingency else { return (0.0, 0.0, 0.0) };
-    let up = expiry_value(e, discount, 1.0 + bc.spot_up, 1.0, 0.0) - mtm;
-    let down = expiry_value(e, discount, 1.0 + bc.spot_down, 1.0, 0.0) - mtm;
+    let up = expiry_value_with(e, discount, Eval::BasisUp(1.0 + bc.spot_up), v) - mtm;
+    let down = expiry_value_with(e, discount, Eval::BasisDown(1.0 + bc.spot_down), v) - mtm;
     let charge = up.min(down).min(0.0) * (bc.add_factor + bc.mult_factor * e.years());
     (up, down, charge)
 }
 
 pub fn precompute_expiry(e: &ExpiryHolding, m: &ScenarioMethodology) -> ExpiryPrecompute {
+    precompute_expiry_with(e, m, &DirectValues)
+}
+
+pub fn precompute_expiry_with(e: &ExpiryHolding, m: &ScenarioMethodology, v: &impl OptionValues) -> ExpiryPrecompute {
     let discount = discount_factor(e, m);
-    let mtm = expiry_value(e, discount, 1.0, 1.0, 0.0);
+    let mtm = expiry_value_with(e, discount, Eval::Mtm, v);
     let (vol_up, vol_down) = vol_shock_factors(e, m);
     let (static_long, static_short) = static_discount_factors(e, discount, m);
-    let (basis_up_pnl, basis_down_pnl, basis_charge) = basis_contingency(e, mtm, discount, m);
+    let (basis_up_pnl, basis_down_pnl, basis_charge) = basis_contingency_with(e, mtm, discount, m, v);
     ExpiryPrecompute { mtm, discount, vol_up, vol_down, static_long, static_short, basis_up_pnl, basis_down_pnl, basis_charge }
 }
 
@@ -188,18 +262,26 @@ pub fn precompute_expiry(e: &ExpiryHolding, m: &ScenarioMethodology) -> ExpiryPr
 // Step 2: row P&L
 // ------------------------------------------------------------------------------------------
 
-fn shocked_expiry_value(e: &ExpiryHolding, pre: &ExpiryPrecompute, row: &ScenarioRow, m: &ScenarioMethodology) -> Result<f64> {
+/// The evaluation of row `r` for an expiry's options.
+pub fn row_eval(pre: &ExpiryPrecompute, row: &ScenarioRow, r: usize, m: &ScenarioMethodology) -> Eval {
+    let (vol_factor, min_vol) = match row.vol_shock {
+        VolShockKind::Up => (pre.vol_up, m.vol_shock.min_shocked_vol_up),
+        VolShockKind::Down => (pre.vol_down, 0.0),
+        _ => (1.0, 0.0),
+    };
+    Eval::Row { row: r, spot_factor: row.spot_factor(), vol_factor, min_vol }
+}
+
+fn shocked_expiry_value(e: &ExpiryHolding, pre: &ExpiryPrecompute, row: &ScenarioRow, r: usize, m: &ScenarioMethodology, v: &impl OptionValues) -> Result<f64> {
     Ok(match row.vol_shock {
         VolShockKind::SkewLinear | VolShockKind::SkewAbs => {
             let s = m
                 .skew_shock
                 .as_ref()
                 .ok_or_else(|| InputError::new("methodology", "skew_shock", "the scenario table has skew rows but no skew_shock parameters"))?;
-            skewed_expiry_value(e, pre.discount, row.vol_shock == VolShockKind::SkewLinear, s)
+            skewed_expiry_value(e, pre.discount, row.vol_shock == VolShockKind::SkewLinear, s, r, v)
         }
-        VolShockKind::Up => expiry_value(e, pre.discount, row.spot_factor(), pre.vol_up, m.vol_shock.min_shocked_vol_up),
-        VolShockKind::Down => expiry_value(e, pre.discount, row.spot_factor(), pre.vol_down, 0.0),
-        VolShockKind::None => expiry_value(e, pre.discount, row.spot_factor(), 1.0, 0.0),
+        _ => expiry_value_with(e, pre.discount, row_eval(pre, row, r, m), v),
     })
 }
 
@@ -209,13 +291,17 @@ fn linear_contract_pnl(lin: &LinearHolding, row: &ScenarioRow) -> f64 {
 
 /// `expiry_sum` revaluation of one row, times its weight.
 pub fn scenario_pnl(p: &ScenarioPortfolio, pres: &[ExpiryPrecompute], row: &ScenarioRow, m: &ScenarioMethodology) -> Result<f64> {
+    scenario_pnl_with(p, pres, row, usize::MAX, m, &DirectValues)
+}
+
+fn scenario_pnl_with(p: &ScenarioPortfolio, pres: &[ExpiryPrecompute], row: &ScenarioRow, r: usize, m: &ScenarioMethodology, v: &impl OptionValues) -> Result<f64> {
     let mv = row.spot_factor() - 1.0;
     let mut pnl = if p.perp_quantity != 0.0 { p.perp_quantity * (mv * p.perp_mark) * row.weight } else { 0.0 };
     for lin in &p.linears {
         pnl += lin.quantity * linear_contract_pnl(lin, row) * row.weight;
     }
     for (e, pre) in p.expiries.iter().zip(pres) {
-        let mut shocked = shocked_expiry_value(e, pre, row, m)?;
+        let mut shocked = shocked_expiry_value(e, pre, row, r, m, v)?;
         shocked *= if shocked >= 0.0 { pre.static_long } else { pre.static_short };
         let mut expiry_pnl = (shocked - pre.mtm) * row.weight;
         if row.vol_shock.is_skew() {
@@ -249,26 +335,14 @@ fn ordered_holdings(p: &ScenarioPortfolio) -> Vec<Held<'_>> {
     items.into_iter().map(|(_, h)| h).collect()
 }
 
-fn option_contract_pnl(e: &ExpiryHolding, pre: &ExpiryPrecompute, o: &OptionHolding, row: &ScenarioRow, m: &ScenarioMethodology) -> f64 {
-    let vol = match row.vol_shock {
-        VolShockKind::Up => m.vol_shock.min_shocked_vol_up.max(o.vol * pre.vol_up),
-        VolShockKind::Down => o.vol * pre.vol_down,
-        _ => o.vol,
-    };
-    let years = e.years();
-    let forward = e.forward_variable * row.spot_factor() + e.forward_fixed;
-    let shocked = option_value(forward, o.strike, years, vol, o.is_call, pre.discount);
-    let current = option_value(e.forward(), o.strike, years, o.vol, o.is_call, pre.discount);
-    o.multiplier * (shocked - current)
-}
-
-fn risk_array_pnl(p: &ScenarioPortfolio, pres: &[ExpiryPrecompute], held: &[Held<'_>], row: &ScenarioRow, m: &ScenarioMethodology) -> f64 {
+#[allow(clippy::too_many_arguments)]
+fn risk_array_pnl(p: &ScenarioPortfolio, pres: &[ExpiryPrecompute], held: &[Held<'_>], row: &ScenarioRow, r: usize, m: &ScenarioMethodology, v: &impl OptionValues) -> f64 {
     let mv = row.spot_factor() - 1.0;
     let mut pnl = if p.perp_quantity != 0.0 { p.perp_quantity * (mv * p.perp_mark) } else { 0.0 };
     for h in held {
         match *h {
             Held::Linear(l) => pnl += l.quantity * linear_contract_pnl(l, row),
-            Held::Option(i, o) => pnl += o.quantity * option_contract_pnl(&p.expiries[i], &pres[i], o, row, m),
+            Held::Option(i, o) => pnl += o.quantity * v.contract_pnl(&p.expiries[i], &pres[i], o, row, r, m),
         }
     }
     for c in &p.collaterals {
@@ -284,7 +358,7 @@ fn risk_array_pnl(p: &ScenarioPortfolio, pres: &[ExpiryPrecompute], held: &[Held
 // ------------------------------------------------------------------------------------------
 
 /// Delta in the quote currency per expiry bucket (0: perpetuals and risk-cancelling coins).
-fn bucket_deltas(p: &ScenarioPortfolio, pres: &[ExpiryPrecompute], m: &ScenarioMethodology) -> BTreeMap<usize, f64> {
+fn bucket_deltas(p: &ScenarioPortfolio, pres: &[ExpiryPrecompute], m: &ScenarioMethodology, v: &impl OptionValues) -> BTreeMap<usize, f64> {
     let edges: &[f64] = m.calendar_basis.as_ref().map(|c| c.bucket_edges_days.as_slice()).unwrap_or(&[]);
     let bucket = |days: Option<f64>| match days {
         None => 0,
@@ -300,10 +374,9 @@ fn bucket_deltas(p: &ScenarioPortfolio, pres: &[ExpiryPrecompute], m: &ScenarioM
     }
     for (e, pre) in p.expiries.iter().zip(pres) {
         let forward = e.forward();
-        let years = e.years();
         let b = bucket(Some(e.days()));
         for o in &e.options {
-            let delta = b76_delta(forward, o.strike, years, o.vol, o.is_call);
+            let delta = v.delta(e, o);
             add(b, o.quantity * o.multiplier * pre.discount * delta * forward);
         }
     }
@@ -380,6 +453,10 @@ fn confidence_charge(confidence: f64, notional: f64, m: &ScenarioMethodology) ->
 
 /// Every contingency of the portfolio.
 pub fn contingencies(p: &ScenarioPortfolio, m: &ScenarioMethodology, pres: &[ExpiryPrecompute]) -> Result<Contingencies> {
+    contingencies_with(p, m, pres, &DirectValues)
+}
+
+fn contingencies_with(p: &ScenarioPortfolio, m: &ScenarioMethodology, pres: &[ExpiryPrecompute], v: &impl OptionValues) -> Result<Contingencies> {
     let mut out = Contingencies::default();
     let pc = m.position_contingency.as_ref();
     let mut book_confidence = p.spot_confidence;
@@ -414,7 +491,7 @@ pub fn contingencies(p: &ScenarioPortfolio, m: &ScenarioMethodology, pres: &[Exp
         out.confidence += confidence_charge(p.spot_confidence.min(c.confidence), c.value, m);
     }
     if m.calendar_basis.is_some() || m.concentration.is_some() {
-        let deltas = bucket_deltas(p, pres, m);
+        let deltas = bucket_deltas(p, pres, m, v);
         out.calendar_basis = calendar_basis_charge(&deltas, m)?;
         out.concentration = concentration_charge(&deltas, m);
     }
@@ -490,7 +567,12 @@ fn max_of_group_requirements(p: &ScenarioPortfolio, pnls: &[f64], basis: f64, co
 /// Scenario margin of one portfolio under a methodology.
 pub fn margin_scenarios(p: &ScenarioPortfolio, m: &ScenarioMethodology) -> Result<ScenarioMargin> {
     m.check()?;
-    let pres: Vec<ExpiryPrecompute> = p.expiries.iter().map(|e| precompute_expiry(e, m)).collect();
+    margin_scenarios_checked(p, m, &DirectValues)
+}
+
+/// [`margin_scenarios`] for a methodology already checked, reading option values from `v`.
+pub fn margin_scenarios_checked(p: &ScenarioPortfolio, m: &ScenarioMethodology, v: &impl OptionValues) -> Result<ScenarioMargin> {
+    let pres: Vec<ExpiryPrecompute> = p.expiries.iter().map(|e| precompute_expiry_with(e, m, v)).collect();
     let mut mtm = p.perp_unsettled + pres.iter().fold(0.0, |a, x| a + x.mtm);
     if m.collateral_haircuts_as_contingency {
         mtm += p.collaterals.iter().fold(0.0, |a, c| a + c.value);
@@ -501,9 +583,9 @@ pub fn margin_scenarios(p: &ScenarioPortfolio, m: &ScenarioMethodology) -> Resul
     let pnls: Vec<f64> = match m.revaluation {
         Revaluation::RiskArray => {
             let held = ordered_holdings(p);
-            m.scenarios.iter().map(|row| risk_array_pnl(p, &pres, &held, row, m)).collect()
+            m.scenarios.iter().enumerate().map(|(r, row)| risk_array_pnl(p, &pres, &held, row, r, m, v)).collect()
         }
-        Revaluation::ExpirySum => m.scenarios.iter().map(|row| scenario_pnl(p, &pres, row, m)).collect::<Result<_>>()?,
+        Revaluation::ExpirySum => m.scenarios.iter().enumerate().map(|(r, row)| scenario_pnl_with(p, &pres, row, r, m, v)).collect::<Result<_>>()?,
     };
     let mut worst_by_group: Vec<(String, f64)> = Vec::new();
     for (row, &v) in m.scenarios.iter().zip(&pnls) {
@@ -526,7 +608,7 @@ pub fn margin_scenarios(p: &ScenarioPortfolio, m: &ScenarioMethodology) -> Resul
         }
     }
 
-    let cont = contingencies(p, m, &pres)?;
+    let cont = contingencies_with(p, m, &pres, v)?;
     let im_factor = initial_loss_factor(p, m);
     let mm_factor = m.loss_factors.maintenance;
     let equity = mtm + p.cash;

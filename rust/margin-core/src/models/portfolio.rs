@@ -83,6 +83,9 @@ pub struct RiskArrays {
     /// Start of each instrument's array in `pnl` (`None`: no mark or index price).
     pub offset: Vec<Option<usize>>,
     pub pnl: Vec<f64>,
+    /// Under a book's scenario methodology: each option's values under its table, computed
+    /// once per market (v1's arrays above are then not built).
+    pub scenario_values: Option<crate::methodology::account::InstrumentValues>,
 }
 
 impl RiskArrays {
@@ -97,6 +100,14 @@ impl RiskArrays {
 
     fn build(book: &Book, market: &Market, only: Option<usize>) -> RiskArrays {
         let ins = &book.instruments;
+        if let Some(methodology) = &book.methodology.portfolio {
+            return RiskArrays {
+                scenarios: vec![Vec::new(); book.underlyings.names.len()],
+                offset: vec![None; ins.len()],
+                pnl: Vec::new(),
+                scenario_values: Some(crate::methodology::account::InstrumentValues::new(book, market, methodology)),
+            };
+        }
         let scenarios: Vec<Vec<Scenario>> = book.underlyings.risk.iter().map(scenarios).collect();
         let mut offset = Vec::with_capacity(ins.len());
         let mut total = 0;
@@ -116,7 +127,7 @@ impl RiskArrays {
                 Some(_) => instrument_array(book, market, id, &scenarios[ins.underlying[id] as usize]),
             })
             .collect();
-        RiskArrays { scenarios, offset, pnl: arrays.concat() }
+        RiskArrays { scenarios, offset, pnl: arrays.concat(), scenario_values: None }
     }
 
     /// An error naming the instruments whose scenario P&L overflows float64.
