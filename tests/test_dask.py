@@ -115,3 +115,15 @@ def test_bad_input(frames):
     bad = positions.assign(quantity=positions.quantity.where(positions.account_id != data.skewed_account, np.nan))
     with pytest.raises(me.MarginInputError, match=rf"positions\.quantity.*account {data.skewed_account}.*Dask partition"):
         med.margin(data.book, bad, balances, data.market, partitions=3).compute()
+
+
+def test_order_column_restores_the_in_memory_order(shuffled_frames):
+    data, _, _ = shuffled_frames
+
+    def reversed_frame(table):
+        table = table.append_column("row", pa.array(np.arange(table.num_rows), pa.int64()))
+        return _frame(table.take(pa.array(np.arange(table.num_rows)[::-1])), 6)
+
+    want = me.margin(data.book, data.positions, data.balances, data.market)
+    got = _result(med.margin(data.book, reversed_frame(data.positions), reversed_frame(data.balances), data.market, order="row"))
+    assert _equal(_sorted(got, "account_id"), want)

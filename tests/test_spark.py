@@ -312,3 +312,18 @@ def test_margin_by_date_daily_snapshots(spark, frames):
     missing = dict(list(dated.items())[:2])
     with pytest.raises(Exception, match=r"MarginInputError: positions\.date: no book and market"):
         mes.margin_by_date(missing, positions, balances.drop("date"), partitions=2).collect()
+
+
+def test_order_column_restores_the_in_memory_order(spark, shuffled_frames):
+    """A DataFrame whose own order is not the in-memory table's (here reversed) with an
+    ``order`` column giving that order: the sums follow the column, the rows equal in memory."""
+    data, _, _ = shuffled_frames
+
+    def reversed_frame(table):
+        table = table.append_column("row", pa.array(np.arange(table.num_rows), pa.int64()))
+        return spark.createDataFrame(table.take(pa.array(np.arange(table.num_rows)[::-1])))
+
+    positions, balances = reversed_frame(data.positions), reversed_frame(data.balances)
+    want = me.margin(data.book, data.positions, data.balances, data.market, model="portfolio")
+    got = mes.margin(data.book, positions, balances, data.market, model="portfolio", order="row", partitions=3, ordered=True)
+    assert got.toArrow().equals(as_spark_types(want, got.toArrow()))
