@@ -24,7 +24,7 @@ use crate::valuation::NetPosition;
 
 use super::book::ScenarioByUnderlying;
 use super::params::*;
-use super::scenario::{margin_scenarios_checked, precompute_expiry_with, row_eval, DirectValues, Eval, ExpiryPrecompute, OptionValues};
+use super::scenario::{scenario_requirements, ScenarioBuffers, precompute_expiry_with, row_eval, DirectValues, Eval, ExpiryPrecompute, OptionValues};
 
 /// The key of an account's portfolio of coins linked to no underlying it trades.
 pub const UNLINKED: u32 = u32::MAX;
@@ -37,6 +37,9 @@ pub struct ScenarioScratch {
     /// The expiry (ns) of each of `portfolio.expiries`.
     expiry_ns: Vec<i64>,
     portfolio: ScenarioPortfolio,
+    /// Expiry holdings of earlier portfolios, kept for their option vectors' capacity.
+    spare: Vec<ExpiryHolding>,
+    buffers: ScenarioBuffers,
 }
 
 /// Seconds from the valuation time to `expiry_ns` (0 once expired), as the reference counts
@@ -62,19 +65,18 @@ pub fn account_requirements(
     scratch: &mut ScenarioScratch,
 ) -> (f64, f64) {
     let (mut im, mut mm) = (0.0, 0.0);
+    let mut buffers = std::mem::take(&mut scratch.buffers);
     for_each_portfolio(book, market, methodology, net, balances, balance_rows, asset_price, scratch, |_, p, m| {
         // the methodology was checked when the book was built: no structural error is left
         let result = match values {
-            Some(v) => margin_scenarios_checked(p, m, v),
-            None => margin_scenarios_checked(p, m, &DirectValues),
+            Some(v) => scenario_requirements(p, m, v, &mut buffers),
+            None => scenario_requirements(p, m, &DirectValues, &mut buffers),
         };
-        let (i, mnt) = match result {
-            Ok(r) => (r.initial_requirement, r.maintenance_requirement),
-            Err(_) => (f64::NAN, f64::NAN),
-        };
+        let (i, mnt) = result.unwrap_or((f64::NAN, f64::NAN));
         im += i;
         mm += mnt;
     });
+    scratch.buffers = buffers;
     (im, mm)
 }
 
@@ -124,7 +126,7 @@ pub fn for_each_portfolio(
         let end = start + scratch.keys[start..].iter().take_while(|k| k.0 == u).count();
         let keys = std::mem::take(&mut scratch.keys);
         let p = &mut scratch.portfolio;
-        reset(p);
+        reset(p, &mut scratch.spare);
         scratch.expiry_ns.clear();
         if u == UNLINKED {
             p.spot = 0.0;
@@ -189,7 +191,7 @@ pub fn for_each_portfolio(
                             e.confidence = e.confidence.min(confidence);
                         }
                         None => {
-                            let mut e = expiry_holding(book, market, id);
+                            let mut e = expiry_holding(book, market, id, scratch.spare.pop().map(|e| e.options));
                             e.confidence = e.confidence.min(confidence);
                             e.options.push(option);
                             p.expiries.push(e);
@@ -206,12 +208,12 @@ pub fn for_each_portfolio(
     }
 }
 
-fn reset(p: &mut ScenarioPortfolio) {
+fn reset(p: &mut ScenarioPortfolio, spare: &mut Vec<ExpiryHolding>) {
     p.cash = 0.0;
     p.perp_quantity = 0.0;
     p.perp_mark = 0.0;
     p.perp_unsettled = 0.0;
-    p.expiries.clear();
+    spare.append(&mut p.expiries);
     p.collaterals.clear();
     p.linears.clear();
     p.perp_confidence = 1.0;
@@ -224,8 +226,10 @@ fn option_holding(book: &Book, market: &Market, id: usize, q: f64) -> OptionHold
 }
 
 /// The (empty) expiry holding of option `id`: its feed's forward (or the index), rate and
-/// confidence, its time to expiry.
-fn expiry_holding(book: &Book, market: &Market, id: usize) -> ExpiryHolding {
+/// confidence, its time to expiry; `options`: a vector to reuse.
+fn expiry_holding(book: &Book, market: &Market, id: usize, options: Option<Vec<OptionHolding>>) -> ExpiryHolding {
+    let mut options = options.unwrap_or_default();
+    options.clear();
     let u = book.instruments.underlying[id] as usize;
     let feed = market.expiry_feed[id].unwrap_or_else(|| ExpiryFeed::on_index(market.index_price[u]));
     ExpiryHolding {
@@ -233,7 +237,7 @@ fn expiry_holding(book: &Book, market: &Market, id: usize) -> ExpiryHolding {
         forward_variable: feed.forward_variable,
         forward_fixed: feed.forward_fixed,
         rate: feed.rate,
-        options: Vec::new(),
+        options,
         confidence: feed.confidence,
         days_to_expiry: Some(market.time_to_expiry[id] * 365.0),
     }
@@ -263,7 +267,7 @@ impl InstrumentValues {
                     return None;
                 }
                 let m = methodology.for_underlying(u);
-                let mut e = expiry_holding(book, market, id);
+                let mut e = expiry_holding(book, market, id, None);
                 e.options.push(option_holding(book, market, id, 1.0));
                 let o = &e.options[0];
                 let pre: ExpiryPrecompute = precompute_expiry_with(&e, m, &DirectValues);

@@ -572,23 +572,10 @@ pub fn margin_scenarios(p: &ScenarioPortfolio, m: &ScenarioMethodology) -> Resul
 
 /// [`margin_scenarios`] for a methodology already checked, reading option values from `v`.
 pub fn margin_scenarios_checked(p: &ScenarioPortfolio, m: &ScenarioMethodology, v: &impl OptionValues) -> Result<ScenarioMargin> {
-    let pres: Vec<ExpiryPrecompute> = p.expiries.iter().map(|e| precompute_expiry_with(e, m, v)).collect();
-    let mut mtm = p.perp_unsettled + pres.iter().fold(0.0, |a, x| a + x.mtm);
-    if m.collateral_haircuts_as_contingency {
-        mtm += p.collaterals.iter().fold(0.0, |a, c| a + c.value);
-    } else {
-        mtm += p.collaterals.iter().fold(0.0, |a, c| a + c.value * (1.0 - c.maintenance_haircut));
-    }
-
-    let pnls: Vec<f64> = match m.revaluation {
-        Revaluation::RiskArray => {
-            let held = ordered_holdings(p);
-            m.scenarios.iter().enumerate().map(|(r, row)| risk_array_pnl(p, &pres, &held, row, r, m, v)).collect()
-        }
-        Revaluation::ExpirySum => m.scenarios.iter().enumerate().map(|(r, row)| scenario_pnl_with(p, &pres, row, r, m, v)).collect::<Result<_>>()?,
-    };
+    let mut buffers = ScenarioBuffers::default();
+    let c = evaluate(p, m, v, &mut buffers)?;
     let mut worst_by_group: Vec<(String, f64)> = Vec::new();
-    for (row, &v) in m.scenarios.iter().zip(&pnls) {
+    for (row, &v) in m.scenarios.iter().zip(&buffers.pnls) {
         match worst_by_group.iter_mut().find(|(g, _)| *g == row.group) {
             Some((_, w)) => {
                 if v < *w {
@@ -596,6 +583,77 @@ pub fn margin_scenarios_checked(p: &ScenarioPortfolio, m: &ScenarioMethodology, 
                 }
             }
             None => worst_by_group.push((row.group.clone(), v)),
+        }
+    }
+    Ok(ScenarioMargin {
+        initial_margin: c.im,
+        maintenance_margin: c.mm,
+        mark_to_market: c.mtm,
+        cash: p.cash,
+        scenario_pnl: buffers.pnls,
+        worst_by_group,
+        basis_contingency: c.basis,
+        worst_loss: c.worst,
+        worst_scenario: c.worst_row,
+        contingencies: c.cont,
+        initial_loss_factor: c.im_factor,
+        maintenance_loss_factor: m.loss_factors.maintenance,
+        expiries: buffers.pres,
+        initial_requirement: c.im_req,
+        maintenance_requirement: c.mm_req,
+    })
+}
+
+/// Buffers reused from one portfolio to the next by [`scenario_requirements`].
+#[derive(Debug, Default)]
+pub struct ScenarioBuffers {
+    pres: Vec<ExpiryPrecompute>,
+    pnls: Vec<f64>,
+}
+
+/// The `(IM, MM)` requirements of [`margin_scenarios_checked`] alone, without allocating.
+pub fn scenario_requirements(p: &ScenarioPortfolio, m: &ScenarioMethodology, v: &impl OptionValues, buffers: &mut ScenarioBuffers) -> Result<(f64, f64)> {
+    let c = evaluate(p, m, v, buffers)?;
+    Ok((c.im_req, c.mm_req))
+}
+
+/// What every caller of the engine reads.
+struct Evaluated {
+    mtm: f64,
+    basis: f64,
+    worst: f64,
+    worst_row: Option<usize>,
+    cont: Contingencies,
+    im_factor: f64,
+    im: f64,
+    mm: f64,
+    im_req: f64,
+    mm_req: f64,
+}
+
+/// Steps 1 to 5; the per-expiry numbers and row P&L are left in `buffers`.
+fn evaluate(p: &ScenarioPortfolio, m: &ScenarioMethodology, v: &impl OptionValues, buffers: &mut ScenarioBuffers) -> Result<Evaluated> {
+    let pres = &mut buffers.pres;
+    pres.clear();
+    pres.extend(p.expiries.iter().map(|e| precompute_expiry_with(e, m, v)));
+    let mut mtm = p.perp_unsettled + pres.iter().fold(0.0, |a, x| a + x.mtm);
+    if m.collateral_haircuts_as_contingency {
+        mtm += p.collaterals.iter().fold(0.0, |a, c| a + c.value);
+    } else {
+        mtm += p.collaterals.iter().fold(0.0, |a, c| a + c.value * (1.0 - c.maintenance_haircut));
+    }
+
+    let pnls = &mut buffers.pnls;
+    pnls.clear();
+    match m.revaluation {
+        Revaluation::RiskArray => {
+            let held = ordered_holdings(p);
+            pnls.extend(m.scenarios.iter().enumerate().map(|(r, row)| risk_array_pnl(p, pres, &held, row, r, m, v)));
+        }
+        Revaluation::ExpirySum => {
+            for (r, row) in m.scenarios.iter().enumerate() {
+                pnls.push(scenario_pnl_with(p, pres, row, r, m, v)?);
+            }
         }
     }
 
@@ -608,13 +666,13 @@ pub fn margin_scenarios_checked(p: &ScenarioPortfolio, m: &ScenarioMethodology, 
         }
     }
 
-    let cont = contingencies_with(p, m, &pres, v)?;
+    let cont = contingencies_with(p, m, pres, v)?;
     let im_factor = initial_loss_factor(p, m);
     let mm_factor = m.loss_factors.maintenance;
     let equity = mtm + p.cash;
     let (im, mm, im_req, mm_req) = match m.combination {
         Combination::MaxOfGroups => {
-            let (im_req, mm_req) = max_of_group_requirements(p, &pnls, basis, &cont, m)?;
+            let (im_req, mm_req) = max_of_group_requirements(p, pnls, basis, &cont, m)?;
             (equity - im_req, equity - mm_req, im_req, mm_req)
         }
         Combination::LossFactor => (
@@ -624,23 +682,7 @@ pub fn margin_scenarios_checked(p: &ScenarioPortfolio, m: &ScenarioMethodology, 
             cont.maintenance() - worst * mm_factor,
         ),
     };
-    Ok(ScenarioMargin {
-        initial_margin: im,
-        maintenance_margin: mm,
-        mark_to_market: mtm,
-        cash: p.cash,
-        scenario_pnl: pnls,
-        worst_by_group,
-        basis_contingency: basis,
-        worst_loss: worst,
-        worst_scenario: worst_row,
-        contingencies: cont,
-        initial_loss_factor: im_factor,
-        maintenance_loss_factor: mm_factor,
-        expiries: pres,
-        initial_requirement: im_req,
-        maintenance_requirement: mm_req,
-    })
+    Ok(Evaluated { mtm, basis, worst, worst_row, cont, im_factor, im, mm, im_req, mm_req })
 }
 
 #[cfg(test)]
