@@ -45,13 +45,18 @@
 //! `confidence` column of `marks`), per underlying the index feed's confidence (a `confidence`
 //! column of `index_prices`), and the USD price of the stable coin cash is held in.
 
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+
 use crate::book::{Book, Contract, Kind};
-use crate::error::{InputError, Result};
+use crate::engine::Inputs;
+use crate::error::{InputError, Offenders, Result};
 use crate::market::Market;
 use crate::results::AccountRow;
 use crate::rows::Balances;
 use crate::standard;
-use crate::valuation::{value_balance, Collateral, NetPosition};
+use crate::valuation::{net_positions, value_balance, value_balances, BalanceScratch, Collateral, NetPosition, Scratch};
 
 /// Every parameter of the generalized standard margin: the mirror of the reference's
 /// `StandardParams`, field for field (`None` where the Python side has `None`). Build one with
@@ -284,8 +289,8 @@ impl StandardRules {
 /// forward and confidences (the kernel reads those of the expiry's first option).
 #[derive(Debug, Clone, Copy)]
 pub struct Feeds<'a> {
-    /// Per instrument id: the forward of an option's expiry (any value for other instruments);
-    /// `None`: the index price.
+    /// Per instrument id: the forward of an option's expiry, NaN where none is given (and for
+    /// other instruments); `None` or NaN: the index price.
     pub forward: Option<&'a [f64]>,
     /// Per underlying id: the index feed's confidence in [0, 1]; `None`: 1.
     pub index_confidence: Option<&'a [f64]>,
@@ -306,7 +311,7 @@ impl Default for Feeds<'_> {
 }
 
 impl Feeds<'_> {
-    /// Lengths against the book (instruments / underlyings), forwards finite and > 0,
+    /// Lengths against the book (instruments / underlyings), forwards NaN or finite and > 0,
     /// confidences in [0, 1], the stable price finite and ≥ 0. Errors name table `feeds`.
     pub fn check(&self, book: &Book) -> Result<()> {
         let n_ins = book.instruments.len();
@@ -323,7 +328,7 @@ impl Feeds<'_> {
             if values.len() != len {
                 return Err(InputError::new("feeds", name, format!("expected {len} values (one per {}), got {}", if len == n_und { "underlying" } else { "instrument" }, values.len())));
             }
-            let ok = |v: f64| if confidence { (0.0..=1.0).contains(&v) } else { v.is_finite() && v > 0.0 };
+            let ok = |v: f64| if confidence { (0.0..=1.0).contains(&v) } else { v.is_nan() || (v.is_finite() && v > 0.0) };
             if let Some(v) = values.iter().find(|v| !ok(**v)) {
                 let want = if confidence { "a confidence in [0, 1]" } else { "a finite price > 0" };
                 return Err(InputError::new("feeds", name, format!("expected {want}, got {v}")));
@@ -577,7 +582,9 @@ impl RulesScratch {
             let members = &options[start..end];
             let spot = market.index_price[u as usize];
             let first_id = net[first as usize].instrument as usize;
-            let mut charge = ExpiryCharge { underlying: u, expiry_ns: e, first, forward: at(feeds.forward, first_id, spot), ..Default::default() };
+            let forward = at(feeds.forward, first_id, f64::NAN);
+            let forward = if forward.is_nan() { spot } else { forward };
+            let mut charge = ExpiryCharge { underlying: u, expiry_ns: e, first, forward, ..Default::default() };
             let mut worst = 0.0;
             if rules.max_loss_floor {
                 worst = py_min(0.0, expiry_payoff(book, net, members, 0.0));
@@ -765,6 +772,63 @@ pub fn account_margin(book: &Book, market: &Market, rules: &StandardRules, feeds
     }
 }
 
+/// [`account_margin`] for every account of `inputs`, in parallel, in account order (the same
+/// for any thread count): netting and balances as the engine does them, at the book's asset
+/// prices. A repeated (account, asset) balance and a result that overflows are input errors,
+/// as in [`crate::engine::margin`].
+pub fn margin_accounts(book: &Book, market: &Market, inputs: &Inputs, rules: &StandardRules, feeds: &Feeds) -> Result<Vec<(u64, StandardAccount)>> {
+    rules.check()?;
+    feeds.check(book)?;
+    let duplicates: Mutex<Vec<(u64, u32)>> = Mutex::new(Vec::new());
+    let rows: Vec<(u64, StandardAccount)> = inputs
+        .slots
+        .par_iter()
+        .with_min_len(256)
+        .map_init(
+            || (Scratch::default(), BalanceScratch::new(), RulesScratch::default()),
+            |(net, sorted, scratch), slot| {
+                net_positions(slot.positions(), &inputs.positions, book, market, net);
+                let collateral = match value_balances(slot.balances(), &inputs.balances, book, &book.assets.price, sorted) {
+                    Ok(c) => c,
+                    Err(asset) => {
+                        duplicates.lock().unwrap_or_else(|e| e.into_inner()).push((slot.account_id, asset));
+                        return (slot.account_id, StandardAccount::default());
+                    }
+                };
+                let account = AccountInputs {
+                    net: &net.net,
+                    closed_pnl: net.closed_pnl,
+                    extra_pnl: 0.0,
+                    balances: &inputs.balances,
+                    sorted_balances: sorted,
+                    asset_price: &book.assets.price,
+                    collateral,
+                };
+                (slot.account_id, account_margin(book, market, rules, feeds, &account, scratch))
+            },
+        )
+        .collect();
+    let mut duplicates = duplicates.into_inner().unwrap_or_else(|e| e.into_inner());
+    duplicates.sort_unstable();
+    let mut dup = Offenders::default();
+    for (account_id, asset) in duplicates {
+        dup.push(|| format!("account {account_id} asset '{}'", book.assets.labels[asset as usize]));
+    }
+    dup.into_result("balances", "asset", "duplicate (account_id, asset) key")?;
+    let mut overflow = Offenders::default();
+    for (account_id, a) in &rows {
+        if !(a.row(*account_id).is_finite() && a.upnl.is_finite() && a.option_value.is_finite() && a.depeg_im.is_finite() && a.oracle_im.is_finite()) {
+            overflow.push(|| format!("account {account_id}"));
+        }
+    }
+    overflow.into_result(
+        "positions",
+        "quantity",
+        "values too large: the account's valuation or margin overflows float64 (check quantities, amounts and prices)",
+    )?;
+    Ok(rows)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -773,10 +837,9 @@ mod tests {
 
     use super::*;
     use crate::book::BookTables;
-    use crate::engine::{self, Inputs, Model};
+    use crate::engine::{self, Model};
     use crate::market::MarketTables;
     use crate::table::Table;
-    use crate::valuation::{net_positions, value_balances, Scratch};
 
     const YEAR_NS: i64 = 31_536_000 * 1_000_000_000;
 
@@ -1054,6 +1117,9 @@ mod tests {
             assert_eq!(bits(&a.row(*id)), bits(w), "account {id}");
             assert_eq!(*id, w.account_id);
         }
+        // the parallel loop is the per-account kernel, account for account
+        let all = margin_accounts(&book, &market, &inputs, &StandardRules::v1(), &Feeds::default()).unwrap();
+        assert_eq!(all, got);
     }
 
     #[test]
