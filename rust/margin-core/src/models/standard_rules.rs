@@ -43,7 +43,8 @@
 //! that expiry's forward and vol confidences (an `expiry_feeds` table keyed by (underlying,
 //! expiry) spread onto the options), the mark feed's confidence of perpetuals / futures (a
 //! `confidence` column of `marks`), per underlying the index feed's confidence (a `confidence`
-//! column of `index_prices`), and the USD price of the stable coin cash is held in.
+//! column of `index_prices`), and the USD price of the stable coin cash is held in. The market
+//! now carries all but a separate vol confidence: [`ExpiryColumns::feeds`] reads them from it.
 
 use std::sync::Mutex;
 
@@ -338,6 +339,37 @@ impl Feeds<'_> {
             return Err(InputError::new("feeds", "stable_price", format!("expected a finite price >= 0, got {}", self.stable_price)));
         }
         Ok(())
+    }
+}
+
+/// The per-expiry feeds of a [`Market`] spread onto its instruments, for [`Feeds`]: the
+/// forward (`expiry_feeds.forward`, NaN without a row) and the confidence of each option's
+/// expiry. The market carries one confidence per expiry, so it serves as the forward's and
+/// the vols' at once (the rule reads their minimum).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExpiryColumns {
+    pub forward: Vec<f64>,
+    pub confidence: Vec<f64>,
+}
+
+impl ExpiryColumns {
+    pub fn from_market(market: &Market) -> ExpiryColumns {
+        let forward = market.expiry_feed.iter().map(|f| f.map_or(f64::NAN, |f| f.forward())).collect();
+        let confidence = market.expiry_feed.iter().map(|f| f.map_or(1.0, |f| f.confidence)).collect();
+        ExpiryColumns { forward, confidence }
+    }
+
+    /// Every feed the market carries: these expiry columns, the index and mark confidences, and
+    /// the quote asset's USD price as the stable coin's.
+    pub fn feeds<'a>(&'a self, market: &'a Market) -> Feeds<'a> {
+        Feeds {
+            forward: Some(&self.forward),
+            index_confidence: Some(&market.index_confidence),
+            mark_confidence: Some(&market.mark_confidence),
+            forward_confidence: Some(&self.confidence),
+            vol_confidence: None,
+            stable_price: market.quote_usd_price,
+        }
     }
 }
 
@@ -1120,6 +1152,20 @@ mod tests {
         // the parallel loop is the per-account kernel, account for account
         let all = margin_accounts(&book, &market, &inputs, &StandardRules::v1(), &Feeds::default()).unwrap();
         assert_eq!(all, got);
+    }
+
+    /// A market without confidence columns or expiry feeds gives v1's feeds: the same figures
+    /// as `Feeds::default()` under every rule.
+    #[test]
+    fn feeds_of_a_plain_market_are_the_defaults() {
+        let (book, market) = book_and_market();
+        let columns = ExpiryColumns::from_market(&market);
+        let feeds = columns.feeds(&market);
+        feeds.check(&book).unwrap();
+        let positions = [(1, "C2000", -1.0), (1, "C2200", 0.5), (1, "ETH-PERP", 2.0), (2, "P2600", -1.0)];
+        let balances = [(1, "wETH", 1.0), (2, "USD", 100.0)];
+        let rules = StandardRules::derive_standard();
+        assert_eq!(run(&book, &market, &rules, &feeds, &positions, &balances), run(&book, &market, &rules, &Feeds::default(), &positions, &balances));
     }
 
     #[test]
