@@ -150,3 +150,12 @@ def what_if(
     premium_asset: str | int | None = None,
 ) -> WhatIf: ...
 def scenario_margin(methodology: dict[str, Any], portfolio: dict[str, Any]) -> dict[str, Any]: ...
+def standard_rules_margin(
+    book: Book,
+    market: Market,
+    positions: Any,
+    balances: Any,
+    params: dict[str, Any],
+    feeds: dict[str, Any] | None = None,
+    threads: int | None = None,
+) -> _ArrowStream: ...

@@ -23,6 +23,7 @@ use pyo3_arrow::input::AnyRecordBatch;
 use pyo3_arrow::PyTable;
 
 mod scenario;
+mod standard_rules;
 mod whatif;
 
 #[global_allocator]
@@ -604,6 +605,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(black76, m)?)?;
     m.add_function(wrap_pyfunction!(whatif::what_if, m)?)?;
     m.add_function(wrap_pyfunction!(scenario::scenario_margin, m)?)?;
+    m.add_function(wrap_pyfunction!(standard_rules::standard_rules_margin, m)?)?;
     m.add_class::<whatif::AccountMargin>()?;
     m.add_class::<whatif::WhatIf>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
