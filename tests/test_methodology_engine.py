@@ -199,7 +199,7 @@ def _scale(row: dict) -> float:
 def test_random_methodology_engine_equals_reference(example: dict, meth: ScenarioMethodology, data) -> None:
     """`me.margin` under a random scenario methodology equals the reference, both models."""
     idx, marks, feeds = _feeds_and_confidences(data.draw, example)
-    methodology = me.Methodology("random", portfolio=meth)
+    methodology = me.Methodology("random", portfolio=meth, standard=data.draw(st.sampled_from(["v1", "derive_standard"])))
     try:
         book = me.Book(example["instruments"], example["assets"], example["risk_params"], example["margin_tiers"], methodology=methodology)
     except MarginInputError:

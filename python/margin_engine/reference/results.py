@@ -95,11 +95,32 @@ def account_result(
     extra_pnl: float = 0.0,
     closed: float = 0.0,
     methodology: Any = None,
+    standard_rules: Any = None,
 ) -> AccountResult:
     """§6 row of one account: §2 valuation, §3 or §4 margin, then
     `free_collateral = collateral_initial − IM`, `margin_excess = collateral_maintenance − MM`.
     `extra_pnl` is value realized outside the positions and `closed` the P&L of positions that
     netted to 0 (see `value_account`)."""
+    if model == "standard" and standard_rules is not None:
+        # the book's generalized standard rules (they may change collateral too)
+        from .scenario_inputs import market_feeds
+        from .standard_rules import account_standard_margin
+
+        a = account_standard_margin(
+            account_id, positions, balances, book, market, standard_rules, market_feeds(market, book), closed + extra_pnl
+        )
+        return AccountResult(
+            account_id=account_id,
+            equity=a.equity,
+            collateral_initial=a.collateral_initial,
+            collateral_maintenance=a.collateral_maintenance,
+            initial_margin=a.initial_margin,
+            maintenance_margin=a.maintenance_margin,
+            free_collateral=a.free_collateral,
+            margin_excess=a.margin_excess,
+            health=a.health,
+            status=account_status(a.equity, a.collateral_initial, a.collateral_maintenance, a.initial_margin, a.maintenance_margin),
+        )
     value = value_account(positions, balances, book, market, extra_pnl, closed)
     equity = value.equity
     ci = value.collateral_initial
@@ -157,9 +178,10 @@ def margin(
     for row in read_balances(balances, bd):
         balances_by_account.setdefault(row.account_id, []).append(row)
     arrays = RiskArrays(bd, md)
-    from .scenario_inputs import book_methodology
+    from .scenario_inputs import book_methodology, book_standard_rules
 
     methodology = book_methodology(book)
+    standard_rules = book_standard_rules(book)
 
     columns: dict[str, list[Any]] = {name: [] for name in MARGIN_SCHEMA.names}
     for account in sorted(set(netted) | set(balances_by_account)):
@@ -173,6 +195,7 @@ def margin(
             arrays,
             closed=closed.get(account, 0.0),
             methodology=methodology,
+            standard_rules=standard_rules,
         )
         for name in MARGIN_SCHEMA.names:
             columns[name].append(getattr(result, name))

@@ -198,15 +198,45 @@ def account_requirements(
     return im, mm
 
 
+def _engine_dict(book: Any) -> dict[str, Any] | None:
+    meth = getattr(book, "methodology", None)
+    if meth is None:
+        return None
+    d: dict[str, Any] = meth.engine_dict(getattr(book, "risk_params", None)) if hasattr(meth, "engine_dict") else meth
+    return d
+
+
+def book_standard_rules(book: Any) -> Any:
+    """The `StandardParams` of a book's methodology, None for v1's standard model (§3)."""
+    from .standard_params import StandardParams
+
+    d = _engine_dict(book)
+    if d is None or d.get("is_v1_standard", True):
+        return None
+    return StandardParams.from_mapping(d["standard"])
+
+
+def market_feeds(market: MarketData, book: BookData) -> Any:
+    """The `standard_rules.MarketFeeds` of what the market carries: each expiry feed's forward
+    and confidence (as the forward's; the rules read the lowest of the forward's and the vols'),
+    the index and mark confidences, the quote asset's USD price as the stable price."""
+    from .standard_rules import MarketFeeds
+
+    return MarketFeeds(
+        forwards={k: f.forward_variable + f.forward_fixed for k, f in market.expiry_feeds.items()},
+        stable_price=market.quote_usd_price,
+        index_confidence=dict(market.index_confidence),
+        mark_confidence={book.instruments[i].key: m.confidence for i, m in market.marks.items()},
+        forward_confidence={k: f.confidence for k, f in market.expiry_feeds.items()},
+    )
+
+
 def book_methodology(book: Any) -> MethodologyByUnderlying | None:
     """The scenario methodologies of a book's `methodology` attribute, None for v1's portfolio
     model (no methodology, or one whose portfolio part is v1's grid). The attribute is a
     `margin_engine.Methodology` (anything with `engine_dict(risk_params)`) or such a dict."""
-    meth = getattr(book, "methodology", None)
-    if meth is None:
-        return None
-    d = meth.engine_dict(getattr(book, "risk_params", None)) if hasattr(meth, "engine_dict") else meth
-    if d.get("is_v1_portfolio", False):
+    d = _engine_dict(book)
+    if d is None or d.get("is_v1_portfolio", False):
         return None
     portfolio = d["portfolio"]
     return MethodologyByUnderlying(

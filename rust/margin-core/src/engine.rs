@@ -181,6 +181,7 @@ pub struct AccountScratch {
     balances: BalanceScratch,
     portfolio: portfolio::Scratch,
     scenario: ScenarioScratch,
+    rules: crate::standard_rules::RulesScratch,
 }
 
 /// Everything needed to margin one account: the book, the market positions are valued at, an
@@ -222,6 +223,21 @@ impl Pricing<'_> {
         }
         let mut collateral = value_balances(slot.balances(), balances, book, asset_price, &mut scratch.balances)?;
         let net = &scratch.net.net;
+        if let (None, Some(rules)) = (self.risk, &book.methodology.standard) {
+            // the generalized standard rules (they may change collateral too)
+            use crate::standard_rules::{account_margin, AccountInputs, Feeds};
+            let inputs = AccountInputs {
+                net,
+                closed_pnl: scratch.net.closed_pnl,
+                extra_pnl,
+                balances,
+                sorted_balances: &scratch.balances,
+                asset_price,
+                collateral,
+            };
+            let feeds = Feeds::of_market(market);
+            return Ok(account_margin(book, market, rules, &feeds, &inputs, &mut scratch.rules).row(slot.account_id));
+        }
         let (initial_margin, maintenance_margin) = match (self.risk, &book.methodology.portfolio) {
             (None, _) => net.iter().fold((0.0, 0.0), |(im, mm), p| {
                 let (i, m) = standard::position_margin(book, market, p);

@@ -185,8 +185,8 @@ impl Book {
                 risk_params: risk_params.as_ref().map(|t| t.table()),
                 margin_tiers: margin_tiers.as_ref().map(|t| t.table()),
             })?;
-            if let Some((name, portfolio)) = parts {
-                book.methodology = BookMethodology::new(name, portfolio, &book.underlyings.names)?;
+            if let Some((name, portfolio, standard)) = parts {
+                book.methodology = BookMethodology::new(name, portfolio, standard, &book.underlyings.names)?;
             }
             Ok(book)
         })?;

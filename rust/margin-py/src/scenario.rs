@@ -377,13 +377,22 @@ pub fn scenario_margin<'py>(py: Python<'py>, methodology: &Bound<'py, PyAny>, po
 pub(crate) type PortfolioParts = (ScenarioMethodology, Vec<(String, ScenarioMethodology)>);
 
 /// The parts of `Methodology.engine_dict(risk_params)`: `{"name", "is_v1_portfolio",
-/// "portfolio": {"default": ScenarioMethodology dict, "by_underlying": {name: dict}}}`. A v1
-/// portfolio part is `None` (the engine keeps v1's risk-array kernel).
-pub(crate) fn book_methodology_parts(obj: &Bound<'_, PyAny>) -> Result<(String, Option<PortfolioParts>), InputError> {
+/// "portfolio": {"default": ScenarioMethodology dict, "by_underlying": {name: dict}},
+/// "is_v1_standard", "standard": StandardParams dict}`. A v1 part is `None` (the engine keeps
+/// v1's kernels, bit for bit).
+pub(crate) fn book_methodology_parts(
+    obj: &Bound<'_, PyAny>,
+) -> Result<(String, Option<PortfolioParts>, Option<margin_core::standard_rules::StandardRules>), InputError> {
     let f = Fields::of(M, String::new(), obj.clone())?;
     let name = f.string_or("name", "custom")?;
+    let standard = if f.bool_or("is_v1_standard", true)? {
+        None
+    } else {
+        let d = f.raw("standard")?.ok_or_else(|| err(M, "standard", "missing: the standard part (or is_v1_standard = true)"))?;
+        Some(crate::standard_rules::parse_rules(&d)?)
+    };
     if f.bool_or("is_v1_portfolio", false)? {
-        return Ok((name, None));
+        return Ok((name, None, standard));
     }
     let Some(p) = f.sub("portfolio")? else {
         return Err(err(M, "portfolio", "missing: the portfolio part (or is_v1_portfolio = true)"));
@@ -399,5 +408,5 @@ pub(crate) fn book_methodology_parts(obj: &Bound<'_, PyAny>) -> Result<(String, 
         }
         by_underlying.sort_by(|a, b| a.0.cmp(&b.0));
     }
-    Ok((name, Some((default, by_underlying))))
+    Ok((name, Some((default, by_underlying)), standard))
 }

@@ -224,6 +224,11 @@ pub struct Market {
     pub mark_confidence: Vec<f64>,
     /// Per instrument id: the `expiry_feeds` row of its (underlying, expiry), if any.
     pub expiry_feed: Vec<Option<ExpiryFeed>>,
+    /// Per instrument id: its expiry feed's forward (NaN without a feed), kept in step with
+    /// `expiry_feed` (the standard rules read it as a slice).
+    pub expiry_forward: Vec<f64>,
+    /// Per instrument id: its expiry feed's confidence (1 without a feed).
+    pub expiry_confidence: Vec<f64>,
     /// The USD price of the book's quote asset: the index price of an `index_prices` row named
     /// like the quote asset (e.g. `USDC`), else 1. Read by a methodology's peg-loss add-on.
     pub quote_usd_price: f64,
@@ -316,6 +321,8 @@ impl Market {
             .quote_asset()
             .and_then(|a| tables.underlyings.iter().position(|u| *u == book.assets.labels[a as usize]))
             .map_or(1.0, |row| tables.index_price[row]);
+        let expiry_forward = expiry_feed.iter().map(|f| f.map_or(f64::NAN, |f: ExpiryFeed| f.forward())).collect();
+        let expiry_confidence = expiry_feed.iter().map(|f| f.map_or(1.0, |f: ExpiryFeed| f.confidence)).collect();
         Ok(Market {
             index_price,
             mark_price,
@@ -326,6 +333,8 @@ impl Market {
             index_confidence,
             mark_confidence,
             expiry_feed,
+            expiry_forward,
+            expiry_confidence,
             quote_usd_price,
         })
     }

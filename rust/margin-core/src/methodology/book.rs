@@ -1,10 +1,12 @@
 //! A book's methodology: which scenario methodology margins each underlying under the
 //! portfolio model (`None`: v1's grid from the book's risk_params, evaluated by the risk-array
-//! kernel of [`crate::portfolio`]).
+//! kernel of [`crate::portfolio`]), and which standard rules the standard model follows
+//! (`None`: v1's §3, [`crate::standard`]; else [`crate::standard_rules`]).
 
 use crate::error::{InputError, Result};
 
 use super::params::ScenarioMethodology;
+use crate::standard_rules::StandardRules;
 
 /// One scenario methodology per underlying id, and the one for underlyings without their own.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,11 +34,13 @@ pub struct BookMethodology {
     pub name: String,
     /// `None`: v1's portfolio model (§4) exactly as without a methodology.
     pub portfolio: Option<ScenarioByUnderlying>,
+    /// `None`: v1's standard model (§3) exactly as without a methodology.
+    pub standard: Option<StandardRules>,
 }
 
 impl Default for BookMethodology {
     fn default() -> Self {
-        BookMethodology { name: "v1".into(), portfolio: None }
+        BookMethodology { name: "v1".into(), portfolio: None, standard: None }
     }
 }
 
@@ -46,8 +50,12 @@ impl BookMethodology {
     pub fn new(
         name: String,
         portfolio: Option<(ScenarioMethodology, Vec<(String, ScenarioMethodology)>)>,
+        standard: Option<StandardRules>,
         underlyings: &[String],
     ) -> Result<BookMethodology> {
+        if let Some(rules) = &standard {
+            rules.check()?;
+        }
         let portfolio = match portfolio {
             None => None,
             Some((default, by_name)) => {
@@ -70,6 +78,6 @@ impl BookMethodology {
                 Some(ScenarioByUnderlying { default, by_underlying })
             }
         };
-        Ok(BookMethodology { name, portfolio })
+        Ok(BookMethodology { name, portfolio, standard })
     }
 }

@@ -305,6 +305,20 @@ pub struct Feeds<'a> {
     pub stable_price: f64,
 }
 
+impl<'a> Feeds<'a> {
+    /// Every feed `market` carries (as [`ExpiryColumns::feeds`], without building columns).
+    pub fn of_market(market: &'a Market) -> Feeds<'a> {
+        Feeds {
+            forward: Some(&market.expiry_forward),
+            index_confidence: Some(&market.index_confidence),
+            mark_confidence: Some(&market.mark_confidence),
+            forward_confidence: Some(&market.expiry_confidence),
+            vol_confidence: None,
+            stable_price: market.quote_usd_price,
+        }
+    }
+}
+
 impl Default for Feeds<'_> {
     fn default() -> Self {
         Feeds { forward: None, index_confidence: None, mark_confidence: None, forward_confidence: None, vol_confidence: None, stable_price: 1.0 }

@@ -25,6 +25,7 @@ pub fn stress_market(book: &Book, market: &Market, moves: &[f64]) -> Market {
         // an expiry's forward moves with its index (its fixed part does not)
         if let Some(feed) = out.expiry_feed[id].as_mut() {
             feed.forward_variable = moved_price(feed.forward_variable, moves[u]);
+            out.expiry_forward[id] = feed.forward();
         }
     }
     out
