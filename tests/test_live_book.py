@@ -45,7 +45,8 @@ def assert_same_bits(got: pa.Table, want: pa.Table) -> None:
 
 def stateless(book: me.Book, ref: ReferenceLiveBook, model: str) -> pa.Table:
     index, marks, ns = ref.market_tables()
-    return me.margin(book, ref.positions_table(), ref.balances_table(), me.Market(index, marks, ns), model=model)
+    market = me.Market(index, marks, ns, expiry_feeds=ref.expiry_feeds)
+    return me.margin(book, ref.positions_table(), ref.balances_table(), market, model=model)
 
 
 def statuses(t: pa.Table) -> dict[int, str]:
@@ -205,7 +206,7 @@ def check_an_order(data, s: Scenario) -> None:
     price = s.ref.marks[instrument] * data.draw(st.sampled_from([1.0, 0.9, 1.2, 0.0]))
     positions, balances = s.ref.account_rows(account)
     index, marks, ns = s.ref.market_tables()
-    market = me.Market(index, marks, ns)
+    market = me.Market(index, marks, ns, expiry_feeds=s.ref.expiry_feeds)
     for m, live in s.live.items():
         try:
             want = me.what_if(s.book, positions if positions.num_rows else None, balances, market,
@@ -382,3 +383,36 @@ def test_journal_survives_reopen_and_a_torn_tail(small, tmp_path):
     journal.write_bytes(bytes(data))
     with pytest.raises(OSError, match="corrupt"):
         me.LiveBook.open(folder)
+
+
+def test_a_methodology_book_with_expiry_feeds_and_a_peg(tmp_path):
+    """A Derive case (scenario methodology in the book, expiry feeds, confidences, the USDC peg as
+    an index row): the live book follows me.margin through index, peg, mark and cash moves, and
+    a reopened journal restores the methodology with the rest."""
+    from margin_engine.presets import derive
+
+    book, market, positions, balances = derive.case_tables(derive.example_case())
+    ref = ReferenceLiveBook(book, market, positions, balances)
+    live = me.LiveBook(book, market, positions, balances, model="portfolio", journal=tmp_path / "live")
+    assert_same_bits(live.margin(), me.margin(book, positions, balances, market, model="portfolio"))
+    u = book.underlyings[0]
+    held = positions.column("instrument")[0].as_py()
+    account = positions.column("account_id")[0].as_py()
+    moves = [
+        ({u: ref.index[u] * 0.97}, None),
+        ({"USDC": 0.995}, None),  # the peg: not an underlying of the book, read by the methodology
+        (None, {held: (ref.marks[held] * 1.1, None)}),
+    ]
+    for index, marks in moves:
+        ref.update_market(index, marks)
+        changes = live.update_market(
+            index_prices=None if index is None else pa.table({"underlying": list(index), "index_price": list(index.values())}),
+            marks=None if marks is None else pa.table({"instrument": list(marks), "mark_price": [m[0] for m in marks.values()]}))
+        assert changes.remargined >= 1
+        assert_same_bits(live.margin(), stateless(book, ref, "portfolio"))
+    ref.apply_transfers([{"account_id": account, "asset": "USDC", "amount": -1_000.0}])
+    live.apply_transfers(pa.table({"account_id": [account], "asset": ["USDC"], "amount": [-1_000.0]}))
+    assert_same_bits(live.margin(), stateless(book, ref, "portfolio"))
+    reopened = me.LiveBook.open(tmp_path / "live")
+    assert reopened.book.methodology is not None
+    assert_same_bits(reopened.margin(), live.margin())

@@ -109,6 +109,8 @@ def _write_book(directory: Path, book: Book) -> None:
                 writer.write_table(table)
             f.flush()
             os.fsync(f.fileno())
+    if book.methodology is not None:
+        book.methodology.to_file(tmp / "methodology.toml")  # written and synced
     with open(tmp / "live.json", "w") as f:
         json.dump({"format": _FORMAT}, f)
         f.flush()
@@ -129,7 +131,12 @@ def _read_book(directory: Path) -> Book:
     for name in _BOOK_TABLES:
         path = folder / f"{name}.arrow"
         tables[name] = pa.ipc.open_file(pa.memory_map(str(path))).read_all() if path.exists() else None
-    return Book(tables["instruments"], tables["assets"], tables["risk_params"], tables["margin_tiers"])
+    methodology = None
+    if (folder / "methodology.toml").exists():
+        from margin_engine.methodology import Methodology
+
+        methodology = Methodology.from_file(folder / "methodology.toml")
+    return Book(tables["instruments"], tables["assets"], tables["risk_params"], tables["margin_tiers"], methodology=methodology)
 
 
 class LiveBook:
@@ -143,8 +150,9 @@ class LiveBook:
     - ``orders`` (optional): resting orders, ``order_id`` (integer >= 0, unique), ``account_id``
       (an account with a position or a balance), ``instrument``, ``quantity`` (signed, non-zero),
       ``price`` (>= 0).
-    - book and market: as in :func:`margin_engine.margin`; the live book keeps the market's
-      ``index_prices``, ``marks`` (``mark_price``, ``implied_vol``) and valuation time.
+    - book and market: as in :func:`margin_engine.margin` (the book's methodology included); the
+      live book keeps every row and column of the market's ``index_prices`` and ``marks``, its
+      ``expiry_feeds`` and valuation time, and changes them by :meth:`update_market`.
 
     Options (keyword-only): ``model`` (``"standard"`` or ``"portfolio"``); ``journal``: a folder
     (created if missing, must not hold a live book) for the journal and snapshots, or ``None``
@@ -192,6 +200,7 @@ class LiveBook:
             allow_negative_balances,
             premium_asset,
             None if directory is None else str(directory),
+            market.expiry_feeds,
         )
 
     @classmethod
@@ -292,8 +301,8 @@ class LiveBook:
 
     def market(self) -> Market:
         """The current market as a :class:`margin_engine.Market`."""
-        index_prices, marks, ns = self._core.market_tables()
-        return Market(pa.table(index_prices), pa.table(marks), ns)
+        index_prices, marks, ns, feeds = self._core.market_tables()
+        return Market(pa.table(index_prices), pa.table(marks), ns, expiry_feeds=None if feeds is None else pa.table(feeds))
 
     @property
     def book(self) -> Book:

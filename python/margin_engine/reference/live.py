@@ -43,10 +43,11 @@ class ReferenceLiveBook:
             for r in positions.to_pylist()
         ]
         self.balances = {(r["account_id"], r["asset"]): float(r["amount"]) for r in balances.to_pylist()}
-        self.index = {r["underlying"]: float(r["index_price"]) for r in market.index_prices.to_pylist()}
-        marks = market.marks.to_pylist()
-        self.marks = {r["instrument"]: float(r["mark_price"]) for r in marks}
-        self.vols = {r["instrument"]: r["implied_vol"] for r in marks if r.get("implied_vol") is not None}
+        # every row and column of the market's tables, changed in place (a new key: a new row)
+        self.index_schema, self.mark_schema = market.index_prices.schema, market.marks.schema
+        self.index_rows = {r["underlying"]: r for r in market.index_prices.to_pylist()}
+        self.mark_rows = {r["instrument"]: r for r in market.marks.to_pylist()}
+        self.expiry_feeds = market.expiry_feeds
         self.valuation_ns = market.valuation_time_ns
         self.orders: dict[int, tuple[int, str, float, float]] = {}
 
@@ -112,6 +113,14 @@ class ReferenceLiveBook:
         for i in ids:
             del self.orders[i]
 
+    @property
+    def index(self) -> dict[str, float]:
+        return {k: float(r["index_price"]) for k, r in self.index_rows.items()}
+
+    @property
+    def marks(self) -> dict[Any, float]:
+        return {k: float(r["mark_price"]) for k, r in self.mark_rows.items()}
+
     def update_market(self, index_prices: dict[str, float] | None = None,
                       marks: dict[str, tuple[float, float | None]] | None = None,
                       valuation_ns: int | None = None) -> None:
@@ -121,16 +130,17 @@ class ReferenceLiveBook:
         for name, (mark, vol) in marks.items():
             if not self._price_ok(mark) or (vol is not None and not (math.isfinite(vol) and vol > 0)):
                 raise ValueError(f"marks {name}: bad number")
-            known = name in self.kind
-            if known and self.kind[name] == "option" and vol is None and name not in self.vols:
+            row = self.mark_rows.get(name, {})
+            if self.kind.get(name) == "option" and vol is None and row.get("implied_vol") is None:
                 raise ValueError(f"marks {name}: an option needs an implied vol")
-        self.index.update(index_prices)
+        for name, price in index_prices.items():
+            row = self.index_rows.setdefault(name, {"underlying": name, "confidence": 1.0})
+            row["index_price"] = price
         for name, (mark, vol) in marks.items():
-            if name not in self.kind:
-                continue
-            self.marks[name] = mark
-            if vol is not None and self.kind[name] == "option":
-                self.vols[name] = vol
+            row = self.mark_rows.setdefault(name, {"instrument": name, "confidence": 1.0})
+            row["mark_price"] = mark
+            if vol is not None:
+                row["implied_vol"] = vol
         if valuation_ns is not None:
             self.valuation_ns = valuation_ns
 
@@ -164,12 +174,10 @@ class ReferenceLiveBook:
         return positions, {k[1]: v for k, v in self.balances.items() if k[0] == account_id}
 
     def market_tables(self) -> tuple[pa.Table, pa.Table, int]:
-        names = sorted(self.marks)
-        index = pa.table({"underlying": pa.array(list(self.index), pa.string()),
-                          "index_price": pa.array(list(self.index.values()), pa.float64())})
-        marks = pa.table({
-            "instrument": pa.array(names, self.key_type),
-            "mark_price": pa.array([self.marks[n] for n in names], pa.float64()),
-            "implied_vol": pa.array([self.vols.get(n) if self.kind.get(n) == "option" else None for n in names], pa.float64()),
-        })
-        return index, marks, self.valuation_ns
+        """``index_prices`` and ``marks`` with every row and column kept (a ``confidence`` column
+        added, 1 where a table had none: the engine's default), and the valuation time."""
+        def table(rows: dict, schema: pa.Schema) -> pa.Table:
+            fields = list(schema) + ([] if "confidence" in schema.names else [pa.field("confidence", pa.float64())])
+            rows = [{**r, "confidence": r.get("confidence", 1.0)} for r in rows.values()]
+            return pa.Table.from_pylist(rows, schema=pa.schema(fields))
+        return table(self.index_rows, self.index_schema), table(self.mark_rows, self.mark_schema), self.valuation_ns

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
 use margin_core::engine::Inputs;
-use margin_core::live::{self, events, Changes, Config, LiveBook as CoreLive, LiveError};
+use margin_core::live::{self, events, Changes, Config, LiveBook as CoreLive, LiveError, MarketState};
 use margin_core::table::Key;
 use margin_core::InputError;
 use pyo3::exceptions::{PyOSError, PyRuntimeError};
@@ -78,7 +78,7 @@ impl LiveBook {
 #[pymethods]
 impl LiveBook {
     #[new]
-    #[pyo3(signature = (book, market, positions, balances, orders=None, model="standard", allow_negative_balances=true, premium_asset=None, journal=None))]
+    #[pyo3(signature = (book, market, positions, balances, orders=None, model="standard", allow_negative_balances=true, premium_asset=None, journal=None, expiry_feeds=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -91,11 +91,14 @@ impl LiveBook {
         allow_negative_balances: bool,
         premium_asset: Option<String>,
         journal: Option<PathBuf>,
+        expiry_feeds: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<LiveBook> {
         let model = parse_model(model)?;
         let positions = read_table(positions, "positions")?;
         let balances = read_table(balances, "balances")?;
         let orders = orders.filter(|o| !o.is_none()).map(|o| read_table(o, "orders")).transpose()?;
+        // the market's expiry feeds as given (the parsed ones are in the market's tables)
+        let feeds = expiry_feeds.filter(|o| !o.is_none()).map(|o| read_table(o, "expiry_feeds")).transpose()?;
         let shared = book.inner.clone();
         let premium_asset = match premium_asset {
             None => None,
@@ -111,7 +114,8 @@ impl LiveBook {
                 Some(o) => events::read_orders(&o.table(), &shared)?,
                 None => Vec::new(),
             };
-            let mut live = CoreLive::new(shared.clone(), &resolved.market, &inputs, orders, config)?;
+            let state = MarketState::new(market.inner.as_ref().clone(), feeds.map(|f| (f.names, f.batches)));
+            let mut live = CoreLive::new(shared.clone(), state, &inputs, orders, config)?;
             if let Some(dir) = &journal {
                 live.create_journal(dir)?;
             }
@@ -216,14 +220,21 @@ impl LiveBook {
         to_table(run_live(py, || Ok(self.lock().orders()))?)
     }
 
-    /// `(index_prices, marks, valuation_time_ns)` of the current market.
-    fn market_tables(&self, py: Python<'_>) -> PyResult<(PyTable, PyTable, i64)> {
-        let (index, marks, ns) = run_live(py, || {
+    /// `(index_prices, marks, valuation_time_ns, expiry_feeds or None)` of the current market.
+    fn market_tables(&self, py: Python<'_>) -> PyResult<(PyTable, PyTable, i64, Option<PyTable>)> {
+        let (index, marks, ns, feeds) = run_live(py, || {
             let live = self.lock();
-            let (i, m) = live.data.tables(&live.book);
-            Ok((i, m, live.data.valuation_ns))
+            let (i, m) = live.market_state.tables(&live.book);
+            Ok((i, m, live.market_state.valuation_ns(), live.market_state.feeds.clone()))
         })?;
-        Ok((to_table(index)?, to_table(marks)?, ns))
+        let feeds = match feeds {
+            None => None,
+            Some((_, batches)) => match batches.first() {
+                Some(first) => Some(PyTable::try_new(batches.clone(), first.schema())?),
+                None => None,
+            },
+        };
+        Ok((to_table(index)?, to_table(marks)?, ns, feeds))
     }
 
     #[getter]

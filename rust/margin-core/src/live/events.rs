@@ -5,9 +5,9 @@
 
 use rustc_hash::FxHashSet;
 
-use crate::book::{Book, Kind};
+use crate::book::Book;
 use crate::error::{InputError, Offenders, Result};
-use crate::table::{Domain, Table};
+use crate::table::{Domain, Key, Table};
 
 /// A trade of `quantity` contracts at `price`, paying `fee` (USD, negative = a rebate).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -40,10 +40,11 @@ pub struct Order {
 /// A partial market update: new index prices, new marks (and implied vols), a new valuation time.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MarketUpdate {
-    /// (underlying id, index price)
-    pub index_prices: Vec<(u32, f64)>,
-    /// (instrument id, mark price, implied vol; NaN = keep the instrument's vol)
-    pub marks: Vec<(u32, f64, f64)>,
+    /// (underlying, index price): every row, the book's underlyings or not (as `me.Market`
+    /// keeps them: a row named like the quote asset is its peg)
+    pub index_prices: Vec<(String, f64)>,
+    /// (instrument key, mark price, implied vol; NaN = none given, keep the row's vol)
+    pub marks: Vec<(Key, f64, f64)>,
     pub valuation_ns: Option<i64>,
 }
 
@@ -146,8 +147,8 @@ pub fn read_cancels(t: &Table) -> Result<Vec<u64>> {
 
 /// A partial market update from `index_prices` (`underlying`, `index_price` > 0) and `marks`
 /// (`instrument`, `mark_price` >= 0, optional `implied_vol` > 0 or null = unchanged). As for
-/// `me.Market`, rows of underlyings and instruments the book does not know are ignored, and a
-/// key may appear once per table.
+/// `me.Market`, rows of underlyings and instruments the book does not know are kept (and do not
+/// move its accounts), and a key may appear once per table.
 pub fn read_market(index_prices: Option<&Table>, marks: Option<&Table>, valuation_ns: Option<i64>, book: &Book) -> Result<MarketUpdate> {
     let mut update = MarketUpdate { valuation_ns, ..MarketUpdate::default() };
     if let Some(t) = index_prices {
@@ -162,9 +163,7 @@ pub fn read_market(index_prices: Option<&Table>, marks: Option<&Table>, valuatio
             if !seen.insert(name.as_str()) {
                 dup.push(|| format!("'{name}'"));
             }
-            if let Some(u) = book.underlyings.index.get_str(name) {
-                update.index_prices.push((u, *p));
-            }
+            update.index_prices.push((name.clone(), *p));
         }
         dup.into_result(t.name, "underlying", "an underlying appears more than once")?;
     }
@@ -172,15 +171,15 @@ pub fn read_market(index_prices: Option<&Table>, marks: Option<&Table>, valuatio
         t.check_unique_column_names()?;
         let keys = t.column("instrument")?.keys()?;
         if let Some(first) = keys.first() {
-            if matches!(first, crate::table::Key::Int(_)) != book.instruments.index.is_int() {
+            if !book.instruments.is_empty() && matches!(first, Key::Int(_)) != book.instruments.index.is_int() {
                 return Err(InputError::new(t.name, "instrument", "wrong key type: the book's instruments have keys of the other type"));
             }
         }
         let labels: Vec<String> = keys
             .iter()
             .map(|k| match k {
-                crate::table::Key::Str(s) => s.clone(),
-                crate::table::Key::Int(i) => i.to_string(),
+                Key::Str(s) => s.clone(),
+                Key::Int(i) => i.to_string(),
             })
             .collect();
         let m = t.with_labels(&labels);
@@ -195,10 +194,7 @@ pub fn read_market(index_prices: Option<&Table>, marks: Option<&Table>, valuatio
             if !seen.insert(key) {
                 dup.push(|| format!("'{}'", labels[r]));
             }
-            if let Some(id) = book.instruments.index.get(key) {
-                let vol = if book.instruments.kind[id as usize] == Kind::Option { vol[r].unwrap_or(f64::NAN) } else { f64::NAN };
-                update.marks.push((id, mark[r], vol));
-            }
+            update.marks.push((key.clone(), mark[r], vol[r].unwrap_or(f64::NAN)));
         }
         dup.into_result(t.name, "instrument", "an instrument appears more than once")?;
     }

@@ -23,16 +23,17 @@ use std::sync::{Arc, Mutex};
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type, UInt32Type, UInt64Type};
-use arrow_array::{ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, UInt32Array, UInt64Array};
+use arrow_array::{Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use arrow_ipc::reader::StreamReader;
 use arrow_ipc::writer::StreamWriter;
 
 use crate::book::Book;
 use crate::engine::Model;
+use crate::table::Key;
 
 use super::events::{Batch, Fill, MarketUpdate, Order, Transfer};
 use super::state::{Account, PositionRow, RestingOrder};
-use super::{Config, LiveBook, LiveError, MarketData};
+use super::{Config, LiveBook, LiveError, MarketState};
 
 const MAGIC: &[u8; 4] = b"MEJ1";
 const HEADER: usize = 12;
@@ -241,11 +242,12 @@ pub fn encode_batch(seq: u64, b: &Batch) -> Result<Vec<u8>, String> {
             5,
             vec![
                 batch(vec![
-                    ("underlying", u32_col(m.index_prices.iter().map(|x| x.0))),
+                    ("underlying", Arc::new(StringArray::from(m.index_prices.iter().map(|x| x.0.as_str()).collect::<Vec<_>>())) as ArrayRef),
                     ("index_price", f64_col(m.index_prices.iter().map(|x| x.1))),
                 ]),
                 batch(vec![
-                    ("instrument", u32_col(m.marks.iter().map(|x| x.0))),
+                    ("key_int", Arc::new(Int64Array::from(m.marks.iter().map(|x| if let Key::Int(i) = x.0 { Some(i) } else { None }).collect::<Vec<_>>())) as ArrayRef),
+                    ("key_str", Arc::new(StringArray::from(m.marks.iter().map(|x| if let Key::Str(s) = &x.0 { Some(s.as_str()) } else { None }).collect::<Vec<_>>())) as ArrayRef),
                     ("mark_price", f64_col(m.marks.iter().map(|x| x.1))),
                     ("implied_vol", f64_col(m.marks.iter().map(|x| x.2))),
                 ]),
@@ -287,11 +289,15 @@ pub fn decode_batch(payload: &[u8]) -> Result<(u64, Batch), String> {
         4 => Batch::CancelOrders(u64s(one(0)?, "order_id")?),
         5 => {
             let (u, m, v) = (one(0)?, one(1)?, one(2)?);
-            let (uid, price) = (u32s(u, "underlying")?, f64s(u, "index_price")?);
-            let (iid, mark, vol) = (u32s(m, "instrument")?, f64s(m, "mark_price")?, f64s(m, "implied_vol")?);
+            let names = col(u, "underlying")?.as_string_opt::<i32>().ok_or("wrong column type")?;
+            let price = f64s(u, "index_price")?;
+            let ints = col(m, "key_int")?.as_primitive_opt::<Int64Type>().ok_or("wrong column type")?;
+            let strs = col(m, "key_str")?.as_string_opt::<i32>().ok_or("wrong column type")?;
+            let (mark, vol) = (f64s(m, "mark_price")?, f64s(m, "implied_vol")?);
+            let key = |r: usize| if ints.is_valid(r) { Key::Int(ints.value(r)) } else { Key::Str(strs.value(r).to_string()) };
             Batch::Market(MarketUpdate {
-                index_prices: uid.into_iter().zip(price).collect(),
-                marks: (0..iid.len()).map(|r| (iid[r], mark[r], vol[r])).collect(),
+                index_prices: (0..price.len()).map(|r| (names.value(r).to_string(), price[r])).collect(),
+                marks: (0..mark.len()).map(|r| (key(r), mark[r], vol[r])).collect(),
                 valuation_ns: i64s(v, "valuation_ns")?.first().copied(),
             })
         }
@@ -407,7 +413,8 @@ fn model_name(m: Model) -> &'static str {
     }
 }
 
-/// The state as snapshot sections: meta, positions, balances, orders, index prices, marks.
+/// The state as snapshot sections: meta, positions, balances, orders, index prices, marks, then
+/// the batches of the expiry feeds as given.
 fn snapshot_tables(live: &mut LiveBook) -> Vec<RecordBatch> {
     let order = live.state.in_id_order().to_vec();
     let accounts: Vec<&Account> = order.iter().map(|i| &live.state.accounts[*i as usize]).collect();
@@ -415,14 +422,16 @@ fn snapshot_tables(live: &mut LiveBook) -> Vec<RecordBatch> {
     let balances = || accounts.iter().flat_map(|a| a.balances.iter().map(move |b| (a.id, b)));
     let orders = || accounts.iter().flat_map(|a| a.orders.iter().map(move |o| (a.id, o)));
     let c = &live.config;
-    vec![
+    let mut out = vec![
         batch(vec![
             ("format", u32_col([FORMAT].into_iter())),
             ("seq", u64_col([live.seq].into_iter())),
             ("model", Arc::new(StringArray::from_iter_values([model_name(c.model)])) as ArrayRef),
             ("allow_negative_balances", Arc::new(BooleanArray::from(vec![c.allow_negative_balances])) as ArrayRef),
             ("premium_asset", Arc::new(Int64Array::from_iter_values([c.premium_asset.map_or(-1, |a| a as i64)])) as ArrayRef),
-            ("valuation_ns", Arc::new(Int64Array::from_iter_values([live.data.valuation_ns])) as ArrayRef),
+            ("valuation_ns", Arc::new(Int64Array::from_iter_values([live.market_state.valuation_ns()])) as ArrayRef),
+            ("expiry_feed_batches", u32_col([live.market_state.feeds.as_ref().map_or(0, |f| f.1.len() as u32)].into_iter())),
+            ("expiry_feed_columns", Arc::new(StringArray::from(vec![live.market_state.feeds.as_ref().map(|f| f.0.join("\u{1f}"))])) as ArrayRef),
             ("fingerprint", u64_col([fingerprint(&live.book)].into_iter())),
         ]),
         batch(vec![
@@ -443,12 +452,14 @@ fn snapshot_tables(live: &mut LiveBook) -> Vec<RecordBatch> {
             ("quantity", f64_col(orders().map(|(_, o)| o.quantity))),
             ("price", f64_col(orders().map(|(_, o)| o.price))),
         ]),
-        batch(vec![("index_price", f64_col(live.data.index_price.iter().copied()))]),
-        batch(vec![
-            ("mark_price", f64_col(live.data.mark_price.iter().copied())),
-            ("implied_vol", f64_col(live.data.implied_vol.iter().copied())),
-        ]),
-    ]
+    ];
+    let (index, marks) = live.market_state.tables(&live.book);
+    out.push(index);
+    out.push(marks);
+    if let Some((_, feeds)) = &live.market_state.feeds {
+        out.extend(feeds.iter().cloned());
+    }
+    out
 }
 
 /// Writes the snapshot of the state after batch `live.seq`, atomically.
@@ -470,7 +481,7 @@ fn write_snapshot(dir: &Path, live: &mut LiveBook) -> Result<(), String> {
 }
 
 /// The accounts, market data and config of a snapshot file.
-fn read_snapshot(path: &Path, book: &Book) -> Result<(u64, Config, MarketData, Vec<Account>), String> {
+fn read_snapshot(path: &Path, book: &Book) -> Result<(u64, Config, MarketState, Vec<Account>), String> {
     let data = fs::read(path).map_err(io("cannot read", path))?;
     let corrupt = |why: &str| format!("{} is not a valid snapshot ({why})", path.display());
     let (payload, end) = match read_frame(&data, 0) {
@@ -481,10 +492,13 @@ fn read_snapshot(path: &Path, book: &Book) -> Result<(u64, Config, MarketData, V
         return Err(corrupt("trailing bytes"));
     }
     let t = read_tables(payload).map_err(|e| corrupt(&e))?;
-    if t.len() != 6 {
+    if t.len() < 6 {
         return Err(corrupt("wrong number of sections"));
     }
     let meta = &t[0];
+    if u32s(meta, "expiry_feed_batches")?.first().map(|n| *n as usize + 6) != Some(t.len()) {
+        return Err(corrupt("wrong number of sections"));
+    }
     if u32s(meta, "format")?.first() != Some(&FORMAT) {
         return Err(corrupt("unknown format version"));
     }
@@ -500,15 +514,9 @@ fn read_snapshot(path: &Path, book: &Book) -> Result<(u64, Config, MarketData, V
     let allow_negative_balances = col(meta, "allow_negative_balances")?.as_boolean_opt().ok_or("wrong column type")?.value(0);
     let premium = i64s(meta, "premium_asset")?[0];
     let config = Config { model, allow_negative_balances, premium_asset: (premium >= 0).then_some(premium as u32) };
-    let market = MarketData {
-        index_price: f64s(&t[4], "index_price")?,
-        mark_price: f64s(&t[5], "mark_price")?,
-        implied_vol: f64s(&t[5], "implied_vol")?,
-        valuation_ns: i64s(meta, "valuation_ns")?[0],
-    };
-    if market.index_price.len() != book.underlyings.names.len() || market.mark_price.len() != book.instruments.len() {
-        return Err(corrupt("market arrays of the wrong length"));
-    }
+    let feed_columns = col(meta, "expiry_feed_columns")?.as_string_opt::<i32>().ok_or("wrong column type")?;
+    let feeds = feed_columns.is_valid(0).then(|| (feed_columns.value(0).split('\u{1f}').map(String::from).collect::<Vec<_>>(), t[6..].to_vec()));
+    let market = MarketState::from_batches(&t[4], &t[5], i64s(meta, "valuation_ns")?[0], feeds).map_err(|e| corrupt(&e.to_string()))?;
     // accounts in id order; each account's rows in state order
     let mut accounts: Vec<Account> = Vec::new();
     let mut slot: rustc_hash::FxHashMap<u64, usize> = rustc_hash::FxHashMap::default();
@@ -593,11 +601,9 @@ impl LiveBook {
         let Some((_, path)) = snapshots.last() else {
             return Err(LiveError::Io(format!("{} holds no live book snapshot", dir.display())));
         };
-        let (seq, config, data, accounts) = read_snapshot(path, &book).map_err(e)?;
+        let (seq, config, market, accounts) = read_snapshot(path, &book).map_err(e)?;
         let _ = fs::remove_file(dir.join("snapshot.tmp"));
-        let market = data.resolve(&book)?;
         let mut live = LiveBook::from_accounts(book, market, accounts, config)?;
-        live.data = data;
         live.seq = seq;
         let segments = numbered(dir, "journal-", ".log").map_err(e)?;
         let last = segments.len().saturating_sub(1);
@@ -669,8 +675,8 @@ mod tests {
             Batch::Transfers(vec![Transfer { account_id: u64::MAX, asset: 0, amount: -3.0 }]),
             Batch::PlaceOrders(vec![Order { order_id: 9, account_id: 7, instrument: 1, quantity: 2.0, price: 0.0 }]),
             Batch::CancelOrders(vec![9, 10]),
-            Batch::Market(MarketUpdate { index_prices: vec![(0, 5.0)], marks: vec![(1, 2.0, f64::NAN)], valuation_ns: Some(-4) }),
-            Batch::Market(MarketUpdate { index_prices: vec![], marks: vec![(1, 2.0, 0.5)], valuation_ns: None }),
+            Batch::Market(MarketUpdate { index_prices: vec![("BTC".into(), 5.0)], marks: vec![(Key::Int(-1), 2.0, f64::NAN)], valuation_ns: Some(-4) }),
+            Batch::Market(MarketUpdate { index_prices: vec![], marks: vec![(Key::Str("X".into()), 2.0, 0.5)], valuation_ns: None }),
         ];
         for (seq, b) in batches.iter().enumerate() {
             let (n, back) = decode_batch(&encode_batch(seq as u64, b).unwrap()).unwrap();

@@ -89,83 +89,135 @@ pub struct Changes {
     pub seq: u64,
 }
 
-/// The market as the live book keeps it: index prices per underlying, marks and implied vols per
-/// instrument (NaN where there is none), the valuation time. The resolved [`Market`] is always
-/// made from these through `me.Market`'s own path ([`MarketTables::new`], [`Market::resolve`]),
-/// so whatever the engine derives from the market stays consistent with it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MarketData {
-    pub index_price: Vec<f64>,
-    pub mark_price: Vec<f64>,
-    pub implied_vol: Vec<f64>,
-    pub valuation_ns: i64,
+/// The market as `me.Market` holds it, the parsed tables ([`MarketTables`]: every row of
+/// `index_prices` and `marks` with all their columns, the `expiry_feeds`), changed in place by
+/// updates; the resolved [`Market`] is always made from it by `me.Market`'s own path
+/// ([`Market::resolve`]), so whatever the engine derives from the market (confidences, expiry
+/// feeds, the quote asset's peg) stays consistent with it.
+#[derive(Debug, Clone)]
+pub struct MarketState {
+    pub tables: MarketTables,
+    /// The `expiry_feeds` table as given (column names, batches): kept whole, so that snapshots
+    /// and `market()` hand it back bit for bit (the parsed rows keep `forward − fixed`).
+    pub feeds: Option<(Vec<String>, Vec<RecordBatch>)>,
+    index_row: FxHashMap<String, usize>,
+    mark_row: FxHashMap<Key, usize>,
 }
 
-impl MarketData {
-    pub fn of(market: &Market) -> MarketData {
-        MarketData {
-            index_price: market.index_price.clone(),
-            mark_price: market.mark_price.clone(),
-            implied_vol: market.implied_vol.clone(),
-            valuation_ns: market.valuation_ns,
-        }
+impl MarketState {
+    pub fn new(tables: MarketTables, feeds: Option<(Vec<String>, Vec<RecordBatch>)>) -> MarketState {
+        let index_row = tables.underlyings.iter().enumerate().map(|(r, u)| (u.clone(), r)).collect();
+        let mark_row = tables.instruments.iter().enumerate().map(|(r, k)| (k.clone(), r)).collect();
+        MarketState { tables, feeds, index_row, mark_row }
     }
 
-    /// `index_prices` (`underlying`, `index_price`) and `marks` (`instrument`, `mark_price`,
-    /// `implied_vol`), with a row for every underlying and instrument that has one.
-    pub fn tables(&self, book: &Book) -> (RecordBatch, RecordBatch) {
-        let u: Vec<usize> = (0..self.index_price.len()).filter(|u| !self.index_price[*u].is_nan()).collect();
-        let index = RecordBatch::try_new(
-            Arc::new(Schema::new(vec![Field::new("underlying", DataType::Utf8, false), Field::new("index_price", DataType::Float64, false)])),
-            vec![
-                Arc::new(StringArray::from_iter_values(u.iter().map(|u| book.underlyings.names[*u].as_str()))),
-                Arc::new(Float64Array::from_iter_values(u.iter().map(|u| self.index_price[*u]))),
-            ],
-        )
-        .expect("columns match the schema");
-        let i: Vec<usize> = (0..self.mark_price.len()).filter(|i| !self.mark_price[*i].is_nan()).collect();
-        let ins = &book.instruments;
-        let vol = Float64Array::from_iter(i.iter().map(|i| Some(self.implied_vol[*i]).filter(|v| !v.is_nan())));
-        let marks = RecordBatch::try_new(
-            Arc::new(Schema::new(vec![
-                Field::new("instrument", key_type(book), false),
-                Field::new("mark_price", DataType::Float64, false),
-                Field::new("implied_vol", DataType::Float64, true),
-            ])),
-            vec![
-                instrument_keys(book, i.iter().map(|i| *i as u32)),
-                Arc::new(Float64Array::from_iter_values(i.iter().map(|i| self.mark_price[*i]))),
-                Arc::new(vol),
-            ],
-        )
-        .expect("columns match the schema");
-        debug_assert!(i.iter().all(|i| ins.kind[*i] == Kind::Option || self.implied_vol[*i].is_nan()));
-        (index, marks)
-    }
-
-    /// The market resolved against the book, as `me.Market` on [`MarketData::tables`] resolves it.
-    pub fn resolve(&self, book: &Book) -> Result<Market> {
-        let (index, marks) = self.tables(book);
+    /// The state of the tables [`MarketState::tables`] exports (a snapshot's market).
+    pub fn from_batches(index: &RecordBatch, marks: &RecordBatch, valuation_ns: i64, feeds: Option<(Vec<String>, Vec<RecordBatch>)>) -> Result<MarketState> {
         let names = |b: &RecordBatch| b.schema().fields().iter().map(|f| f.name().clone()).collect::<Vec<String>>();
-        let (index_names, mark_names) = (names(&index), names(&marks));
-        let (index, marks) = ([index], [marks]);
-        let tables = MarketTables::new(&Table::new("index_prices", &index_names, &index), &Table::new("marks", &mark_names, &marks), self.valuation_ns)?;
-        Market::resolve(book, &tables)
+        let (index_names, mark_names) = (names(index), names(marks));
+        let (index, marks) = ([index.clone()], [marks.clone()]);
+        let mut tables = MarketTables::new(&Table::new("index_prices", &index_names, &index), &Table::new("marks", &mark_names, &marks), valuation_ns)?;
+        if let Some((names, batches)) = &feeds {
+            tables = tables.with_expiry_feeds(&Table::new("expiry_feeds", names, batches))?;
+        }
+        Ok(MarketState::new(tables, feeds))
     }
 
+    /// The market resolved against the book, exactly as `me.margin` resolves `me.Market`.
+    pub fn resolve(&self, book: &Book) -> Result<Market> {
+        Market::resolve(book, &self.tables)
+    }
+
+    pub fn valuation_ns(&self) -> i64 {
+        self.tables.valuation_ns
+    }
+
+    /// Replaces the values an update names; a key not in the tables gets a new row (confidence
+    /// 1, no supplied Greeks).
     fn apply(&mut self, update: &MarketUpdate) {
-        for (u, p) in &update.index_prices {
-            self.index_price[*u as usize] = *p;
+        let t = &mut self.tables;
+        for (name, price) in &update.index_prices {
+            match self.index_row.get(name) {
+                Some(r) => t.index_price[*r] = *price,
+                None => {
+                    self.index_row.insert(name.clone(), t.underlyings.len());
+                    t.underlyings.push(name.clone());
+                    t.index_price.push(*price);
+                    t.index_confidence.push(1.0);
+                }
+            }
         }
-        for (i, m, v) in &update.marks {
-            self.mark_price[*i as usize] = *m;
-            if !v.is_nan() {
-                self.implied_vol[*i as usize] = *v;
+        for (key, mark, vol) in &update.marks {
+            let vol = (!vol.is_nan()).then_some(*vol);
+            match self.mark_row.get(key) {
+                Some(r) => {
+                    t.mark_price[*r] = *mark;
+                    if vol.is_some() {
+                        t.implied_vol[*r] = vol;
+                    }
+                }
+                None => {
+                    self.mark_row.insert(key.clone(), t.instruments.len());
+                    t.instruments.push(key.clone());
+                    t.mark_price.push(*mark);
+                    t.implied_vol.push(vol);
+                    t.mark_confidence.push(1.0);
+                    if let Some(g) = &mut t.greeks {
+                        g.push(None);
+                    }
+                }
             }
         }
         if let Some(ns) = update.valuation_ns {
-            self.valuation_ns = ns;
+            t.valuation_ns = ns;
         }
+    }
+
+    /// `index_prices` (`underlying, index_price, confidence`) and `marks` (`instrument,
+    /// mark_price, implied_vol, confidence`, and `delta, gamma, vega, theta` when supplied): the
+    /// tables' rows, in their order.
+    pub fn tables(&self, book: &Book) -> (RecordBatch, RecordBatch) {
+        let t = &self.tables;
+        let index = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("underlying", DataType::Utf8, false),
+                Field::new("index_price", DataType::Float64, false),
+                Field::new("confidence", DataType::Float64, false),
+            ])),
+            vec![
+                Arc::new(StringArray::from(t.underlyings.iter().map(String::as_str).collect::<Vec<_>>())),
+                Arc::new(Float64Array::from(t.index_price.clone())),
+                Arc::new(Float64Array::from(t.index_confidence.clone())),
+            ],
+        )
+        .expect("columns match the schema");
+        let int_keys = t.instruments.first().map_or(book.instruments.index.is_int(), |k| matches!(k, Key::Int(_)));
+        let keys: ArrayRef = if int_keys {
+            Arc::new(Int64Array::from(t.instruments.iter().map(|k| if let Key::Int(i) = k { *i } else { 0 }).collect::<Vec<_>>()))
+        } else {
+            Arc::new(StringArray::from(t.instruments.iter().map(|k| if let Key::Str(s) = k { s.as_str() } else { "" }).collect::<Vec<_>>()))
+        };
+        let mut fields = vec![
+            Field::new("instrument", if int_keys { DataType::Int64 } else { DataType::Utf8 }, false),
+            Field::new("mark_price", DataType::Float64, false),
+            Field::new("implied_vol", DataType::Float64, true),
+            Field::new("confidence", DataType::Float64, false),
+        ];
+        let mut columns: Vec<ArrayRef> = vec![
+            keys,
+            Arc::new(Float64Array::from(t.mark_price.clone())),
+            Arc::new(Float64Array::from(t.implied_vol.clone())),
+            Arc::new(Float64Array::from(t.mark_confidence.clone())),
+        ];
+        if let Some(g) = &t.greeks {
+            let greek = |f: fn(&crate::market::SuppliedGreeks) -> f64| -> ArrayRef { Arc::new(Float64Array::from(g.iter().map(|x| x.as_ref().map(f)).collect::<Vec<_>>())) };
+            for (name, column) in [("delta", greek(|x| x.delta)), ("gamma", greek(|x| x.gamma)), ("vega", greek(|x| x.vega)), ("theta", greek(|x| x.theta))] {
+                fields.push(Field::new(name, DataType::Float64, true));
+                columns.push(column);
+            }
+        }
+        let marks = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("columns match the schema");
+        (index, marks)
     }
 }
 
@@ -201,7 +253,7 @@ struct StagedAccounts {
 
 /// A staged market update.
 struct StagedMarket {
-    data: MarketData,
+    state: MarketState,
     market: Market,
     risk: Option<RiskArrays>,
     touched: Vec<u32>,
@@ -256,7 +308,7 @@ fn first_error(checks: Vec<(Offenders, &str, &str, &str)>) -> Result<()> {
 pub struct LiveBook {
     pub book: Arc<Book>,
     pub config: Config,
-    pub data: MarketData,
+    pub market_state: MarketState,
     pub market: Market,
     pub risk: Option<RiskArrays>,
     pub state: State,
@@ -268,7 +320,7 @@ pub struct LiveBook {
 impl LiveBook {
     /// A live book of the accounts in `inputs` (read and checked as `me.margin` reads them) at
     /// `market`, with resting `orders`.
-    pub fn new(book: Arc<Book>, market: &Market, inputs: &Inputs, orders: Vec<Order>, config: Config) -> Result<LiveBook> {
+    pub fn new(book: Arc<Book>, market: MarketState, inputs: &Inputs, orders: Vec<Order>, config: Config) -> Result<LiveBook> {
         let mut duplicates = Offenders::default();
         let accounts: Vec<Account> = inputs
             .slots
@@ -297,7 +349,7 @@ impl LiveBook {
             }
         }
         duplicates.into_result("balances", "asset", "duplicate (account_id, asset) key")?;
-        let mut live = Self::from_accounts(book, market.clone(), accounts, config)?;
+        let mut live = Self::from_accounts(book, market, accounts, config)?;
         if !orders.is_empty() {
             live.apply_unjournaled(Batch::PlaceOrders(orders))?;
         }
@@ -305,12 +357,13 @@ impl LiveBook {
     }
 
     /// The book of these accounts (each once, rows in state order), margined in parallel.
-    fn from_accounts(book: Arc<Book>, market: Market, accounts: Vec<Account>, config: Config) -> Result<LiveBook> {
+    pub(crate) fn from_accounts(book: Arc<Book>, market_state: MarketState, accounts: Vec<Account>, config: Config) -> Result<LiveBook> {
+        let market = market_state.resolve(&book)?;
         let risk = match config.model {
             Model::Standard => None,
             Model::Portfolio => Some(RiskArrays::new(&book, &market)),
         };
-        let mut live = LiveBook { data: MarketData::of(&market), market, risk, state: State::new(&book), book, config, seq: 0, journal: None };
+        let mut live = LiveBook { market_state, market, risk, state: State::new(&book), book, config, seq: 0, journal: None };
         let rows = live.margin_of(&accounts);
         check_rows(&live.book, "positions", accounts.iter().zip(&rows))?;
         for (a, row) in accounts.into_iter().zip(rows) {
@@ -471,12 +524,16 @@ impl LiveBook {
 
     fn stage_market(&self, update: &MarketUpdate) -> Result<StagedMarket> {
         let book = &*self.book;
-        let mut data = self.data.clone();
-        data.apply(update);
-        let market = data.resolve(book)?;
-        let all = update.valuation_ns.is_some_and(|ns| ns != self.data.valuation_ns);
-        let moved: Vec<u32> = update.index_prices.iter().map(|(u, _)| *u).collect();
-        let marked: Vec<u32> = update.marks.iter().map(|(i, _, _)| *i).collect();
+        let mut state = self.market_state.clone();
+        state.apply(update);
+        let market = state.resolve(book)?;
+        // a new valuation time, or a new index price of the quote asset (its peg, read by
+        // methodologies), reaches every account with positions
+        let quote = book.assets.quote_asset().map(|a| book.assets.labels[a as usize].as_str());
+        let all = update.valuation_ns.is_some_and(|ns| ns != self.market_state.valuation_ns())
+            || update.index_prices.iter().any(|(name, _)| Some(name.as_str()) == quote);
+        let moved: Vec<u32> = update.index_prices.iter().filter_map(|(name, _)| book.underlyings.index.get_str(name)).collect();
+        let marked: Vec<u32> = update.marks.iter().filter_map(|(key, _, _)| book.instruments.index.get(key)).collect();
         let risk = self.risk.as_ref().map(|risk| {
             let mut instruments = marked.clone();
             for (id, u) in book.instruments.underlying.iter().enumerate() {
@@ -496,7 +553,7 @@ impl LiveBook {
         let rows: Vec<AccountRow> =
             touched.par_iter().with_min_len(64).map_init(Scratch::default, |s, i| margin_account(&pricing, &accounts[*i as usize], s)).collect();
         check_rows(book, "marks", touched.iter().map(|i| &accounts[*i as usize]).zip(&rows))?;
-        Ok(StagedMarket { data, market, risk, touched, rows })
+        Ok(StagedMarket { state, market, risk, touched, rows })
     }
 
     fn commit(&mut self, staged: Staged, events: usize) -> Changes {
@@ -523,9 +580,9 @@ impl LiveBook {
                     }
                 }
             }
-            Staged::Market(StagedMarket { data, market, risk, touched, rows }) => {
+            Staged::Market(StagedMarket { state, market, risk, touched, rows }) => {
                 remargined = rows.len();
-                self.data = data;
+                self.market_state = state;
                 self.market = market;
                 self.risk = risk;
                 for (i, row) in touched.into_iter().zip(rows) {
