@@ -416,3 +416,44 @@ def test_a_methodology_book_with_expiry_feeds_and_a_peg(tmp_path):
     reopened = me.LiveBook.open(tmp_path / "live")
     assert reopened.book.methodology is not None
     assert_same_bits(reopened.margin(), live.margin())
+
+
+def test_live_replay_cli_prints_the_status_changes(small, tmp_path, capsys):
+    from margin_engine import cli
+
+    book, market, positions, balances = small
+    folder = tmp_path / "live"
+    me.LiveBook(book, market, positions, balances, journal=folder)
+    events = pa.table({
+        "event": ["mark", "index", "fill", "fill", "transfer", "order", "cancel"],
+        "account_id": pa.array([None, None, 1, 9, 1, 1, None], pa.uint64()),
+        "instrument": ["BTC-PERP", None, "BTC-PERP", "ETH-PERP", None, "ETH-PERP", None],
+        "quantity": [None, None, 1.0, -1.0, None, 2.0, None],
+        "price": [None, None, 47_000.0, 3_000.0, None, 2_900.0, None],
+        "mark_price": [47_000.0, None, None, None, None, None, None],
+        "underlying": [None, "BTC", None, None, None, None, None],
+        "index_price": [None, 47_000.0, None, None, None, None, None],
+        "asset": [None, None, None, None, "USD", None, None],
+        "amount": [None, None, None, None, 5_000.0, None, None],
+        "order_id": pa.array([None, None, None, None, None, 7, 7], pa.uint64()),
+    })
+    import pyarrow.parquet as pq
+
+    pq.write_table(events, tmp_path / "events.parquet")
+    assert cli.main(["--quiet", "live-replay", str(folder), str(tmp_path / "events.parquet"), "--snapshot"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    # the same batches by hand: mark + index together, the two fills, the transfer, the order, the cancel
+    want = me.LiveBook(book, market, positions, balances)
+    moves = [want.update_market(index_prices=pa.table({"underlying": ["BTC"], "index_price": [47_000.0]}),
+                                marks=pa.table({"instrument": ["BTC-PERP"], "mark_price": [47_000.0]})),
+             want.apply_fills(fills_table([{"account_id": 1, "instrument": "BTC-PERP", "quantity": 1.0, "price": 47_000.0},
+                                           {"account_id": 9, "instrument": "ETH-PERP", "quantity": -1.0, "price": 3_000.0}])),
+             want.apply_transfers(pa.table({"account_id": pa.array([1], pa.uint64()), "asset": ["USD"], "amount": [5_000.0]}))]
+    lines = [f"batch {c.seq}: account {a} {b or 'new'} -> {s}" for c in moves
+             for a, b, s in zip(c.table.column("account_id").to_pylist(), c.table.column("status_before").to_pylist(),
+                                c.table.column("status_after").to_pylist())]
+    assert [line.split(" (")[0] for line in out[:-1]] == lines
+    assert out[-1].startswith("7 events in 5 batches")
+    reopened = me.LiveBook.open(folder)
+    assert reopened.seq == 5
+    assert_same_bits(reopened.margin(), want.margin())
