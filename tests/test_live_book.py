@@ -457,3 +457,12 @@ def test_live_replay_cli_prints_the_status_changes(small, tmp_path, capsys):
     reopened = me.LiveBook.open(folder)
     assert reopened.seq == 5
     assert_same_bits(reopened.margin(), want.margin())
+
+
+def test_a_book_that_cannot_be_made_leaves_its_journal_folder_free(small, tmp_path):
+    book, market, positions, balances = small
+    bad = pa.table({"account_id": [1, 1], "asset": ["USD", "USD"], "amount": [1.0, 2.0]})  # a repeated (account, asset)
+    with pytest.raises(me.MarginInputError, match="duplicate"):
+        me.LiveBook(book, market, positions, bad, journal=tmp_path / "live")
+    live = me.LiveBook(book, market, positions, balances, journal=tmp_path / "live")
+    assert me.LiveBook.open(tmp_path / "live").margin().equals(live.margin())

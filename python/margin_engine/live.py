@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -190,18 +191,23 @@ class LiveBook:
             directory.mkdir(parents=True, exist_ok=True)
             _write_book(directory, book)
         self._book = book
-        self._core = _core.LiveBook(
-            book._core,
-            market._core,
-            arrow_input(positions, "positions"),
-            arrow_input(balances, "balances"),
-            None if orders is None else arrow_input(orders, "orders"),
-            model,
-            allow_negative_balances,
-            premium_asset,
-            None if directory is None else str(directory),
-            market.expiry_feeds,
-        )
+        try:
+            self._core = _core.LiveBook(
+                book._core,
+                market._core,
+                arrow_input(positions, "positions"),
+                arrow_input(balances, "balances"),
+                None if orders is None else arrow_input(orders, "orders"),
+                model,
+                allow_negative_balances,
+                premium_asset,
+                None if directory is None else str(directory),
+                market.expiry_feeds,
+            )
+        except BaseException:
+            if directory is not None:  # nothing of a book that could not be made stays behind
+                shutil.rmtree(directory / "book", ignore_errors=True)
+            raise
 
     @classmethod
     def open(cls, journal: str | os.PathLike[str]) -> LiveBook:

@@ -603,7 +603,8 @@ impl LiveBook {
         };
         let (seq, config, market, accounts) = read_snapshot(path, &book).map_err(e)?;
         let _ = fs::remove_file(dir.join("snapshot.tmp"));
-        let mut live = LiveBook::from_accounts(book, market, accounts, config)?;
+        // the replay changes accounts only; everything is margined once at the end
+        let mut live = LiveBook::from_accounts(book, market, accounts, config, false)?;
         live.seq = seq;
         let segments = numbered(dir, "journal-", ".log").map_err(e)?;
         let last = segments.len().saturating_sub(1);
@@ -637,6 +638,7 @@ impl LiveBook {
                 }
             }
         }
+        live.margin_all()?;
         let first = segments.last().map_or(live.seq + 1, |(n, _)| *n);
         live.journal = Some(Journal::open_segment(dir, first).map_err(e)?);
         Ok(live)

@@ -315,6 +315,9 @@ pub struct LiveBook {
     /// Batches applied since the book was created (the journal's sequence number).
     pub seq: u64,
     pub journal: Option<Journal>,
+    /// Recovery: batches change the accounts but nothing is margined until
+    /// [`LiveBook::margin_all`] (replayed batches were checked when first applied).
+    deferred: bool,
 }
 
 impl LiveBook {
@@ -349,7 +352,7 @@ impl LiveBook {
             }
         }
         duplicates.into_result("balances", "asset", "duplicate (account_id, asset) key")?;
-        let mut live = Self::from_accounts(book, market, accounts, config)?;
+        let mut live = Self::from_accounts(book, market, accounts, config, true)?;
         if !orders.is_empty() {
             live.apply_unjournaled(Batch::PlaceOrders(orders))?;
         }
@@ -357,20 +360,41 @@ impl LiveBook {
     }
 
     /// The book of these accounts (each once, rows in state order), margined in parallel.
-    pub(crate) fn from_accounts(book: Arc<Book>, market_state: MarketState, accounts: Vec<Account>, config: Config) -> Result<LiveBook> {
+    /// The book of these accounts (each once, rows in state order), margined in parallel unless
+    /// `margin` is false (recovery: then [`LiveBook::margin_all`] after the replay).
+    pub(crate) fn from_accounts(book: Arc<Book>, market_state: MarketState, accounts: Vec<Account>, config: Config, margin: bool) -> Result<LiveBook> {
         let market = market_state.resolve(&book)?;
-        let risk = match config.model {
-            Model::Standard => None,
-            Model::Portfolio => Some(RiskArrays::new(&book, &market)),
+        let risk = match (config.model, margin) {
+            (Model::Portfolio, true) => Some(RiskArrays::new(&book, &market)),
+            _ => None,
         };
-        let mut live = LiveBook { market_state, market, risk, state: State::new(&book), book, config, seq: 0, journal: None };
-        let rows = live.margin_of(&accounts);
-        check_rows(&live.book, "positions", accounts.iter().zip(&rows))?;
+        let mut live = LiveBook { market_state, market, risk, state: State::new(&book), book, config, seq: 0, journal: None, deferred: !margin };
+        let rows = if margin {
+            let rows = live.margin_of(&accounts);
+            check_rows(&live.book, "positions", accounts.iter().zip(&rows))?;
+            rows
+        } else {
+            accounts.iter().map(placeholder).collect()
+        };
+        live.state.reserve(accounts.len());
+        let book = live.book.clone();
         for (a, row) in accounts.into_iter().zip(rows) {
-            let book = live.book.clone();
             live.state.push(&book, a, row);
         }
         Ok(live)
+    }
+
+    /// Ends recovery: the risk arrays of the current market, then every account margined.
+    pub(crate) fn margin_all(&mut self) -> Result<()> {
+        self.deferred = false;
+        self.risk = match self.config.model {
+            Model::Standard => None,
+            Model::Portfolio => Some(RiskArrays::new(&self.book, &self.market)),
+        };
+        let rows = self.margin_of(&self.state.accounts);
+        check_rows(&self.book, "positions", self.state.accounts.iter().zip(&rows))?;
+        self.state.rows = rows;
+        Ok(())
     }
 
     pub fn pricing(&self) -> Pricing<'_> {
@@ -430,6 +454,10 @@ impl LiveBook {
             Batch::Market(update) => return self.stage_market(update).map(Staged::Market),
         };
         let accounts = staging.accounts;
+        if self.deferred {
+            let rows = accounts.iter().map(|a| placeholder(&a.1)).collect();
+            return Ok(Staged::Accounts(StagedAccounts { accounts, rows }));
+        }
         let pricing = self.pricing();
         let rows: Vec<AccountRow> = accounts.par_iter().with_min_len(64).map_init(Scratch::default, |s, a| margin_account(&pricing, &a.1, s)).collect();
         check_rows(&self.book, table, accounts.iter().map(|a| &a.1).zip(&rows))?;
@@ -534,6 +562,9 @@ impl LiveBook {
             || update.index_prices.iter().any(|(name, _)| Some(name.as_str()) == quote);
         let moved: Vec<u32> = update.index_prices.iter().filter_map(|(name, _)| book.underlyings.index.get_str(name)).collect();
         let marked: Vec<u32> = update.marks.iter().filter_map(|(key, _, _)| book.instruments.index.get(key)).collect();
+        if self.deferred {
+            return Ok(StagedMarket { state, market, risk: None, touched: Vec::new(), rows: Vec::new() });
+        }
         let risk = self.risk.as_ref().map(|risk| {
             let mut instruments = marked.clone();
             for (id, u) in book.instruments.underlying.iter().enumerate() {
@@ -721,6 +752,11 @@ fn updated_risk(book: &Book, market: &Market, risk: &RiskArrays, instruments: &[
         out.pnl[offset..offset + array.len()].copy_from_slice(&array);
     }
     out
+}
+
+/// The row of an account not margined yet (recovery).
+fn placeholder(a: &Account) -> AccountRow {
+    AccountRow::new(a.id, Default::default(), 0.0, 0.0, 0.0)
 }
 
 /// Rejects rows that overflow float64 (as `me.margin` does), and balances whose bound

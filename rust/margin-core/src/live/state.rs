@@ -158,6 +158,12 @@ impl State {
         State { exposure: Exposure::new(book), ..State::default() }
     }
 
+    pub fn reserve(&mut self, n: usize) {
+        self.accounts.reserve(n);
+        self.rows.reserve(n);
+        self.by_id.reserve(n);
+    }
+
     pub fn index_of(&self, id: u64) -> Option<u32> {
         self.by_id.get(&id).copied()
     }
