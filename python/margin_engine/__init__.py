@@ -33,6 +33,7 @@ from margin_engine.api import (
     scenario_losses,
 )
 from margin_engine.methodology import Methodology
+from margin_engine.live import LiveBook
 from margin_engine.optimize import CollateralAllocation, RebalancePlan, allocate_collateral, rebalance
 from margin_engine.report import EfficiencyReport, efficiency_report, write_html
 from margin_engine.streaming import margin_batches
@@ -53,6 +54,7 @@ __all__ = [
     "Black76",
     "Book",
     "LiquidationPlan",
+    "LiveBook",
     "MarginInputError",
     "Methodology",
     "Market",

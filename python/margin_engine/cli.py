@@ -634,6 +634,38 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_live_replay(args: argparse.Namespace) -> int:
+    from margin_engine.live import LiveBook, replay_events
+
+    progress = Progress(args.quiet)
+    with progress.step(f"opening the live book in {args.journal}"):
+        live = LiveBook.open(args.journal)
+    with progress.step(f"reading {args.events}"):
+        events = pq.read_table(args.events)
+    counts = {"batches": 0, "changes": 0}
+
+    def on_batch(changes: Any, done: int, total: int) -> None:
+        counts["changes"] += changes.changed
+        t = changes.table
+        for account, before, after, excess in zip(
+            t.column("account_id").to_pylist(), t.column("status_before").to_pylist(),
+            t.column("status_after").to_pylist(), t.column("margin_excess").to_pylist(),
+        ):  # fmt: skip
+            say(f"batch {changes.seq}: account {account} {before or 'new'} -> {after} (margin excess {excess:,.2f})")
+        progress.advance(done, total)
+
+    with progress.step(f"replaying {events.num_rows:,} events into {live.num_accounts:,} accounts"):
+        counts["batches"] = replay_events(live, events, batch_rows=args.batch_rows, on_batch=on_batch)
+    if args.snapshot:
+        with progress.step("writing a snapshot"):
+            live.snapshot()
+    status = live.margin().column("status").to_pylist()
+    summary = ", ".join(f"{s} {status.count(s):,}" for s in STATUSES)
+    say(f"{events.num_rows:,} events in {counts['batches']:,} batches, {counts['changes']:,} status changes; "
+        f"journal at batch {live.seq:,}; {live.num_accounts:,} accounts: {summary}")
+    return 0
+
+
 def _has_pandas() -> bool:
     try:
         import pandas  # noqa: F401
@@ -820,6 +852,12 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--out", type=Path, default=None, metavar="PARQUET", help="per underlying and date: range, move, exceedances")
     bt.add_argument("--summary-out", type=Path, default=None, metavar="PARQUET", help="exceedances and test statistics")
     bt.add_argument("--chart", type=Path, default=None, metavar="PNG", help="draw P&L against margin with exceedances marked")
+
+    replay = _subcommand(sub, "live-replay", "replay an event file into a live book's journal folder, printing status changes", cmd_live_replay)
+    replay.add_argument("journal", type=Path, help="the live book's journal folder (made with LiveBook(..., journal=DIR))")
+    replay.add_argument("events", type=Path, help="Parquet file of events (columns: docs/live.md, 'Replaying events')")
+    replay.add_argument("--batch-rows", type=_positive_int, default=10_000, metavar="N", help="most events per batch (default: 10,000)")
+    replay.add_argument("--snapshot", action="store_true", help="write a snapshot after the replay")
     return parser
 
 

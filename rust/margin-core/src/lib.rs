@@ -7,6 +7,7 @@
 //! - [`methodology`]: a methodology as data (parameters, presets) and the one scenario engine it drives;
 //! - [`risk`]: `stress`, `liquidation` (§8), `plan`, `hedge`, `whatif`;
 //! - [`output`]: `results` (account rows, status §6, Arrow form), `trace`;
+//! - [`live`]: the live risk book (state, exposure index, events, journal);
 //! - [`engine`]: parallel orchestration, bit-identical for any thread count; [`error`].
 //!
 //! Each module is also reachable at the crate root (`margin_core::book`, `crate::portfolio`, ...).
@@ -14,6 +15,7 @@
 pub mod engine;
 pub mod error;
 pub mod input;
+pub mod live;
 pub mod methodology;
 pub mod models;
 pub mod output;

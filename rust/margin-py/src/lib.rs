@@ -22,6 +22,7 @@ use pyo3::prelude::*;
 use pyo3_arrow::input::AnyRecordBatch;
 use pyo3_arrow::PyTable;
 
+mod live;
 mod scenario;
 mod standard_rules;
 mod whatif;
@@ -608,6 +609,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(standard_rules::standard_rules_margin, m)?)?;
     m.add_class::<whatif::AccountMargin>()?;
     m.add_class::<whatif::WhatIf>()?;
+    live::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -256,13 +256,20 @@ pub fn what_if(
         let pricing = Pricing { book: core_book, base: &resolved.market, stress: None, risk: resolved.risk.as_deref() };
         core_whatif::what_if(&pricing, &positions, &balances, &trades, premium_asset)
     })?;
-    Ok(WhatIf {
-        before: Py::new(py, AccountMargin::from(&w.before))?,
-        after: Py::new(py, AccountMargin::from(&w.after))?,
-        trade_pnl: w.trade_pnl,
-        premium: w.premium,
-        accepted: w.accepted(),
-        initial_margin_change: w.after.initial_margin - w.before.initial_margin,
-        maintenance_margin_change: w.after.maintenance_margin - w.before.maintenance_margin,
-    })
+    WhatIf::of(py, &w)
+}
+
+impl WhatIf {
+    /// The Python object of a core what-if (also `LiveBook.check_order`'s result).
+    pub(crate) fn of(py: Python<'_>, w: &core_whatif::WhatIf) -> PyResult<WhatIf> {
+        Ok(WhatIf {
+            before: Py::new(py, AccountMargin::from(&w.before))?,
+            after: Py::new(py, AccountMargin::from(&w.after))?,
+            trade_pnl: w.trade_pnl,
+            premium: w.premium,
+            accepted: w.accepted(),
+            initial_margin_change: w.after.initial_margin - w.before.initial_margin,
+            maintenance_margin_change: w.after.maintenance_margin - w.before.maintenance_margin,
+        })
+    }
 }
