@@ -332,3 +332,32 @@ def test_risk_arrays_follow_the_methodology() -> None:
     plain = me.Book(book.instruments, book.assets)
     with pytest.raises(MarginInputError, match="risk_arrays"):
         me.scenario_losses(plain, positions, balances, market)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(example=books(max_accounts=8), meth=methodologies(), data=st.data())
+def test_scenario_losses_equal_the_reference(example: dict, meth: ScenarioMethodology, data) -> None:
+    """`me.scenario_losses` row for row against `reference.scenario_inputs.scenario_losses`."""
+    from margin_engine.reference.scenario_inputs import scenario_losses
+
+    idx, marks, feeds = _feeds_and_confidences(data.draw, example)
+    try:
+        book = me.Book(example["instruments"], example["assets"], example["risk_params"], example["margin_tiers"],
+                       methodology=me.Methodology("random", portfolio=meth))
+    except MarginInputError:
+        return
+    market = me.Market(idx, marks, example["valuation_time_ns"], expiry_feeds=feeds)
+    got = me.scenario_losses(book, example["positions"], example["balances"], market).to_pylist()
+    want = scenario_losses(book, example["positions"], example["balances"], market)
+    assert [(r["account_id"], r["underlying"], r["scenario"], r["group"]) for r in got] == [
+        (r["account_id"], r["underlying"], r["scenario"], r["group"]) for r in want
+    ]
+    for g, w in zip(got, want, strict=True):
+        assert math.isclose(g["pnl"], w["pnl"], rel_tol=1e-9, abs_tol=1e-9 * max(1.0, abs(w["pnl"]))), (g, w)
+
+
+def test_scenario_losses_refuse_a_repeated_balance() -> None:
+    book, market, positions, balances = derive.case_tables(derive.example_case())
+    twice = pa.concat_tables([balances, balances])
+    with pytest.raises(MarginInputError, match="duplicate"):
+        me.scenario_losses(book, positions, twice, market)

@@ -36,10 +36,13 @@ from .valuation import NANOS_PER_SECOND, NettedPosition, net_positions, years_to
 
 __all__ = [
     "account_margins",
+    "account_groups",
+    "account_portfolio_margins",
     "account_requirements",
     "book_methodology",
     "portfolio_of",
     "preset_for_book",
+    "scenario_losses",
     "scenario_portfolios",
     "underlying_margins",
 ]
@@ -167,6 +170,21 @@ def account_requirements(
     underlying; an unlinked coin in the portfolio of the account's first underlying (name order)
     with positions or linked coins, or, with neither, in a portfolio of coins alone; otherwise collateral stays
     out of the portfolios."""
+    groups = account_groups(positions, balances, book, meth)
+    im = 0.0
+    mm = 0.0
+    for _, _, result in account_portfolio_margins(groups, market, meth):
+        im += result.initial_requirement
+        mm += result.maintenance_requirement
+    return im, mm
+
+
+def account_groups(
+    positions: list[NettedPosition], balances: list[BalanceRow], book: BookData, meth: MethodologyByUnderlying
+) -> dict[tuple[int, str | None], tuple[list[NettedPosition], list[tuple[Any, float]]]]:
+    """An account's holdings per portfolio: `(underlying id, name)` (the coins-alone portfolio:
+    `(number of underlyings, None)`) -> (netted positions, `(asset, amount)` coins); see
+    `account_requirements`."""
     coins_in = meth.default.collateral_haircuts_as_contingency
     quote = next((a.id for a in book.assets if a.price == 1.0 and a.underlying is None), None)
     groups: dict[tuple[int, str | None], tuple[list[NettedPosition], list[tuple[Any, float]]]] = {}
@@ -186,16 +204,23 @@ def account_requirements(
             asset = book.assets[row.asset_id]
             key = (order[asset.underlying], asset.underlying) if asset.underlying is not None else first
             groups.setdefault(key, ([], []))[1].append((asset, row.amount))
-    im = 0.0
-    mm = 0.0
+    return groups
+
+
+def account_portfolio_margins(
+    groups: dict[tuple[int, str | None], tuple[list[NettedPosition], list[tuple[Any, float]]]],
+    market: MarketData,
+    meth: MethodologyByUnderlying,
+) -> list[tuple[str | None, ScenarioMethodology, ScenarioMargin]]:
+    """The engine's answer for each of an account's portfolios (`groups` as `account_requirements`
+    builds them), in underlying order, the coins-alone portfolio (underlying None) last."""
+    out = []
     for key in sorted(groups, key=lambda k: k[0]):
         held, coins = groups[key]
         u = key[1]
         m = meth.default if u is None else meth.for_underlying(u)
-        result = margin_scenarios(portfolio_of(held, u, market, coins), m)
-        im += result.initial_requirement
-        mm += result.maintenance_requirement
-    return im, mm
+        out.append((u, m, margin_scenarios(portfolio_of(held, u, market, coins), m)))
+    return out
 
 
 def _engine_dict(book: Any) -> dict[str, Any] | None:
@@ -290,4 +315,28 @@ def account_margins(
             mm += result.maintenance_requirement
             im += result.initial_requirement
         out[account] = (im, mm)
+    return out
+
+
+def scenario_losses(book: Any, positions: Any, balances: Any, market: Any) -> list[dict[str, Any]]:
+    """The twin of `me.scenario_losses`: per account (sorted), portfolio and scenario row, the
+    weighted P&L under the book's scenario methodology (rows as the engine's table gives them)."""
+    from ._tables import read_balances
+
+    meth = book_methodology(book)
+    if meth is None:
+        raise input_error("arguments", "methodology", "the book has no scenario methodology (v1): its per-contract scenario P&L is risk_arrays")
+    bd, md, netted = _netted(book, positions, market)
+    by_account: dict[int, list[BalanceRow]] = {}
+    for row in read_balances(balances, bd):
+        by_account.setdefault(row.account_id, []).append(row)
+    out: list[dict[str, Any]] = []
+    for account in sorted(set(netted) | set(by_account)):
+        groups = account_groups(netted.get(account, []), by_account.get(account, []), bd, meth)
+        for u, m, result in account_portfolio_margins(groups, md, meth):
+            for i, (row, pnl) in enumerate(zip(m.scenarios, result.scenario_pnl, strict=True)):
+                out.append(
+                    {"account_id": account, "underlying": u, "scenario": i, "spot_move": row.spot_move,
+                     "vol_shock": row.vol_shock, "weight": row.weight, "group": row.group, "pnl": pnl}
+                )
     return out

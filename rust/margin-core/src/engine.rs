@@ -348,6 +348,7 @@ pub fn scenario_losses(book: &Book, market: &Market, inputs: &Inputs) -> Result<
             "the book has no scenario methodology (v1): its per-contract scenario P&L is me.risk_arrays",
         ));
     };
+    let duplicates: Mutex<Vec<(u64, u32)>> = Mutex::new(Vec::new());
     let chunks: Vec<Vec<ScenarioLoss>> = inputs
         .slots
         .par_chunks(1024)
@@ -355,8 +356,9 @@ pub fn scenario_losses(book: &Book, market: &Market, inputs: &Inputs) -> Result<
             let mut out = Vec::new();
             for slot in slots {
                 net_positions(slot.positions(), &inputs.positions, book, market, &mut scratch.net);
-                if value_balances(slot.balances(), &inputs.balances, book, &book.assets.price, &mut scratch.balances).is_err() {
-                    continue; // a repeated balance: margin reports it
+                if let Err(asset) = value_balances(slot.balances(), &inputs.balances, book, &book.assets.price, &mut scratch.balances) {
+                    duplicates.lock().unwrap_or_else(|e| e.into_inner()).push((slot.account_id, asset));
+                    continue;
                 }
                 crate::methodology::account::for_each_portfolio(
                     book,
@@ -379,6 +381,7 @@ pub fn scenario_losses(book: &Book, market: &Market, inputs: &Inputs) -> Result<
             out
         })
         .collect();
+    check_duplicates(book, duplicates.into_inner().unwrap_or_else(|e| e.into_inner()))?;
     Ok(chunks.into_iter().flatten().collect())
 }
 

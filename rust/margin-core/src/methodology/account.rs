@@ -110,9 +110,9 @@ pub fn for_each_portfolio(
             .filter(|&&(asset, row)| Some(asset) != quote && balances.amount[row as usize] != 0.0)
             .filter_map(|&(asset, _)| book.assets.underlying[asset as usize]);
         let first = scratch.keys.iter().map(|k| k.0).chain(linked).min().unwrap_or(UNLINKED);
-        for (k, &(asset, _)) in balance_rows.iter().enumerate() {
-            if Some(asset) == quote {
-                continue;
+        for (k, &(asset, row)) in balance_rows.iter().enumerate() {
+            if Some(asset) == quote || balances.amount[row as usize] == 0.0 {
+                continue; // cash, or no coin
             }
             let u = book.assets.underlying[asset as usize].unwrap_or(first);
             scratch.keys.push((u, COIN | k as u32));

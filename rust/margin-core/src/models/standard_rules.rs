@@ -44,7 +44,8 @@
 //! expiry) spread onto the options), the mark feed's confidence of perpetuals / futures (a
 //! `confidence` column of `marks`), per underlying the index feed's confidence (a `confidence`
 //! column of `index_prices`), and the USD price of the stable coin cash is held in. The market
-//! now carries all but a separate vol confidence: [`ExpiryColumns::feeds`] reads them from it.
+//! now carries all but a separate vol confidence: [`Feeds::of_market`] reads them from it (one
+//! confidence per expiry serves as the forward's and the vols': the rule reads their minimum).
 
 use std::sync::Mutex;
 
@@ -306,7 +307,9 @@ pub struct Feeds<'a> {
 }
 
 impl<'a> Feeds<'a> {
-    /// Every feed `market` carries (as [`ExpiryColumns::feeds`], without building columns).
+    /// Every feed `market` carries: each option's expiry forward and confidence (kept per
+    /// instrument by the market), the index and mark confidences, and the quote asset's USD price
+    /// as the stable coin's.
     pub fn of_market(market: &'a Market) -> Feeds<'a> {
         Feeds {
             forward: Some(&market.expiry_forward),
@@ -353,37 +356,6 @@ impl Feeds<'_> {
             return Err(InputError::new("feeds", "stable_price", format!("expected a finite price >= 0, got {}", self.stable_price)));
         }
         Ok(())
-    }
-}
-
-/// The per-expiry feeds of a [`Market`] spread onto its instruments, for [`Feeds`]: the
-/// forward (`expiry_feeds.forward`, NaN without a row) and the confidence of each option's
-/// expiry. The market carries one confidence per expiry, so it serves as the forward's and
-/// the vols' at once (the rule reads their minimum).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ExpiryColumns {
-    pub forward: Vec<f64>,
-    pub confidence: Vec<f64>,
-}
-
-impl ExpiryColumns {
-    pub fn from_market(market: &Market) -> ExpiryColumns {
-        let forward = market.expiry_feed.iter().map(|f| f.map_or(f64::NAN, |f| f.forward())).collect();
-        let confidence = market.expiry_feed.iter().map(|f| f.map_or(1.0, |f| f.confidence)).collect();
-        ExpiryColumns { forward, confidence }
-    }
-
-    /// Every feed the market carries: these expiry columns, the index and mark confidences, and
-    /// the quote asset's USD price as the stable coin's.
-    pub fn feeds<'a>(&'a self, market: &'a Market) -> Feeds<'a> {
-        Feeds {
-            forward: Some(&self.forward),
-            index_confidence: Some(&market.index_confidence),
-            mark_confidence: Some(&market.mark_confidence),
-            forward_confidence: Some(&self.confidence),
-            vol_confidence: None,
-            stable_price: market.quote_usd_price,
-        }
     }
 }
 
@@ -1173,8 +1145,7 @@ mod tests {
     #[test]
     fn feeds_of_a_plain_market_are_the_defaults() {
         let (book, market) = book_and_market();
-        let columns = ExpiryColumns::from_market(&market);
-        let feeds = columns.feeds(&market);
+        let feeds = Feeds::of_market(&market);
         feeds.check(&book).unwrap();
         let positions = [(1, "C2000", -1.0), (1, "C2200", 0.5), (1, "ETH-PERP", 2.0), (2, "P2600", -1.0)];
         let balances = [(1, "wETH", 1.0), (2, "USD", 100.0)];
