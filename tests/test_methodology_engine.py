@@ -17,6 +17,7 @@ published numbers and against the reference, with every kind of call order.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -30,7 +31,11 @@ from strategies import books
 from test_scenario_engine_rust import _rows, _skew, _skew_rows, _static, _vol
 
 import margin_engine as me
-from margin_engine import MarginInputError, reference
+from margin_engine import MarginInputError, _core, reference
+from margin_engine.presets.derive_standard_cases import case_inputs as standard_case_inputs
+from margin_engine.presets.derive_standard_cases import case_tables as standard_case_tables
+from margin_engine.presets.derive_standard_cases import load_cases, published_figures
+from margin_engine.reference.standard_params import DERIVE_STANDARD
 from margin_engine.methodology_params import (
     BasisContingency,
     CalendarBasis,
@@ -361,3 +366,101 @@ def test_scenario_losses_refuse_a_repeated_balance() -> None:
     twice = pa.concat_tables([balances, balances])
     with pytest.raises(MarginInputError, match="duplicate"):
         me.scenario_losses(book, positions, twice, market)
+
+
+# --------------------------------------------------------------------------------------------
+# Derive's standard-manager cases through me.margin, and order entry under a methodology
+# --------------------------------------------------------------------------------------------
+
+STANDARD_CASES = load_cases(DATA / "standard_manager_test_cases.json")
+
+
+@pytest.mark.parametrize("case", STANDARD_CASES, ids=[c["id"] for c in STANDARD_CASES])
+def test_derive_standard_case_through_margin(case: dict) -> None:
+    """One of the 28 published standard-manager cases (derivexyz/v2-core @ 7736900d,
+    `test/risk-managers/unit-tests/StandardManager/test-cases.json`, named by its id) through
+    `me.margin(model="standard")` on `derive_standard_cases.case_tables`: Derive's signed IM
+    (`realIM`) and MM (`realMM`) within 1e-8, and the very row of the standard-rules kernel
+    called with the feeds as explicit dicts (the market's columns carry the same feeds)."""
+    book, market, positions, balances = standard_case_tables(case)
+    [row] = me.margin(book, positions, balances, market, model="standard").to_pylist()
+    published = published_figures(case)
+    assert _close(row["free_collateral"], published["realIM"]), (row["free_collateral"], published["realIM"])
+    assert _close(row["margin_excess"], published["realMM"]), (row["margin_excess"], published["realMM"])
+    inputs = standard_case_inputs(case)
+    t = inputs.tables
+    [kernel] = pa.table(_core.standard_rules_margin(
+        t.book()._core, t.market()._core, t.positions, t.balances, dataclasses.asdict(DERIVE_STANDARD),
+        dataclasses.asdict(inputs.feeds), None,
+    )).to_pylist()  # fmt: skip
+    for column in ("equity", "collateral_initial", "collateral_maintenance", "initial_margin",
+                   "maintenance_margin", "free_collateral", "margin_excess"):  # fmt: skip
+        assert row[column] == kernel[column], column
+
+
+def _appended(positions: pa.Table, balances: pa.Table, book: me.Book, market: me.Market, trade: tuple) -> tuple:
+    """The account's rows with the trade booked as a back office would: a position row at the
+    trade price, and an option's premium `−q × multiplier × price` out of the quote asset (USDC)."""
+    instrument, quantity, price = trade
+    ins = book.instruments
+    kind = dict(zip(ins.column("instrument").to_pylist(), ins.column("kind").to_pylist(), strict=True))
+    mult = (dict(zip(ins.column("instrument").to_pylist(), ins.column("multiplier").to_pylist(), strict=True))
+            if "multiplier" in ins.column_names else {})  # fmt: skip
+    account = positions.column("account_id")[0].as_py() if positions.num_rows else balances.column("account_id")[0].as_py()
+    p = positions.to_pylist()
+    p.append({"account_id": account, "instrument": instrument, "quantity": quantity, "entry_price": price})
+    cash = {b["asset"]: b["amount"] for b in balances.to_pylist()}
+    if kind[instrument] == "option":
+        cash["USDC"] = cash.get("USDC", 0.0) - quantity * (mult.get(instrument) or 1.0) * price
+    new_positions = pa.table({
+        "account_id": pa.array([r["account_id"] for r in p], positions.schema.field("account_id").type),
+        "instrument": pa.array([r["instrument"] for r in p], pa.string()),
+        "quantity": pa.array([r["quantity"] for r in p], pa.float64()),
+        "entry_price": pa.array([r.get("entry_price") for r in p], pa.float64()),
+    })  # fmt: skip
+    new_balances = pa.table({
+        "account_id": pa.array([account] * len(cash), balances.schema.field("account_id").type),
+        "asset": pa.array(list(cash), pa.string()),
+        "amount": pa.array(list(cash.values()), pa.float64()),
+    })  # fmt: skip
+    return new_positions, new_balances
+
+
+def _holds_positions(model: str, case: dict) -> bool:
+    positions = (derive.case_tables(case) if model == "portfolio" else standard_case_tables(case)).positions
+    return positions.num_rows > 0
+
+
+ORDER_ENTRY_CASES = [
+    (m, c)
+    for m, c in [("portfolio", c) for c in CASES if c["id"] not in INVALID][::5] + [("standard", c) for c in STANDARD_CASES][::3]
+    if _holds_positions(m, c)
+]
+
+
+@pytest.mark.parametrize("model,case", ORDER_ENTRY_CASES, ids=[f"{m}-{c['id']}" for m, c in ORDER_ENTRY_CASES])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_what_if_under_a_methodology_equals_margin_on_the_appended_rows(model: str, case: dict, data) -> None:
+    """Order entry under Derive's methodologies: on a published case's portfolio, `what_if`'s
+    `before` is the account's `me.margin` row bit for bit and its `after` is `me.margin` on the
+    rows with the trade appended (1e-9 of the account's scale), for random trades in the case's
+    instruments, at the mark and away from it."""
+    tables = derive.case_tables(case) if model == "portfolio" else standard_case_tables(case)
+    book, market, positions, balances = tables
+    instruments = book.instruments.column("instrument").to_pylist()
+    marks = dict(zip(market.marks.column("instrument").to_pylist(), market.marks.column("mark_price").to_pylist(), strict=True))
+    instrument = data.draw(st.sampled_from([k for k in instruments if marks.get(k) is not None]))
+    quantity = data.draw(st.sampled_from([-10.0, -1.0, -0.25, 0.5, 3.0]))
+    price = marks[instrument] * data.draw(st.sampled_from([1.0, 0.97, 1.05]))
+    rows = [(r["instrument"], r["quantity"], r.get("entry_price")) for r in positions.to_pylist()]
+    cash = {b["asset"]: b["amount"] for b in balances.to_pylist()}
+    got = me.what_if(book, rows, cash, market, [(instrument, quantity, price)], model=model)
+    [before] = me.margin(book, positions, balances, market, model=model).to_pylist()
+    for name in ("equity", "initial_margin", "maintenance_margin", "free_collateral", "margin_excess", "status"):
+        assert getattr(got.before, name) == before[name], name
+    new_positions, new_balances = _appended(positions, balances, book, market, (instrument, quantity, price))
+    [after] = me.margin(book, new_positions, new_balances, market, model=model).to_pylist()
+    scale = 1.0 + sum(abs(after[f]) + abs(before[f]) for f in ("equity", "initial_margin", "maintenance_margin"))
+    for name in ("equity", "initial_margin", "maintenance_margin", "free_collateral", "margin_excess"):
+        assert abs(getattr(got.after, name) - after[name]) <= 1e-9 * scale, (name, getattr(got.after, name), after[name])

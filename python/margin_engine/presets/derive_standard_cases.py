@@ -53,6 +53,7 @@ __all__ = [
     "NEAR_EXPIRY_SECONDS",
     "VALUATION_TIME_S",
     "case_inputs",
+    "case_tables",
     "from_fixed",
     "load_cases",
     "published_figures",
@@ -301,3 +302,58 @@ def _asset_table(rows: list[dict[str, Any]]) -> pa.Table:
             "underlying": pa.array(_column(rows, "underlying"), pa.utf8()),
         }
     )
+
+
+def case_tables(case: dict[str, Any]) -> Any:
+    """`(book, market, positions, balances)` of one of Derive's published standard-manager cases,
+    with the `derive_standard` methodology inside the book: `me.margin(book, positions, balances,
+    market, model="standard")` gives Derive's signed IM in `free_collateral` and its signed MM in
+    `margin_excess`.
+
+    The generalized standard rules' feeds become market columns: the index confidences a
+    `confidence` column of `index_prices`, the perpetuals' mark confidences one of `marks`, each
+    (underlying, expiry)'s forward an `expiry_feeds` row whose confidence is the lowest of the
+    forward's and the vol's (the rules read only that minimum), and the stable coin's dollar price
+    an `index_prices` row named `USDC` (the book's quote asset), which the depeg add-on reads.
+    `tests/test_methodology_engine.py` runs the 28 published cases through it.
+    """
+    import margin_engine as me
+    from margin_engine.presets.derive import DeriveCase
+
+    inputs = case_inputs(case)
+    t, feeds = inputs.tables, inputs.feeds
+    index = t.index_prices.to_pylist()
+    index_prices = pa.table(
+        {
+            "underlying": pa.array([r["underlying"] for r in index] + [QUOTE], pa.string()),
+            "index_price": pa.array([r["index_price"] for r in index] + [feeds.stable_price], pa.float64()),
+            "confidence": pa.array([feeds.index_confidence[r["underlying"]] for r in index] + [1.0], pa.float64()),
+        }
+    )
+    keys = t.marks.column("instrument").to_pylist()
+    marks = t.marks.append_column(
+        "confidence", pa.array([feeds.mark_confidence.get(k, 1.0) for k in keys], pa.float64())
+    )
+    t0_ns = inputs.valuation_time_ns
+    expiries = sorted(set(feeds.forwards) | set(feeds.vol_confidence))
+    rows = [
+        (u, e, feeds.forwards.get((u, e)), min(feeds.forward_confidence.get((u, e), 1.0), feeds.vol_confidence.get((u, e), 1.0)))
+        for u, e in expiries
+    ]
+    rows = [r for r in rows if r[2] is not None]
+    expiry_feeds = pa.table(
+        {
+            "underlying": pa.array([r[0] for r in rows], pa.string()),
+            "expiry": pa.array([r[1] for r in rows], pa.timestamp("ns", tz="UTC")),
+            "forward": pa.array([r[2] for r in rows], pa.float64()),
+            "confidence": pa.array([r[3] for r in rows], pa.float64()),
+        }
+    )
+    missing_forward = [k for k in feeds.vol_confidence if k not in feeds.forwards]
+    if missing_forward:
+        # An option expiry without a forward feed is valued on the index (as the reference does);
+        # its vol confidence alone would be lost with no feed row to carry it.
+        raise ValueError(f"case {case['id']}: options expiring at {missing_forward} have no forward feed")
+    book = me.Book(t.instruments, t.assets, methodology="derive_standard")
+    market = me.Market(index_prices, marks, t0_ns, expiry_feeds=expiry_feeds)
+    return DeriveCase(book, market, t.positions, t.balances)
