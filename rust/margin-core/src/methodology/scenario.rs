@@ -343,13 +343,16 @@ enum Held<'a> {
 
 /// Options then linear holdings, stably sorted by `order`.
 fn ordered_holdings(p: &ScenarioPortfolio) -> Vec<Held<'_>> {
-    let mut items: Vec<(i64, Held<'_>)> = Vec::new();
+    let mut items: Vec<Held<'_>> = Vec::new();
     for (i, e) in p.expiries.iter().enumerate() {
-        items.extend(e.options.iter().map(|o| (o.order, Held::Option(i, o))));
+        items.extend(e.options.iter().map(|o| Held::Option(i, o)));
     }
-    items.extend(p.linears.iter().map(|l| (l.order, Held::Linear(l))));
-    items.sort_by_key(|(order, _)| *order);
-    items.into_iter().map(|(_, h)| h).collect()
+    items.extend(p.linears.iter().map(Held::Linear));
+    items.sort_by_key(|h| match *h {
+        Held::Option(_, o) => o.order,
+        Held::Linear(l) => l.order,
+    });
+    items
 }
 
 /// `risk_array` revaluation of every row into `pnls`: per row the perpetual, then each holding
@@ -604,10 +607,10 @@ pub fn initial_loss_factor(p: &ScenarioPortfolio, m: &ScenarioMethodology) -> f6
 }
 
 /// v1's short-option minimum over the short options, in the holdings' order.
-fn short_option_minimum(p: &ScenarioPortfolio, rate: f64) -> f64 {
+fn short_option_minimum(p: &ScenarioPortfolio, held: &[Held<'_>], rate: f64) -> f64 {
     let mut total = 0.0;
-    for h in ordered_holdings(p) {
-        if let Held::Option(_, o) = h {
+    for h in held {
+        if let Held::Option(_, o) = *h {
             if o.quantity < 0.0 {
                 total += o.quantity.abs() * o.multiplier * p.spot * rate;
             }
@@ -622,7 +625,7 @@ fn first_max(a: f64, b: f64) -> f64 {
 }
 
 /// The `max_of_groups` rule's `(IM, MM)` requirements.
-fn max_of_group_requirements(p: &ScenarioPortfolio, pnls: &[f64], basis: f64, cont: &Contingencies, m: &ScenarioMethodology) -> Result<(f64, f64)> {
+fn max_of_group_requirements(p: &ScenarioPortfolio, held: &[Held<'_>], pnls: &[f64], basis: f64, cont: &Contingencies, m: &ScenarioMethodology) -> Result<(f64, f64)> {
     let mg = m
         .max_of_groups
         .as_ref()
@@ -639,7 +642,7 @@ fn max_of_group_requirements(p: &ScenarioPortfolio, pnls: &[f64], basis: f64, co
         scan = first_max(scan, -basis);
     }
     let extreme = extreme_low.map_or(0.0, |w| mg.extreme_cover * first_max(0.0, -w));
-    let short_min = short_option_minimum(p, mg.short_option_minimum);
+    let short_min = short_option_minimum(p, held, mg.short_option_minimum);
     let mut mm = first_max(first_max(scan, extreme), short_min);
     let maintenance = cont.maintenance();
     if maintenance != 0.0 {
@@ -734,10 +737,12 @@ fn evaluate(p: &ScenarioPortfolio, m: &ScenarioMethodology, v: &impl OptionValue
         mtm += p.collaterals.iter().fold(0.0, |a, c| a + c.value * (1.0 - c.maintenance_haircut));
     }
 
+    // the holdings in the account's order, sorted once for the row P&L and the short minimum
+    let held = if m.revaluation == Revaluation::RiskArray || m.combination == Combination::MaxOfGroups { ordered_holdings(p) } else { Vec::new() };
     let pnls = &mut buffers.pnls;
     pnls.clear();
     match m.revaluation {
-        Revaluation::RiskArray => risk_array_pnls(p, pres, &ordered_holdings(p), m, v, pnls),
+        Revaluation::RiskArray => risk_array_pnls(p, pres, &held, m, v, pnls),
         Revaluation::ExpirySum => expiry_sum_pnls(p, pres, m, v, pnls, &mut buffers.shocked)?,
     }
 
@@ -756,7 +761,7 @@ fn evaluate(p: &ScenarioPortfolio, m: &ScenarioMethodology, v: &impl OptionValue
     let equity = mtm + p.cash;
     let (im, mm, im_req, mm_req) = match m.combination {
         Combination::MaxOfGroups => {
-            let (im_req, mm_req) = max_of_group_requirements(p, pnls, basis, &cont, m)?;
+            let (im_req, mm_req) = max_of_group_requirements(p, &held, pnls, basis, &cont, m)?;
             (equity - im_req, equity - mm_req, im_req, mm_req)
         }
         Combination::LossFactor => (
