@@ -332,4 +332,9 @@ impl OptionValues for InstrumentValues {
     fn delta(&self, e: &ExpiryHolding, o: &OptionHolding) -> f64 {
         self.at(o, 3).unwrap_or_else(|| DirectValues.delta(e, o))
     }
+
+    fn rows(&self, o: &OptionHolding, rows: usize) -> Option<&[f64]> {
+        let s = (*self.start.get(usize::try_from(o.order).ok()?)?)? as usize + HEAD;
+        self.values.get(s..s + rows)
+    }
 }

@@ -158,6 +158,12 @@ pub trait OptionValues {
     fn contract_pnl(&self, e: &ExpiryHolding, pre: &ExpiryPrecompute, o: &OptionHolding, row: &ScenarioRow, r: usize, m: &ScenarioMethodology) -> f64;
     /// Black-76 delta of one contract on the current forward.
     fn delta(&self, e: &ExpiryHolding, o: &OptionHolding) -> f64;
+    /// The contract's numbers under rows `0..rows` when they are stored (what `value`,
+    /// `skewed` or `contract_pnl` would read, row by row), so that a portfolio's rows are
+    /// summed holding by holding over one slice; `None`: ask per row.
+    fn rows(&self, _o: &OptionHolding, _rows: usize) -> Option<&[f64]> {
+        None
+    }
 }
 
 /// Computes every value from the holding.
@@ -272,13 +278,24 @@ pub fn row_eval(pre: &ExpiryPrecompute, row: &ScenarioRow, r: usize, m: &Scenari
     Eval::Row { row: r, spot_factor: row.spot_factor(), vol_factor, min_vol }
 }
 
+/// One contract's value under row `r` (see [`shocked_expiry_value`]).
+fn shocked_option_value(e: &ExpiryHolding, o: &OptionHolding, pre: &ExpiryPrecompute, row: &ScenarioRow, r: usize, m: &ScenarioMethodology, v: &impl OptionValues) -> Result<f64> {
+    Ok(match row.vol_shock {
+        VolShockKind::SkewLinear | VolShockKind::SkewAbs => v.skewed(e, o, pre.discount, row.vol_shock == VolShockKind::SkewLinear, skew_shock_of(m)?, r),
+        _ => v.value(e, o, pre.discount, row_eval(pre, row, r, m)),
+    })
+}
+
+fn skew_shock_of(m: &ScenarioMethodology) -> Result<&SkewShock> {
+    m.skew_shock
+        .as_ref()
+        .ok_or_else(|| InputError::new("methodology", "skew_shock", "the scenario table has skew rows but no skew_shock parameters"))
+}
+
 fn shocked_expiry_value(e: &ExpiryHolding, pre: &ExpiryPrecompute, row: &ScenarioRow, r: usize, m: &ScenarioMethodology, v: &impl OptionValues) -> Result<f64> {
     Ok(match row.vol_shock {
         VolShockKind::SkewLinear | VolShockKind::SkewAbs => {
-            let s = m
-                .skew_shock
-                .as_ref()
-                .ok_or_else(|| InputError::new("methodology", "skew_shock", "the scenario table has skew rows but no skew_shock parameters"))?;
+            let s = skew_shock_of(m)?;
             skewed_expiry_value(e, pre.discount, row.vol_shock == VolShockKind::SkewLinear, s, r, v)
         }
         _ => expiry_value_with(e, pre.discount, row_eval(pre, row, r, m), v),
@@ -326,31 +343,107 @@ enum Held<'a> {
 
 /// Options then linear holdings, stably sorted by `order`.
 fn ordered_holdings(p: &ScenarioPortfolio) -> Vec<Held<'_>> {
-    let mut items: Vec<(i64, Held<'_>)> = Vec::new();
+    let mut items: Vec<Held<'_>> = Vec::new();
     for (i, e) in p.expiries.iter().enumerate() {
-        items.extend(e.options.iter().map(|o| (o.order, Held::Option(i, o))));
+        items.extend(e.options.iter().map(|o| Held::Option(i, o)));
     }
-    items.extend(p.linears.iter().map(|l| (l.order, Held::Linear(l))));
-    items.sort_by_key(|(order, _)| *order);
-    items.into_iter().map(|(_, h)| h).collect()
+    items.extend(p.linears.iter().map(Held::Linear));
+    items.sort_by_key(|h| match *h {
+        Held::Option(_, o) => o.order,
+        Held::Linear(l) => l.order,
+    });
+    items
 }
 
-#[allow(clippy::too_many_arguments)]
-fn risk_array_pnl(p: &ScenarioPortfolio, pres: &[ExpiryPrecompute], held: &[Held<'_>], row: &ScenarioRow, r: usize, m: &ScenarioMethodology, v: &impl OptionValues) -> f64 {
-    let mv = row.spot_factor() - 1.0;
-    let mut pnl = if p.perp_quantity != 0.0 { p.perp_quantity * (mv * p.perp_mark) } else { 0.0 };
+/// `risk_array` revaluation of every row into `pnls`: per row the perpetual, then each holding
+/// in the account's order, then the risk-cancelling coins, the sum times the row's weight.
+/// Holding by holding over all rows, each row's terms added in that order (as row by row).
+fn risk_array_pnls(p: &ScenarioPortfolio, pres: &[ExpiryPrecompute], held: &[Held<'_>], m: &ScenarioMethodology, v: &impl OptionValues, pnls: &mut Vec<f64>) {
+    let rows = &m.scenarios;
+    pnls.extend(rows.iter().map(|row| if p.perp_quantity != 0.0 { p.perp_quantity * ((row.spot_factor() - 1.0) * p.perp_mark) } else { 0.0 }));
     for h in held {
         match *h {
-            Held::Linear(l) => pnl += l.quantity * linear_contract_pnl(l, row),
-            Held::Option(i, o) => pnl += o.quantity * v.contract_pnl(&p.expiries[i], &pres[i], o, row, r, m),
+            Held::Linear(l) => {
+                for (pnl, row) in pnls.iter_mut().zip(rows) {
+                    *pnl += l.quantity * linear_contract_pnl(l, row);
+                }
+            }
+            Held::Option(i, o) => match v.rows(o, rows.len()) {
+                Some(values) => {
+                    for (pnl, &x) in pnls.iter_mut().zip(values) {
+                        *pnl += o.quantity * x;
+                    }
+                }
+                None => {
+                    for (r, (pnl, row)) in pnls.iter_mut().zip(rows).enumerate() {
+                        *pnl += o.quantity * v.contract_pnl(&p.expiries[i], &pres[i], o, row, r, m);
+                    }
+                }
+            },
         }
     }
-    for c in &p.collaterals {
-        if c.risk_cancelling {
-            pnl += c.value * mv;
+    for (pnl, row) in pnls.iter_mut().zip(rows) {
+        let mv = row.spot_factor() - 1.0;
+        for c in &p.collaterals {
+            if c.risk_cancelling {
+                *pnl += c.value * mv;
+            }
+        }
+        *pnl *= row.weight;
+    }
+}
+
+/// `expiry_sum` revaluation of every row into `pnls`, each row's terms added in
+/// [`scenario_pnl`]'s order (perpetual, linear holdings, expiries, coins); an expiry's shocked
+/// value summed option by option over all rows in `shocked`.
+fn expiry_sum_pnls(p: &ScenarioPortfolio, pres: &[ExpiryPrecompute], m: &ScenarioMethodology, v: &impl OptionValues, pnls: &mut Vec<f64>, shocked: &mut Vec<f64>) -> Result<()> {
+    let rows = &m.scenarios;
+    if m.skew_shock.is_none() && !p.expiries.is_empty() && rows.iter().any(|r| r.vol_shock.is_skew()) {
+        skew_shock_of(m)?;
+    }
+    pnls.extend(rows.iter().map(|row| {
+        let mv = row.spot_factor() - 1.0;
+        let mut pnl = if p.perp_quantity != 0.0 { p.perp_quantity * (mv * p.perp_mark) * row.weight } else { 0.0 };
+        for lin in &p.linears {
+            pnl += lin.quantity * linear_contract_pnl(lin, row) * row.weight;
+        }
+        pnl
+    }));
+    for (e, pre) in p.expiries.iter().zip(pres) {
+        shocked.clear();
+        shocked.resize(rows.len(), 0.0);
+        for o in &e.options {
+            match v.rows(o, rows.len()) {
+                Some(values) => {
+                    for (s, &x) in shocked.iter_mut().zip(values) {
+                        *s += o.quantity * o.multiplier * x;
+                    }
+                }
+                None => {
+                    for (r, (s, row)) in shocked.iter_mut().zip(rows).enumerate() {
+                        *s += o.quantity * o.multiplier * shocked_option_value(e, o, pre, row, r, m, v)?;
+                    }
+                }
+            }
+        }
+        for ((pnl, row), &value) in pnls.iter_mut().zip(rows).zip(shocked.iter()) {
+            let value = value * if value >= 0.0 { pre.static_long } else { pre.static_short };
+            let mut expiry_pnl = (value - pre.mtm) * row.weight;
+            if row.vol_shock.is_skew() {
+                expiry_pnl = -expiry_pnl.abs();
+            }
+            *pnl += expiry_pnl;
         }
     }
-    pnl * row.weight
+    for (pnl, row) in pnls.iter_mut().zip(rows) {
+        let mv = row.spot_factor() - 1.0;
+        for c in &p.collaterals {
+            if c.risk_cancelling {
+                *pnl += c.value * mv * row.weight;
+            }
+        }
+    }
+    Ok(())
 }
 
 // ------------------------------------------------------------------------------------------
@@ -514,10 +607,10 @@ pub fn initial_loss_factor(p: &ScenarioPortfolio, m: &ScenarioMethodology) -> f6
 }
 
 /// v1's short-option minimum over the short options, in the holdings' order.
-fn short_option_minimum(p: &ScenarioPortfolio, rate: f64) -> f64 {
+fn short_option_minimum(p: &ScenarioPortfolio, held: &[Held<'_>], rate: f64) -> f64 {
     let mut total = 0.0;
-    for h in ordered_holdings(p) {
-        if let Held::Option(_, o) = h {
+    for h in held {
+        if let Held::Option(_, o) = *h {
             if o.quantity < 0.0 {
                 total += o.quantity.abs() * o.multiplier * p.spot * rate;
             }
@@ -532,25 +625,24 @@ fn first_max(a: f64, b: f64) -> f64 {
 }
 
 /// The `max_of_groups` rule's `(IM, MM)` requirements.
-fn max_of_group_requirements(p: &ScenarioPortfolio, pnls: &[f64], basis: f64, cont: &Contingencies, m: &ScenarioMethodology) -> Result<(f64, f64)> {
+fn max_of_group_requirements(p: &ScenarioPortfolio, held: &[Held<'_>], pnls: &[f64], basis: f64, cont: &Contingencies, m: &ScenarioMethodology) -> Result<(f64, f64)> {
     let mg = m
         .max_of_groups
         .as_ref()
         .ok_or_else(|| InputError::new("methodology", "max_of_groups", "combination max_of_groups needs the max_of_groups parameters"))?;
-    let lowest = |extreme: bool| {
-        m.scenarios
-            .iter()
-            .zip(pnls)
-            .filter(|(r, _)| (r.group == "extreme") == extreme)
-            .map(|(_, &v)| v)
-            .fold(None, |acc: Option<f64>, v| Some(match acc { Some(a) if v.partial_cmp(&a) != Some(std::cmp::Ordering::Less) => a, _ => v }))
-    };
-    let mut scan = lowest(false).map_or(0.0, |w| first_max(0.0, -w));
+    // the lowest P&L of the regular and of the extreme rows (Python's `min`: the first unless a
+    // later one is smaller), in one pass
+    let (mut regular, mut extreme_low): (Option<f64>, Option<f64>) = (None, None);
+    for (r, &v) in m.scenarios.iter().zip(pnls) {
+        let acc = if r.group == "extreme" { &mut extreme_low } else { &mut regular };
+        *acc = Some(match *acc { Some(a) if v.partial_cmp(&a) != Some(std::cmp::Ordering::Less) => a, _ => v });
+    }
+    let mut scan = regular.map_or(0.0, |w| first_max(0.0, -w));
     if m.basis_contingency.is_some() {
         scan = first_max(scan, -basis);
     }
-    let extreme = lowest(true).map_or(0.0, |w| mg.extreme_cover * first_max(0.0, -w));
-    let short_min = short_option_minimum(p, mg.short_option_minimum);
+    let extreme = extreme_low.map_or(0.0, |w| mg.extreme_cover * first_max(0.0, -w));
+    let short_min = short_option_minimum(p, held, mg.short_option_minimum);
     let mut mm = first_max(first_max(scan, extreme), short_min);
     let maintenance = cont.maintenance();
     if maintenance != 0.0 {
@@ -609,6 +701,8 @@ pub fn margin_scenarios_checked(p: &ScenarioPortfolio, m: &ScenarioMethodology, 
 pub struct ScenarioBuffers {
     pres: Vec<ExpiryPrecompute>,
     pnls: Vec<f64>,
+    /// One expiry's shocked value per row.
+    shocked: Vec<f64>,
 }
 
 /// The `(IM, MM)` requirements of [`margin_scenarios_checked`] alone, without allocating.
@@ -643,18 +737,13 @@ fn evaluate(p: &ScenarioPortfolio, m: &ScenarioMethodology, v: &impl OptionValue
         mtm += p.collaterals.iter().fold(0.0, |a, c| a + c.value * (1.0 - c.maintenance_haircut));
     }
 
+    // the holdings in the account's order, sorted once for the row P&L and the short minimum
+    let held = if m.revaluation == Revaluation::RiskArray || m.combination == Combination::MaxOfGroups { ordered_holdings(p) } else { Vec::new() };
     let pnls = &mut buffers.pnls;
     pnls.clear();
     match m.revaluation {
-        Revaluation::RiskArray => {
-            let held = ordered_holdings(p);
-            pnls.extend(m.scenarios.iter().enumerate().map(|(r, row)| risk_array_pnl(p, pres, &held, row, r, m, v)));
-        }
-        Revaluation::ExpirySum => {
-            for (r, row) in m.scenarios.iter().enumerate() {
-                pnls.push(scenario_pnl_with(p, pres, row, r, m, v)?);
-            }
-        }
+        Revaluation::RiskArray => risk_array_pnls(p, pres, &held, m, v, pnls),
+        Revaluation::ExpirySum => expiry_sum_pnls(p, pres, m, v, pnls, &mut buffers.shocked)?,
     }
 
     let basis = pres.iter().fold(0.0, |a, x| a + x.basis_charge);
@@ -672,7 +761,7 @@ fn evaluate(p: &ScenarioPortfolio, m: &ScenarioMethodology, v: &impl OptionValue
     let equity = mtm + p.cash;
     let (im, mm, im_req, mm_req) = match m.combination {
         Combination::MaxOfGroups => {
-            let (im_req, mm_req) = max_of_group_requirements(p, pnls, basis, &cont, m)?;
+            let (im_req, mm_req) = max_of_group_requirements(p, &held, pnls, basis, &cont, m)?;
             (equity - im_req, equity - mm_req, im_req, mm_req)
         }
         Combination::LossFactor => (
