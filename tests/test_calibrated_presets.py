@@ -61,3 +61,32 @@ def test_regenerate_writes_the_same_file(tmp_path, monkeypatch):
     assert calibrated.main([str(PRICES)]) == 0
     assert json.loads(target.read_text()) == json.loads((Path(calibrated.__file__).with_name("data")
                                                         / "exchange_scan_ranges.json").read_text())
+
+
+def test_demo_prints_calibrated_against_default_ranges_and_standard(capsys):
+    """The demo's comparison rows equal the engine's totals for each variant on the same book."""
+    from margin_engine import synthetic
+    from margin_engine.cli import main
+
+    assert main(["demo", "--accounts", "2000", "--seed", "3", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    g = synthetic.generate(2000, seed=3)
+    market = me.Market(g.index_prices, g.marks, g.valuation_time)
+    variants = {
+        "standard model": (me.Book(g.instruments, g.assets, None, g.margin_tiers), "standard"),
+        "v1, default ranges": (me.Book(g.instruments, g.assets, None, g.margin_tiers), "portfolio"),
+        "v1, calibrated ranges": (me.Book(g.instruments, g.assets, calibrated.calibrated_risk_params(), g.margin_tiers), "portfolio"),
+        "exchange preset": (me.Book(g.instruments, g.assets, None, g.margin_tiers,
+                                    methodology=me.Methodology.preset("exchange")), "portfolio"),
+    }
+    ims = {}
+    for label, (book, model) in variants.items():
+        r = me.margin(book, g.positions, g.balances, market, model=model)
+        im = sum(r.column("initial_margin").to_pylist())
+        liq = r.column("status").to_pylist().count("liquidatable")
+        [line] = [ln for ln in out.splitlines() if ln.startswith(label)]
+        assert line.split()[-4] == f"${im:,.0f}" and line.split()[-2] == f"{liq:,}", line
+        ims[label] = im
+    # calibrated ranges (below ±15%) ask less than v1's defaults on this book
+    assert ims["v1, calibrated ranges"] < ims["v1, default ranges"]
+    assert "BTC ±6.27%" in out and "ETH ±9.35%" in out

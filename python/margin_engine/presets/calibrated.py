@@ -74,9 +74,23 @@ def _load() -> dict[str, Any]:
     return data
 
 
+def provenance() -> dict[str, Any]:
+    """The stored file: `source`, `method`, `settings`, `last_candle`, `price_range`."""
+    return json.loads(json.dumps(_load()))
+
+
 def exchange_scan_ranges() -> dict[str, float]:
     """`{underlying: price_range}` of the `exchange` preset, as stored."""
     return {str(u): float(r) for u, r in _load()["price_range"].items()}
+
+
+def calibrated_risk_params() -> Any:
+    """A `risk_params` table giving each calibrated underlying its calibrated `price_range` (the
+    other columns absent: the defaults): v1's portfolio model with calibrated scan ranges."""
+    import pyarrow as pa
+
+    ranges = exchange_scan_ranges()
+    return pa.table({"underlying": list(ranges), "price_range": list(ranges.values())})
 
 
 def main(argv: list[str] | None = None) -> int:
