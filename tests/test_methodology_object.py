@@ -33,6 +33,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import margin_engine as me
+from margin_engine.presets.calibrated import exchange_scan_ranges
 from margin_engine import MarginInputError
 from margin_engine.methodology import PRESETS, Portfolio
 from margin_engine.methodology_params import (
@@ -472,12 +473,16 @@ def test_overrides_compose(tmp_path):
     assert off == me.Methodology.preset("v1", portfolio="derive_pmrm2", name="derive_pmrm2",
                                         **{"portfolio.static_discount": None, "standard.put_mm_rate": 0.1})
 
-    # overrides on a recipe apply to every underlying the book has, after its own row
+    # overrides on a recipe apply to every underlying the book has, after its own row; the
+    # exchange preset's calibrated scan ranges (presets/data/exchange_scan_ranges.json, checked
+    # against a recalibration in test_calibrated_presets.py) replace the row's price_range
     risk = pa.table({"underlying": ["BTC", "ETH"], "price_range": [0.2, 0.25], "vol_up": [0.6, 0.7]})
     patched = me.Methodology.preset("exchange", **{"vol_shock.vol_down": 0.2}, underlyings={"ETH": {"basis_rate_scale": 3}})
     resolved, _ = patched.resolve(risk)
+    calibrated = exchange_scan_ranges()
     for u, row in (("BTC", RiskParams(price_range=0.2, vol_up=0.6)), ("ETH", RiskParams(price_range=0.25, vol_up=0.7))):
-        want = exchange_methodology(row, basis_rate_scale=3.0 if u == "ETH" else 1.0)
+        want = exchange_methodology(row, basis_rate_scale=3.0 if u == "ETH" else 1.0, price_range=calibrated[u])
+        assert resolved.by_underlying[u].scenarios[0].spot_move == -calibrated[u]
         assert resolved.by_underlying[u] == want.replace(vol_shock={**want.to_dict()["vol_shock"], "vol_down": 0.2})
     assert resolved.default.vol_shock.vol_down == 0.2 and resolved.default.vol_shock.vol_up == DEFAULT_RISK_PARAMS.vol_up
     again = me.Methodology.preset("exchange", underlyings={"ETH": {"basis_rate_scale": 3}}, **{"vol_shock.vol_down": 0.2})

@@ -481,3 +481,25 @@ def test_report_sections_can_be_skipped(engine):
     text = render_html(r)
     assert "No stress moves were run" in text and "Not computed (distance=False)" in text
     assert r.liquidation_now["accounts_liquidated"] > 0  # the plan is still made
+
+
+def test_the_page_embeds_a_backtests_chart_when_given(report, tmp_path):
+    """`backtest=`: the page ends with the backtest's P&L-against-margin chart as an embedded PNG
+    (decodes to a PNG of the figure's size); without it the page has no backtest section."""
+    import base64
+    import re
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    pytest.importorskip("matplotlib")
+    prices = pq.read_table(Path(__file__).parent / "data" / "prices" / "daily_btc_eth_usdc.parquet")
+    bt = me.backtest(prices=prices, symbols=["BTC"], horizon="1d", confidence=0.99, lookback="1000d")
+    page = render_html(report, backtest=bt)
+    found = re.findall(r'<section id="backtest">.*?<img alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)">', page, re.S)
+    assert len(found) == 1
+    png = base64.b64decode(found[0])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert 'id="backtest"' not in render_html(report)
+    out = write_html(report, tmp_path / "r.html", backtest=bt)
+    assert out.read_text(encoding="utf-8").count("data:image/png;base64,") == 1

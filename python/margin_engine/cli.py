@@ -323,9 +323,44 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with progress.step("optimal hedges (portfolio model, every perpetual)"):
         hedges = api.optimal_hedge(book, tables.positions, tables.balances, market, perpetuals, objective="initial", threads=args.threads)
     _print_summary(tables, results, progress)
+    _print_calibrated(tables, market, results, args, progress)
     _print_liquidation(stressed, distances)
     _print_plan_and_hedges(plan, hedges)
     return 0
+
+
+def _print_calibrated(tables: BookTables, market: Any, results: dict[str, pa.Table], args: argparse.Namespace,
+                      progress: Progress) -> None:
+    """Portfolio margin with scan ranges calibrated on real prices (docs/calibration.md,
+    "Calibrated presets") against v1's default ranges and the standard model, on this book."""
+    from margin_engine.methodology import Methodology
+    from margin_engine.presets.calibrated import calibrated_risk_params, exchange_scan_ranges, provenance
+
+    t = tables
+    books = {
+        "v1, default ranges": t.book(None),
+        "v1, calibrated ranges": api.Book(t.instruments, t.assets, calibrated_risk_params(), t.margin_tiers),
+        "exchange preset": api.Book(t.instruments, t.assets, None, t.margin_tiers, methodology=Methodology.preset("exchange")),
+    }
+    rows = {"standard model": results["standard"]}
+    for label, book in books.items():
+        if label == "v1, default ranges" and getattr(args, "methodology", None) is None:
+            rows[label] = results["portfolio"]  # already computed: the demo's portfolio column
+            continue
+        with progress.step(f"margin, portfolio model, {label}"):
+            rows[label] = api.margin(book, t.positions, t.balances, market, model="portfolio", threads=args.threads)
+    ranges = ", ".join(f"{u} ±{r:.2%}" for u, r in exchange_scan_ranges().items())
+    cal = provenance()
+    how = cal["settings"]
+    to = max(cal["last_candle"].values())[:10]
+    say()
+    say(f"portfolio margin with calibrated scan ranges ({how['horizon']}, {how['confidence']:.1%}, "
+        f"{how['method'].upper()} on daily prices to {to}): {ranges}; others v1's ±15%")
+    say(f"{'':24}{'initial margin':>18}{'maint. margin':>18}{'liquidatable':>14}{'bankrupt':>10}")
+    for label, r in rows.items():
+        c = _status_counts(r)
+        say(f"{label:24}{_usd(_sum(r, 'initial_margin')):>18}{_usd(_sum(r, 'maintenance_margin')):>18}"
+            f"{c['liquidatable']:>14,}{c['bankrupt']:>10,}")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

@@ -51,7 +51,7 @@ from typing import Any, Mapping
 from margin_engine._core import MarginInputError
 from margin_engine._inputs import input_error
 from margin_engine.methodology_params import (
-    EXCHANGE_COLUMNS,
+    EXCHANGE_ARGS,
     MethodologyByUnderlying,
     ScenarioMethodology,
     ScenarioRow,
@@ -87,6 +87,7 @@ _EXCHANGE_ARG_COLUMNS = {
     "calendar_basis.basis_rate_scale": "basis_rate_scale",
     "concentration.rate": "concentration_rate",
     "concentration.liquidity_notional": "liquidity_notional",
+    "scenarios.price_range": "price_range",
 }
 
 Path_ = tuple  # a key path: str keys and int list indices
@@ -299,7 +300,7 @@ class Portfolio:
 
     `recipe`: `"v1"` or `"exchange"` (the scenario methodologies are built per underlying from the
     book's risk_params) or None (explicit: `default` and `by_underlying`). `recipe_args`: the
-    exchange recipe's per-underlying arguments (`methodology_params.EXCHANGE_COLUMNS`). `patch`:
+    exchange recipe's per-underlying arguments (`methodology_params.EXCHANGE_ARGS`). `patch`:
     parameter overrides applied to every methodology a recipe builds (the plain structure of
     `ScenarioMethodology.to_dict`, groups merged key by key, `false` = switched off)."""
 
@@ -436,11 +437,18 @@ def _derive_pmrm2() -> ScenarioMethodology:
     return derive_pmrm2()
 
 
+@lru_cache(maxsize=1)
+def _exchange_scan_ranges() -> dict[str, dict[str, float]]:
+    from margin_engine.presets.calibrated import exchange_scan_ranges
+
+    return {u: {"price_range": r} for u, r in exchange_scan_ranges().items()}
+
+
 def _preset_parts(name: Any, path: Path_, src: _Source | None) -> tuple[Portfolio, StandardParams]:
     if name == "v1":
         return Portfolio(recipe="v1"), V1
-    if name == "exchange":
-        return Portfolio(recipe="exchange"), V1
+    if name == "exchange":  # its scan ranges calibrated on real prices (presets/calibrated.py)
+        return Portfolio(recipe="exchange", recipe_args=_exchange_scan_ranges()), V1
     if name == "derive_pmrm2":
         return Portfolio(default=_derive_pmrm2()), V1
     if name == "derive_standard":
@@ -463,8 +471,8 @@ def _validate_recipe(recipe: str, args: dict[str, dict[str, Any]], patch: dict[s
         if recipe == "v1":
             raise _error(p, "the v1 recipe reads each underlying's parameters from the book's risk_params table; "
                             "per-underlying tables need recipe = \"exchange\" or an explicit scenario table", src)
-        _need_table(a, p, src, f"a table of exchange arguments ({', '.join(EXCHANGE_COLUMNS)})")
-        _check_keys(a, EXCHANGE_COLUMNS, p, src)
+        _need_table(a, p, src, f"a table of exchange arguments ({', '.join(EXCHANGE_ARGS)})")
+        _check_keys(a, EXCHANGE_ARGS, p, src)
         try:
             exchange_methodology(DEFAULT_RISK_PARAMS, **a)  # checks every argument (finite, in range)
         except MarginInputError as e:

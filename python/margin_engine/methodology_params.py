@@ -18,7 +18,7 @@ days, rates are continuously compounded per year.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from margin_engine._inputs import input_error
@@ -595,6 +595,12 @@ EXCHANGE_COLUMNS = ("basis_rate_scale", "concentration_rate", "liquidity_notiona
 `basis_rate_scale` multiplies every bucket rate (default 1), `concentration_rate` and
 `liquidity_notional` are the `Concentration` parameters."""
 
+EXCHANGE_ARGS = EXCHANGE_COLUMNS + ("price_range",)
+"""Per-underlying arguments of the exchange recipe (`exchange_preset`'s `overrides`, a
+methodology's `[portfolio.underlyings.X]`): the `EXCHANGE_COLUMNS` and `price_range`, the scan
+range replacing the risk_params row's (the `exchange` preset's calibrated ranges,
+`margin_engine.presets.calibrated`)."""
+
 
 def exchange_methodology(
     params: Any,
@@ -602,12 +608,17 @@ def exchange_methodology(
     basis_rate_scale: float = 1.0,
     concentration_rate: float = EXCHANGE_CONCENTRATION_RATE,
     liquidity_notional: float = EXCHANGE_LIQUIDITY_NOTIONAL,
+    price_range: float | None = None,
     name: str = "exchange",
 ) -> ScenarioMethodology:
-    """The `exchange` preset for one underlying: `v1_methodology(params)` (its own scan range)
-    plus the calendar-basis and concentration add-ons."""
+    """The `exchange` preset for one underlying: `v1_methodology(params)` (its own scan range,
+    or `price_range` when given) plus the calendar-basis and concentration add-ons."""
     scale = _finite("calendar_basis", "basis_rate_scale", basis_rate_scale)
     _check("calendar_basis", "basis_rate_scale", scale, scale >= 0.0, ">= 0")
+    if price_range is not None:
+        r = _finite("scenarios", "price_range", price_range)
+        _check("scenarios", "price_range", r, 0.0 < r < 1.0, "in (0, 1)")
+        params = replace(params, price_range=r)
     base = v1_methodology(params, name)
     return ScenarioMethodology(
         **{f.name: getattr(base, f.name) for f in fields(base) if f.name not in ("calendar_basis", "concentration")},
@@ -636,9 +647,9 @@ def exchange_preset(risk_params: Any = None, overrides: dict[str, dict[str, floa
     for u, kw in overrides.items():
         if not isinstance(kw, dict):
             raise _bad("exchange", u, f"expected a table of parameters, got {type(kw).__name__}")
-        unknown = sorted(set(kw) - set(EXCHANGE_COLUMNS))
+        unknown = sorted(set(kw) - set(EXCHANGE_ARGS))
         if unknown:
-            raise _bad("exchange", f"{u}.{unknown[0]}", f"unknown parameter (known: {', '.join(EXCHANGE_COLUMNS)})")
+            raise _bad("exchange", f"{u}.{unknown[0]}", f"unknown parameter (known: {', '.join(EXCHANGE_ARGS)})")
         extra.setdefault(u, {}).update(kw)
     by_underlying = {
         u: exchange_methodology(rows.get(u, defaults), **extra.get(u, {})) for u in sorted(set(rows) | set(extra))

@@ -18,6 +18,7 @@ portfolio model (or the hedge) needs less margin; when it needs more the page sa
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
 import html
@@ -899,14 +900,33 @@ def _liquidation_section(report: EfficiencyReport) -> list[str]:
     ]
 
 
-def render_html(report: EfficiencyReport, *, title: str = "Capital efficiency report") -> str:
+def render_html(report: EfficiencyReport, *, title: str = "Capital efficiency report", backtest: Any = None) -> str:
     """The report as one self-contained HTML page (inline CSS and SVG; no scripts, no links).
     Reads the tables and figures of an :class:`EfficiencyReport` (pyarrow or polars tables).
-    Without matplotlib the page has every table and says that it drew no charts."""
-    return _render(report, title)[0]
+    With ``backtest`` (a :class:`margin_engine.Backtest`) the page ends with its chart, P&L over
+    the horizon against the margin with the exceedances marked (``Backtest.chart``), embedded as
+    a PNG. Without matplotlib the page has every table and says that it drew no charts."""
+    return _render(report, title, backtest)[0]
 
 
-def _render(report: EfficiencyReport, title: str) -> tuple[str, bool]:
+def _backtest_section(backtest: Any) -> list[str]:
+    """The backtest's chart as an embedded PNG (``data:`` URI: the page stays one file)."""
+    fig = backtest.chart()
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=100)
+    finally:
+        pyplot().close(fig)
+    png = base64.b64encode(buf.getvalue()).decode("ascii")
+    return [
+        '<section id="backtest"><h2>Backtest</h2>',
+        '<p class="note">P&amp;L over the horizon against the margin at each date; exceedances marked '
+        "(margin_engine.backtest, docs/calibration.md §5).</p>",
+        f'<div class="chart"><img alt="backtest: P&amp;L against margin" src="data:image/png;base64,{png}"></div></section>',
+    ]
+
+
+def _render(report: EfficiencyReport, title: str, backtest: Any = None) -> tuple[str, bool]:
     """The page and whether it has its charts."""
     report = _as_arrow(report)
     drawn = _charts(report)
@@ -1055,6 +1075,8 @@ def _render(report: EfficiencyReport, title: str) -> tuple[str, bool]:
     ]
     parts += _stress_section(report, charts)
     parts += _liquidation_section(report)
+    if backtest is not None and drawn is not None:
+        parts += _backtest_section(backtest)
     notes = list(report.notes) + ([NO_CHARTS] if drawn is None else [])
     if notes:
         parts += [
@@ -1066,11 +1088,13 @@ def _render(report: EfficiencyReport, title: str) -> tuple[str, bool]:
     return "\n".join(parts), drawn is not None
 
 
-def write_html(report: EfficiencyReport, path: str | Path, *, title: str = "Capital efficiency report") -> Path:
-    """Writes :func:`render_html` to ``path`` (UTF-8) and returns the path. Without matplotlib the
-    page has the tables only, says so at the top, and a :class:`UserWarning` says so too."""
+def write_html(report: EfficiencyReport, path: str | Path, *, title: str = "Capital efficiency report",
+               backtest: Any = None) -> Path:
+    """Writes :func:`render_html` (with the ``backtest`` chart when given) to ``path`` (UTF-8) and
+    returns the path. Without matplotlib the page has the tables only, says so at the top, and a
+    :class:`UserWarning` says so too."""
     out = Path(path)
-    text, has_charts = _render(report, title)
+    text, has_charts = _render(report, title, backtest)
     if not has_charts:
         warnings.warn(f"{out}: {NO_CHARTS}", UserWarning, stacklevel=2)
     out.write_text(text, encoding="utf-8")
