@@ -28,6 +28,10 @@ How it runs (``docs/distributed.md``):
    them, keyed by the payload's digest, for every later batch and task (Spark reuses Python
    workers: ``spark.python.worker.reuse``, on by default).
 
+:func:`margin_by_date` margins every account at every date of a dict of dated books and
+markets in one job; :func:`backtest` is :func:`margin_engine.backtest` with the accounts in
+Spark, its dates margined by one such job.
+
 Why ``mapInArrow`` and not ``groupBy("account_id").applyInArrow`` or a cogroup: those call the
 function once per group (per account: a Python call and an engine call for each of millions of
 accounts) and load each group whole; grouping by a coarser bucket instead loads a whole bucket

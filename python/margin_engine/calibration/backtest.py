@@ -228,7 +228,9 @@ def backtest(
     ``confidence``, ``anti_procyclicality``, ``measure``, ``decay``, ``lookback``, ``gaps`` and
     the rest of :func:`margin_engine.calibrate`'s) as there. ``progress(done, total)`` is called
     after each date of the book loop. ``unpriced="drop"``: positions in underlyings without a
-    history are left out (``Backtest.dropped``) instead of raising.
+    history are left out (``Backtest.dropped``) instead of raising. ``positions`` may instead be
+    an :class:`Accounts` (``balances`` then None): the accounts held elsewhere, as
+    ``margin_engine.spark.backtest`` holds them in Spark DataFrames.
 
     >>> import margin_engine as me, numpy as np, datetime as dt
     >>> rng = np.random.default_rng(1)
