@@ -380,3 +380,27 @@ def test_backtest_equals_in_memory(spark):
         assert _bit_equal(getattr(got, part), getattr(want, part)), part
     assert got.skipped == want.skipped
     assert sum(got.book.column("exceeding_accounts").to_pylist()) > 0  # the comparison covers exceedances
+
+
+def test_backtest_drops_unpriced_rows_as_in_memory(spark):
+    """``unpriced="drop"`` on Spark leaves out the same position rows (an underlying without a
+    history) and gives the same bits; a table name reads the Spark table."""
+    import pyarrow.compute as pc
+
+    from test_backtest import DAILY, _book
+
+    base = _book()
+    sol = pa.table({"instrument": ["SOL-PERP"], "kind": ["perpetual"], "underlying": ["SOL"], "multiplier": [1.0],
+                    "initial_margin_rate": [0.02], "maintenance_margin_rate": [0.01]})  # fmt: skip
+    book = me.Book(pa.concat_tables([base.instruments, sol], promote_options="default"), base.assets)
+    prices = pq.read_table(DAILY).filter(pc.is_in(pc.field("symbol"), pa.array(["BTC", "ETH"])))
+    positions = pa.table({"account_id": [1, 1, 2, 3, 3], "instrument": ["BTC-PERP", "SOL-PERP", "ETH-PERP", "SOL-PERP", "BTC-C"],
+                          "quantity": [1.0, 5.0, -3.0, 2.0, -1.0]})  # fmt: skip
+    balances = pa.table({"account_id": [1, 2, 3], "asset": ["USD", "USD", "BTC"], "amount": [5e4, 1e4, 2.0]})
+    options = dict(horizon="1d", lookback="3y", start="2023-03-01", end="2023-03-12", unpriced="drop")
+    want = me.backtest(book, positions, balances, prices, **options)
+    spark.createDataFrame(positions).createOrReplaceTempView("bt_positions")
+    got = mes.backtest(book, "bt_positions", spark.createDataFrame(balances), prices, partitions=2, **options)
+    assert got.dropped == want.dropped == {"underlyings": ["SOL"], "positions": 2}
+    for part in ("book", "accounts", "summary"):
+        assert _bit_equal(getattr(got, part), getattr(want, part)), part
