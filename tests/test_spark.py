@@ -327,3 +327,80 @@ def test_order_column_restores_the_in_memory_order(spark, shuffled_frames):
     want = me.margin(data.book, data.positions, data.balances, data.market, model="portfolio")
     got = mes.margin(data.book, positions, balances, data.market, model="portfolio", order="row", partitions=3, ordered=True)
     assert got.toArrow().equals(as_spark_types(want, got.toArrow()))
+
+
+def _bit_equal(a: pa.Table, b: pa.Table) -> bool:
+    """Same schema and values, floats compared by their bits (the summary's NaNs included)."""
+    if a.schema != b.schema:
+        return False
+    for x, y in zip(a.columns, b.columns):
+        if pa.types.is_floating(x.type):
+            if not np.array_equal(x.to_numpy().view(np.int64), y.to_numpy().view(np.int64)):
+                return False
+        elif not x.equals(y):
+            return False
+    return True
+
+
+def test_backtest_equals_in_memory(spark):
+    """``mes.backtest`` (accounts in Spark, every date in one margin_by_date job) equals
+    ``me.backtest`` on the same inputs bit for bit: the per-date book series, the per-account
+    exceedances and the summary's Kupiec and Christoffersen statistics. 80 accounts of perpetuals
+    and a short call, some entry prices missing (filled from the first close), over ~40 daily
+    dates; the input read in 3 partitions and shuffled into 4, so accounts straddle partitions."""
+    import pyarrow.compute as pc
+
+    from test_backtest import DAILY, _book
+
+    prices = pq.read_table(DAILY).filter(pc.is_in(pc.field("symbol"), pa.array(["BTC", "ETH"])))
+    rng = np.random.default_rng(5)
+    n = 80
+    rows = 3 * n
+    accounts = np.repeat(np.arange(1, n + 1, dtype=np.uint64), 3)
+    positions = pa.table({
+        "account_id": accounts,
+        "instrument": rng.choice(["BTC-PERP", "ETH-PERP", "BTC-C"], rows).tolist(),
+        "quantity": np.round(rng.normal(0, 2, rows), 3),
+        "entry_price": pa.array([None if rng.random() < 0.5 else float(rng.uniform(20_000, 40_000)) for _ in range(rows)], pa.float64()),
+    })  # fmt: skip
+    balances = pa.table({"account_id": np.arange(1, n + 1, dtype=np.uint64),
+                         "asset": rng.choice(["USD", "BTC"], n).tolist(), "amount": rng.uniform(1, 200_000, n)})  # fmt: skip
+    options = dict(horizon="1d", confidence=0.99, method="fhs", lookback="3y", start="2023-01-01", end="2023-02-10")
+    want = me.backtest(_book(), positions, balances, prices, **options)
+    ticks = []
+    signed = pa.field("account_id", pa.int64())
+    # repartition(3) scatters the rows: the `row` column gives the in-memory netting order back
+    p = positions.cast(pa.schema([signed, *list(positions.schema)[1:]])).append_column("row", pa.array(np.arange(rows)))
+    p = spark.createDataFrame(p).repartition(3)
+    b = spark.createDataFrame(balances.cast(pa.schema([signed, *list(balances.schema)[1:]])))
+    got = mes.backtest(_book(), p, b, prices, partitions=4, rows_per_slice=50, order="row",
+                       progress=lambda done, total: ticks.append((done, total)), **options)  # fmt: skip
+    assert want.book.num_rows >= 35 and ticks[-1][0] == ticks[-1][1] == want.book.num_rows + 1
+    for part in ("book", "accounts", "summary", "dates"):
+        assert _bit_equal(getattr(got, part), getattr(want, part)), part
+    assert got.skipped == want.skipped
+    assert sum(got.book.column("exceeding_accounts").to_pylist()) > 0  # the comparison covers exceedances
+
+
+def test_backtest_drops_unpriced_rows_as_in_memory(spark):
+    """``unpriced="drop"`` on Spark leaves out the same position rows (an underlying without a
+    history) and gives the same bits; a table name reads the Spark table."""
+    import pyarrow.compute as pc
+
+    from test_backtest import DAILY, _book
+
+    base = _book()
+    sol = pa.table({"instrument": ["SOL-PERP"], "kind": ["perpetual"], "underlying": ["SOL"], "multiplier": [1.0],
+                    "initial_margin_rate": [0.02], "maintenance_margin_rate": [0.01]})  # fmt: skip
+    book = me.Book(pa.concat_tables([base.instruments, sol], promote_options="default"), base.assets)
+    prices = pq.read_table(DAILY).filter(pc.is_in(pc.field("symbol"), pa.array(["BTC", "ETH"])))
+    positions = pa.table({"account_id": [1, 1, 2, 3, 3], "instrument": ["BTC-PERP", "SOL-PERP", "ETH-PERP", "SOL-PERP", "BTC-C"],
+                          "quantity": [1.0, 5.0, -3.0, 2.0, -1.0]})  # fmt: skip
+    balances = pa.table({"account_id": [1, 2, 3], "asset": ["USD", "USD", "BTC"], "amount": [5e4, 1e4, 2.0]})
+    options = dict(horizon="1d", lookback="3y", start="2023-03-01", end="2023-03-12", unpriced="drop")
+    want = me.backtest(book, positions, balances, prices, **options)
+    spark.createDataFrame(positions).createOrReplaceTempView("bt_positions")
+    got = mes.backtest(book, "bt_positions", spark.createDataFrame(balances), prices, partitions=2, **options)
+    assert got.dropped == want.dropped == {"underlyings": ["SOL"], "positions": 2}
+    for part in ("book", "accounts", "summary"):
+        assert _bit_equal(getattr(got, part), getattr(want, part)), part

@@ -28,6 +28,10 @@ How it runs (``docs/distributed.md``):
    them, keyed by the payload's digest, for every later batch and task (Spark reuses Python
    workers: ``spark.python.worker.reuse``, on by default).
 
+:func:`margin_by_date` margins every account at every date of a dict of dated books and
+markets in one job; :func:`backtest` is :func:`margin_engine.backtest` with the accounts in
+Spark, its dates margined by one such job.
+
 Why ``mapInArrow`` and not ``groupBy("account_id").applyInArrow`` or a cogroup: those call the
 function once per group (per account: a Python call and an engine call for each of millions of
 accounts) and load each group whole; grouping by a coarser bucket instead loads a whole bucket
@@ -65,6 +69,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import importlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -85,7 +90,7 @@ except ImportError as e:  # pragma: no cover - exercised only without pyspark
         "margin_engine.spark needs pyspark, which is not installed: pip install 'margin-engine[spark]'"
     ) from e
 
-__all__ = ["greeks", "liquidation_scan", "margin", "margin_by_date"]
+__all__ = ["backtest", "greeks", "liquidation_scan", "margin", "margin_by_date"]
 
 _TAG, _SEQ, _KEY = "_me_tag", "_me_seq", "_me_key"  # internal columns of the tagged stream
 _POSITION, _BALANCE = 0, 1
@@ -562,3 +567,93 @@ def margin_by_date(
     engine_columns = [c for c in df.columns if c != _KEY]
     df = df.join(F.broadcast(keys), on=_KEY).select(date_column, *engine_columns)
     return df.orderBy(date_column, "account_id") if ordered else df
+
+
+# ----------------------------------------------------------------------------------------------
+# The backtest: me.backtest with the accounts in Spark DataFrames, every date in one job
+# ----------------------------------------------------------------------------------------------
+
+_backtest = importlib.import_module("margin_engine.calibration.backtest")  # the module (its name is also a function's)
+_BACKTEST_DATE = "_me_backtest_date"  # the date column of margin_by_date's result (not the user's)
+
+
+class _SparkAccounts(_backtest.Accounts):
+    """The backtest's accounts as Spark DataFrames: every date margined in one
+    :func:`margin_by_date` job (rows held constant: shuffled once by account)."""
+
+    def __init__(self, positions: DataFrame, balances: DataFrame, knobs: dict[str, Any]) -> None:
+        self.positions, self.balances, self.knobs = positions, balances, knobs
+
+    def instruments(self) -> list[Any]:
+        return [r[0] for r in self.positions.select("instrument").distinct().collect()]
+
+    def without(self, instruments: list[Any]) -> tuple[_backtest.Accounts, int]:
+        kept = self.positions.filter(~F.col("instrument").isin(instruments))
+        return _SparkAccounts(kept, self.balances, self.knobs), self.positions.count() - kept.count()
+
+    def with_entry_prices(self, fill: dict[Any, float]) -> _backtest.Accounts:
+        if not fill:
+            return self
+        # a map literal, not a join: each row stays where it is, so the netting order is kept
+        lookup = F.create_map(*[x for k, v in fill.items() for x in (F.lit(k), F.lit(float(v)).cast("double"))])
+        filled = lookup[F.col("instrument")]
+        if "entry_price" in self.positions.columns:
+            filled = F.coalesce(F.col("entry_price").cast("double"), filled)
+        return _SparkAccounts(self.positions.withColumn("entry_price", filled), self.balances, self.knobs)
+
+    def margins(
+        self, times: list[int], at: Callable[[int], tuple[Any, Any]], model: str, threads: Any,
+        progress: Callable[[int, int], None] | None,
+    ) -> Iterator[tuple[int, pa.Table]]:  # fmt: skip
+        dated = {t: at(t) for t in times}
+        df = margin_by_date(dated, self.positions, self.balances, date_column=_BACKTEST_DATE, model=model,
+                            threads=1 if threads is None else threads, **self.knobs)  # fmt: skip
+        result = df.toArrow().sort_by([(_BACKTEST_DATE, "ascending"), ("account_id", "ascending")])
+        dates = result.column(_BACKTEST_DATE).to_numpy()
+        for done, t in enumerate(times):
+            lo, hi = np.searchsorted(dates, t), np.searchsorted(dates, t, side="right")
+            rows = result.slice(int(lo), int(hi - lo)).drop_columns([_BACKTEST_DATE])
+            ids = pc.cast(rows.column("account_id"), pa.uint64())  # the in-memory type (Spark's ids are >= 0)
+            yield t, rows.set_column(rows.column_names.index("account_id"), "account_id", ids)
+            if progress is not None:
+                progress(done + 1, len(times))
+
+
+def backtest(
+    book: api.Book,
+    positions: DataFrame | str,
+    balances: DataFrame | str,
+    prices: Any,
+    *,
+    partitions: int | None = None,
+    rows_per_slice: int = 500_000,
+    order: str | None = None,
+    **options: Any,
+) -> _backtest.Backtest:
+    """:func:`margin_engine.backtest` of a book whose accounts are Spark DataFrames (or the names
+    of Spark tables): the same :class:`~margin_engine.calibration.backtest.Backtest`, bit for bit.
+
+    The dates, each date's book and market (the closes, that date's calibration) and the
+    statistics (Kupiec, Christoffersen) are computed on the driver by the in-memory code; the
+    margin of every account at every date (and the date a horizon later) runs in one Spark job,
+    :func:`margin_by_date` with the rows held constant: positions and balances shuffled once by
+    account, each slice margined at every date, all the dates' books and markets in one
+    broadcast. The per-date margins come back to the driver (accounts × dates rows), so the
+    driver needs memory for them. ``prices`` (in memory) and every keyword of
+    :func:`margin_engine.backtest` (``horizon``, ``confidence``, ``method``, ``start``,
+    ``end``, ``model``, ``margin``, ``unpriced``, ``progress``, ...) as there; the Spark options
+    ``partitions``, ``rows_per_slice`` and ``order`` as in :func:`margin`. Reads the columns
+    :func:`margin` reads.
+    """
+    frames = []
+    for df, table in ((positions, "positions"), (balances, "balances")):
+        if isinstance(df, str):
+            from pyspark.sql import SparkSession
+
+            session = SparkSession.getActiveSession()
+            if session is None:
+                raise input_error("arguments", table, "a table name needs an active SparkSession")
+            df = session.table(df)
+        frames.append(_check_frame(df, table))
+    knobs = _knobs(partitions, rows_per_slice, order, False)
+    return _backtest.backtest(book, _SparkAccounts(frames[0], frames[1], knobs), None, prices, **options)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -26,7 +26,7 @@ from margin_engine.calibration import models
 from margin_engine.calibration.calibrate import Settings, check_lookback, extreme_move, first_eval_time, fit_series, prepare, settings
 from margin_engine.calibration.history import DAY, History, duration_text, parse_duration, read_history
 
-__all__ = ["Backtest", "backtest", "christoffersen", "kupiec", "STRESS_PERIODS"]
+__all__ = ["Accounts", "Backtest", "Tables", "backtest", "christoffersen", "kupiec", "STRESS_PERIODS"]
 
 STRESS_PERIODS = {
     "COVID crash 2020-03": ("2020-03-01", "2020-04-15"),
@@ -228,7 +228,9 @@ def backtest(
     ``confidence``, ``anti_procyclicality``, ``measure``, ``decay``, ``lookback``, ``gaps`` and
     the rest of :func:`margin_engine.calibrate`'s) as there. ``progress(done, total)`` is called
     after each date of the book loop. ``unpriced="drop"``: positions in underlyings without a
-    history are left out (``Backtest.dropped``) instead of raising.
+    history are left out (``Backtest.dropped``) instead of raising. ``positions`` may instead be
+    an :class:`Accounts` (``balances`` then None): the accounts held elsewhere, as
+    ``margin_engine.spark.backtest`` holds them in Spark DataFrames.
 
     >>> import margin_engine as me, numpy as np, datetime as dt
     >>> rng = np.random.default_rng(1)
@@ -258,16 +260,20 @@ def backtest(
         from margin_engine._inputs import check_instance
 
         check_instance(book, Book, "book")
-        if positions is None or balances is None:
+        if isinstance(positions, Accounts):  # the accounts held elsewhere (margin_engine.spark.backtest)
+            accounts: Accounts = positions
+        elif positions is None or balances is None:
             raise input_error("arguments", "positions", "a book backtest needs positions and balances")
+        else:
+            accounts = Tables(positions, balances)
     history = read_history(prices, symbols=None)
     held: list[str] = []
     dropped: dict[str, Any] = {}
     if with_book:
-        held = _held_underlyings(book, positions)
+        held = _held_underlyings(book, accounts.instruments())
         missing = [u for u in held if u not in history.series]
         if missing and unpriced == "drop":
-            positions, dropped = _drop_unpriced(book, positions, missing)
+            accounts, dropped = _drop_unpriced(book, accounts, missing)
             held = [u for u in held if u not in missing]
             if not held:
                 raise input_error("prices", "symbol", "no underlying the book holds has a history")
@@ -355,7 +361,7 @@ def backtest(
     book_table = accounts_table = None
     if with_book:
         book_table, accounts_table, book_rows, skipped["book"] = _book_loop(
-            book, positions, balances, history, held, grids, fits, st, model, margin, implied_vol, recalibrate, threads, progress
+            book, accounts, history, held, grids, fits, st, model, margin, implied_vol, recalibrate, threads, progress
         )
         for side, hits in book_rows.items():
             _add(summary, "book", side, _tests(hits, p_exc), np.zeros(0))
@@ -372,14 +378,82 @@ def backtest(
     )
 
 
-def _drop_unpriced(book: Any, positions: Any, missing: list[str]) -> tuple[pa.Table, dict[str, Any]]:
-    """``positions`` without the rows of instruments on the ``missing`` underlyings."""
-    pos = arrow_table(positions, "positions")
+class Accounts:
+    """The book's accounts as the backtest holds them (constant over the dates): :class:`Tables`
+    in memory; ``margin_engine.spark`` keeps them in Spark DataFrames. The backtest asks them for
+    the instruments they hold, drops rows, fills entry prices and has them margined at every
+    date; everything else (the dates, each date's book and market, the statistics) is shared."""
+
+    def instruments(self) -> list[Any]:
+        """The distinct ``instrument`` values of the positions."""
+        raise NotImplementedError
+
+    def without(self, instruments: list[Any]) -> tuple[Accounts, int]:
+        """These accounts without the position rows of ``instruments``; how many rows left."""
+        raise NotImplementedError
+
+    def with_entry_prices(self, fill: dict[Any, float]) -> Accounts:
+        """These accounts with a null or absent ``entry_price`` of an instrument in ``fill`` set to it."""
+        raise NotImplementedError
+
+    def margins(
+        self, times: list[int], at: Callable[[int], tuple[Any, Any]], model: str, threads: Any,
+        progress: Callable[[int, int], None] | None,
+    ) -> Iterator[tuple[int, pa.Table]]:  # fmt: skip
+        """``(t, me.margin(*at(t), ...))`` for every ``t`` of ``times``, in order; each result's
+        accounts in one order (ascending ``account_id``) at every date."""
+        raise NotImplementedError
+
+
+class Tables(Accounts):
+    """The accounts in memory: one ``me.margin`` call per date."""
+
+    def __init__(self, positions: Any, balances: Any) -> None:
+        pos, bal = arrow_input(positions, "positions"), arrow_input(balances, "balances")
+        self.positions = pos if isinstance(pos, pa.Table) else arrow_table(pos, "positions")
+        self.balances = bal if isinstance(bal, pa.Table) else arrow_table(bal, "balances")
+
+    def instruments(self) -> list[Any]:
+        return _instruments(self.positions)
+
+    def without(self, instruments: list[Any]) -> tuple[Accounts, int]:
+        pos = self.positions
+        kept = pos.filter(pc.invert(pc.is_in(pos.column("instrument"), pa.array(instruments, pos.column("instrument").type))))
+        return Tables(kept, self.balances), pos.num_rows - kept.num_rows
+
+    def with_entry_prices(self, fill: dict[Any, float]) -> Accounts:
+        pos = self.positions
+        if "entry_price" in pos.column_names:
+            entry = pc.cast(pos.column("entry_price"), pa.float64()).to_pylist()
+        else:
+            entry = [None] * pos.num_rows
+        names = pos.column("instrument").to_pylist()
+        column = pa.array([fill.get(n) if e is None else e for n, e in zip(names, entry)], pa.float64())
+        if "entry_price" in pos.column_names:
+            pos = pos.set_column(pos.column_names.index("entry_price"), "entry_price", column)
+        else:
+            pos = pos.append_column("entry_price", column)
+        return Tables(pos, self.balances)
+
+    def margins(
+        self, times: list[int], at: Callable[[int], tuple[Any, Any]], model: str, threads: Any,
+        progress: Callable[[int, int], None] | None,
+    ) -> Iterator[tuple[int, pa.Table]]:  # fmt: skip
+        from margin_engine.api import margin as engine_margin
+
+        for done, t in enumerate(times):
+            b, market = at(t)
+            yield t, engine_margin(b, self.positions, self.balances, market, model=model, threads=threads)
+            if progress is not None:
+                progress(done + 1, len(times))
+
+
+def _drop_unpriced(book: Any, accounts: Accounts, missing: list[str]) -> tuple[Accounts, dict[str, Any]]:
+    """``accounts`` without the position rows of instruments on the ``missing`` underlyings."""
     inst = book.instruments
     gone = inst.filter(pc.is_in(inst.column("underlying"), pa.array(missing, pa.string()))).column("instrument")
-    keep = pc.invert(pc.is_in(pos.column("instrument"), gone.combine_chunks()))
-    kept = pos.filter(keep)
-    return kept, {"underlyings": list(missing), "positions": pos.num_rows - kept.num_rows}
+    kept, rows = accounts.without(gone.to_pylist())
+    return kept, {"underlyings": list(missing), "positions": rows}
 
 
 def _add(summary: dict[str, list[Any]], symbol: str, side: str, tests: dict[str, Any], rng: np.ndarray) -> None:
@@ -390,41 +464,36 @@ def _add(summary: dict[str, list[Any]], symbol: str, side: str, tests: dict[str,
         summary.setdefault(k, []).append(v)
 
 
-def _held_underlyings(book: Any, positions: Any) -> list[str]:
+def _instruments(positions: Any) -> list[Any]:
+    """The distinct instruments of in-memory ``positions`` (which need ``instrument`` and ``quantity``)."""
     pos = arrow_table(positions, "positions")
     for c in ("instrument", "quantity"):
         if c not in pos.column_names:
             raise input_error("positions", c, "missing column")
+    return pc.unique(pos.column("instrument")).to_pylist()
+
+
+def _held_underlyings(book: Any, instruments: list[Any]) -> list[str]:
     inst = book.instruments
     keys = inst.column("instrument").to_pylist()
     und = dict(zip(keys, inst.column("underlying").to_pylist()))
-    held = {und.get(k) for k in set(pos.column("instrument").to_pylist())}
+    held = {und.get(k) for k in instruments}
     held.discard(None)
     return sorted(held)
 
 
-def _unsettled(book: Any, positions: pa.Table, history: History, t: int) -> pa.Table:
-    """``positions`` with a null or absent ``entry_price`` of perpetuals and futures set to the close
-    at ``t``: the backtest holds the positions, so their P&L over each horizon must reach equity
-    (a row without an entry price would count as settled at every date and move nothing)."""
+def _entry_fill(book: Any, history: History, t: int) -> dict[Any, float]:
+    """The close at ``t`` of every perpetual's and future's underlying, by instrument: the entry
+    price of a row without one. The backtest holds the positions, so their P&L over each horizon
+    must reach equity (a row without an entry price would count as settled at every date and
+    move nothing)."""
     inst = book.instruments
-    kind = dict(zip(inst.column("instrument").to_pylist(), inst.column("kind").to_pylist()))
-    und = dict(zip(inst.column("instrument").to_pylist(), inst.column("underlying").to_pylist()))
-    names = positions.column("instrument").to_pylist()
-    if "entry_price" in positions.column_names:
-        entry = pc.cast(positions.column("entry_price"), pa.float64()).to_pylist()
-    else:
-        entry = [None] * positions.num_rows
-    filled = []
-    for name, e in zip(names, entry):
-        if e is None and kind.get(name) in ("perpetual", "future") and und.get(name) in history.series:
-            ser = history[und[name]]
-            e = float(ser.close[ser.index_at(t)])
-        filled.append(e)
-    column = pa.array(filled, pa.float64())
-    if "entry_price" in positions.column_names:
-        return positions.set_column(positions.column_names.index("entry_price"), "entry_price", column)
-    return positions.append_column("entry_price", column)
+    fill = {}
+    for name, kind, u in zip(inst.column("instrument").to_pylist(), inst.column("kind").to_pylist(), inst.column("underlying").to_pylist()):
+        if kind in ("perpetual", "future") and u in history.series:
+            ser = history[u]
+            fill[name] = float(ser.close[ser.index_at(t)])
+    return fill
 
 
 def _annual(sigma: float, period: int) -> float:
@@ -521,20 +590,14 @@ def merge_risk_params(rp: pa.Table | None, risk: dict[str, dict[str, float]]) ->
 
 
 def _book_loop(
-    book: Any, positions: Any, balances: Any, history: History, held: list[str], grids: dict[str, np.ndarray],
+    book: Any, accounts: Accounts, history: History, held: list[str], grids: dict[str, np.ndarray],
     fits: dict[str, dict[str, np.ndarray]], st: Settings, model: str, margin_kind: str, implied_vol: Any,
     recalibrate: bool, threads: Any, progress: Callable[[int, int], None] | None,
 ) -> tuple[pa.Table, pa.Table, dict[str, np.ndarray], int]:  # fmt: skip
     from margin_engine.api import Market
-    from margin_engine.api import margin as engine_margin
 
     grid = grids[held[0]]
-    pos_in, bal_in = arrow_input(positions, "positions"), arrow_input(balances, "balances")
-    if not isinstance(pos_in, pa.Table):
-        pos_in = arrow_table(pos_in, "positions")
-    if not isinstance(bal_in, pa.Table):
-        bal_in = arrow_table(bal_in, "balances")
-    pos_in = _unsettled(book, pos_in, history, int(grid[0]))
+    accounts = accounts.with_entry_prices(_entry_fill(book, history, int(grid[0])))
     need = np.union1d(grid, grid + st.horizon)
     have = set(grid.tolist())
     pos_of = {int(t): i for i, t in enumerate(grid)}
@@ -546,7 +609,9 @@ def _book_loop(
     req: dict[int, np.ndarray] = {}
     ids: np.ndarray | None = None
     todo = [int(t) for t in need if all(history[u].index_at(int(t)) >= 0 for u in held)]
-    for done, t in enumerate(todo):
+
+    def at(t: int) -> tuple[Any, Any]:
+        """The book and the market of date ``t``."""
         figures: dict[str, dict[str, float]] = {}
         sigma: dict[str, float] = {}
         for u in held:
@@ -559,15 +624,15 @@ def _book_loop(
             sigma[u] = _annual(float(f["sigma"][i]), history[u].period)
         b = book_at(book, history, t, figures if (recalibrate and model == "portfolio") else None)
         index_prices, marks = _market_at(book, history, held, t, sigma, implied_vol)
-        res = engine_margin(b, pos_in, bal_in, Market(index_prices, marks, t * 1_000_000_000), model=model, threads=threads)
+        return b, Market(index_prices, marks, t * 1_000_000_000)
+
+    for t, res in accounts.margins(todo, at, model, threads, progress):
         acc = res.column("account_id").to_numpy()
         if ids is None:
             ids = acc
         equity[t] = res.column("equity").to_numpy()
         # the protection held: the margin plus the collateral's haircuts (equity − weighted collateral)
         req[t] = res.column(col).to_numpy() + (equity[t] - res.column(coll).to_numpy())
-        if progress is not None:
-            progress(done + 1, len(todo))
     assert ids is not None
     rows = {k: [] for k in ("time", "margin", "pnl", "exceed", "accounts", "exceeding_accounts")}
     hits_all: list[np.ndarray] = []

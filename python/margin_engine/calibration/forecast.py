@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from margin_engine._inputs import as_output, check_choice, check_instance, check_model, check_output, input_error
 from margin_engine.calibration import models
-from margin_engine.calibration.backtest import _held_underlyings
+from margin_engine.calibration.backtest import _held_underlyings, _instruments
 from margin_engine.calibration.calibrate import prepare, settings
 from margin_engine.calibration.history import DAY, Series, read_history
 
@@ -209,7 +209,7 @@ def forecast_margin(
     st = settings(horizon="1d", confidence=0.99, method="garch" if method == "garch" else "fhs", decay=decay, lookback=lookback, gaps=gaps)
     history = read_history(prices)
     unpriced = check_choice(unpriced, "unpriced", ("error", "hold"))
-    held = _held_underlyings(book, positions)
+    held = _held_underlyings(book, _instruments(positions))
     if not held:
         raise input_error("positions", "instrument", "the positions hold no underlying to simulate")
     missing = [u for u in held if u not in history.series]
