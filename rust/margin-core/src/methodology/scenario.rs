@@ -4,7 +4,6 @@
 //! Each step follows `python/margin_engine/reference/scenarios.py` and adds its terms in the
 //! same order, so the two engines agree to the last few bits of rounding.
 
-use std::collections::BTreeMap;
 
 use super::params::*;
 use crate::black76;
@@ -334,41 +333,58 @@ fn scenario_pnl_with(p: &ScenarioPortfolio, pres: &[ExpiryPrecompute], row: &Sce
     Ok(pnl)
 }
 
-/// A holding in the account's order: an option (with its expiry's index) or a linear holding.
+/// A holding in the account's order, by index into the portfolio: an option (its expiry's
+/// index and its own) or a linear holding. Indices rather than references so that the list can
+/// live in [`ScenarioBuffers`] from one portfolio to the next.
 #[derive(Debug, Clone, Copy)]
-enum Held<'a> {
+enum Held {
+    Option(u32, u32),
+    Linear(u32),
+}
+
+/// A held item resolved against its portfolio.
+enum HeldRef<'a> {
     Option(usize, &'a OptionHolding),
     Linear(&'a LinearHolding),
 }
 
-/// Options then linear holdings, stably sorted by `order`.
-fn ordered_holdings(p: &ScenarioPortfolio) -> Vec<Held<'_>> {
-    let mut items: Vec<Held<'_>> = Vec::new();
-    for (i, e) in p.expiries.iter().enumerate() {
-        items.extend(e.options.iter().map(|o| Held::Option(i, o)));
+impl Held {
+    #[inline(always)]
+    fn resolve(self, p: &ScenarioPortfolio) -> HeldRef<'_> {
+        match self {
+            Held::Option(e, o) => HeldRef::Option(e as usize, &p.expiries[e as usize].options[o as usize]),
+            Held::Linear(l) => HeldRef::Linear(&p.linears[l as usize]),
+        }
     }
-    items.extend(p.linears.iter().map(Held::Linear));
-    items.sort_by_key(|h| match *h {
-        Held::Option(_, o) => o.order,
-        Held::Linear(l) => l.order,
+}
+
+/// Options then linear holdings, stably sorted by `order`, into `items` (cleared first).
+fn ordered_holdings(p: &ScenarioPortfolio, items: &mut Vec<Held>) {
+    items.clear();
+    for (i, e) in p.expiries.iter().enumerate() {
+        items.extend((0..e.options.len()).map(|o| Held::Option(i as u32, o as u32)));
+    }
+    items.extend((0..p.linears.len()).map(|l| Held::Linear(l as u32)));
+    items.sort_by_key(|h| match h.resolve(p) {
+        HeldRef::Option(_, o) => o.order,
+        HeldRef::Linear(l) => l.order,
     });
-    items
 }
 
 /// `risk_array` revaluation of every row into `pnls`: per row the perpetual, then each holding
 /// in the account's order, then the risk-cancelling coins, the sum times the row's weight.
 /// Holding by holding over all rows, each row's terms added in that order (as row by row).
-fn risk_array_pnls(p: &ScenarioPortfolio, pres: &[ExpiryPrecompute], held: &[Held<'_>], m: &ScenarioMethodology, v: &impl OptionValues, pnls: &mut Vec<f64>) {
+fn risk_array_pnls(p: &ScenarioPortfolio, pres: &[ExpiryPrecompute], held: &[Held], m: &ScenarioMethodology, v: &impl OptionValues, pnls: &mut Vec<f64>) {
     let rows = &m.scenarios;
     pnls.extend(rows.iter().map(|row| if p.perp_quantity != 0.0 { p.perp_quantity * ((row.spot_factor() - 1.0) * p.perp_mark) } else { 0.0 }));
     for h in held {
-        match *h {
-            Held::Linear(l) => {
+        match h.resolve(p) {
+            HeldRef::Linear(l) => {
                 for (pnl, row) in pnls.iter_mut().zip(rows) {
                     *pnl += l.quantity * linear_contract_pnl(l, row);
                 }
             }
-            Held::Option(i, o) => match v.rows(o, rows.len()) {
+            HeldRef::Option(i, o) => match v.rows(o, rows.len()) {
                 Some(values) => {
                     for (pnl, &x) in pnls.iter_mut().zip(values) {
                         *pnl += o.quantity * x;
@@ -450,15 +466,20 @@ fn expiry_sum_pnls(p: &ScenarioPortfolio, pres: &[ExpiryPrecompute], m: &Scenari
 // Step 4: contingencies
 // ------------------------------------------------------------------------------------------
 
-/// Delta in the quote currency per expiry bucket (0: perpetuals and risk-cancelling coins).
-fn bucket_deltas(p: &ScenarioPortfolio, pres: &[ExpiryPrecompute], m: &ScenarioMethodology, v: &impl OptionValues) -> BTreeMap<usize, f64> {
+/// Delta in the quote currency per expiry bucket (0: perpetuals and risk-cancelling coins), into
+/// `out` as `(bucket, delta)` in bucket order (cleared first; an account has a few buckets, so a
+/// sorted vector kept between portfolios rather than a map).
+fn bucket_deltas(p: &ScenarioPortfolio, pres: &[ExpiryPrecompute], m: &ScenarioMethodology, v: &impl OptionValues, out: &mut Vec<(usize, f64)>) {
     let edges: &[f64] = m.calendar_basis.as_ref().map(|c| c.bucket_edges_days.as_slice()).unwrap_or(&[]);
     let bucket = |days: Option<f64>| match days {
         None => 0,
         Some(d) => 1 + edges.iter().take_while(|&&x| x < d).count(),
     };
-    let mut out = BTreeMap::new();
-    let mut add = |b: usize, d: f64| *out.entry(b).or_insert(0.0) += d;
+    out.clear();
+    let mut add = |b: usize, d: f64| match out.binary_search_by_key(&b, |e| e.0) {
+        Ok(i) => out[i].1 += d,
+        Err(i) => out.insert(i, (b, 0.0 + d)),
+    };
     if p.perp_quantity != 0.0 {
         add(0, p.perp_quantity * p.perp_mark);
     }
@@ -478,7 +499,6 @@ fn bucket_deltas(p: &ScenarioPortfolio, pres: &[ExpiryPrecompute], m: &ScenarioM
             add(0, c.value);
         }
     }
-    out
 }
 
 fn rate_of(cb: &CalendarBasis, bucket: usize) -> Result<f64> {
@@ -488,19 +508,19 @@ fn rate_of(cb: &CalendarBasis, bucket: usize) -> Result<f64> {
 }
 
 /// Long bucket deltas matched in proportion against short ones, at the larger bucket rate.
-fn calendar_basis_charge(deltas: &BTreeMap<usize, f64>, m: &ScenarioMethodology) -> Result<f64> {
+fn calendar_basis_charge(deltas: &[(usize, f64)], m: &ScenarioMethodology) -> Result<f64> {
     let Some(cb) = &m.calendar_basis else { return Ok(0.0) };
-    let longs: Vec<(usize, f64)> = deltas.iter().filter(|(_, &d)| d > 0.0).map(|(&b, &d)| (b, d)).collect();
-    let shorts: Vec<(usize, f64)> = deltas.iter().filter(|(_, &d)| d < 0.0).map(|(&b, &d)| (b, -d)).collect();
-    if longs.is_empty() || shorts.is_empty() {
+    let longs = || deltas.iter().filter(|(_, d)| *d > 0.0).map(|&(b, d)| (b, d));
+    let shorts = || deltas.iter().filter(|(_, d)| *d < 0.0).map(|&(b, d)| (b, -d));
+    if longs().next().is_none() || shorts().next().is_none() {
         return Ok(0.0);
     }
-    let total_long: f64 = longs.iter().fold(0.0, |a, (_, d)| a + d);
-    let total_short: f64 = shorts.iter().fold(0.0, |a, (_, d)| a + d);
+    let total_long: f64 = longs().fold(0.0, |a, (_, d)| a + d);
+    let total_short: f64 = shorts().fold(0.0, |a, (_, d)| a + d);
     let scale = total_long.max(total_short);
     let mut charge = 0.0;
-    for &(i, li) in &longs {
-        for &(j, sj) in &shorts {
+    for (i, li) in longs() {
+        for (j, sj) in shorts() {
             charge += li * sj / scale * rate_of(cb, i)?.max(rate_of(cb, j)?);
         }
     }
@@ -508,9 +528,9 @@ fn calendar_basis_charge(deltas: &BTreeMap<usize, f64>, m: &ScenarioMethodology)
 }
 
 /// `rate × max(0, |net delta| − L)^1.5 / L^0.5`.
-fn concentration_charge(deltas: &BTreeMap<usize, f64>, m: &ScenarioMethodology) -> f64 {
+fn concentration_charge(deltas: &[(usize, f64)], m: &ScenarioMethodology) -> f64 {
     let Some(c) = &m.concentration else { return 0.0 };
-    let net = deltas.values().fold(0.0, |a, d| a + d);
+    let net = deltas.iter().fold(0.0, |a, (_, d)| a + d);
     let excess = net.abs() - c.liquidity_notional;
     if excess <= 0.0 {
         return 0.0;
@@ -546,10 +566,10 @@ fn confidence_charge(confidence: f64, notional: f64, m: &ScenarioMethodology) ->
 
 /// Every contingency of the portfolio.
 pub fn contingencies(p: &ScenarioPortfolio, m: &ScenarioMethodology, pres: &[ExpiryPrecompute]) -> Result<Contingencies> {
-    contingencies_with(p, m, pres, &DirectValues)
+    contingencies_with(p, m, pres, &DirectValues, &mut Vec::new())
 }
 
-fn contingencies_with(p: &ScenarioPortfolio, m: &ScenarioMethodology, pres: &[ExpiryPrecompute], v: &impl OptionValues) -> Result<Contingencies> {
+fn contingencies_with(p: &ScenarioPortfolio, m: &ScenarioMethodology, pres: &[ExpiryPrecompute], v: &impl OptionValues, deltas: &mut Vec<(usize, f64)>) -> Result<Contingencies> {
     let mut out = Contingencies::default();
     let pc = m.position_contingency.as_ref();
     let mut book_confidence = p.spot_confidence;
@@ -584,9 +604,9 @@ fn contingencies_with(p: &ScenarioPortfolio, m: &ScenarioMethodology, pres: &[Ex
         out.confidence += confidence_charge(p.spot_confidence.min(c.confidence), c.value, m);
     }
     if m.calendar_basis.is_some() || m.concentration.is_some() {
-        let deltas = bucket_deltas(p, pres, m, v);
-        out.calendar_basis = calendar_basis_charge(&deltas, m)?;
-        out.concentration = concentration_charge(&deltas, m);
+        bucket_deltas(p, pres, m, v, deltas);
+        out.calendar_basis = calendar_basis_charge(deltas, m)?;
+        out.concentration = concentration_charge(deltas, m);
     }
     Ok(out)
 }
@@ -607,10 +627,10 @@ pub fn initial_loss_factor(p: &ScenarioPortfolio, m: &ScenarioMethodology) -> f6
 }
 
 /// v1's short-option minimum over the short options, in the holdings' order.
-fn short_option_minimum(p: &ScenarioPortfolio, held: &[Held<'_>], rate: f64) -> f64 {
+fn short_option_minimum(p: &ScenarioPortfolio, held: &[Held], rate: f64) -> f64 {
     let mut total = 0.0;
     for h in held {
-        if let Held::Option(_, o) = *h {
+        if let HeldRef::Option(_, o) = h.resolve(p) {
             if o.quantity < 0.0 {
                 total += o.quantity.abs() * o.multiplier * p.spot * rate;
             }
@@ -624,8 +644,15 @@ fn first_max(a: f64, b: f64) -> f64 {
     if b > a { b } else { a }
 }
 
+/// Whether a row's group is `extreme`: its first byte compared first, since every row of every
+/// portfolio asks and most rows are `regular`.
+#[inline(always)]
+fn is_extreme(group: &str) -> bool {
+    group.as_bytes().first() == Some(&b'e') && group == "extreme"
+}
+
 /// The `max_of_groups` rule's `(IM, MM)` requirements.
-fn max_of_group_requirements(p: &ScenarioPortfolio, held: &[Held<'_>], pnls: &[f64], basis: f64, cont: &Contingencies, m: &ScenarioMethodology) -> Result<(f64, f64)> {
+fn max_of_group_requirements(p: &ScenarioPortfolio, held: &[Held], pnls: &[f64], basis: f64, cont: &Contingencies, m: &ScenarioMethodology) -> Result<(f64, f64)> {
     let mg = m
         .max_of_groups
         .as_ref()
@@ -634,7 +661,7 @@ fn max_of_group_requirements(p: &ScenarioPortfolio, held: &[Held<'_>], pnls: &[f
     // later one is smaller), in one pass
     let (mut regular, mut extreme_low): (Option<f64>, Option<f64>) = (None, None);
     for (r, &v) in m.scenarios.iter().zip(pnls) {
-        let acc = if r.group == "extreme" { &mut extreme_low } else { &mut regular };
+        let acc = if is_extreme(&r.group) { &mut extreme_low } else { &mut regular };
         *acc = Some(match *acc { Some(a) if v.partial_cmp(&a) != Some(std::cmp::Ordering::Less) => a, _ => v });
     }
     let mut scan = regular.map_or(0.0, |w| first_max(0.0, -w));
@@ -703,6 +730,10 @@ pub struct ScenarioBuffers {
     pnls: Vec<f64>,
     /// One expiry's shocked value per row.
     shocked: Vec<f64>,
+    /// The holdings in the account's order.
+    held: Vec<Held>,
+    /// Delta per expiry bucket.
+    deltas: Vec<(usize, f64)>,
 }
 
 /// The `(IM, MM)` requirements of [`margin_scenarios_checked`] alone, without allocating.
@@ -738,11 +769,15 @@ fn evaluate(p: &ScenarioPortfolio, m: &ScenarioMethodology, v: &impl OptionValue
     }
 
     // the holdings in the account's order, sorted once for the row P&L and the short minimum
-    let held = if m.revaluation == Revaluation::RiskArray || m.combination == Combination::MaxOfGroups { ordered_holdings(p) } else { Vec::new() };
+    let held = &mut buffers.held;
+    held.clear();
+    if m.revaluation == Revaluation::RiskArray || m.combination == Combination::MaxOfGroups {
+        ordered_holdings(p, held);
+    }
     let pnls = &mut buffers.pnls;
     pnls.clear();
     match m.revaluation {
-        Revaluation::RiskArray => risk_array_pnls(p, pres, &held, m, v, pnls),
+        Revaluation::RiskArray => risk_array_pnls(p, pres, held, m, v, pnls),
         Revaluation::ExpirySum => expiry_sum_pnls(p, pres, m, v, pnls, &mut buffers.shocked)?,
     }
 
@@ -755,13 +790,13 @@ fn evaluate(p: &ScenarioPortfolio, m: &ScenarioMethodology, v: &impl OptionValue
         }
     }
 
-    let cont = contingencies_with(p, m, pres, v)?;
+    let cont = contingencies_with(p, m, pres, v, &mut buffers.deltas)?;
     let im_factor = initial_loss_factor(p, m);
     let mm_factor = m.loss_factors.maintenance;
     let equity = mtm + p.cash;
     let (im, mm, im_req, mm_req) = match m.combination {
         Combination::MaxOfGroups => {
-            let (im_req, mm_req) = max_of_group_requirements(p, &held, pnls, basis, &cont, m)?;
+            let (im_req, mm_req) = max_of_group_requirements(p, held, pnls, basis, &cont, m)?;
             (equity - im_req, equity - mm_req, im_req, mm_req)
         }
         Combination::LossFactor => (
