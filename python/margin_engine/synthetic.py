@@ -69,7 +69,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-__all__ = ["TABLE_NAMES", "VALUATION_TIME", "SyntheticBook", "black76", "generate"]
+__all__ = ["TABLE_NAMES", "VALUATION_TIME", "MechanicsBook", "SyntheticBook", "black76", "generate", "with_mechanics"]
 
 VALUATION_TIME = dt.datetime(2026, 11, 25, 8, 0, tzinfo=dt.timezone.utc)
 TABLE_NAMES = ("instruments", "assets", "margin_tiers", "positions", "balances",
@@ -1081,3 +1081,178 @@ if __name__ == "__main__":  # pragma: no cover - manual timing
     for name, table in book.tables.items():
         print(f"  {name:13s} {table.num_rows:>12,} rows {table.nbytes / 1e6:10.1f} MB")
     print(f"  total {book.nbytes / 1e6:.1f} MB")
+
+
+# ---------------------------------------------------------------------------------------------
+# Exchange account mechanics (docs/methodology.md §10) on top of a generated book
+# ---------------------------------------------------------------------------------------------
+
+#: Inverse perpetuals added by :func:`with_mechanics`: (name, underlying, contract value in USD).
+INVERSE_PERPETUALS = (("BTC-USD-INVERSE", "BTC", 10.0), ("ETH-USD-INVERSE", "ETH", 10.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class MechanicsBook:
+    """A generated book with the exchange mechanics of docs/methodology.md §10 mixed in (see
+    :func:`with_mechanics`): the tables of :class:`SyntheticBook` (instruments with
+    ``settlement`` / ``settlement_asset``, positions with ``margin_mode`` and
+    ``unsettled_funding``) plus ``orders`` and ``isolated_collateral``."""
+
+    instruments: pa.Table
+    assets: pa.Table
+    margin_tiers: pa.Table
+    positions: pa.Table
+    balances: pa.Table
+    index_prices: pa.Table
+    marks: pa.Table
+    orders: pa.Table
+    isolated_collateral: pa.Table
+    valuation_time: dt.datetime
+    valuation_time_ns: int
+    #: How many accounts / rows each mechanic touched (for the demo's summary).
+    counts: dict
+
+
+def with_mechanics(book: SyntheticBook, seed: int = 11, *, inverse_share: float = 0.2,
+                   isolated_share: float = 0.05, order_share: float = 0.1,
+                   funding_share: float = 0.3) -> MechanicsBook:
+    """The generated ``book`` with cross, isolated and inverse accounts, open orders and funding.
+
+    Deterministic by ``seed``; ``book``'s own tables are not changed (``generate`` stays the book
+    every benchmark and test pins):
+
+    - **inverse**: two coin-margined perpetuals, ``BTC-USD-INVERSE`` and ``ETH-USD-INVERSE``
+      (contract value 10 USD, settled in BTC / ETH, the linear perpetual's rates), marked at the
+      linear perpetual's mark; ``inverse_share`` of the accounts holding ``BTC-PERP`` /
+      ``ETH-PERP`` hold the same USD exposure in the inverse contract instead (whole contracts,
+      same entry price).
+    - **isolated**: ``isolated_share`` of the accounts with a linear perpetual position take
+      one of them isolated (``margin_mode = "isolated"`` on its rows), with its own collateral of
+      ``k × IM`` USD, k log-uniform in 0.7–4 (so some are liquidatable on their own).
+    - **orders**: ``order_share`` of the accounts with positions rest one to three limit orders
+      on instruments they hold: bids 0.1–5% below and asks above the mark, a twentieth of them
+      marketable (through the mark), sized 10–100% of the position.
+    - **funding**: ``funding_share`` of the perpetual rows carry ``unsettled_funding``, ±0.05% of
+      their notional at most (USD).
+    """
+    rng = np.random.default_rng(seed)
+    ins = book.instruments
+    names = ins.column("instrument").to_pylist()
+    id_of = {nm: i for i, nm in enumerate(names)}
+    linear_perp = {u: f"{u}-PERP" for _, u, _ in INVERSE_PERPETUALS}
+
+    # instruments and marks: two inverse perpetuals, settlement columns on every row
+    new_rows = []
+    for name, u, value in INVERSE_PERPETUALS:
+        base = ins.slice(id_of[linear_perp[u]], 1).to_pylist()[0]
+        new_rows.append({**base, "instrument": name, "multiplier": value})
+    instruments = pa.concat_tables([ins, pa.Table.from_pylist(new_rows, schema=ins.schema)])
+    n_old = ins.num_rows
+    instruments = instruments.append_column(
+        "settlement", pa.array(["linear"] * n_old + ["inverse"] * len(INVERSE_PERPETUALS), pa.string()))
+    instruments = instruments.append_column(
+        "settlement_asset", pa.array([None] * n_old + [u for _, u, _ in INVERSE_PERPETUALS], pa.string()))
+    all_names = instruments.column("instrument").to_pylist()
+    mark_by_name = dict(zip(book.marks.column("instrument").to_pylist(), book.marks.column("mark_price").to_pylist()))
+    mark_rows = [{"instrument": name, "mark_price": mark_by_name[linear_perp[u]], "implied_vol": None}
+                 for name, u, _ in INVERSE_PERPETUALS]
+    marks = pa.concat_tables([book.marks, pa.Table.from_pylist(mark_rows, schema=book.marks.schema)])
+    # per instrument id (old and new): multiplier, IM rate, mark, perpetual?, inverse?
+    mult = instruments.column("multiplier").to_numpy()
+    imr = instruments.column("initial_margin_rate").to_numpy()
+    mark = np.array([mark_by_name.get(nm, np.nan) for nm in all_names])
+    perpetual = np.array([k == "perpetual" for k in instruments.column("kind").to_pylist()])
+    inverse = np.arange(len(all_names)) >= n_old
+
+    # positions by instrument id (sorted by account: account ranges by searchsorted)
+    pos = book.positions
+    acct = pos.column("account_id").to_numpy()
+    col = pos.column("instrument").combine_chunks()
+    codes = np.array([id_of[x] for x in col.dictionary.to_pylist()], np.int64)[col.indices.to_numpy()]
+    qty = pos.column("quantity").to_numpy().copy()
+    entry = pos.column("entry_price").to_numpy(zero_copy_only=False)
+    n = len(qty)
+    counts: dict = {}
+    run = np.concatenate([[0], np.cumsum(acct[1:] != acct[:-1])])  # account index of each row
+
+    # inverse: the BTC-PERP / ETH-PERP rows of some holders move to the inverse contract
+    moved = 0
+    for k, (name, u, value) in enumerate(INVERSE_PERPETUALS):
+        old, new = id_of[linear_perp[u]], n_old + k
+        rows = np.flatnonzero(codes == old)
+        holders = np.unique(run[rows])
+        chosen = holders[rng.random(holders.size) < inverse_share]
+        sel = rows[np.isin(run[rows], chosen)]
+        usd = qty[sel] * mult[old] * mark[old]
+        contracts = np.round(usd / value)
+        contracts = np.where(contracts == 0, np.sign(usd), contracts)
+        qty[sel] = contracts
+        codes[sel] = new
+        moved += chosen.size
+    counts["inverse_accounts"] = int(moved)
+
+    # isolated: the first linear perpetual of some accounts, with its own collateral
+    key = run * len(all_names) + codes  # (account, instrument)
+    lin_perp_rows = np.flatnonzero(perpetual[codes] & ~inverse[codes])
+    _, first = np.unique(run[lin_perp_rows], return_index=True)
+    first_rows = lin_perp_rows[first]
+    chosen_rows = first_rows[rng.random(first_rows.size) < isolated_share]
+    iso_keys = key[chosen_rows]
+    in_iso = np.isin(key, iso_keys)
+    groups, inv = np.unique(key[in_iso], return_inverse=True)
+    net = np.bincount(inv, weights=qty[in_iso], minlength=groups.size)
+    keep = groups[net != 0]
+    in_iso &= np.isin(key, keep)
+    margin_mode = np.where(in_iso, "isolated", "cross")
+    groups, inv = np.unique(key[in_iso], return_inverse=True)
+    net = np.bincount(inv, weights=qty[in_iso], minlength=groups.size)
+    first_row = np.flatnonzero(in_iso)[np.unique(inv, return_index=True)[1]]
+    gid = codes[first_row]
+    im = np.abs(net) * mult[gid] * mark[gid] * imr[gid]
+    amount = im * np.exp(rng.uniform(np.log(0.7), np.log(4.0), groups.size))
+    isolated_collateral = pa.table({
+        "account_id": pa.array(acct[first_row], pa.uint64()),
+        "instrument": pa.array([all_names[i] for i in gid], pa.string()),
+        "amount": pa.array(amount, pa.float64()),
+    })
+    counts["isolated_positions"] = int(groups.size)
+
+    # funding on perpetual rows (inverse ones included), USD: at most ±0.05% of the notional
+    funded = perpetual[codes] & (rng.random(n) < funding_share)
+    usd = np.abs(qty) * mult[codes] * np.where(inverse[codes], 1.0, mark[codes])
+    funding = np.where(funded, usd * rng.uniform(-0.0005, 0.0005, n), 0.0)
+    counts["funding_rows"] = int(funded.sum())
+
+    # orders: one to three on rows of held cross instruments, resting around the mark
+    n_accounts = int(run[-1]) + 1 if n else 0
+    starts = np.searchsorted(run, np.arange(n_accounts))
+    ends = np.searchsorted(run, np.arange(n_accounts), side="right")
+    chosen = np.flatnonzero(rng.random(n_accounts) < order_share)
+    per = rng.integers(1, 4, chosen.size)
+    owner = np.repeat(chosen, per)
+    r = starts[owner] + (rng.random(owner.size) * (ends[owner] - starts[owner])).astype(np.int64)
+    ok = (margin_mode[r] == "cross") & (mark[codes[r]] > 0)
+    r = r[ok]
+    side = np.where(rng.random(r.size) < 0.5, 1.0, -1.0)
+    away = rng.uniform(0.001, 0.05, r.size) * np.where(rng.random(r.size) < 0.05, -1.0, 1.0)
+    size = np.maximum(1.0, np.round(np.abs(qty[r]) * rng.uniform(0.1, 1.0, r.size)))
+    orders = pa.table({
+        "account_id": pa.array(acct[r], pa.uint64()),
+        "instrument": pa.array([all_names[i] for i in codes[r]], pa.string()),
+        "quantity": pa.array(side * size, pa.float64()),
+        "price": pa.array(mark[codes[r]] * (1.0 - side * away), pa.float64()),
+    })
+    counts["orders"] = int(r.size)
+    counts["order_accounts"] = int(np.unique(acct[r]).size)
+
+    positions = pa.table({
+        "account_id": pos.column("account_id"),
+        "instrument": pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(all_names, pa.string())),
+        "quantity": pa.array(qty, pa.float64()),
+        "entry_price": pa.array(entry, pa.float64()),
+        "margin_mode": pa.array(margin_mode, pa.string()),
+        "unsettled_funding": pa.array(funding, pa.float64()),
+    })
+    return MechanicsBook(instruments, book.assets, book.margin_tiers, positions, book.balances,
+                         book.index_prices, marks, orders, isolated_collateral,
+                         book.valuation_time, book.valuation_time_ns, counts)
