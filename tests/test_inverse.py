@@ -277,7 +277,7 @@ def coin_m_liquidation_price(wallet: float, contracts: float, size: float, entry
 
 @pytest.mark.parametrize(
     ("wallet", "contracts", "entry"),
-    [(1.0, 100_000.0, 50_000.0), (0.5, 30_000.0, 48_000.0), (1.0, -150_000.0, 50_000.0), (0.2, -20_000.0, 51_000.0)],
+    [(1.0, 100_000.0, 50_000.0), (0.5, 30_000.0, 48_000.0), (1.0, -150_000.0, 50_000.0), (0.2, -46_500.0, 51_000.0)],
 )
 def test_inverse_liquidation_price_is_the_coin_m_formula(wallet, contracts, entry):
     """The distance walk's liquidation price of a one-position coin-margined account equals the

@@ -130,6 +130,8 @@ def stress_market(
         instrument = book.instruments[ins_id]
         if instrument.underlying not in moves:
             continue
+        if instrument.is_inverse and moves[instrument.underlying] == 0.0:
+            continue  # no move, no change (a coin mark through USD and back could lose a bit)
         if instrument.is_option:
             assert mark.implied_vol is not None
             time = years_to_expiry(instrument.expiry_ns, market.valuation_ns)

@@ -93,14 +93,16 @@ impl<'a> Positions<'a> {
             None => None,
         };
         if let (Some(entry), true) = (&entry_price, book.instruments.has_inverse()) {
-            // an inverse row's coin P&L is q × mult × (1/entry − 1/mark): entry must be > 0
+            // an inverse perpetual's or future's coin P&L is q × mult × (1/entry − 1/mark):
+            // entry must be > 0 (options ignore entry prices)
             let mut bad = Offenders::default();
             for (r, e) in entry.iter().enumerate() {
-                if *e == 0.0 && book.instruments.inverse[instrument.get(r) as usize] {
+                let id = instrument.get(r) as usize;
+                if *e == 0.0 && book.instruments.inverse[id] && book.instruments.kind[id].is_linear() {
                     bad.push(|| format!("row {r}"));
                 }
             }
-            bad.into_result(t.name, "entry_price", "an inverse contract's entry_price must be > 0 (or null)")?;
+            bad.into_result(t.name, "entry_price", "an inverse perpetual's or future's entry_price must be > 0 (or null)")?;
         }
         let unsettled_funding = match t.optional_column("unsettled_funding") {
             Some(c) => Some(c.f64s_null_as_zero(Domain::Finite)?),

@@ -109,12 +109,13 @@ pub fn what_if(pricing: &Pricing, positions: &[Row], balances: &[(u32, f64)], tr
     let mut zero = Offenders::default();
     for (table, rows) in [("positions", positions), ("trades", trades)] {
         for (i, r) in rows.iter().enumerate() {
-            if book.instruments.inverse[r.instrument as usize] && r.price == Some(0.0) {
+            let c = &book.contracts[r.instrument as usize];
+            if c.inverse && c.kind.is_linear() && r.price == Some(0.0) {
                 zero.push(|| format!("{table} row {i}"));
             }
         }
     }
-    zero.into_result("trades", "price", "an inverse contract's price (and entry_price) must be > 0")?;
+    zero.into_result("trades", "price", "an inverse perpetual's or future's price (and entry_price) must be > 0")?;
 
     let mark = |r: &Row| market.mark_price[r.instrument as usize];
     let with_entry = positions.iter().any(|r| r.price.is_some());
