@@ -19,7 +19,10 @@ rows of one (account, instrument) are netted by summing their quantities.
 - ``quantity``: float, signed contracts (negative = short), finite, no nulls.
 - ``entry_price`` (optional): float >= 0. A row with an entry price carries unrealized P&L
   ``quantity × multiplier × (mark − entry_price)`` (perpetuals and futures; options are valued
-  at their mark). A null, or no column, means the row's P&L is already settled into balances.
+  at their mark; an inverse contract: ``quantity × multiplier × (1/entry_price − 1/mark)`` coins,
+  entry > 0). A null, or no column, means the row's P&L is already settled into balances.
+- ``unsettled_funding`` (optional): float, USD, finite; null = 0. Funding accrued but not yet
+  paid: added to equity and collateral like P&L, never to requirements.
 
 ``balances``: one row per (account, asset); a repeated pair is an error.
 
@@ -156,7 +159,8 @@ class Book:
     ``docs/methodology.md``; bad values raise :class:`MarginInputError` naming table, column and
     rows. Extra columns are ignored; integer and float columns accept any numeric Arrow type.
 
-    ``instruments``, one row per tradable contract (all contracts are linear, quote-settled):
+    ``instruments``, one row per tradable contract (linear, quote-settled, unless
+    ``settlement`` says ``inverse``):
 
     - ``instrument``: key, unique, non-null; utf8 or an integer type.
     - ``kind``: ``"perpetual"``, ``"future"`` or ``"option"``.
@@ -172,6 +176,13 @@ class Book:
     - ``maintenance_margin_rate``: float > 0, the standard model's MM rate.
     - ``initial_margin_floor`` (options only): float >= 0, the floor of the short-option IM rate
       (Deribit: an IM rate of 0.15 and a floor of 0.10).
+    - ``settlement`` (optional, null = ``"linear"``): ``"linear"`` or ``"inverse"``. An inverse
+      perpetual or future (BitMEX XBTUSD, Deribit BTC-PERPETUAL) has a ``multiplier`` in USD of
+      face value and a USD mark per coin; a coin-settled option (Deribit) a mark in coin per coin.
+      Values and margins are computed in the coin and converted at its price
+      (``docs/methodology.md`` §10).
+    - ``settlement_asset`` (required on inverse rows): the asset the contract settles in, a key
+      of ``assets`` linked (``assets.underlying``) to the instrument's own underlying.
 
     ``assets``, one row per collateral asset:
 

@@ -76,6 +76,12 @@ def cascade(
     spot = dict(zip(market.index_prices.column("underlying").to_pylist(), market.index_prices.column("index_price").to_pylist()))
     int_keys = pa.types.is_integer(instruments.schema.field("instrument").type)
     pos = _plain_keys(arrow_table(positions, "positions"), "instrument")
+    if "unsettled_funding" in pos.column_names:
+        # the rounds rescale and drop position rows: funding on them would be lost or rescaled
+        raise input_error(
+            "positions", "unsettled_funding",
+            "the cascade does not carry unsettled_funding yet: settle it into balances first", [],
+        )
     if "entry_price" not in pos.column_names:
         pos = pos.append_column("entry_price", pa.array([None] * pos.num_rows, pa.float64()))
         has_entry = False

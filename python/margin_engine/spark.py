@@ -103,7 +103,7 @@ _REQUIRED = {
     "positions": {"account_id": _INTEGRAL, "instrument": (T.StringType, *_INTEGRAL), "quantity": _NUMERIC},
     "balances": {"account_id": _INTEGRAL, "asset": (T.StringType,), "amount": _NUMERIC},
 }
-_OPTIONAL = {"positions": {"entry_price": _NUMERIC}, "balances": {}}
+_OPTIONAL = {"positions": {"entry_price": _NUMERIC, "unsettled_funding": _NUMERIC}, "balances": {}}
 
 
 # ----------------------------------------------------------------------------------------------

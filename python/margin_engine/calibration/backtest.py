@@ -537,6 +537,11 @@ def _market_at(
         strikes = np.asarray(sub.column("strike").to_numpy(zero_copy_only=False), dtype=np.float64)[is_opt]
         calls = np.array(sub.column("option_type").to_pylist(), dtype=object)[is_opt] == "call"
         marks[is_opt] = black76(s[is_opt], strikes, years, ivs[is_opt], calls).price
+        if "settlement" in inst.column_names:
+            # a coin-settled option's mark is in coin per coin: its USD price over the index
+            settlement = inst.column("settlement").to_pylist()
+            coin = is_opt & np.array([settlement[i] == "inverse" for i in take], dtype=bool)
+            marks[coin] = marks[coin] / s[coin]
     index_prices = pa.table({"underlying": pa.array(held, pa.string()), "index_price": pa.array([spot[u] for u in held])})
     marks_table = pa.table(
         {"instrument": sub.column("instrument"), "mark_price": pa.array(marks), "implied_vol": pa.array(np.where(is_opt, ivs, np.nan), from_pandas=True)}

@@ -98,6 +98,15 @@ class Instrument:
     initial_margin_rate: float
     maintenance_margin_rate: float
     initial_margin_floor: float | None
+    settlement: str = "linear"
+    """`linear` (quote-settled, the default) or `inverse` (coin-settled, §2)."""
+    settlement_asset: str | None = None
+    """The asset (a key of `assets`) an inverse contract settles in; `None` for linear ones."""
+
+    @property
+    def is_inverse(self) -> bool:
+        """Whether the instrument is an inverse (coin-settled) contract."""
+        return self.settlement == "inverse"
 
     @property
     def is_option(self) -> bool:
@@ -185,6 +194,12 @@ class BookData:
     tiers: dict[int, list[Tier]] = field(default_factory=dict)
     """Instrument id -> its brackets as given, sorted by `notional_floor`."""
 
+    def settlement_price(self, instrument: Instrument) -> float:
+        """The USD price of the coin an inverse contract settles in (this book's assets: moved
+        under a stress)."""
+        assert instrument.settlement_asset is not None
+        return self.assets[self.asset_ids[instrument.settlement_asset]].price
+
     def params(self, underlying: str) -> RiskParams:
         """The risk parameters of `underlying` (the §4 defaults when it has no row)."""
         return self.risk_params.get(underlying, DEFAULT_RISK_PARAMS)
@@ -202,6 +217,8 @@ def _read_instruments(table: pa.Table) -> list[Instrument]:
     imrs = column(table, "initial_margin_rate")
     mmrs = column(table, "maintenance_margin_rate")
     floors = column(table, "initial_margin_floor")
+    settlements = column(table, "settlement")
+    settlement_assets = column(table, "settlement_asset")
     return [
         Instrument(
             id=i,
@@ -215,6 +232,8 @@ def _read_instruments(table: pa.Table) -> list[Instrument]:
             initial_margin_rate=float(imrs[i]),
             maintenance_margin_rate=float(mmrs[i]),
             initial_margin_floor=None if floors[i] is None else float(floors[i]),
+            settlement=settlements[i] or "linear",
+            settlement_asset=settlement_assets[i] if settlements[i] == "inverse" else None,
         )
         for i in range(table.num_rows)
     ]
@@ -431,6 +450,8 @@ class PositionRow:
     instrument_id: int
     quantity: float
     entry_price: float | None
+    unsettled_funding: float = 0.0
+    """Funding accrued but not yet paid into balances (USD; a null or absent column: 0)."""
 
 
 @dataclass(frozen=True)
@@ -449,9 +470,14 @@ def read_positions(positions: Any, book: BookData) -> list[PositionRow]:
     keys = column(table, "instrument")
     quantities = column(table, "quantity")
     entries = column(table, "entry_price")
+    funding = column(table, "unsettled_funding")
     return [
         PositionRow(
-            int(accounts[i]), book.instrument_ids[keys[i]], float(quantities[i]), _opt_float(entries[i])
+            int(accounts[i]),
+            book.instrument_ids[keys[i]],
+            float(quantities[i]),
+            _opt_float(entries[i]),
+            0.0 if funding[i] is None else float(funding[i]),
         )
         for i in range(table.num_rows)
     ]

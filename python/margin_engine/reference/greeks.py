@@ -7,7 +7,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ._tables import Instrument, Mark, read_book, read_market, read_positions
+from ._tables import BookData, Instrument, Mark, read_book, read_market, read_positions
 from .black76 import black76_scalar
 from .valuation import NettedPosition, net_positions, notional, years_to_expiry
 
@@ -52,6 +52,9 @@ def contract_greeks(
     `marks` column of the same name when that column exists and is non-null for the row.
     """
     if not instrument.is_option:
+        if instrument.is_inverse:
+            # a contract of face value `multiplier` USD is `multiplier / mark` coins of exposure
+            return ContractGreeks(1.0 / mark.mark_price, 0.0, 0.0, 0.0)
         return ContractGreeks(1.0, 0.0, 0.0, 0.0)
     assert instrument.strike is not None and mark.implied_vol is not None
     time = years_to_expiry(instrument.expiry_ns, valuation_ns)
@@ -77,7 +80,7 @@ class GreeksRow:
     long_notional: float = 0.0
     short_notional: float = 0.0
 
-    def add(self, position: NettedPosition, greeks: ContractGreeks, mark_price: float) -> None:
+    def add(self, position: NettedPosition, greeks: ContractGreeks, mark_price: float, book: BookData | None = None) -> None:
         """Add `q·mult·greek` for each Greek, and the §2.2 notional to the long or short side."""
         q = position.quantity
         mult = position.instrument.multiplier
@@ -86,9 +89,9 @@ class GreeksRow:
         self.vega += q * mult * greeks.vega
         self.theta += q * mult * greeks.theta
         if q > 0.0:
-            self.long_notional += notional(position, mark_price)
+            self.long_notional += notional(position, mark_price, book)
         else:
-            self.short_notional += notional(position, mark_price)
+            self.short_notional += notional(position, mark_price, book)
 
 
 def delta_usd(delta: float, index_price: float) -> float:
@@ -115,7 +118,7 @@ def greeks(book: Any, positions: Any, market: Any) -> pa.Table:
             mark = md.marks[ins.id]
             s = md.index_prices[ins.underlying]
             rows.setdefault(ins.underlying, GreeksRow()).add(
-                position, contract_greeks(ins, mark, s, md.valuation_ns), mark.mark_price
+                position, contract_greeks(ins, mark, s, md.valuation_ns), mark.mark_price, bd
             )
         for underlying in sorted(rows):
             row = rows[underlying]

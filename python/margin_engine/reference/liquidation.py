@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +40,7 @@ from ._tables import (
 from .black76 import black76_scalar
 from .portfolio import RiskArrays
 from .results import MARGIN_SCHEMA, AccountResult, Model, account_result, meets
-from .valuation import NettedPosition, closed_pnl, net_positions, notional, years_to_expiry
+from .valuation import NettedPosition, closed_inverse, closed_pnl, net_positions, notional, years_to_expiry
 
 GRID_STEP = 0.005
 """Distance grid step: 0.5% of the index price."""
@@ -104,6 +104,9 @@ def stressed_option_mark(
     assert instrument.strike is not None
     before = black76_scalar(spot, instrument.strike, time, vol, instrument.is_call)[0]
     after = black76_scalar(moved_spot, instrument.strike, time, vol, instrument.is_call)[0]
+    if instrument.is_inverse:
+        # a coin mark per coin: to USD at the index, moved by Black-76, back to coin at S'
+        return max(0.0, mark_price * spot + (after - before)) / moved_spot
     return max(0.0, mark_price + (after - before))
 
 
@@ -127,6 +130,8 @@ def stress_market(
         instrument = book.instruments[ins_id]
         if instrument.underlying not in moves:
             continue
+        if instrument.is_inverse and moves[instrument.underlying] == 0.0:
+            continue  # no move, no change (a coin mark through USD and back could lose a bit)
         if instrument.is_option:
             assert mark.implied_vol is not None
             time = years_to_expiry(instrument.expiry_ns, market.valuation_ns)
@@ -159,12 +164,29 @@ def revalue(position: NettedPosition, base: MarketData, stressed: MarketData) ->
     ins = position.instrument
     if ins.is_option:
         return position
+    if ins.is_inverse:
+        raise AssertionError("inverse positions are revalued by revalue_inverse (they need the coin price)")
     change = (
         position.quantity
         * ins.multiplier
         * (stressed.marks[ins.id].mark_price - base.marks[ins.id].mark_price)
     )
     return NettedPosition(ins, position.quantity, position.upnl + change)
+
+
+def revalue_inverse(
+    position: NettedPosition, base: MarketData, stressed: MarketData, stressed_book: BookData
+) -> NettedPosition:
+    """An inverse perpetual or future carried to the stressed market: its coin P&L plus
+    `q × multiplier × (1/mark − 1/mark')`, converted at the moved coin price of `stressed_book`.
+    Coin-settled options need nothing (`position_pnl` reads the stressed coin mark and price)."""
+    ins = position.instrument
+    if ins.is_option:
+        return position
+    coin = position.coin + position.quantity * ins.multiplier * (
+        1.0 / base.marks[ins.id].mark_price - 1.0 / stressed.marks[ins.id].mark_price
+    )
+    return NettedPosition(ins, position.quantity, coin * stressed_book.settlement_price(ins), coin)
 
 
 class _SharedRiskArrays(RiskArrays):
@@ -226,7 +248,12 @@ def positions_in(scenario: Scenario, positions: list[NettedPosition]) -> list[Ne
     """An account's positions, netted at the base market, carried to `scenario` (`revalue`d when
     it is a stressed one; as they are in the current market)."""
     if scenario.stressed:
-        return [revalue(p, scenario.base, scenario.market) for p in positions]
+        return [
+            revalue_inverse(p, scenario.base, scenario.market, scenario.book)
+            if p.instrument.is_inverse
+            else revalue(p, scenario.base, scenario.market)
+            for p in positions
+        ]
     return positions
 
 
@@ -237,11 +264,13 @@ def account_in(
     balances: list[BalanceRow],
     model: Model,
     closed: float = 0.0,
+    closed_coins: Sequence[tuple[Instrument, float]] = (),
 ) -> AccountResult:
     """§6 row of one account in `scenario`: positions netted at the base market, revalued to the
     scenario's marks, margined (§3 / §4) and collateral valued (§2.5, stressed asset prices) in
     the scenario's market. `closed` is the P&L of its positions that netted to 0 (no move
-    changes it)."""
+    changes it); `closed_coins` that of its inverse ones, in coin (valued at the scenario's coin
+    prices)."""
     return account_result(
         account_id,
         positions_in(scenario, positions),
@@ -251,6 +280,7 @@ def account_in(
         model,
         scenario.arrays,
         closed=closed,
+        closed_coins=closed_coins,
     )
 
 
@@ -270,6 +300,8 @@ class Accounts:
     balances: dict[int, list[BalanceRow]]
     closed: dict[int, float]
     """P&L of positions that netted to 0, per account (`valuation.closed_pnl`)."""
+    closed_coins: dict[int, list[tuple[Instrument, float]]] = dataclasses.field(default_factory=dict)
+    """Coin P&L of inverse positions that netted to 0, per account (`valuation.closed_inverse`)."""
 
     def row_in(self, scenario: Scenario, account_id: int, model: Model) -> AccountResult:
         """`account_in` of one of these accounts."""
@@ -280,6 +312,7 @@ class Accounts:
             self.balances.get(account_id, []),
             model,
             self.closed.get(account_id, 0.0),
+            self.closed_coins.get(account_id, ()),
         )
 
 
@@ -293,7 +326,7 @@ def read_accounts(book: Any, positions: Any, balances: Any, market: Any) -> Acco
     for row in read_balances(balances, bd):
         by_account.setdefault(row.account_id, []).append(row)
     ids = sorted(set(netted) | set(by_account))
-    return Accounts(bd, md, ids, netted, by_account, closed_pnl(rows, bd, md))
+    return Accounts(bd, md, ids, netted, by_account, closed_pnl(rows, bd, md), closed_inverse(rows, bd, md))
 
 
 def _check_model(model: str) -> None:
@@ -387,24 +420,25 @@ def account_distances(
     scenarios: Scenarios,
     model: Model,
     closed: float = 0.0,
+    closed_coins: Sequence[tuple[Instrument, float]] = (),
 ) -> list[DistanceRow]:
     """Distance rows of one account, one per exposed underlying (sorted by name)."""
     book = scenarios.book
-    current = account_in(scenarios.base, account_id, positions, balances, model, closed)
+    current = account_in(scenarios.base, account_id, positions, balances, model, closed, closed_coins)
     base_excess = current.margin_excess
     rows: list[DistanceRow] = []
     for u in exposed_underlyings(positions, balances, book):
 
         def excess_at(j: int, side: int, u: str = u) -> float:
             scenario = scenarios.moved({u: side * grid_move(j)})
-            return account_in(scenario, account_id, positions, balances, model, closed).margin_excess
+            return account_in(scenario, account_id, positions, balances, model, closed, closed_coins).margin_excess
 
         move_down, level_down = walk(base_excess, -1, lambda j: excess_at(j, -1))
         move_up, level_up = walk(base_excess, 1, lambda j: excess_at(j, 1))
         exposure = 0.0
         for p in positions:
             if p.instrument.underlying == u:
-                exposure += notional(p, scenarios.market.marks[p.instrument.id].mark_price)
+                exposure += notional(p, scenarios.market.marks[p.instrument.id].mark_price, book)
         rows.append(
             DistanceRow(
                 account_id,
@@ -433,6 +467,7 @@ def _all_distances(accounts: Accounts, model: Model) -> list[DistanceRow]:
                 scenarios,
                 model,
                 accounts.closed.get(account, 0.0),
+                accounts.closed_coins.get(account, ()),
             )
         )
     return rows

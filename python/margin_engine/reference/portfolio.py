@@ -90,10 +90,37 @@ def option_risk_array(
     return out
 
 
+def inverse_risk_array(
+    instrument: Instrument, book: BookData, market: MarketData, params: RiskParams
+) -> list[float]:
+    """§4 for an inverse contract: its coin P&L per scenario times the moved coin price
+    `P (1 + m)`. A perpetual or future: `multiplier × (1/mark − 1/(mark (1+m))) × P (1+m)`,
+    which is `multiplier × P × m / mark`; a coin-settled option:
+    `multiplier × (B76(S')/S' − B76(S)/S) × P (1+m)` with `S' = S (1+m)`, which is
+    `multiplier × P × (B76(S')/S − B76(S)/S × (1+m))` (both finite at m = −1)."""
+    price = book.settlement_price(instrument)
+    mark = market.marks[instrument.id]
+    if not instrument.is_option:
+        return [instrument.multiplier * price * s.move / mark.mark_price for s in scenarios(params)]
+    assert instrument.strike is not None and mark.implied_vol is not None
+    time = years_to_expiry(instrument.expiry_ns, market.valuation_ns)
+    spot = market.index_prices[instrument.underlying]
+    vol = mark.implied_vol
+    base = black76_scalar(spot, instrument.strike, time, vol, instrument.is_call)[0] / spot
+    vols = scenario_vols(vol, time, params)
+    out: list[float] = []
+    for s in scenarios(params):
+        moved = black76_scalar(spot * (1.0 + s.move), instrument.strike, time, vols[s.vol_state], instrument.is_call)[0]
+        out.append(instrument.multiplier * price * (moved / spot - base * (1.0 + s.move)))
+    return out
+
+
 def instrument_risk_array(instrument: Instrument, book: BookData, market: MarketData) -> list[float]:
     """The instrument's risk array (§4), computed once per instrument."""
     params = book.params(instrument.underlying)
     mark = market.marks[instrument.id]
+    if instrument.is_inverse:
+        return inverse_risk_array(instrument, book, market, params)
     if not instrument.is_option:
         return linear_risk_array(instrument, mark.mark_price, params)
     assert mark.implied_vol is not None

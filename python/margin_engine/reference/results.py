@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import math
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import pyarrow as pa
 
-from ._tables import BalanceRow, BookData, MarketData, read_balances, read_book, read_market, read_positions
+from ._tables import BalanceRow, BookData, Instrument, MarketData, read_balances, read_book, read_market, read_positions
 from .portfolio import RiskArrays, portfolio_margin
 from .standard import standard_margin
-from .valuation import NettedPosition, closed_pnl, net_positions, value_account
+from .valuation import NettedPosition, closed_inverse, closed_pnl, net_positions, value_account
 
 Model = Literal["standard", "portfolio"]
 
@@ -96,11 +97,12 @@ def account_result(
     closed: float = 0.0,
     methodology: Any = None,
     standard_rules: Any = None,
+    closed_coins: Sequence[tuple[Instrument, float]] = (),
 ) -> AccountResult:
     """§6 row of one account: §2 valuation, §3 or §4 margin, then
     `free_collateral = collateral_initial − IM`, `margin_excess = collateral_maintenance − MM`.
     `extra_pnl` is value realized outside the positions and `closed` the P&L of positions that
-    netted to 0 (see `value_account`)."""
+    netted to 0, `closed_coins` that of inverse ones in coin (see `value_account`)."""
     if model == "standard" and standard_rules is not None:
         # the book's generalized standard rules (they may change collateral too)
         from .scenario_inputs import market_feeds
@@ -121,7 +123,7 @@ def account_result(
             health=a.health,
             status=account_status(a.equity, a.collateral_initial, a.collateral_maintenance, a.initial_margin, a.maintenance_margin),
         )
-    value = value_account(positions, balances, book, market, extra_pnl, closed)
+    value = value_account(positions, balances, book, market, extra_pnl, closed, closed_coins)
     equity = value.equity
     ci = value.collateral_initial
     cm = value.collateral_maintenance
@@ -174,6 +176,7 @@ def margin(
     rows = read_positions(positions, bd)
     netted = net_positions(rows, bd, md)
     closed = closed_pnl(rows, bd, md)
+    coins = closed_inverse(rows, bd, md)
     balances_by_account: dict[int, list[BalanceRow]] = {}
     for row in read_balances(balances, bd):
         balances_by_account.setdefault(row.account_id, []).append(row)
@@ -196,6 +199,7 @@ def margin(
             closed=closed.get(account, 0.0),
             methodology=methodology,
             standard_rules=standard_rules,
+            closed_coins=coins.get(account, ()),
         )
         for name in MARGIN_SCHEMA.names:
             columns[name].append(getattr(result, name))

@@ -77,11 +77,39 @@ def short_option_margin(
     return size * im_per_contract, size * mm_per_contract
 
 
+def inverse_margin(
+    position: NettedPosition, book: BookData, mark_price: float, index_price: float
+) -> tuple[float, float]:
+    """§3 for an inverse (coin-settled) contract: the margin in coin times the settlement coin's
+    price. A perpetual or future on its coin notional `|q| × multiplier / mark` (tiers read coin
+    notional); a short coin-settled option per contract, Deribit's rule in coin,
+    `IM = mark + max(imr − OTM/S, floor)`, `MM = mark + mmr`, times `|q| × multiplier`; a long
+    option 0. Returns `(IM, MM)` in USD."""
+    ins = position.instrument
+    price = book.settlement_price(ins)
+    if not ins.is_option:
+        coins = abs(position.quantity) * ins.multiplier / mark_price
+        brackets = brackets_with_base(ins, book.tiers.get(ins.id))
+        im = tiered_margin(coins, brackets, "initial")
+        mm = tiered_margin(coins, brackets, "maintenance")
+        return im * price, mm * price
+    if position.quantity > 0.0:
+        return 0.0, 0.0
+    floor = ins.initial_margin_floor if ins.initial_margin_floor is not None else 0.0
+    otm = out_of_the_money(ins, index_price)
+    im_per_contract = mark_price + max(ins.initial_margin_rate - otm / index_price, floor)
+    mm_per_contract = mark_price + ins.maintenance_margin_rate
+    size = abs(position.quantity) * ins.multiplier
+    return size * im_per_contract * price, size * mm_per_contract * price
+
+
 def position_margin(position: NettedPosition, book: BookData, market: MarketData) -> tuple[float, float]:
     """§3 `(IM, MM)` of one netted position: linear for perpetuals/futures, 0 for a long option,
-    the short-option formula for a short option."""
+    the short-option formula for a short option (`inverse_margin` for inverse contracts)."""
     ins = position.instrument
     mark_price = market.marks[ins.id].mark_price
+    if ins.is_inverse:
+        return inverse_margin(position, book, mark_price, market.index_prices[ins.underlying])
     if not ins.is_option:
         return linear_margin(position, mark_price, book.tiers.get(ins.id))
     if position.quantity > 0.0:

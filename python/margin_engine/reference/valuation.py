@@ -7,7 +7,7 @@ row order; an account's netted positions in instrument-id order; its balances in
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -44,7 +44,11 @@ class NettedPosition:
     """`q = Σ quantity` over the rows, in input row order."""
     upnl: float
     """Unrealized P&L (§2.3): Σ over the rows of `quantity × multiplier × (mark − entry)`;
-    0 for options and when positions carry no `entry_price`."""
+    0 for options and when positions carry no `entry_price`. An inverse perpetual or future:
+    its coin P&L (`coin`) times the settlement coin's price, in USD."""
+    coin: float = 0.0
+    """An inverse perpetual's or future's P&L in its settlement coin (§2):
+    Σ over the rows of `quantity × multiplier × (1/entry − 1/mark)`; 0 otherwise."""
 
 
 def row_upnl(quantity: float, multiplier: float, mark: float, entry: float) -> float:
@@ -52,25 +56,33 @@ def row_upnl(quantity: float, multiplier: float, mark: float, entry: float) -> f
     return quantity * multiplier * (mark - entry)
 
 
+def inverse_row_pnl(quantity: float, multiplier: float, mark: float, entry: float) -> float:
+    """An inverse row's coin P&L: `quantity × multiplier × (1/entry − 1/mark)` (BitMEX's
+    XBTUSD formula), left to right."""
+    return quantity * multiplier * (1.0 / entry - 1.0 / mark)
+
+
 def _row_sums(
     rows: Iterable[PositionRow], book: BookData, market: MarketData
-) -> tuple[dict[tuple[int, int], float], dict[tuple[int, int], float], dict[int, None]]:
+) -> tuple[dict[tuple[int, int], float], dict[tuple[int, int], float], dict[int, None], dict[tuple[int, int], float]]:
     """Per (account, instrument): `Σ quantity` and `Σ upnl` over the rows in input row order
-    (upnl of linear rows with an entry price only), and the accounts in first-seen order."""
+    (upnl of linear rows with an entry price only; in coin for inverse ones), the accounts in
+    first-seen order, and `Σ unsettled_funding`."""
     quantity: dict[tuple[int, int], float] = {}
     upnl: dict[tuple[int, int], float] = {}
+    funding: dict[tuple[int, int], float] = {}
     accounts: dict[int, None] = {}
     for row in rows:
         accounts[row.account_id] = None
         key = (row.account_id, row.instrument_id)
         quantity[key] = quantity.get(key, 0.0) + row.quantity
+        funding[key] = funding.get(key, 0.0) + row.unsettled_funding
         instrument = book.instruments[row.instrument_id]
         if row.entry_price is not None and not instrument.is_option:
             mark = market.marks[row.instrument_id].mark_price
-            upnl[key] = upnl.get(key, 0.0) + row_upnl(
-                row.quantity, instrument.multiplier, mark, row.entry_price
-            )
-    return quantity, upnl, accounts
+            pnl = inverse_row_pnl if instrument.is_inverse else row_upnl
+            upnl[key] = upnl.get(key, 0.0) + pnl(row.quantity, instrument.multiplier, mark, row.entry_price)
+    return quantity, upnl, accounts, funding
 
 
 def net_positions(
@@ -81,32 +93,65 @@ def net_positions(
     Returns, per account that has any position row, its netted positions with `q != 0` in
     instrument-id order (an account whose positions all net to zero maps to an empty list).
     """
-    quantity, upnl, accounts = _row_sums(rows, book, market)
+    quantity, upnl, accounts, _ = _row_sums(rows, book, market)
     netted: dict[int, list[NettedPosition]] = {account: [] for account in accounts}
     for account, ins_id in sorted(quantity):
         q = quantity[(account, ins_id)]
         if q == 0.0:
             continue  # a net of exactly 0 carries no notional, margin or Greeks (§2.1)
-        netted[account].append(NettedPosition(book.instruments[ins_id], q, upnl.get((account, ins_id), 0.0)))
+        instrument = book.instruments[ins_id]
+        pnl = upnl.get((account, ins_id), 0.0)
+        if instrument.is_inverse and not instrument.is_option:
+            netted[account].append(NettedPosition(instrument, q, pnl * book.settlement_price(instrument), pnl))
+        else:
+            netted[account].append(NettedPosition(instrument, q, pnl))
     return netted
 
 
 def closed_pnl(rows: Iterable[PositionRow], book: BookData, market: MarketData) -> dict[int, float]:
-    """The P&L of each account's linear positions that net to exactly 0, summed in
-    instrument-id order: realized but not yet settled, it stays in equity and collateral
-    (rows `+1 @ 50,000` and `−1 @ 60,000` carry `+10,000 × multiplier`). Accounts without such
-    a position are absent."""
-    quantity, upnl, _ = _row_sums(rows, book, market)
+    """The P&L of each account not carried by an open position: per instrument in
+    instrument-id order, its rows' `unsettled_funding` (when not 0), then the P&L of a linear
+    position that nets to exactly 0: realized but not yet settled, it stays in equity and
+    collateral (rows `+1 @ 50,000` and `−1 @ 60,000` carry `+10,000 × multiplier`). Accounts
+    without either are absent. Inverse positions that net to 0: `closed_inverse`."""
+    quantity, upnl, _, funding = _row_sums(rows, book, market)
     closed: dict[int, float] = {}
     for account, ins_id in sorted(quantity):
-        if quantity[(account, ins_id)] == 0.0 and (account, ins_id) in upnl:
-            closed[account] = closed.get(account, 0.0) + upnl[(account, ins_id)]
+        key = (account, ins_id)
+        if funding[key] != 0.0:
+            closed[account] = closed.get(account, 0.0) + funding[key]
+        if quantity[key] == 0.0 and key in upnl and not book.instruments[ins_id].is_inverse:
+            closed[account] = closed.get(account, 0.0) + upnl[key]
     return closed
 
 
-def notional(position: NettedPosition, mark_price: float) -> float:
-    """§2.2: `|q| × multiplier × mark_price`."""
-    return abs(position.quantity) * position.instrument.multiplier * mark_price
+def closed_inverse(
+    rows: Iterable[PositionRow], book: BookData, market: MarketData
+) -> dict[int, list[tuple[Instrument, float]]]:
+    """Per account, its inverse perpetuals and futures that net to exactly 0 with a non-zero
+    coin P&L, `(instrument, coin P&L)` in instrument-id order: their USD value moves with the
+    settlement coin, so it is converted where the coin's price is known (`value_account`)."""
+    quantity, upnl, _, _ = _row_sums(rows, book, market)
+    out: dict[int, list[tuple[Instrument, float]]] = {}
+    for account, ins_id in sorted(quantity):
+        key = (account, ins_id)
+        instrument = book.instruments[ins_id]
+        if quantity[key] == 0.0 and instrument.is_inverse and upnl.get(key, 0.0) != 0.0:
+            out.setdefault(account, []).append((instrument, upnl[key]))
+    return out
+
+
+def notional(position: NettedPosition, mark_price: float, book: BookData | None = None) -> float:
+    """§2.2: `|q| × multiplier × mark_price`; an inverse contract's coin notional in USD at its
+    settlement coin's price of `book` (`|q| × multiplier / mark × price` for a perpetual or
+    future, `|q| × multiplier × mark × price` for a coin-settled option)."""
+    ins = position.instrument
+    if ins.is_inverse:
+        assert book is not None, "an inverse contract's notional needs the book's coin price"
+        if ins.is_option:
+            return abs(position.quantity) * ins.multiplier * mark_price * book.settlement_price(ins)
+        return abs(position.quantity) * ins.multiplier / mark_price * book.settlement_price(ins)
+    return abs(position.quantity) * ins.multiplier * mark_price
 
 
 def option_value(position: NettedPosition, mark_price: float) -> float:
@@ -114,10 +159,14 @@ def option_value(position: NettedPosition, mark_price: float) -> float:
     return position.quantity * position.instrument.multiplier * mark_price
 
 
-def position_pnl(position: NettedPosition, mark_price: float) -> float:
+def position_pnl(position: NettedPosition, mark_price: float, book: BookData | None = None) -> float:
     """The position's contribution to equity and collateral (§2.6): its upnl (perpetuals and
-    futures) or its option value (options)."""
+    futures) or its option value (options). A coin-settled option: its coin value
+    `q × multiplier × mark` times the settlement coin's price of `book`."""
     if position.instrument.is_option:
+        if position.instrument.is_inverse:
+            assert book is not None
+            return option_value(position, mark_price) * book.settlement_price(position.instrument)
         return option_value(position, mark_price)
     return position.upnl
 
@@ -191,11 +240,13 @@ def value_account(
     market: MarketData,
     extra_pnl: float = 0.0,
     closed: float = 0.0,
+    closed_coins: Sequence[tuple[Instrument, float]] = (),
 ) -> AccountValue:
     """§2.6 for one account. `positions` must be in instrument-id order; balances are summed in
     asset-id order (each (account, asset) appears once). `extra_pnl` (value realized outside the
     positions, e.g. a what-if trade away from the mark) starts the P&L sum; `closed` (the
-    account's `closed_pnl`) ends it."""
+    account's `closed_pnl`) ends it, then `closed_coins` (its `closed_inverse`), summed apart
+    at `book`'s coin prices."""
     cash = 0.0
     weighted_initial = 0.0
     weighted_maintenance = 0.0
@@ -206,6 +257,11 @@ def value_account(
         weighted_maintenance += weighted_value(asset, row.amount, "maintenance")
     pnl = extra_pnl
     for position in positions:
-        pnl += position_pnl(position, market.marks[position.instrument.id].mark_price)
+        pnl += position_pnl(position, market.marks[position.instrument.id].mark_price, book)
     pnl += closed
+    if closed_coins:
+        coins = 0.0
+        for instrument, coin in closed_coins:
+            coins += coin * book.settlement_price(instrument)
+        pnl += coins
     return AccountValue(cash, weighted_initial, weighted_maintenance, pnl)

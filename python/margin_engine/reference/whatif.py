@@ -8,6 +8,10 @@ Rules, in the engine's words:
   (`premium`), which starts the account's P&L sum after the trade, while its mark value is in the
   new row; a linear trade pays nothing and adds `quantity × multiplier × (mark − price)` of P&L.
   `trade_pnl = Σ quantity × multiplier × (mark − price)` is the net of both;
+- an inverse (coin-settled) trade does the same in its coin: a perpetual or future adds
+  `quantity × multiplier × (1/price − 1/mark)` coins of P&L (at the coin's USD price), a
+  coin-settled option's premium `quantity × multiplier × price` coins moves the account's
+  balance of its settlement asset;
 - a trade that closes a position keeps that position's P&L (`valuation.closed_pnl`);
 - a position row without an entry price is valued at the mark (no unrealized P&L);
 - the order is accepted when free collateral after it is ≥ 0, or when it reduces risk: initial
@@ -22,7 +26,7 @@ from typing import Any
 from ._tables import Asset, BalanceRow, BookData, PositionRow, as_table, column, read_book, read_market
 from .portfolio import RiskArrays
 from .results import AccountResult, Model, account_result
-from .valuation import closed_pnl, net_positions
+from .valuation import closed_inverse, closed_pnl, net_positions
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,18 @@ def with_premium(balances: list[BalanceRow], asset: Asset, premium: float) -> li
     return out
 
 
+def with_coins(balances: list[BalanceRow], asset_id: int, coins: float) -> list[BalanceRow]:
+    """The account's balances after `coins` units moved into its `asset_id` balance (a new row
+    when it has none): a coin-settled option's premium."""
+    out = list(balances)
+    for i, row in enumerate(out):
+        if row.asset_id == asset_id:
+            out[i] = BalanceRow(row.account_id, row.asset_id, row.amount + coins)
+            return out
+    out.append(BalanceRow(0, asset_id, coins))
+    return out
+
+
 def what_if(
     book: Any,
     positions: Any,
@@ -107,28 +123,50 @@ def what_if(
     trade_rows = _tuples(trades, "instrument", "price")
     trade_pnl = 0.0
     premium = 0.0
+    linear_premium = 0.0
     linear_pnl = 0.0
+    coin_premiums: list[tuple[int, float]] = []
     for k, q, price in trade_rows:
         instrument = bd.instruments[bd.instrument_ids[k]]
         mark = md.marks[instrument.id].mark_price
         paid = mark if price is None else price
-        trade_pnl += q * instrument.multiplier * (mark - paid)
-        if instrument.is_option:
-            premium -= q * instrument.multiplier * paid
+        if instrument.is_inverse:
+            coin = bd.settlement_price(instrument)
+            if instrument.is_option:
+                pnl = q * instrument.multiplier * (mark - paid) * coin
+            else:
+                pnl = q * instrument.multiplier * (1.0 / paid - 1.0 / mark) * coin
         else:
-            linear_pnl += q * instrument.multiplier * (mark - paid)
+            pnl = q * instrument.multiplier * (mark - paid)
+        trade_pnl += pnl
+        if instrument.is_option:
+            if instrument.is_inverse:
+                premium -= q * instrument.multiplier * paid * bd.settlement_price(instrument)
+                assert instrument.settlement_asset is not None
+                coin_premiums.append((bd.asset_ids[instrument.settlement_asset], -(q * instrument.multiplier * paid)))
+            else:
+                premium -= q * instrument.multiplier * paid
+                linear_premium -= q * instrument.multiplier * paid
+        else:
+            linear_pnl += pnl
     after_rows = position_rows + [PositionRow(0, bd.instrument_ids[k], q, None) for k, q, _ in trade_rows]
     balances_after = balance_rows
-    if any(bd.instruments[bd.instrument_ids[k]].is_option for k, _, _ in trade_rows):
+    for asset_id, coins in coin_premiums:
+        balances_after = with_coins(balances_after, asset_id, coins)
+    if any(
+        bd.instruments[bd.instrument_ids[k]].is_option and not bd.instruments[bd.instrument_ids[k]].is_inverse
+        for k, _, _ in trade_rows
+    ):
         asset_id = quote_asset(bd) if premium_asset is None else bd.asset_ids[premium_asset]
         if asset_id is None:
             raise ValueError("trades: an option trade's premium needs a quote asset; name one with premium_asset=")
-        balances_after = with_premium(balance_rows, bd.assets[asset_id], premium)
+        balances_after = with_premium(balances_after, bd.assets[asset_id], linear_premium)
 
     def margin(rows: list[PositionRow], balances: list[BalanceRow], extra_pnl: float) -> AccountResult:
         netted = net_positions(rows, bd, md).get(0, [])
         closed = closed_pnl(rows, bd, md).get(0, 0.0)
-        return account_result(0, netted, balances, bd, md, model, arrays, extra_pnl, closed)
+        coins = closed_inverse(rows, bd, md).get(0, ())
+        return account_result(0, netted, balances, bd, md, model, arrays, extra_pnl, closed, closed_coins=coins)
 
     before = margin(position_rows, balance_rows, 0.0)
     after = margin(after_rows, balances_after, linear_pnl)

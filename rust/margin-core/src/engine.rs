@@ -20,7 +20,7 @@ use crate::standard;
 use crate::stress::revalue;
 use crate::table::Table;
 use crate::trace::Phases;
-use crate::valuation::{net_positions, value_balances, BalanceScratch, Collateral, Scratch};
+use crate::valuation::{closed_inverse_pnl, net_positions, value_balances, BalanceScratch, Collateral, Scratch};
 
 /// Which margin model to apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,7 +255,11 @@ impl Pricing<'_> {
             }
         };
         // open positions' P&L and option value, then the P&L of positions that netted to 0
-        let pnl: f64 = net.iter().fold(extra_pnl, |s, p| s + p.value) + scratch.net.closed_pnl;
+        let mut pnl: f64 = net.iter().fold(extra_pnl, |s, p| s + p.value) + scratch.net.closed_pnl;
+        if !scratch.net.closed_inverse.is_empty() {
+            // coin P&L of inverse positions that netted to 0, at the (possibly moved) coin price
+            pnl += closed_inverse_pnl(&scratch.net.closed_inverse, market);
+        }
         Ok(AccountRow::new(slot.account_id, collateral, pnl, initial_margin, maintenance_margin))
     }
 }
@@ -323,6 +327,21 @@ pub fn check_v1_portfolio(book: &Book, model: Model, what: &str) -> Result<()> {
         )),
         _ => Ok(()),
     }
+}
+
+/// Kernels that value every contract as linear (liquidation plans, hedges) refuse positions in
+/// inverse (coin-settled) contracts rather than answer with a linear number.
+pub fn check_no_inverse_positions(book: &Book, inputs: &Inputs, what: &str) -> Result<()> {
+    let ins = &book.instruments;
+    if !ins.has_inverse() {
+        return Ok(());
+    }
+    let used = inputs.positions.used_instruments(ins.len());
+    let mut bad = Offenders::default();
+    for id in (0..ins.len()).filter(|i| used[*i] && ins.inverse[*i]) {
+        bad.push(|| format!("'{}'", ins.labels[id]));
+    }
+    bad.into_result("positions", "instrument", &format!("{what} does not support inverse (coin-settled) contracts yet"))
 }
 
 /// One scenario's P&L of one account's portfolio (see [`scenario_losses`]).
@@ -403,7 +422,7 @@ pub fn scenario_risk_arrays(book: &Book, market: &Market) -> Option<Vec<(u32, u3
                 if market.mark_price[id].is_nan() || market.index_price[u].is_nan() {
                     continue;
                 }
-                let one = [crate::valuation::NetPosition { instrument: id as u32, quantity: 1.0, value: 0.0 }];
+                let one = [crate::valuation::NetPosition { instrument: id as u32, quantity: 1.0, value: 0.0, coin: 0.0 }];
                 crate::methodology::account::for_each_portfolio(book, market, scenarios, &one, &balances, &[], &book.assets.price, scratch, |_, p, m| {
                     let pnls = crate::methodology::margin_scenarios(p, m).map(|r| r.scenario_pnl).unwrap_or_default();
                     out.extend(pnls.into_iter().enumerate().map(|(row, pnl)| (id as u32, row as u32, pnl)));

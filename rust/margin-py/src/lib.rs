@@ -188,6 +188,7 @@ impl Book {
             })?;
             if let Some((name, portfolio, standard)) = parts {
                 book.methodology = BookMethodology::new(name, portfolio, standard, &book.underlyings.names)?;
+                book.check_methodology_settlement()?;
             }
             Ok(book)
         })?;
@@ -471,6 +472,7 @@ fn liquidation_plan(
     let params = plan::PlanParams { liquidation_fee, liquidator_share, buffer, insurance_fund };
     let (batches, totals) = with_accounts(py, book, market, positions, Some(balances), threads, |book, market, inputs| {
             engine::check_v1_portfolio(book, model, "liquidation_plan")?;
+            engine::check_no_inverse_positions(book, inputs, "liquidation_plan")?;
             let moved = stressed(&book, &market, &stress)?;
             let stress = moved.as_ref().map(|(m, a)| engine::Stress { market: m, asset_price: a });
             let rows = engine::margin_under(&book, &market, stress, &inputs, model)?;
@@ -511,7 +513,15 @@ fn optimal_hedge(
     };
     let batch = with_accounts(py, book, market, positions, Some(balances), threads, |book, market, inputs| {
             engine::check_v1_portfolio(book, model, "optimal_hedge")?;
+            engine::check_no_inverse_positions(book, inputs, "optimal_hedge")?;
             let hedges = hedge::hedge_ids(book, market, &hedge_instruments)?;
+            let mut inverse = margin_core::error::Offenders::default();
+            for (i, id) in hedges.iter().enumerate() {
+                if book.instruments.inverse[*id as usize] {
+                    inverse.push(|| format!("'{}'", hedge_instruments[i]));
+                }
+            }
+            inverse.into_result("arguments", "hedge_instruments", "optimal_hedge does not support inverse (coin-settled) hedge instruments yet")?;
             let rows = engine::margin(&book, &market, &inputs, model)?;
             let hedges = hedge::optimal_hedges(&book, &market, &inputs, model, objective, &hedges, &rows);
             Ok(results::hedge_batch(&book, &hedges))

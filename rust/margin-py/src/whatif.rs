@@ -195,6 +195,10 @@ impl RowReader<'_> {
                 return Err(InputError::new(self.table, "account_id", "what_if takes the rows of one account; found several account_id values"));
             }
         }
+        if self.table == "positions" && t.optional_column("unsettled_funding").is_some() {
+            // the one-account path has no funding term: refused rather than ignored
+            return Err(InputError::new(self.table, "unsettled_funding", "what_if does not read unsettled_funding yet: settle it into the balances passed, or use me.margin"));
+        }
         let keys = t.column(self.key_column)?.map_keys(self.index, self.key_column)?;
         let quantity = t.column("quantity")?.f64s(Domain::Finite)?;
         let price = match t.optional_column(self.price_column) {

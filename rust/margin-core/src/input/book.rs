@@ -100,9 +100,19 @@ pub struct Instruments {
     /// 0 for non-options.
     pub initial_margin_floor: Vec<f64>,
     pub tiers: Vec<Option<Tiers>>,
+    /// Inverse (coin-margined) contracts: `settlement = 'inverse'` (all false without the column).
+    pub inverse: Vec<bool>,
+    /// The asset an inverse contract settles in (a key of `assets`, linked to the contract's
+    /// underlying); `None` for linear contracts.
+    pub settlement_asset: Vec<Option<u32>>,
 }
 
 impl Instruments {
+    /// Whether any instrument is inverse (coin-settled).
+    pub fn has_inverse(&self) -> bool {
+        self.inverse.iter().any(|i| *i)
+    }
+
     pub fn len(&self) -> usize {
         self.kind.len()
     }
@@ -130,6 +140,8 @@ pub struct Contract {
     pub is_call: bool,
     /// A tier schedule replaces the two rates (`Instruments::tiers`).
     pub tiered: bool,
+    /// Coin-settled (`Instruments::inverse`): values and margins in the settlement coin.
+    pub inverse: bool,
 }
 
 impl Contract {
@@ -145,6 +157,7 @@ impl Contract {
                 kind: ins.kind[i],
                 is_call: ins.is_call[i],
                 tiered: ins.tiers[i].is_some(),
+                inverse: ins.inverse[i],
             })
             .collect()
     }
@@ -314,6 +327,7 @@ impl Book {
         let mut assets = parse_assets(&assets_t, &asset_labels)?;
         assets.index = asset_index;
         assets.underlying = asset_underlying.iter().map(|u| u.as_deref().map(id_of)).collect();
+        parse_settlement(&instruments_t, &mut instruments, &assets)?;
 
         let contracts = Contract::all(&instruments);
         Ok(Book {
@@ -323,6 +337,25 @@ impl Book {
             underlyings: Underlyings { names, index: underlying_index, risk },
             methodology: BookMethodology::default(),
         })
+    }
+}
+
+impl Book {
+    /// A book methodology (generalized standard rules, scenario tables) values every contract
+    /// as linear: with inverse contracts in the book it is refused rather than followed with
+    /// wrong numbers.
+    pub fn check_methodology_settlement(&self) -> Result<()> {
+        if self.methodology.standard.is_none() && self.methodology.portfolio.is_none() {
+            return Ok(());
+        }
+        let ins = &self.instruments;
+        check_rows(
+            "instruments",
+            "settlement",
+            &format!("the methodology '{}' does not support inverse (coin-settled) contracts yet; use the v1 models (no methodology)", self.methodology.name),
+            &ins.labels,
+            |i| ins.inverse[i],
+        )
     }
 }
 
@@ -393,8 +426,51 @@ fn parse_instruments(t: &Table, labels: &[String]) -> Result<Instruments> {
         initial_margin_rate,
         maintenance_margin_rate,
         tiers: vec![None; n],
+        inverse: vec![false; n],
+        settlement_asset: vec![None; n],
         kind,
     })
+}
+
+/// The optional `settlement` (`linear` default, `inverse`) and `settlement_asset` columns: an
+/// inverse contract names the coin it settles in, an asset linked to the contract's own
+/// underlying (so that under a move of the underlying its coin moves with it).
+fn parse_settlement(t: &Table, instruments: &mut Instruments, assets: &Assets) -> Result<()> {
+    let labels = instruments.labels.clone();
+    let Some(column) = t.optional_column("settlement") else {
+        if let Some(c) = t.optional_column("settlement_asset") {
+            // accepted without `settlement` (every contract linear), but still a key of assets
+            let named = c.strings_nullable()?;
+            check_rows(t.name, "settlement_asset", "not a key of assets", &labels, |i| {
+                named[i].as_deref().is_some_and(|a| assets.index.get_str(a).is_none())
+            })?;
+        }
+        return Ok(());
+    };
+    let settlement = column.strings_nullable()?;
+    check_rows(t.name, "settlement", "settlement must be 'linear' or 'inverse' (null = linear)", &labels, |i| {
+        !matches!(settlement[i].as_deref(), None | Some("linear") | Some("inverse"))
+    })?;
+    let inverse: Vec<bool> = settlement.iter().map(|s| s.as_deref() == Some("inverse")).collect();
+    let named = match t.optional_column("settlement_asset") {
+        Some(c) => c.strings_nullable()?,
+        None => vec![None; labels.len()],
+    };
+    check_rows(t.name, "settlement_asset", "inverse contracts need a settlement_asset", &labels, |i| {
+        inverse[i] && named[i].is_none()
+    })?;
+    let asset_of = |i: usize| named[i].as_deref().and_then(|a| assets.index.get_str(a));
+    check_rows(t.name, "settlement_asset", "not a key of assets", &labels, |i| named[i].is_some() && asset_of(i).is_none())?;
+    check_rows(
+        t.name,
+        "settlement_asset",
+        "an inverse contract's settlement asset must be linked (assets.underlying) to the contract's own underlying",
+        &labels,
+        |i| inverse[i] && asset_of(i).is_some_and(|a| assets.underlying[a as usize] != Some(instruments.underlying[i])),
+    )?;
+    instruments.settlement_asset = (0..labels.len()).map(|i| if inverse[i] { asset_of(i) } else { None }).collect();
+    instruments.inverse = inverse;
+    Ok(())
 }
 
 fn parse_assets(t: &Table, labels: &[String]) -> Result<Assets> {

@@ -232,6 +232,9 @@ pub struct Market {
     /// The USD price of the book's quote asset: the index price of an `index_prices` row named
     /// like the quote asset (e.g. `USDC`), else 1. Read by a methodology's peg-loss add-on.
     pub quote_usd_price: f64,
+    /// Per instrument id: the USD price of the coin an inverse contract settles in (the
+    /// assets table's price, moved with the underlying under stress); NaN for linear contracts.
+    pub settlement_price: Vec<f64>,
 }
 
 impl Market {
@@ -336,6 +339,7 @@ impl Market {
             expiry_forward,
             expiry_confidence,
             quote_usd_price,
+            settlement_price: ins.settlement_asset.iter().map(|a| a.map_or(f64::NAN, |a| book.assets.price[a as usize])).collect(),
         })
     }
 
@@ -346,10 +350,17 @@ impl Market {
         // a market with a mark and an index price for every instrument of the book (the usual
         // case) covers any positions: no need to find which instruments they hold
         let priced = |id: usize| !self.mark_price[id].is_nan() && !self.index_price[ins.underlying[id] as usize].is_nan();
-        if (0..ins.len()).all(priced) {
+        // an inverse perpetual's or future's coin value is 1 / mark: its mark must be > 0
+        let zero_inverse_mark = |id: usize| ins.inverse[id] && ins.kind[id].is_linear() && self.mark_price[id] == 0.0;
+        if (0..ins.len()).all(|id| priced(id) && !zero_inverse_mark(id)) {
             return Ok(());
         }
         let used = used();
+        let mut zero = Offenders::default();
+        for id in (0..ins.len()).filter(|i| used[*i] && zero_inverse_mark(*i)) {
+            zero.push(|| format!("'{}'", ins.labels[id]));
+        }
+        zero.into_result("marks", "mark_price", "an inverse perpetual or future needs a mark_price > 0 (its value in coin is contracts × multiplier / mark)")?;
         let mut no_mark = Offenders::default();
         let mut no_index = Offenders::default();
         let mut index_seen = vec![false; self.index_price.len()];

@@ -43,6 +43,9 @@ pub struct Positions<'a> {
     pub instrument: InstrumentIds<'a>,
     pub quantity: Cow<'a, [f64]>,
     pub entry_price: Option<Cow<'a, [f64]>>,
+    /// Optional `unsettled_funding` (USD, finite; null read as 0): funding accrued but not yet
+    /// paid into balances, added to the account's P&L.
+    pub unsettled_funding: Option<Cow<'a, [f64]>>,
     accounts: Vec<u64>,
     starts: Vec<usize>,
 }
@@ -89,6 +92,22 @@ impl<'a> Positions<'a> {
             Some(c) => Some(c.f64s_null_as_nan(Domain::NonNegative)?),
             None => None,
         };
+        if let (Some(entry), true) = (&entry_price, book.instruments.has_inverse()) {
+            // an inverse perpetual's or future's coin P&L is q × mult × (1/entry − 1/mark):
+            // entry must be > 0 (options ignore entry prices)
+            let mut bad = Offenders::default();
+            for (r, e) in entry.iter().enumerate() {
+                let id = instrument.get(r) as usize;
+                if *e == 0.0 && book.instruments.inverse[id] && book.instruments.kind[id].is_linear() {
+                    bad.push(|| format!("row {r}"));
+                }
+            }
+            bad.into_result(t.name, "entry_price", "an inverse perpetual's or future's entry_price must be > 0 (or null)")?;
+        }
+        let unsettled_funding = match t.optional_column("unsettled_funding") {
+            Some(c) => Some(c.f64s_null_as_zero(Domain::Finite)?),
+            None => None,
+        };
         phases.lap("positions: quantity, entry_price");
         let Grouping { order, accounts, starts } = group_by_account(&ids);
         let order = order.as_deref();
@@ -97,6 +116,7 @@ impl<'a> Positions<'a> {
             instrument: instrument.reordered(order),
             quantity: reorder(quantity, order),
             entry_price: entry_price.map(|e| reorder(e, order)),
+            unsettled_funding: unsettled_funding.map(|f| reorder(f, order)),
             accounts,
             starts,
         })
@@ -135,13 +155,14 @@ impl<'a> Positions<'a> {
             instrument: InstrumentIds::Dense(instrument),
             quantity: Cow::Owned(quantity),
             entry_price: entry_price.map(Cow::Owned),
+            unsettled_funding: None,
             accounts: vec![0],
             starts: vec![0, n],
         }
     }
 
     pub fn empty() -> Positions<'static> {
-        Positions { instrument: InstrumentIds::Dense(Vec::new()), quantity: Cow::Owned(Vec::new()), entry_price: None, accounts: Vec::new(), starts: vec![0] }
+        Positions { instrument: InstrumentIds::Dense(Vec::new()), quantity: Cow::Owned(Vec::new()), entry_price: None, unsettled_funding: None, accounts: Vec::new(), starts: vec![0] }
     }
 }
 

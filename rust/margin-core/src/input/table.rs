@@ -332,6 +332,16 @@ impl<'a> Column<'a> {
         Ok(Cow::Owned(self.f64s_nullable(domain)?.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect()))
     }
 
+    /// Float values with nulls read as 0 (an amount that is absent is none), non-null values
+    /// checked against `domain`.
+    pub fn f64s_null_as_zero(&self, domain: Domain) -> Result<Cow<'a, [f64]>> {
+        let has_nulls = self.chunks.iter().any(|(_, a)| a.data_type() == &DataType::Null || a.logical_null_count() > 0);
+        if !has_nulls {
+            return self.f64s(domain);
+        }
+        Ok(Cow::Owned(self.f64s_nullable(domain)?.into_iter().map(|v| v.unwrap_or(0.0)).collect()))
+    }
+
     /// Float values with nulls as `None` (for small book tables). Non-null values are checked.
     pub fn f64s_nullable(&self, domain: Domain) -> Result<Vec<Option<f64>>> {
         let nulls = self.null_rows();

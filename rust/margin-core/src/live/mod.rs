@@ -324,6 +324,10 @@ impl LiveBook {
     /// A live book of the accounts in `inputs` (read and checked as `me.margin` reads them) at
     /// `market`, with resting `orders`.
     pub fn new(book: Arc<Book>, market: MarketState, inputs: &Inputs, orders: Vec<Order>, config: Config) -> Result<LiveBook> {
+        // the live state's fills and journal carry funding-free positions only
+        if inputs.positions.unsettled_funding.is_some() {
+            return Err(crate::error::InputError::new("positions", "unsettled_funding", "LiveBook does not carry unsettled_funding yet: settle funding into balances (apply_transfers) or use me.margin"));
+        }
         let mut duplicates = Offenders::default();
         let accounts: Vec<Account> = inputs
             .slots
@@ -363,6 +367,10 @@ impl LiveBook {
     /// The book of these accounts (each once, rows in state order), margined in parallel unless
     /// `margin` is false (recovery: then [`LiveBook::margin_all`] after the replay).
     pub(crate) fn from_accounts(book: Arc<Book>, market_state: MarketState, accounts: Vec<Account>, config: Config, margin: bool) -> Result<LiveBook> {
+        // fills, realized P&L and the journal are linear: inverse contracts are refused
+        if book.instruments.has_inverse() {
+            return Err(crate::error::InputError::new("instruments", "settlement", "LiveBook does not support inverse (coin-settled) contracts yet; use me.margin"));
+        }
         let market = market_state.resolve(&book)?;
         let risk = match (config.model, margin) {
             (Model::Portfolio, true) => Some(RiskArrays::new(&book, &market)),
@@ -745,7 +753,7 @@ fn updated_risk(book: &Book, market: &Market, risk: &RiskArrays, instruments: &[
             let offset = risk.offset[id]?;
             let u = book.instruments.underlying[id] as usize;
             let mut array = Vec::with_capacity(risk.scenarios[u].len());
-            instrument_array_at(book, market, id, market.index_price[u], market.mark_price[id], &risk.scenarios[u], &mut array);
+            instrument_array_at(book, market, id, market.index_price[u], market.mark_price[id], market.settlement_price[id], &risk.scenarios[u], &mut array);
             Some((offset, array))
         })
         .collect();

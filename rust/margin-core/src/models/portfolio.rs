@@ -151,20 +151,29 @@ impl RiskArrays {
 }
 
 /// Per-contract P&L of one instrument under each scenario: `mult × mark × m` for linear
-/// contracts; `mult × (B76(S(1+m), K, T, σ') − B76(S, K, T, σ))` for options.
+/// contracts; `mult × (B76(S(1+m), K, T, σ') − B76(S, K, T, σ))` for options. An inverse
+/// contract's array is its coin P&L in the scenario times the moved coin price `P (1 + m)`:
+/// `mult × (1/mark − 1/(mark (1+m))) × P (1+m)` for a perpetual or future,
+/// `mult × (B76(S(1+m), σ')/(S(1+m)) − B76(S, σ)/S) × P (1+m)` for a coin-settled option.
 fn instrument_array(book: &Book, market: &Market, id: usize, scenarios: &[Scenario]) -> Vec<f64> {
     let spot = market.index_price[book.instruments.underlying[id] as usize];
     let mut out = Vec::with_capacity(scenarios.len());
-    instrument_array_at(book, market, id, spot, market.mark_price[id], scenarios, &mut out);
+    instrument_array_at(book, market, id, spot, market.mark_price[id], market.settlement_price[id], scenarios, &mut out);
     out
 }
 
-/// [`instrument_array`] at index price `spot` and mark `mark` (expiry and implied vol from
-/// `market`), appended to `out`: the array of a moved market without building that market.
-pub fn instrument_array_at(book: &Book, market: &Market, id: usize, spot: f64, mark: f64, scenarios: &[Scenario], out: &mut Vec<f64>) {
+/// [`instrument_array`] at index price `spot`, mark `mark` and settlement coin price
+/// `settlement_price` (read for inverse contracts only; expiry and implied vol from `market`),
+/// appended to `out`: the array of a moved market without building that market.
+#[allow(clippy::too_many_arguments)]
+pub fn instrument_array_at(book: &Book, market: &Market, id: usize, spot: f64, mark: f64, settlement_price: f64, scenarios: &[Scenario], out: &mut Vec<f64>) {
     let ins = &book.instruments;
     let u = ins.underlying[id] as usize;
     let multiplier = ins.multiplier[id];
+    if ins.inverse[id] {
+        inverse_array_at(book, market, id, spot, mark, settlement_price, scenarios, out);
+        return;
+    }
     if ins.kind[id].is_linear() {
         out.extend(scenarios.iter().map(|s| multiplier * mark * s.spot_move));
         return;
@@ -175,6 +184,27 @@ pub fn instrument_array_at(book: &Book, market: &Market, id: usize, spot: f64, m
     out.extend(scenarios.iter().map(|s| {
         let shocked = shocked_vol(params, vol, time, s.vol);
         multiplier * (black76::price(spot * (1.0 + s.spot_move), strike, time, shocked, is_call) - base)
+    }));
+}
+
+/// [`instrument_array_at`] of an inverse contract: coin P&L per scenario × the moved coin price.
+#[allow(clippy::too_many_arguments)]
+fn inverse_array_at(book: &Book, market: &Market, id: usize, spot: f64, mark: f64, settlement_price: f64, scenarios: &[Scenario], out: &mut Vec<f64>) {
+    let ins = &book.instruments;
+    let multiplier = ins.multiplier[id];
+    if ins.kind[id].is_linear() {
+        // mult × (1/mark − 1/(mark (1+m))) × P (1+m), written so that it stays finite at m = −1
+        out.extend(scenarios.iter().map(|s| multiplier * settlement_price * s.spot_move / mark));
+        return;
+    }
+    let params = &book.underlyings.risk[ins.underlying[id] as usize];
+    let (strike, time, vol, is_call) = (ins.strike[id], market.time_to_expiry[id], market.implied_vol[id], ins.is_call[id]);
+    let base = black76::price(spot, strike, time, vol, is_call) / spot;
+    out.extend(scenarios.iter().map(|s| {
+        let shocked = shocked_vol(params, vol, time, s.vol);
+        // mult × (B76(S')/S' − B76(S)/S) × P (1+m) with S' = S (1+m), finite at m = −1
+        let moved = black76::price(spot * (1.0 + s.spot_move), strike, time, shocked, is_call);
+        multiplier * settlement_price * (moved / spot - base * (1.0 + s.spot_move))
     }));
 }
 

@@ -1,4 +1,10 @@
 //! Standard model (methodology §3): every netted position charged on its own.
+//!
+//! An inverse (coin-settled) contract is charged in its coin, then converted at the settlement
+//! coin's price: a perpetual or future on its coin notional `|q| × mult / mark` (tiers read coin
+//! notional too, as venues' risk limits for inverse contracts do); a short coin-settled option,
+//! Deribit's rule per contract, `IM = mark + max(imr − OTM/S, floor)` and `MM = mark + mmr`, in
+//! coin (`mark` in coin, `OTM/S` the out-of-the-money amount as a share of the index).
 
 use crate::book::{Book, Kind};
 use crate::market::Market;
@@ -9,13 +15,17 @@ use crate::valuation::NetPosition;
 pub fn position_margin(book: &Book, market: &Market, p: &NetPosition) -> (f64, f64) {
     let id = p.instrument as usize;
     let spot = market.index_price[book.contracts[id].underlying as usize];
-    position_margin_at(book, id, p.quantity, market.mark_price[id], spot)
+    position_margin_at(book, id, p.quantity, market.mark_price[id], spot, market.settlement_price[id])
 }
 
-/// (IM, MM) of `quantity` contracts of instrument `id` at this mark and index price.
+/// (IM, MM) of `quantity` contracts of instrument `id` at this mark, index price and (inverse
+/// contracts only) settlement coin price.
 #[inline(always)]
-pub fn position_margin_at(book: &Book, id: usize, quantity: f64, mark: f64, spot: f64) -> (f64, f64) {
+pub fn position_margin_at(book: &Book, id: usize, quantity: f64, mark: f64, spot: f64, settlement_price: f64) -> (f64, f64) {
     let c = &book.contracts[id];
+    if c.inverse {
+        return inverse_position_margin(book, id, quantity, mark, spot, settlement_price);
+    }
     if c.kind.is_linear() {
         let notional = quantity.abs() * c.multiplier * mark;
         if c.tiered {
@@ -35,6 +45,28 @@ pub fn position_margin_at(book: &Book, id: usize, quantity: f64, mark: f64, spot
     // predictable order, so both are computed and one selected rather than branched on.
     let long = quantity > 0.0;
     (select(long, 0.0, contracts * im_per_contract), select(long, 0.0, contracts * mm_per_contract))
+}
+
+/// (IM, MM) in USD of an inverse position: its coin margin times the coin's price.
+#[cold]
+fn inverse_position_margin(book: &Book, id: usize, quantity: f64, mark: f64, spot: f64, settlement_price: f64) -> (f64, f64) {
+    let c = &book.contracts[id];
+    if c.kind.is_linear() {
+        let coin_notional = quantity.abs() * c.multiplier / mark;
+        let (im, mm) = match (c.tiered, &book.instruments.tiers[id]) {
+            (true, Some(tiers)) => tiers.margin(coin_notional),
+            _ => (coin_notional * c.initial_margin_rate, coin_notional * c.maintenance_margin_rate),
+        };
+        return (im * settlement_price, mm * settlement_price);
+    }
+    if quantity > 0.0 {
+        return (0.0, 0.0); // long option: premium paid, its value is in equity
+    }
+    let out_of_the_money = if c.is_call { (c.strike - spot).max(0.0) } else { (spot - c.strike).max(0.0) };
+    let im_per_contract = mark + (c.initial_margin_rate - out_of_the_money / spot).max(c.initial_margin_floor);
+    let mm_per_contract = mark + c.maintenance_margin_rate;
+    let contracts = quantity.abs() * c.multiplier;
+    (contracts * im_per_contract * settlement_price, contracts * mm_per_contract * settlement_price)
 }
 
 /// `if condition { a } else { b }`, written so that it compiles to a select, not a branch.

@@ -1,4 +1,9 @@
 //! Greeks aggregation (methodology §7): per account × underlying, Σ q · multiplier · Greek.
+//!
+//! An inverse perpetual or future has delta `1 / mark` per contract (a contract of face value
+//! `mult` USD is `mult / mark` coins of the underlying: its USD value moves like that many
+//! coins); a coin-settled option has its Black-76 Greeks, as its USD value is the Black-76 price
+//! when the coin is worth its index.
 
 use crate::black76;
 use crate::book::{Book, Kind};
@@ -12,7 +17,9 @@ pub fn instrument_greeks(book: &Book, market: &Market) -> Vec<SuppliedGreeks> {
     (0..ins.len())
         .map(|id| {
             if ins.kind[id].is_linear() {
-                return SuppliedGreeks { delta: 1.0, gamma: 0.0, vega: 0.0, theta: 0.0 };
+                // an inverse contract of face value mult USD holds mult / mark coins of exposure
+                let delta = if ins.inverse[id] { 1.0 / market.mark_price[id] } else { 1.0 };
+                return SuppliedGreeks { delta, gamma: 0.0, vega: 0.0, theta: 0.0 };
             }
             if let Some(Some(g)) = market.greeks.as_ref().map(|g| g[id]) {
                 return g;
@@ -86,7 +93,7 @@ pub fn account_greeks(
         } else {
             row.short_notional += notional(book, market, p);
         }
-        debug_assert!(ins.kind[id] == Kind::Option || g.delta == 1.0);
+        debug_assert!(ins.kind[id] == Kind::Option || ins.inverse[id] || g.delta == 1.0);
     }
     out[first..].sort_unstable_by_key(|r| r.underlying);
     for row in &mut out[first..] {

@@ -13,8 +13,12 @@ pub struct NetPosition {
     pub instrument: u32,
     /// `q = Σ quantity` over the account's rows of this instrument (never exactly 0 here).
     pub quantity: f64,
-    /// Unrealized P&L (linear contracts with entry prices) or option value `q × mult × mark`.
+    /// Unrealized P&L (linear contracts with entry prices) or option value `q × mult × mark`,
+    /// in USD (an inverse contract's coin value times its settlement coin's price).
     pub value: f64,
+    /// An inverse contract's value in its settlement coin (0 for linear contracts): what a
+    /// move revalues before converting at the moved coin price.
+    pub coin: f64,
 }
 
 /// Reusable per-thread buffers, so that no account allocates.
@@ -23,9 +27,20 @@ pub struct Scratch {
     /// `instrument << 32 | row`: sorting these orders rows by instrument, then input order.
     rows: Vec<u64>,
     pub net: Vec<NetPosition>,
-    /// P&L of the account's linear positions that net to exactly 0: realized but not yet
-    /// settled, it stays in equity and collateral though the position carries no margin.
+    /// P&L not carried by an open position's value: that of the account's linear positions
+    /// that net to exactly 0 (realized but not yet settled, it stays in equity and collateral
+    /// though the position carries no margin) and the rows' `unsettled_funding`.
     pub closed_pnl: f64,
+    /// Inverse positions that net to exactly 0 with P&L: `(instrument, P&L in its settlement
+    /// coin)`, in instrument-id order. Their USD value moves with the coin, so it is converted
+    /// where the coin's price is known ([`closed_inverse_pnl`]), not summed into `closed_pnl`.
+    pub closed_inverse: Vec<(u32, f64)>,
+}
+
+/// The USD value of `closed` (see [`Scratch::closed_inverse`]) at the market's settlement prices.
+#[inline]
+pub fn closed_inverse_pnl(closed: &[(u32, f64)], market: &Market) -> f64 {
+    closed.iter().fold(0.0, |s, (id, coin)| s + coin * market.settlement_price[*id as usize])
 }
 
 /// Nets the account's position rows into `scratch.net`, in instrument-id order. Rows of one
@@ -35,12 +50,14 @@ pub struct Scratch {
 pub fn net_positions(rows: Range<usize>, positions: &Positions, book: &Book, market: &Market, scratch: &mut Scratch) {
     scratch.net.clear();
     scratch.closed_pnl = 0.0;
+    scratch.closed_inverse.clear();
     // exports sorted by (account, instrument) are netted in one pass over the rows
-    if net_sorted_rows(rows.clone(), positions, book, market, &mut scratch.net, &mut scratch.closed_pnl) {
+    if net_sorted_rows(rows.clone(), positions, book, market, &mut scratch.net, &mut scratch.closed_pnl, &mut scratch.closed_inverse) {
         return;
     }
     scratch.net.clear();
     scratch.closed_pnl = 0.0;
+    scratch.closed_inverse.clear();
     scratch.rows.clear();
     scratch.rows.extend(rows.map(|r| (positions.instrument.get(r) as u64) << 32 | r as u64));
     scratch.rows.sort_unstable();
@@ -49,7 +66,7 @@ pub fn net_positions(rows: Range<usize>, positions: &Positions, book: &Book, mar
         for key in group {
             net.add((key & 0xFFFF_FFFF) as usize, positions);
         }
-        net.finish(book, &mut scratch.net, &mut scratch.closed_pnl);
+        net.finish(book, market, &mut scratch.net, &mut scratch.closed_pnl, &mut scratch.closed_inverse);
     }
 }
 
@@ -63,6 +80,7 @@ fn net_sorted_rows(
     market: &Market,
     net: &mut Vec<NetPosition>,
     closed_pnl: &mut f64,
+    closed_inverse: &mut Vec<(u32, f64)>,
 ) -> bool {
     let Some(first) = rows.clone().next() else { return true };
     let mut current = Netting::start(positions.instrument.get(first), book, market);
@@ -72,30 +90,34 @@ fn net_sorted_rows(
             if id < current.instrument {
                 return false;
             }
-            current.finish(book, net, closed_pnl);
+            current.finish(book, market, net, closed_pnl, closed_inverse);
             current = Netting::start(id, book, market);
         }
         current.add(r, positions);
     }
-    current.finish(book, net, closed_pnl);
+    current.finish(book, market, net, closed_pnl, closed_inverse);
     true
 }
 
 /// The running net of one instrument's rows of an account: quantity and, for linear contracts
-/// with entry prices, `Σ q × mult × (mark − entry)` summed in row order.
+/// with entry prices, `Σ q × mult × (mark − entry)` summed in row order (an inverse contract:
+/// `Σ q × mult × (1/entry − 1/mark)`, in coin), and the rows' unsettled funding.
 struct Netting {
     instrument: u32,
     multiplier: f64,
     mark: f64,
+    inverse: bool,
     quantity: f64,
     pnl: f64,
+    funding: f64,
 }
 
 impl Netting {
     #[inline(always)]
     fn start(instrument: u32, book: &Book, market: &Market) -> Netting {
         let i = instrument as usize;
-        Netting { instrument, multiplier: book.contracts[i].multiplier, mark: market.mark_price[i], quantity: 0.0, pnl: 0.0 }
+        let c = &book.contracts[i];
+        Netting { instrument, multiplier: c.multiplier, mark: market.mark_price[i], inverse: c.inverse, quantity: 0.0, pnl: 0.0, funding: 0.0 }
     }
 
     #[inline(always)]
@@ -104,36 +126,65 @@ impl Netting {
         self.quantity += q;
         if let Some(entry) = &positions.entry_price {
             // a null entry price (read as NaN) is a row whose P&L is already settled
-            let pnl = q * self.multiplier * (self.mark - entry[r]);
+            let pnl = if self.inverse {
+                q * self.multiplier * (1.0 / entry[r] - 1.0 / self.mark)
+            } else {
+                q * self.multiplier * (self.mark - entry[r])
+            };
             self.pnl += if pnl.is_nan() { 0.0 } else { pnl };
+        }
+        if let Some(funding) = &positions.unsettled_funding {
+            self.funding += funding[r]; // null read as 0
         }
     }
 
     /// Pushes the net position unless its quantity is exactly 0 (§2.1); the P&L of a linear
-    /// position that nets to 0 goes to `closed_pnl` (an option's entry price carries no P&L).
+    /// position that nets to 0 goes to `closed_pnl` (an option's entry price carries no P&L),
+    /// and so does the rows' unsettled funding, netted to 0 or not.
     #[inline(always)]
-    fn finish(&self, book: &Book, net: &mut Vec<NetPosition>, closed_pnl: &mut f64) {
-        let option = book.contracts[self.instrument as usize].kind == Kind::Option;
+    fn finish(&self, book: &Book, market: &Market, net: &mut Vec<NetPosition>, closed_pnl: &mut f64, closed_inverse: &mut Vec<(u32, f64)>) {
+        let id = self.instrument as usize;
+        let option = book.contracts[id].kind == Kind::Option;
+        if self.funding != 0.0 {
+            *closed_pnl += self.funding;
+        }
         if self.quantity == 0.0 {
-            if !option {
+            if !option && !self.inverse {
                 *closed_pnl += self.pnl;
+            } else if !option && self.pnl != 0.0 {
+                closed_inverse.push((self.instrument, self.pnl));
             }
             return;
         }
-        let value = if option {
+        let position = if option {
             self.quantity * self.multiplier * self.mark
         } else {
             self.pnl // 0 without entry prices
         };
-        net.push(NetPosition { instrument: self.instrument, quantity: self.quantity, value });
+        let (value, coin) = if self.inverse { (position * market.settlement_price[id], position) } else { (position, 0.0) };
+        net.push(NetPosition { instrument: self.instrument, quantity: self.quantity, value, coin });
     }
 }
 
-/// `|q| × multiplier × mark` (§2.2).
+/// `|q| × multiplier × mark` (§2.2); an inverse contract's coin notional converted to USD at
+/// its settlement coin's price (`|q| × mult / mark × price` for a perpetual or future,
+/// `|q| × mult × mark × price` for a coin-settled option).
 #[inline]
 pub fn notional(book: &Book, market: &Market, p: &NetPosition) -> f64 {
     let id = p.instrument as usize;
-    p.quantity.abs() * book.instruments.multiplier[id] * market.mark_price[id]
+    notional_at(book, id, p.quantity, market.mark_price[id], market.settlement_price[id])
+}
+
+/// [`notional`] of `quantity` contracts of `id` at this mark and settlement coin price (the
+/// latter read for inverse contracts only).
+#[inline]
+pub fn notional_at(book: &Book, id: usize, quantity: f64, mark: f64, settlement_price: f64) -> f64 {
+    let c = &book.contracts[id];
+    match (c.inverse, c.kind.is_linear()) {
+        (false, _) => quantity.abs() * c.multiplier * mark,
+        (true, true) => quantity.abs() * c.multiplier / mark * settlement_price,
+        (true, false) => quantity.abs() * c.multiplier * mark * settlement_price,
+    }
 }
 
 /// An account's balances valued (§2.5): cash at full price and the two weighted sums.

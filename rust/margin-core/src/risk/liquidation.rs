@@ -19,8 +19,8 @@ use crate::market::Market;
 use crate::portfolio::{group_by_underlying, instrument_array_at, positions_margin_of, scenarios, Scenario};
 use crate::results::{AccountRow, Status};
 use crate::standard::position_margin_at;
-use crate::stress::{moved_price, stressed_mark};
-use crate::valuation::{net_positions, value_balance, NetPosition, Scratch};
+use crate::stress::{inverse_value_at, moved_price, stressed_mark};
+use crate::valuation::{net_positions, notional_at, value_balance, NetPosition, Scratch};
 
 /// Grid step of the distance walk.
 pub const GRID_STEP: f64 = 0.005;
@@ -148,7 +148,7 @@ impl HeldRisk {
         let scenarios = scenarios(&book.underlyings.risk[u]);
         let spot = market.index_price[u];
         let has_array = held.iter().map(|id| !(market.mark_price[*id as usize].is_nan() || spot.is_nan())).collect();
-        let base = held_arrays(book, market, held, spot, held.iter().map(|id| market.mark_price[*id as usize]), &scenarios);
+        let base = held_arrays(book, market, held, spot, 0.0, held.iter().map(|id| market.mark_price[*id as usize]), &scenarios);
         HeldRisk { scenarios, has_array, base }
     }
 
@@ -165,14 +165,16 @@ impl HeldRisk {
 }
 
 /// Risk arrays of the instruments `held` at index price `spot` and these marks, one after the
-/// other (zeros where an instrument has no market data; [`HeldRisk::array`] skips those).
-fn held_arrays(book: &Book, market: &Market, held: &[u32], spot: f64, marks: impl Iterator<Item = f64>, scenarios: &[Scenario]) -> Vec<f64> {
+/// other (zeros where an instrument has no market data; [`HeldRisk::array`] skips those), with
+/// inverse contracts' settlement coins moved by `m` with their underlying.
+fn held_arrays(book: &Book, market: &Market, held: &[u32], spot: f64, m: f64, marks: impl Iterator<Item = f64>, scenarios: &[Scenario]) -> Vec<f64> {
     let mut out = Vec::with_capacity(held.len() * scenarios.len());
     for (id, mark) in held.iter().zip(marks) {
+        let settlement = moved_price(market.settlement_price[*id as usize], m);
         if mark.is_nan() || spot.is_nan() {
             out.resize(out.len() + scenarios.len(), 0.0);
         } else {
-            instrument_array_at(book, market, *id as usize, spot, mark, scenarios, &mut out);
+            instrument_array_at(book, market, *id as usize, spot, mark, settlement, scenarios, &mut out);
         }
     }
     out
@@ -203,7 +205,7 @@ impl UnderlyingGrid {
                 let spot = moved_price(base_spot, m);
                 let marks: Vec<f64> = held.iter().map(|id| stressed_mark(book, market, *id as usize, m, spot)).collect();
                 let arrays = match risk {
-                    Some(r) => held_arrays(book, market, held, spot, marks.iter().copied(), &r.scenarios),
+                    Some(r) => held_arrays(book, market, held, spot, m, marks.iter().copied(), &r.scenarios),
                     None => Vec::new(),
                 };
                 (spot, marks, arrays)
@@ -477,7 +479,7 @@ fn account_distances(
                 .iter()
                 .map(|(_, p)| {
                     let id = p.instrument as usize;
-                    position_margin_at(book, id, p.quantity, market.mark_price[id], spot).1
+                    position_margin_at(book, id, p.quantity, market.mark_price[id], spot, market.settlement_price[id]).1
                 })
                 .sum(),
         };
@@ -515,6 +517,11 @@ fn walk_underlying(w: &Walk, u: u32, grid: &UnderlyingGrid, slot: &AccountSlot, 
     let base_excess = row.margin_excess();
     // Everything the move of `u` leaves unchanged, from the P&L of positions that netted to 0.
     let mut other = s.net.closed_pnl;
+    for (id, coin) in &s.net.closed_inverse {
+        if ins.underlying[*id as usize] != u {
+            other += coin * market.settlement_price[*id as usize];
+        }
+    }
     for (weighted, linked, _, _) in &s.balances {
         if *linked != Some(u) {
             other += weighted;
@@ -530,7 +537,10 @@ fn walk_underlying(w: &Walk, u: u32, grid: &UnderlyingGrid, slot: &AccountSlot, 
     }
     let notional: f64 = positions
         .iter()
-        .map(|(_, p)| p.quantity.abs() * ins.multiplier[p.instrument as usize] * market.mark_price[p.instrument as usize])
+        .map(|(_, p)| {
+            let id = p.instrument as usize;
+            notional_at(book, id, p.quantity, market.mark_price[id], market.settlement_price[id])
+        })
         .sum();
     let (move_down, level_down, move_up, level_up) = if base_excess < 0.0 {
         (Some(0.0), Some(0), Some(0.0), Some(0))
@@ -547,11 +557,31 @@ fn walk_underlying(w: &Walk, u: u32, grid: &UnderlyingGrid, slot: &AccountSlot, 
                 }
             }
         }
+        // an inverse position of u that netted to 0 still holds coin P&L, moving with the coin
+        for (id, coin) in &s.net.closed_inverse {
+            let id = *id as usize;
+            if ins.underlying[id] == u {
+                for (g, e) in s.excess.iter_mut().enumerate() {
+                    *e += coin * moved_price(market.settlement_price[id], grid_move(g as i32 - GRID_LEVELS as i32));
+                }
+            }
+        }
         for (_, p) in positions {
             let id = p.instrument as usize;
             let k = instrument_slot(p) as usize;
             let marks = &grid.mark[k * POINTS..(k + 1) * POINTS];
             let size = p.quantity * ins.multiplier[id];
+            if ins.inverse[id] {
+                // coin value at the moved mark, at the coin price moved with u; its coin margin too
+                for (g, (e, mark)) in s.excess.iter_mut().zip(marks).enumerate() {
+                    let coin_price = moved_price(market.settlement_price[id], grid_move(g as i32 - GRID_LEVELS as i32));
+                    *e += inverse_value_at(book, market, id, p, *mark, coin_price).0;
+                    if model == Model::Standard {
+                        *e -= position_margin_at(book, id, p.quantity, *mark, grid.spot[g], coin_price).1;
+                    }
+                }
+                continue;
+            }
             if ins.kind[id].is_linear() {
                 let base_mark = market.mark_price[id];
                 for (e, mark) in s.excess.iter_mut().zip(marks) {
@@ -564,7 +594,7 @@ fn walk_underlying(w: &Walk, u: u32, grid: &UnderlyingGrid, slot: &AccountSlot, 
             }
             if model == Model::Standard {
                 for (g, (e, mark)) in s.excess.iter_mut().zip(marks).enumerate() {
-                    *e -= position_margin_at(book, id, p.quantity, *mark, grid.spot[g]).1;
+                    *e -= position_margin_at(book, id, p.quantity, *mark, grid.spot[g], f64::NAN).1;
                 }
             }
         }

@@ -6,6 +6,12 @@
 //! goes negative); collateral assets linked to `u` move by `(1 + m)`. A netted position keeps its
 //! current value plus the change of its mark (`q × mult × (mark' − mark)` for linear contracts,
 //! `q × mult × mark'` for options), so P&L counts whether or not entry prices were given.
+//!
+//! Inverse (coin-settled) contracts are revalued in their coin, then converted at the moved
+//! coin price (the settlement asset is linked to the contract's underlying, so it moves by
+//! `(1 + m)` too): a perpetual or future keeps its coin P&L plus `q × mult × (1/mark − 1/mark')`;
+//! a coin-settled option's coin mark moves by Black-76 in USD, `max(0, mark × S + B76(S') −
+//! B76(S)) / S'`.
 
 use crate::black76;
 use crate::book::Book;
@@ -22,6 +28,9 @@ pub fn stress_market(book: &Book, market: &Market, moves: &[f64]) -> Market {
     for id in 0..ins.len() {
         let u = ins.underlying[id] as usize;
         out.mark_price[id] = stressed_mark(book, market, id, moves[u], out.index_price[u]);
+        if ins.inverse[id] {
+            out.settlement_price[id] = moved_price(market.settlement_price[id], moves[u]);
+        }
         // an expiry's forward moves with its index (its fixed part does not)
         if let Some(feed) = out.expiry_feed[id].as_mut() {
             feed.forward_variable = moved_price(feed.forward_variable, moves[u]);
@@ -44,9 +53,15 @@ pub fn stressed_mark(book: &Book, market: &Market, id: usize, m: f64, moved_spot
         mark * (1.0 + m)
     } else {
         let (strike, time, vol, call) = (ins.strike[id], market.time_to_expiry[id], market.implied_vol[id], ins.is_call[id]);
-        let before = black76::price(market.index_price[ins.underlying[id] as usize], strike, time, vol, call);
+        let spot = market.index_price[ins.underlying[id] as usize];
+        let before = black76::price(spot, strike, time, vol, call);
         let after = black76::price(moved_spot, strike, time, vol, call);
-        (mark + (after - before)).max(0.0)
+        if ins.inverse[id] {
+            // a coin mark per coin: to USD at the index, moved, back to coin at the moved index
+            (mark * spot + (after - before)).max(0.0) / moved_spot
+        } else {
+            (mark + (after - before)).max(0.0)
+        }
     }
 }
 
@@ -78,12 +93,30 @@ pub fn stress_asset_prices(book: &Book, moves: &[f64]) -> Vec<f64> {
 pub fn revalue(book: &Book, base: &Market, stressed: &Market, p: &NetPosition) -> NetPosition {
     let id = p.instrument as usize;
     let ins = &book.instruments;
+    if ins.inverse[id] {
+        let (value, coin) = inverse_value_at(book, base, id, p, stressed.mark_price[id], stressed.settlement_price[id]);
+        return NetPosition { value, coin, ..*p };
+    }
     let value = if ins.kind[id].is_linear() {
         p.value + p.quantity * ins.multiplier[id] * (stressed.mark_price[id] - base.mark_price[id])
     } else {
         p.quantity * ins.multiplier[id] * stressed.mark_price[id]
     };
     NetPosition { value, ..*p }
+}
+
+/// (USD value, coin value) of an inverse position valued at `base` when its mark becomes `mark`
+/// and its settlement coin's price `coin_price`: a perpetual or future adds the coin P&L of the
+/// move, `q × mult × (1/mark_base − 1/mark)`; an option is worth `q × mult × mark` coins.
+#[inline]
+pub fn inverse_value_at(book: &Book, base: &Market, id: usize, p: &NetPosition, mark: f64, coin_price: f64) -> (f64, f64) {
+    let multiplier = book.instruments.multiplier[id];
+    let coin = if book.instruments.kind[id].is_linear() {
+        p.coin + p.quantity * multiplier * (1.0 / base.mark_price[id] - 1.0 / mark)
+    } else {
+        p.quantity * multiplier * mark
+    };
+    (coin * coin_price, coin)
 }
 
 /// Relative moves per underlying id from `(underlying name, move)` pairs: unknown underlyings,

@@ -20,6 +20,10 @@
 //!   that net to 0);
 //! - when some position rows carry an entry price and others do not, a missing entry price is
 //!   the mark (no unrealized P&L), as for a table without an `entry_price` column.
+//! - an inverse (coin-settled) trade does the same in its coin: a perpetual or future at `price`
+//!   adds `quantity × multiplier × (1/price − 1/mark)` coins of P&L (at the coin's price in
+//!   USD), a coin-settled option's premium `quantity × multiplier × price` coins moves the
+//!   account's balance of its settlement asset; their prices (and entry prices) must be > 0.
 
 use crate::accounts::AccountSlot;
 use crate::book::Kind;
@@ -102,6 +106,17 @@ pub fn what_if(pricing: &Pricing, positions: &[Row], balances: &[(u32, f64)], tr
         })?;
     }
 
+    let mut zero = Offenders::default();
+    for (table, rows) in [("positions", positions), ("trades", trades)] {
+        for (i, r) in rows.iter().enumerate() {
+            let c = &book.contracts[r.instrument as usize];
+            if c.inverse && c.kind.is_linear() && r.price == Some(0.0) {
+                zero.push(|| format!("{table} row {i}"));
+            }
+        }
+    }
+    zero.into_result("trades", "price", "an inverse perpetual's or future's price (and entry_price) must be > 0")?;
+
     let mark = |r: &Row| market.mark_price[r.instrument as usize];
     let with_entry = positions.iter().any(|r| r.price.is_some());
     let rows = |n_trades: usize| {
@@ -115,17 +130,36 @@ pub fn what_if(pricing: &Pricing, positions: &[Row], balances: &[(u32, f64)], tr
         Positions::one_account(instrument, quantity, entry)
     };
     let is_option = |t: &Row| book.contracts[t.instrument as usize].kind == Kind::Option;
+    let inverse = |t: &Row| book.contracts[t.instrument as usize].inverse;
+    let coin_price = |t: &Row| market.settlement_price[t.instrument as usize];
     let value = |t: &Row, price: f64| t.quantity * book.instruments.multiplier[t.instrument as usize] * price;
     let price = |t: &Row| t.price.unwrap_or_else(|| mark(t));
-    let trade_pnl: f64 = trades.iter().fold(0.0, |s, t| s + value(t, mark(t) - price(t)));
-    let premium: f64 = trades.iter().filter(|t| is_option(t)).fold(0.0, |s, t| s - value(t, price(t)));
+    // a trade's P&L against the mark, in USD: an inverse perpetual's or future's in coin first
+    let pnl = |t: &Row| match (inverse(t), is_option(t)) {
+        (false, _) => value(t, mark(t) - price(t)),
+        (true, false) => value(t, 1.0 / price(t) - 1.0 / mark(t)) * coin_price(t),
+        (true, true) => value(t, mark(t) - price(t)) * coin_price(t),
+    };
+    let trade_pnl: f64 = trades.iter().fold(0.0, |s, t| s + pnl(t));
+    let premium_usd = |t: &Row| if inverse(t) { value(t, price(t)) * coin_price(t) } else { value(t, price(t)) };
+    let premium: f64 = trades.iter().filter(|t| is_option(t)).fold(0.0, |s, t| s - premium_usd(t));
     // what the trades add to the account beyond the rows: linear trades' P&L against the mark,
     // option trades' premium (their mark value is in the new rows)
-    let linear_pnl: f64 = trades.iter().filter(|t| !is_option(t)).fold(0.0, |s, t| s + value(t, mark(t) - price(t)));
+    let linear_pnl: f64 = trades.iter().filter(|t| !is_option(t)).fold(0.0, |s, t| s + pnl(t));
     // the premium moves the account's balance of the premium asset (added to its row, or a new
     // row), so a premium that overdraws it is valued at the asset's liability weights
     let mut balances_after = balances.to_vec();
-    if trades.iter().any(is_option) {
+    // a coin-settled option's premium is paid in its settlement coin
+    for t in trades.iter().filter(|t| is_option(t) && inverse(t)) {
+        let asset = book.instruments.settlement_asset[t.instrument as usize].expect("inverse contracts name their settlement asset");
+        let coins = -value(t, price(t));
+        match balances_after.iter_mut().find(|b| b.0 == asset) {
+            Some(b) => b.1 += coins,
+            None => balances_after.push((asset, coins)),
+        }
+    }
+    let linear_premium: f64 = trades.iter().filter(|t| is_option(t) && !inverse(t)).fold(0.0, |s, t| s - value(t, price(t)));
+    if trades.iter().any(|t| is_option(t) && !inverse(t)) {
         let Some(asset) = premium_asset.or_else(|| book.assets.quote_asset()) else {
             return Err(InputError::new(
                 "trades",
@@ -135,8 +169,8 @@ pub fn what_if(pricing: &Pricing, positions: &[Row], balances: &[(u32, f64)], tr
         };
         let price = book.assets.price[asset as usize];
         match balances_after.iter_mut().find(|b| b.0 == asset) {
-            Some(b) => b.1 += premium / price,
-            None => balances_after.push((asset, premium / price)),
+            Some(b) => b.1 += linear_premium / price,
+            None => balances_after.push((asset, linear_premium / price)),
         }
     }
     let table = |balances: &[(u32, f64)]| Balances::one_account(balances.iter().map(|b| b.0).collect(), balances.iter().map(|b| b.1).collect());
