@@ -47,11 +47,14 @@ LEVELS = ref_liq.GRID_LEVELS
 
 
 @st.composite
-def near_books(draw: Any, max_accounts: int = 6, model: str = "standard") -> dict[str, Any]:
+def near_books(draw: Any, max_accounts: int = 6, model: str = "standard", linear: bool = False) -> dict[str, Any]:
     """A `books()` example where most accounts are topped up (or drawn down, with a negative cash
     balance) to a maintenance collateral of `MM × (1 + f)`, f log-uniform in [0.001, 1]; accounts
-    without margin but holding linked assets to `f × gross linked value`, f in [0.05, 0.5]."""
+    without margin but holding linked assets to `f × gross linked value`, f in [0.05, 0.5].
+    `linear`: the option position rows dropped first (a book of perpetuals and futures)."""
     example = draw(books(max_accounts=max_accounts))
+    if linear:
+        example = only_linear_positions(example)
     if draw(st.integers(0, 7)) == 0:
         return example  # as drawn
     book, market = reference_objects(example)
@@ -80,6 +83,17 @@ def near_books(draw: Any, max_accounts: int = 6, model: str = "standard") -> dic
             continue
         topups.append((r["account_id"], target - r["collateral_maintenance"]))
     return with_topups(example, topups) if topups else example
+
+
+def only_linear_positions(example: dict[str, Any]) -> dict[str, Any]:
+    """`example` without its position rows in options."""
+    ins = example["instruments"]
+    options = {k for k, kind in zip(ins.column("instrument").to_pylist(), ins.column("kind").to_pylist(), strict=True) if kind == "option"}
+    positions = example["positions"]
+    keep = pa.array([k not in options for k in positions.column("instrument").to_pylist()], type=pa.bool_())
+    out = dict(example)
+    out["positions"] = positions.filter(keep)
+    return out
 
 
 move_values = st.one_of(
