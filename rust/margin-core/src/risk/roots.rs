@@ -157,11 +157,10 @@ impl Context<'_> {
     /// sorted outward from 0 (the closed form's breakpoints).
     fn breakpoints(&self, x: &Exposure, side: f64, out: &mut Vec<f64>) {
         out.clear();
-        if self.scenarios.is_some() {
-            return;
-        }
         let ins = &self.book.instruments;
-        for (_, p) in x.positions {
+        // under the v1 portfolio model a linear book's margin is one linear piece: no breakpoints
+        let tiered = if self.scenarios.is_some() { &[][..] } else { x.positions };
+        for (_, p) in tiered {
             let id = p.instrument as usize;
             if let Some(tiers) = &ins.tiers[id] {
                 let notional = p.quantity.abs() * ins.multiplier[id] * self.market.mark_price[id];
