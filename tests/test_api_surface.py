@@ -29,6 +29,7 @@ TABLE_ARGS = {
     "liquidation_scan": ["book", "positions", "balances", "market"],
     "liquidation_distance": ["book", "positions", "balances", "market"],
     "liquidation_map": ["book", "positions", "balances", "market"],
+    "liquidation_prices": ["book", "positions", "balances", "market"],
     "liquidation_plan": ["book", "positions", "balances", "market"],
     "optimal_hedge": ["book", "positions", "balances", "market", "hedge_instruments"],
     "risk_arrays": ["book", "market"],

@@ -281,13 +281,13 @@ def test_kernels_on_v1_arrays_refuse_a_scenario_methodology() -> None:
     book = me.Book(g.instruments, g.assets, None, g.margin_tiers, methodology="exchange")
     market = me.Market(g.index_prices, g.marks, g.valuation_time_ns)
     for call in (
-        lambda: me.liquidation_distance(book, g.positions, g.balances, market, model="portfolio"),
+        lambda: me.liquidation_map(book, g.positions, g.balances, market, model="portfolio"),
         lambda: me.liquidation_plan(book, g.positions, g.balances, market, model="portfolio"),
-        lambda: me.liquidation_scan(book, g.positions, g.balances, market, model="portfolio", distance=True),
     ):
         with pytest.raises(MarginInputError, match="exchange"):
             call()
-    # the standard model and the scan without distances follow the methodology
+    # the standard model, the scan and the exact distances (whole accounts margined in each moved
+    # market: tests/test_liquidation_exact.py) follow the methodology
     me.liquidation_distance(book, g.positions, g.balances, market, model="standard")
     scan = me.liquidation_scan(book, g.positions, g.balances, market, model="portfolio")
     m = me.margin(book, g.positions, g.balances, market, model="portfolio")

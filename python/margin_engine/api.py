@@ -473,8 +473,10 @@ def liquidation_distance(
 ) -> Any:
     """Distance to liquidation per account × underlying it is exposed to (``docs/methodology.md``
     §8, ``docs/liquidation.md`` §3): how far that underlying alone may move, stressed as in
-    :func:`liquidation_scan`, before the account falls below maintenance. A grid of 0.5% steps out
-    to ±50%, the first crossing refined by linear interpolation of the margin excess.
+    :func:`liquidation_scan`, before the account falls below maintenance. Exact roots of the
+    margin excess over the whole price axis (down to price 0, up to 100× the index): the first
+    crossing on each side, in closed form for perpetuals and futures, bracketed and refined to
+    1e-10 of the price where options are held (:func:`liquidation_prices` says which).
 
     Reads:
 
@@ -482,16 +484,47 @@ def liquidation_distance(
 
     Returns one row per account × exposed underlying (a non-zero netted position in it, or a
     non-zero balance of an asset linked to it), sorted by ``account_id`` then underlying:
-    ``account_id``, ``underlying``, ``move_down`` (<= 0) and ``move_up`` (>= 0): the relative
-    moves (null when the account stays above maintenance out to ±50%; 0 on both sides when it is
-    liquidatable already), ``liquidation_price_down`` and ``liquidation_price_up``
-    (index price × (1 + move); null with the move, or when the underlying has no index price).
+    ``account_id``, ``underlying``, ``move_down`` (in (−1, 0]) and ``move_up`` (in [0, 99]): the
+    relative moves (null when the account stays at or above maintenance all the way to price 0,
+    or to 100× the index; 0 on both sides when it is liquidatable already),
+    ``liquidation_price_down`` and ``liquidation_price_up`` (index price × (1 + move); null with
+    the move, or when the underlying has no index price).
 
     Options:
 
     {options}
     """
     return _per_account(_core.liquidation_distance, book, positions, balances, market, model, threads, output)
+
+
+@_doc
+def liquidation_prices(
+    book: Book, positions: Any, balances: Any, market: Market, *,
+    model: Model = "standard", threads: int | None = None, output: Output = "arrow",
+) -> Any:
+    """Exact liquidation prices per account × underlying it is exposed to (``docs/liquidation.md``
+    §3): the prices of that underlying, moved alone as in :func:`liquidation_scan`, at which the
+    account's margin excess first reaches zero going down and going up.
+
+    Reads:
+
+    {reads_linked}
+
+    Returns one row per account × exposed underlying (as :func:`liquidation_distance`), sorted by
+    ``account_id`` then underlying: ``account_id``, ``underlying``, ``index_price`` (now; null
+    for an underlying known only through linked collateral), ``liquidation_price_down``,
+    ``liquidation_price_up`` (null where no root exists on that side, between price 0 exclusive
+    and 100× the index), ``move_down``, ``move_up`` (the relative moves), and ``method``:
+    ``"closed_form"`` (every position in the underlying is a perpetual or future: the excess is
+    piecewise linear in the price and solved piece by piece), ``"bracketed"`` (options: sampled
+    on the axis, the first sign change refined to 1e-10 of the price) or ``"liquidatable"``
+    (below maintenance now: both moves 0).
+
+    Options:
+
+    {options}
+    """
+    return _per_account(_core.liquidation_prices, book, positions, balances, market, model, threads, output)
 
 
 @_doc

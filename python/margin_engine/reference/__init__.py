@@ -23,7 +23,7 @@ has `index_prices`, `marks`, `valuation_time_ns`. Tables are anything `pyarrow.t
 
 from .black76 import Black76, black76, black76_scalar
 from .greeks import greeks
-from .liquidation import liquidation_distance, liquidation_map, liquidation_scan
+from .liquidation import liquidation_distance, liquidation_distance_grid, liquidation_map, liquidation_prices, liquidation_scan
 from .plan import liquidation_plan
 from .portfolio import risk_arrays
 from .results import margin
@@ -35,7 +35,9 @@ __all__ = [
     "black76_scalar",
     "greeks",
     "liquidation_distance",
+    "liquidation_distance_grid",
     "liquidation_map",
+    "liquidation_prices",
     "liquidation_plan",
     "liquidation_scan",
     "margin",

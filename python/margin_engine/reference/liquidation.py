@@ -13,8 +13,13 @@ Rules (docs/liquidation.md):
   `max(0, mark + (B76(S') − B76(S)))` at the implied vol and unchanged T; assets linked to `u`:
   `price × (1 + m)`. Linear positions keep their base value plus `q × mult × (mark' − mark)`;
   options are worth `q × mult × mark'`. Margin (either model) in the stressed market.
-- Distances: grid `m_j = ±0.005 j`, j = 1..100, first j with `e(m_j) < 0`, linear interpolation
-  with the previous point (`e_0` for j = 1); `move_down = move_up = 0` when `e_0 < 0`.
+- Distances (exact, docs/liquidation.md §3): on each side the first crossing of `e(m) = 0` moving
+  away from the current price over `m ∈ (−1, 99]`, found on the sample points `axis(side)` (plus,
+  when every position in the underlying is linear, the moves where a position's notional meets a
+  tier floor) and refined by bisection to 1e-12 of the price; `move_down = move_up = 0` when
+  `e_0 < 0`.
+- Grid walk (the map, and `liquidation_distance_grid`): `m_j = ±0.005 j`, j = 1..100, first j
+  with `e(m_j) < 0`, linear interpolation with the previous point (`e_0` for j = 1).
 """
 
 from __future__ import annotations
@@ -377,6 +382,9 @@ class DistanceRow:
     current market."""
     collateral_maintenance: float
     """The account's maintenance collateral at the current market."""
+    method: str = "grid"
+    """How the moves were found: "grid" (the walk), "closed_form" / "bracketed" (exact roots),
+    "liquidatable" (below maintenance now)."""
 
 
 def exposed_underlyings(
@@ -454,13 +462,14 @@ def account_distances(
     return rows
 
 
-def _all_distances(accounts: Accounts, model: Model) -> list[DistanceRow]:
-    """Distance rows of every account, by account id then underlying name."""
+def _all_distances(accounts: Accounts, model: Model, per_account: Any = None) -> list[DistanceRow]:
+    """Distance rows of every account, by account id then underlying name: the grid walk's
+    (`account_distances`), or `per_account`'s (e.g. `account_roots`)."""
     scenarios = Scenarios(accounts.book, accounts.market)
     rows: list[DistanceRow] = []
     for account in accounts.ids:
         rows.extend(
-            account_distances(
+            (per_account or account_distances)(
                 account,
                 accounts.positions.get(account, []),
                 accounts.balances.get(account, []),
@@ -504,6 +513,195 @@ def liquidation_price(spot: float, move: float | None) -> float | None:
     return spot * (1.0 + move)
 
 
+def liquidation_distance_grid(
+    book: Any,
+    positions: Any,
+    balances: Any,
+    market: Any,
+    *,
+    model: Model = "standard",
+    threads: int | None = None,
+) -> pa.Table:
+    """The grid walk's distances (§8, the former `liquidation_distance`): one row per account ×
+    exposed underlying, sorted by account id then underlying name: `account_id, underlying,
+    move_down, move_up, liquidation_price_down, liquidation_price_up`. `threads` is ignored."""
+    del threads
+    _check_model(model)
+    accounts = read_accounts(book, positions, balances, market)
+    return _distance_table(accounts, _all_distances(accounts, model))
+
+
+def _distance_table(accounts: Accounts, rows: list[DistanceRow]) -> pa.Table:
+    columns: dict[str, list[Any]] = {name: [] for name in DISTANCE_SCHEMA.names}
+    for row in rows:
+        spot = accounts.market.index_prices.get(row.underlying, math.nan)
+        columns["account_id"].append(row.account_id)
+        columns["underlying"].append(row.underlying)
+        columns["move_down"].append(row.move_down)
+        columns["move_up"].append(row.move_up)
+        columns["liquidation_price_down"].append(liquidation_price(spot, row.move_down))
+        columns["liquidation_price_up"].append(liquidation_price(spot, row.move_up))
+    return pa.table(columns, schema=DISTANCE_SCHEMA)
+
+
+# --------------------------------------------------------------------------------------------
+# Exact liquidation prices (docs/liquidation.md §3)
+# --------------------------------------------------------------------------------------------
+
+MAX_MOVE_UP = 99.0
+"""Largest move up: 100× the index price."""
+OUTER_STEP = 0.05
+"""Relative price step of the sample axis beyond ±50%."""
+LOWEST_RATIO = 1e-3
+"""Lowest sampled price ratio above 0 on the way down (then price 0 itself)."""
+BISECTION_TOLERANCE = 1e-12
+"""Width of the final bisection bracket, relative to the price ratio `1 + m`."""
+
+PRICES_SCHEMA = pa.schema(
+    [
+        pa.field("account_id", pa.uint64(), nullable=False),
+        pa.field("underlying", pa.utf8(), nullable=False),
+        pa.field("index_price", pa.float64()),
+        pa.field("liquidation_price_down", pa.float64()),
+        pa.field("liquidation_price_up", pa.float64()),
+        pa.field("move_down", pa.float64()),
+        pa.field("move_up", pa.float64()),
+        pa.field("method", pa.utf8(), nullable=False),
+    ]
+)
+
+
+def axis(side: int) -> list[float]:
+    """Sample moves of one side, outward: `side × 0.005 j` (j = 1..100), then price ratios
+    `1.5 × 1.05^k` below 100 and 100 itself (up), or `0.5 × 0.95^k` above 0.001 and 0 itself
+    (down)."""
+    out = [side * GRID_STEP * j for j in range(1, GRID_LEVELS + 1)]
+    edge = 1.0 + side * GRID_STEP * GRID_LEVELS
+    k = 1
+    while True:
+        r = edge * (1.0 + side * OUTER_STEP) ** k
+        if (side > 0 and r >= 1.0 + MAX_MOVE_UP) or (side < 0 and r <= LOWEST_RATIO):
+            break
+        out.append(r - 1.0)
+        k += 1
+    out.append(MAX_MOVE_UP if side > 0 else -1.0)
+    return out
+
+
+def tier_breakpoints(
+    positions: list[NettedPosition], book: BookData, market: MarketData, side: int
+) -> list[float]:
+    """Moves on one side (inside the axis) where a position's notional `|q| × mult × mark ×
+    (1 + m)` meets one of its tier floors: between two of them a linear book's excess is linear
+    in the price."""
+    out: set[float] = set()
+    for p in positions:
+        notional_now = notional(p, market.marks[p.instrument.id].mark_price)
+        if not notional_now > 0.0:
+            continue
+        for tier in book.tiers.get(p.instrument.id, []):
+            m = tier.notional_floor / notional_now - 1.0
+            if (side > 0 and 0.0 < m < MAX_MOVE_UP) or (side < 0 and -1.0 < m < 0.0):
+                out.add(m)
+    return sorted(out, key=abs)
+
+
+def first_root(e0: float, points: list[float], excess_at: Any) -> float | None:
+    """The first crossing below 0 along `points` (outward from 0, `e(0) = e0 >= 0`): the first
+    point with `e < 0` and the previous one bracket it, bisected until the bracket is narrower
+    than 1e-12 of the price ratio. None when `e >= 0` at every point."""
+    a, ea = 0.0, e0
+    for b in points:
+        eb = excess_at(b)
+        if eb < 0.0:
+            for _ in range(400):
+                if abs(b - a) <= max(BISECTION_TOLERANCE * (1.0 + min(a, b)), 1e-16):
+                    break
+                c = 0.5 * (a + b)
+                if excess_at(c) < 0.0:
+                    b = c
+                else:
+                    a = c
+            return 0.5 * (a + b)
+        a, ea = b, eb
+    return None
+
+
+def _moved(scenarios: Scenarios, u: str, m: float, cache: bool) -> Scenario:
+    """The scenario of `u` moved by `m`: cached for the axis points every account shares, built
+    afresh for the bisection points of one account."""
+    if cache:
+        return scenarios.moved({u: m})
+    book, market = stress_market(scenarios.book, scenarios.market, {u: m})
+    arrays = _SharedRiskArrays(book, market, scenarios.base.arrays, {u})
+    return Scenario(scenarios.market, book, market, arrays, stressed=True)
+
+
+def level_of(move: float | None) -> int | None:
+    """Grid level of an exact move: `ceil(|m| / 0.005)` (at least 1), None beyond ±50%."""
+    if move is None:
+        return None
+    j = max(1, math.ceil(abs(move) / GRID_STEP))
+    return j if j <= GRID_LEVELS else None
+
+
+def account_roots(
+    account_id: int,
+    positions: list[NettedPosition],
+    balances: list[BalanceRow],
+    scenarios: Scenarios,
+    model: Model,
+    closed: float = 0.0,
+) -> list[DistanceRow]:
+    """Exact distance rows of one account, one per exposed underlying (sorted by name): the whole
+    account recomputed in the market with that underlying moved, at every point tried."""
+    book = scenarios.book
+    current = account_in(scenarios.base, account_id, positions, balances, model, closed)
+    e0 = current.margin_excess
+    rows: list[DistanceRow] = []
+    for u in exposed_underlyings(positions, balances, book):
+        in_u = [p for p in positions if p.instrument.underlying == u]
+        linear = all(not p.instrument.is_option for p in in_u)
+        exposure = sum(notional(p, scenarios.market.marks[p.instrument.id].mark_price) for p in in_u)
+        if e0 < 0.0:
+            moves: tuple[float | None, float | None] = (0.0, 0.0)
+            method = "liquidatable"
+        else:
+            sides = []
+            for side in (-1, 1):
+                points = axis(side)
+                cached = set(points)
+                if linear and model == "standard":
+                    points = sorted(set(points) | set(tier_breakpoints(in_u, book, scenarios.market, side)), key=abs)
+
+                def excess_at(m: float, u: str = u, cached: set[float] = cached) -> float:
+                    scenario = _moved(scenarios, u, m, m in cached)
+                    return account_in(scenario, account_id, positions, balances, model, closed).margin_excess
+
+                sides.append(first_root(e0, points, excess_at))
+            moves = (sides[0], sides[1])
+            method = "closed_form" if linear else "bracketed"
+        rows.append(
+            DistanceRow(
+                account_id,
+                u,
+                moves[0],
+                moves[1],
+                0 if method == "liquidatable" else level_of(moves[0]),
+                0 if method == "liquidatable" else level_of(moves[1]),
+                exposure,
+                current.collateral_maintenance,
+                method,
+            )
+        )
+    return rows
+
+
+def _all_roots(accounts: Accounts, model: Model) -> list[DistanceRow]:
+    """Exact distance rows of every account, by account id then underlying name."""
+    return _all_distances(accounts, model, account_roots)
+
+
 def liquidation_distance(
     book: Any,
     positions: Any,
@@ -513,22 +711,42 @@ def liquidation_distance(
     model: Model = "standard",
     threads: int | None = None,
 ) -> pa.Table:
-    """Distance to liquidation (§8): one row per account × exposed underlying, sorted by account
-    id then underlying name: `account_id, underlying, move_down, move_up,
+    """Distance to liquidation (§8), exact: one row per account × exposed underlying, sorted by
+    account id then underlying name: `account_id, underlying, move_down, move_up,
     liquidation_price_down, liquidation_price_up`. `threads` is ignored."""
     del threads
     _check_model(model)
     accounts = read_accounts(book, positions, balances, market)
-    columns: dict[str, list[Any]] = {name: [] for name in DISTANCE_SCHEMA.names}
-    for row in _all_distances(accounts, model):
+    return _distance_table(accounts, _all_roots(accounts, model))
+
+
+def liquidation_prices(
+    book: Any,
+    positions: Any,
+    balances: Any,
+    market: Any,
+    *,
+    model: Model = "standard",
+    threads: int | None = None,
+) -> pa.Table:
+    """Exact liquidation prices: the rows of `liquidation_distance` as `account_id, underlying,
+    index_price, liquidation_price_down, liquidation_price_up, move_down, move_up, method`.
+    `threads` is ignored."""
+    del threads
+    _check_model(model)
+    accounts = read_accounts(book, positions, balances, market)
+    columns: dict[str, list[Any]] = {name: [] for name in PRICES_SCHEMA.names}
+    for row in _all_roots(accounts, model):
         spot = accounts.market.index_prices.get(row.underlying, math.nan)
         columns["account_id"].append(row.account_id)
         columns["underlying"].append(row.underlying)
-        columns["move_down"].append(row.move_down)
-        columns["move_up"].append(row.move_up)
+        columns["index_price"].append(None if math.isnan(spot) else spot)
         columns["liquidation_price_down"].append(liquidation_price(spot, row.move_down))
         columns["liquidation_price_up"].append(liquidation_price(spot, row.move_up))
-    return pa.table(columns, schema=DISTANCE_SCHEMA)
+        columns["move_down"].append(row.move_down)
+        columns["move_up"].append(row.move_up)
+        columns["method"].append(row.method)
+    return pa.table(columns, schema=PRICES_SCHEMA)
 
 
 # --------------------------------------------------------------------------------------------
@@ -583,7 +801,7 @@ def liquidation_scan(
     nearest_by_account: dict[int, tuple[float, str | None] | None] = {}
     if distance:
         by_account: dict[int, list[DistanceRow]] = {}
-        for row in _all_distances(accounts, model):
+        for row in _all_roots(accounts, model):
             by_account.setdefault(row.account_id, []).append(row)
         # distance=True is refused under stress: `results` are the rows at the current market
         nearest_by_account = {

@@ -312,8 +312,9 @@ pub fn greeks(book: &Book, market: &Market, inputs: &Inputs) -> Result<Vec<Greek
     Ok(rows)
 }
 
-/// The kernels that read v1's risk arrays directly (the distance walk, liquidation plans,
-/// hedges) do not follow a scenario methodology yet: under one, with the portfolio model, they
+/// The kernels that read v1's risk arrays directly (the grid walk of the liquidation map,
+/// liquidation plans, hedges) do not follow a scenario methodology yet (the exact distances of
+/// [`crate::roots`] do: they margin the whole account in each moved market): under one, with the portfolio model, they
 /// refuse rather than answer with v1's numbers.
 pub fn check_v1_portfolio(book: &Book, model: Model, what: &str) -> Result<()> {
     match (&book.methodology.portfolio, model) {

@@ -27,4 +27,4 @@ pub use input::{accounts, book, market, rows, table};
 pub use models::{portfolio, standard, standard_rules};
 pub use output::{results, trace};
 pub use pricing::{black76, greeks, valuation};
-pub use risk::{hedge, liquidation, plan, stress, whatif};
+pub use risk::{hedge, liquidation, plan, roots, stress, whatif};

@@ -15,7 +15,7 @@ use margin_core::methodology::BookMethodology;
 use margin_core::portfolio::{risk_arrays_batch, RiskArrays};
 use margin_core::table::Table;
 use margin_core::trace::Phases;
-use margin_core::{black76 as b76, hedge, liquidation, plan, results, stress, InputError};
+use margin_core::{black76 as b76, hedge, liquidation, plan, results, roots, stress, InputError};
 use numpy::{PyArray1, PyReadonlyArray1};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -370,8 +370,7 @@ fn liquidation_scan(
             let stress = moved.as_ref().map(|(m, a)| engine::Stress { market: m, asset_price: a });
             let rows = engine::margin_under(&book, &market, stress, &inputs, model)?;
             let nearest = if distance {
-                engine::check_v1_portfolio(book, model, "liquidation_scan(distance=True)")?;
-                let d = liquidation::distances(&book, &market, &inputs, model, &rows)?;
+                let d = roots::exact_distances(&book, &market, &inputs, model, &rows);
                 Some(liquidation::nearest_by_account(&rows, &d))
             } else {
                 None
@@ -382,7 +381,7 @@ fn liquidation_scan(
     to_table(batch)
 }
 
-/// Distance to liquidation per account × underlying (§8).
+/// Distance to liquidation per account × underlying (§8): the exact roots (docs/liquidation.md §3).
 #[pyfunction]
 #[pyo3(signature = (book, market, positions, balances, model="standard", threads=None))]
 fn liquidation_distance(
@@ -394,7 +393,39 @@ fn liquidation_distance(
     model: &str,
     threads: Option<usize>,
 ) -> PyResult<PyTable> {
-    liquidation_walk(py, book, market, positions, balances, model, threads, false)
+    liquidation_walk(py, book, market, positions, balances, model, threads, Walked::Distance)
+}
+
+/// The former distance: the grid walk (±0.5% steps out to ±50%, linear interpolation), kept for
+/// the benchmark against the exact roots and for the map.
+#[pyfunction]
+#[pyo3(signature = (book, market, positions, balances, model="standard", threads=None))]
+fn liquidation_distance_grid(
+    py: Python<'_>,
+    book: &Book,
+    market: &Market,
+    positions: &Bound<'_, PyAny>,
+    balances: &Bound<'_, PyAny>,
+    model: &str,
+    threads: Option<usize>,
+) -> PyResult<PyTable> {
+    liquidation_walk(py, book, market, positions, balances, model, threads, Walked::Grid)
+}
+
+/// Exact liquidation prices per account × underlying, with the index price and how each root
+/// was found (`method`).
+#[pyfunction]
+#[pyo3(signature = (book, market, positions, balances, model="standard", threads=None))]
+fn liquidation_prices(
+    py: Python<'_>,
+    book: &Book,
+    market: &Market,
+    positions: &Bound<'_, PyAny>,
+    balances: &Bound<'_, PyAny>,
+    model: &str,
+    threads: Option<usize>,
+) -> PyResult<PyTable> {
+    liquidation_walk(py, book, market, positions, balances, model, threads, Walked::Prices)
 }
 
 /// The liquidation map: per underlying × grid level, accounts / notional / collateral crossing
@@ -410,7 +441,27 @@ fn liquidation_map(
     model: &str,
     threads: Option<usize>,
 ) -> PyResult<PyTable> {
-    liquidation_walk(py, book, market, positions, balances, model, threads, true)
+    liquidation_walk(py, book, market, positions, balances, model, threads, Walked::Map)
+}
+
+/// What a distance call returns.
+#[derive(Clone, Copy, PartialEq)]
+enum Walked {
+    Distance,
+    Grid,
+    Prices,
+    Map,
+}
+
+impl Walked {
+    fn name(self) -> &'static str {
+        match self {
+            Walked::Distance => "liquidation_distance",
+            Walked::Grid => "liquidation_distance_grid",
+            Walked::Prices => "liquidation_prices",
+            Walked::Map => "liquidation_map",
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -422,17 +473,24 @@ fn liquidation_walk(
     balances: &Bound<'_, PyAny>,
     model: &str,
     threads: Option<usize>,
-    as_map: bool,
+    walked: Walked,
 ) -> PyResult<PyTable> {
     let model = parse_model(model)?;
     let batch = with_accounts(py, book, market, positions, Some(balances), threads, |book, market, inputs| {
-            engine::check_v1_portfolio(book, model, if as_map { "liquidation_map" } else { "liquidation_distance" })?;
+            // the exact roots margin the whole account where the book's methodology needs it; the
+            // grid walk (and the map built on it) reads v1's risk arrays directly
+            if matches!(walked, Walked::Grid | Walked::Map) {
+                engine::check_v1_portfolio(book, model, walked.name())?;
+            }
             let rows = engine::margin(&book, &market, &inputs, model)?;
-            let d = liquidation::distances(&book, &market, &inputs, model, &rows)?;
-            Ok(if as_map {
-                results::map_batch(&book, &market.index_price, &liquidation::liquidation_map(&book, &d))
-            } else {
-                results::distance_batch(&book, &market.index_price, &d)
+            Ok(match walked {
+                Walked::Map => {
+                    let d = liquidation::distances(&book, &market, &inputs, model, &rows)?;
+                    results::map_batch(&book, &market.index_price, &liquidation::liquidation_map(&book, &d))
+                }
+                Walked::Grid => results::distance_batch(&book, &market.index_price, &liquidation::distances(&book, &market, &inputs, model, &rows)?),
+                Walked::Distance => results::distance_batch(&book, &market.index_price, &roots::exact_distances(&book, &market, &inputs, model, &rows)),
+                Walked::Prices => results::prices_batch(&book, &market.index_price, &roots::exact_distances(&book, &market, &inputs, model, &rows)),
             })
     })?;
     to_table(batch)
@@ -610,6 +668,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(scenario_losses, m)?)?;
     m.add_function(wrap_pyfunction!(liquidation_scan, m)?)?;
     m.add_function(wrap_pyfunction!(liquidation_distance, m)?)?;
+    m.add_function(wrap_pyfunction!(liquidation_distance_grid, m)?)?;
+    m.add_function(wrap_pyfunction!(liquidation_prices, m)?)?;
     m.add_function(wrap_pyfunction!(liquidation_map, m)?)?;
     m.add_function(wrap_pyfunction!(liquidation_plan, m)?)?;
     m.add_function(wrap_pyfunction!(optimal_hedge, m)?)?;

@@ -372,6 +372,35 @@ pub fn distance_batch(book: &Book, spot: &[f64], rows: &[crate::liquidation::Dis
     RecordBatch::try_new(schema, columns).expect("columns match the schema by construction")
 }
 
+/// Exact liquidation prices: per account × underlying the index price now, the liquidation
+/// prices and moves on each side, and how they were found.
+pub fn prices_batch(book: &Book, spot: &[f64], rows: &[crate::liquidation::DistanceRow]) -> RecordBatch {
+    let names = &book.underlyings.names;
+    let index = |u: u32| Some(spot[u as usize]).filter(|p| p.is_finite());
+    let price = |m: Option<f64>, u: u32| m.map(|m| spot[u as usize] * (1.0 + m)).filter(|p| p.is_finite());
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("account_id", DataType::UInt64, false),
+        Field::new("underlying", DataType::Utf8, false),
+        Field::new("index_price", DataType::Float64, true),
+        Field::new("liquidation_price_down", DataType::Float64, true),
+        Field::new("liquidation_price_up", DataType::Float64, true),
+        Field::new("move_down", DataType::Float64, true),
+        Field::new("move_up", DataType::Float64, true),
+        Field::new("method", DataType::Utf8, false),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt64Array::from(rows.iter().map(|r| r.account_id).collect::<Vec<u64>>())),
+        Arc::new(rows.iter().map(|r| Some(names[r.underlying as usize].as_str())).collect::<StringArray>()),
+        Arc::new(rows.iter().map(|r| index(r.underlying)).collect::<Float64Array>()),
+        Arc::new(rows.iter().map(|r| price(r.move_down, r.underlying)).collect::<Float64Array>()),
+        Arc::new(rows.iter().map(|r| price(r.move_up, r.underlying)).collect::<Float64Array>()),
+        Arc::new(rows.iter().map(|r| r.move_down).collect::<Float64Array>()),
+        Arc::new(rows.iter().map(|r| r.move_up).collect::<Float64Array>()),
+        Arc::new(rows.iter().map(|r| Some(r.method.as_str())).collect::<StringArray>()),
+    ];
+    RecordBatch::try_new(schema, columns).expect("columns match the schema by construction")
+}
+
 /// The liquidation map: per underlying and grid level, the accounts crossing into liquidation
 /// there, with cumulative sums outward from the current price on each side.
 pub fn map_batch(book: &Book, spot: &[f64], rows: &[crate::liquidation::MapRow]) -> RecordBatch {

@@ -59,6 +59,30 @@ pub fn grid_move(j: i32) -> f64 {
     GRID_STEP * j as f64
 }
 
+/// How a distance was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// The grid walk: first grid point below maintenance, linear interpolation.
+    Grid,
+    /// Exact root of a piecewise linear excess (linear books): [`crate::roots`].
+    ClosedForm,
+    /// Exact root bracketed on the sample axis and refined: [`crate::roots`].
+    Bracketed,
+    /// Below maintenance now: move 0 on both sides, nothing searched.
+    Liquidatable,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Grid => "grid",
+            Method::ClosedForm => "closed_form",
+            Method::Bracketed => "bracketed",
+            Method::Liquidatable => "liquidatable",
+        }
+    }
+}
+
 /// One account × underlying distance (docs/methodology.md §8).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DistanceRow {
@@ -73,6 +97,7 @@ pub struct DistanceRow {
     /// The account's notional in this underlying, and its maintenance collateral (for the map).
     pub notional: f64,
     pub collateral_maintenance: f64,
+    pub method: Method,
 }
 
 /// Grid points of a walk: levels −100..=100, stored at index `GRID_LEVELS + level`.
@@ -433,6 +458,7 @@ fn distances_with(
         level_up: None,
         notional: 0.0,
         collateral_maintenance: 0.0,
+        method: Method::Grid,
     };
     let mut out = vec![empty; starts[inputs.slots.len()]];
     for chunk in found {
@@ -620,6 +646,7 @@ fn walk_underlying(w: &Walk, u: u32, grid: &UnderlyingGrid, slot: &AccountSlot, 
         level_up,
         notional,
         collateral_maintenance: row.collateral_maintenance,
+        method: if base_excess < 0.0 { Method::Liquidatable } else { Method::Grid },
     }
 }
 

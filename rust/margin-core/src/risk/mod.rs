@@ -1,7 +1,8 @@
 //! Risk questions asked of margined accounts.
 //!
 //! - [`stress`]: the book under moved markets;
-//! - [`liquidation`]: distance to liquidation and the bulk scan (§8);
+//! - [`liquidation`]: the grid walk of distances, the bulk scan and the map (§8);
+//! - [`roots`]: exact liquidation prices (roots of the margin excess over the price axis);
 //! - [`plan`]: liquidation plans (what to close, in which order);
 //! - [`hedge`]: hedges that lower margin;
 //! - [`whatif`]: one account before and after a trade, for order entry.
@@ -9,5 +10,6 @@
 pub mod hedge;
 pub mod liquidation;
 pub mod plan;
+pub mod roots;
 pub mod stress;
 pub mod whatif;
