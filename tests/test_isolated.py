@@ -439,3 +439,23 @@ def test_hedge_is_of_the_cross_account():
     b = pa.table({"account_id": [1, 2], "asset": ["USDT", "USDT"], "amount": [1_000.0, 1_000.0]})
     h = me.optimal_hedge(book, p, b, market, ["BTCUSDT"], model="standard")
     assert h.column("account_id").to_pylist() == [2]
+
+
+def test_margin_batches_give_the_cross_accounts():
+    book, market = _book(), _market(20_000.0)
+    p = _positions(_isolated(1, "BTCUSDT", 1.0, None), _isolated(1, "BTCUSDT", 1.0, None), _isolated(2, "BTCUSDT", 2.0, None, "cross"),
+                   _isolated(3, "BTCUSDT", -1.0, None))
+    b = pa.table({"account_id": [1, 2, 3], "asset": ["USDT"] * 3, "amount": [1_000.0, 1_000.0, 5.0]})
+    parts = list(me.margin_batches(book, p, b, market, rows_per_slice=1))
+    assert pa.concat_tables(parts).equals(me.margin(book, p, b, market))
+
+
+def test_cluster_scan_refuses_isolated_positions():
+    from margin_engine import _distributed
+
+    book, market = _book(), _market(20_000.0)
+    p = _positions(_isolated(1, "BTCUSDT", 1.0, None))
+    b = pa.table({"account_id": [1], "asset": ["USDT"], "amount": [1_000.0]})
+    with pytest.raises(me.MarginInputError, match="on a cluster"):
+        _distributed.call("liquidation_scan", {}, book, market, p, b)
+    assert _distributed.call("margin", {}, book, market, p, b).equals(me.margin(book, p, b, market))

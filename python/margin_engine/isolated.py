@@ -201,6 +201,9 @@ def split(book: Any, positions: Any, isolated_collateral: Any = None) -> Split |
     mask = pa.array(isolated)
     cross = table.filter(pc.invert(mask)).drop_columns(["margin_mode"])
     rows = table.filter(mask)
+    instrument_type = rows.schema.field("instrument").type
+    if pa.types.is_dictionary(instrument_type):  # keys are grouped, sorted and joined on: plain values
+        rows = rows.set_column(rows.column_names.index("instrument"), "instrument", rows.column("instrument").cast(instrument_type.value_type))
     order = [("account_id", "ascending"), ("instrument", "ascending")]
     keys = rows.select(["account_id", "instrument"]).group_by(["account_id", "instrument"], use_threads=False).aggregate([])
     keys = keys.sort_by(order) if keys.num_rows else keys
