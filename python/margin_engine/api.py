@@ -403,7 +403,8 @@ def isolated_margin(
     crosses 0 (perpetual and future marks move with the index), nearest to the current index
     price, searched on [1e-8, 100] × the index price; null when there is none. Perpetuals and
     futures under the standard model: closed form, bracket by bracket of the margin tiers;
-    options and the portfolio model: a bracketing root finder (1e-12 relative).
+    options and the portfolio model: a bracketing root finder (1e-12 relative) of where the status
+    turns liquidatable (short of maintenance by more than 1e-9 × max(1, MM)).
 
     Options: ``maintenance_basis``: ``"mark"`` (maintenance margin on the mark notional, the
     engine's rule) or ``"entry"`` (on the entry notional ``|Σ quantity × entry_price| ×

@@ -13,7 +13,8 @@ Rules:
   of the position alone, in the market stressed to that index price (§8 stress), crosses 0,
   searched on [1e-8, 100] × the index price: a walk in 1% steps from the index, both sides side
   by side, the first change between >= 0 and < 0 (an excess of exactly 0 is not liquidatable) bisected to 1e-12 relative. The engine solves perpetuals and
-  futures in closed form: this walk is its oracle.
+  futures (standard model) in closed form, excess = 0: this walk is its oracle. Options and the
+  portfolio model cross where the status turns liquidatable: excess < −1e-9 × max(1, MM).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import pyarrow as pa
 from ._tables import as_table, column, has_column, read_book
 from .liquidation import Accounts, Scenario, Scenarios, read_accounts, stress_market
 from .portfolio import RiskArrays
-from .results import MARGIN_SCHEMA, AccountResult, account_status, health
+from .results import MARGIN_SCHEMA, STATUS_TOLERANCE, AccountResult, account_status, health
 from .standard import brackets_with_base, tiered_margin
 
 LOWEST_PRICE = 1e-8
@@ -64,7 +65,7 @@ def split_positions(positions: Any, isolated_collateral: Any = None) -> Isolated
         c = as_table(isolated_collateral)
         for a, i, amount in zip(column(c, "account_id"), column(c, "instrument"), column(c, "amount")):
             collateral[(a, i)] = float(amount)
-    return IsolatedBook(t.select(keep).take(cross), sorted(rows), rows, collateral)
+    return IsolatedBook(t.select(keep).take(pa.array(cross, pa.int64())), sorted(rows), rows, collateral)
 
 
 def quote_asset(book: Any) -> str:
@@ -167,8 +168,11 @@ def liquidation_price(accounts: Accounts, k: int, model: str, entry_mm: float | 
         scenario = Scenario(accounts.market, book, market, RiskArrays(book, market), stressed=True)
         r = accounts.row_in(scenario, k, model)  # type: ignore[arg-type]
         mm = r.maintenance_margin if entry_mm is None else entry_mm
-        return r.collateral_maintenance - mm
+        # the engine solves perpetuals and futures exactly (excess = 0); elsewhere a crossing is
+        # where the status turns liquidatable (short by more than the status tolerance)
+        return r.collateral_maintenance - mm + (0.0 if exact else STATUS_TOLERANCE * max(mm, 1.0))
 
+    exact = not position.instrument.is_option and model == "standard"
     return nearest_root(excess, spot, spot * LOWEST_PRICE, spot * HIGHEST_PRICE)
 
 

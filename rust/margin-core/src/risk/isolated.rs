@@ -9,7 +9,9 @@
 //! - perpetuals and futures under the standard model: closed form, bracket by bracket of the
 //!   tier schedule (the margin is piecewise linear in the price);
 //! - options, and every position under the portfolio model: the bracketing root of
-//!   [`nearest_root`] (a walk in 1% steps from the index price, then bisection to 1e-12).
+//!   [`nearest_root`] (a walk in 1% steps from the index price, then bisection to 1e-12) of the
+//!   excess plus the status rule's tolerance `1e-9 × max(1, MM)`: where the position's status
+//!   turns liquidatable, so that rounding noise around an excess of 0 is no crossing.
 //!
 //! Liquidation prices are index prices of the underlying (the axis of the stress tests and the
 //! liquidation distances: perpetual and future marks move with the index by the same factor),
@@ -22,7 +24,7 @@ use crate::engine::{self, check_v1_portfolio, Inputs, Model};
 use crate::error::{InputError, Offenders, Result};
 use crate::market::Market;
 use crate::portfolio::{self, RiskArrays};
-use crate::results::AccountRow;
+use crate::results::{AccountRow, STATUS_TOLERANCE};
 use crate::standard::position_margin_at;
 use crate::stress::stressed_mark;
 use crate::valuation::{net_positions, NetPosition, Scratch};
@@ -186,12 +188,18 @@ pub fn liquidation_price(book: &Book, market: &Market, model: Model, p: &NetPosi
         let s = x * spot / mark;
         return (lo..=hi).contains(&s).then_some(s);
     }
-    let excess = |s: f64| excess_at(book, market, model, p, collateral, entry_mm, s);
-    nearest_root(excess, spot, lo, hi)
+    // below 0 by more than the status rule's tolerance: rounding noise of a position that sits at
+    // its maintenance (a long option far out of the money) is no crossing
+    let short_of_maintenance = |s: f64| {
+        let (excess, mm) = excess_at(book, market, model, p, collateral, entry_mm, s);
+        excess + STATUS_TOLERANCE * mm.max(1.0)
+    };
+    nearest_root(short_of_maintenance, spot, lo, hi)
 }
 
-/// Margin excess of one position at index price `s` (its mark moved as in a stress test).
-fn excess_at(book: &Book, market: &Market, model: Model, p: &NetPosition, collateral: f64, entry_mm: Option<f64>, s: f64) -> f64 {
+/// (Margin excess, maintenance margin) of one position at index price `s` (its mark moved as in
+/// a stress test).
+fn excess_at(book: &Book, market: &Market, model: Model, p: &NetPosition, collateral: f64, entry_mm: Option<f64>, s: f64) -> (f64, f64) {
     let id = p.instrument as usize;
     let c = &book.contracts[id];
     let u = c.underlying as usize;
@@ -215,7 +223,7 @@ fn excess_at(book: &Book, market: &Market, model: Model, p: &NetPosition, collat
             portfolio::positions_margin_of(book, s, &scenarios, u, std::iter::once((&moved, &array[..])), &mut pnl).maintenance_margin
         }
     };
-    collateral + value - mm
+    (collateral + value - mm, mm)
 }
 
 /// The mark `x > 0` at which `collateral + value + q·mult·(x − mark) = MM(x)` for a perpetual or
