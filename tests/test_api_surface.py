@@ -31,6 +31,7 @@ TABLE_ARGS = {
     "liquidation_map": ["book", "positions", "balances", "market"],
     "liquidation_prices": ["book", "positions", "balances", "market"],
     "liquidation_plan": ["book", "positions", "balances", "market"],
+    "isolated_margin": ["book", "positions", "isolated_collateral", "market"],
     "optimal_hedge": ["book", "positions", "balances", "market", "hedge_instruments"],
     "risk_arrays": ["book", "market"],
     "what_if": ["book", "positions", "balances", "market", "trades"],
@@ -45,7 +46,7 @@ def generated() -> dict[str, Any]:
     market = me.Market(b.index_prices, b.marks, b.valuation_time)
     hedges = [k for k, kind in zip(b.instruments.column("instrument").to_pylist(), b.instruments.column("kind").to_pylist()) if kind == "perpetual"]
     return {"raw": b, "book": book, "market": market, "positions": b.positions, "balances": b.balances,
-            "hedge_instruments": hedges[:2], "trades": [(hedges[0], 1.0)]}
+            "hedge_instruments": hedges[:2], "trades": [(hedges[0], 1.0)], "isolated_collateral": None}
 
 
 def _args(name: str, g: dict[str, Any]) -> list[Any]:

@@ -95,6 +95,15 @@ def liquidation_plan(
     stress: list[tuple[str, float]] | None = None,
     threads: int | None = None,
 ) -> tuple[_ArrowStream, _ArrowStream, _ArrowStream, _ArrowStream, float, float, float]: ...
+def isolated_margin(
+    book: Book,
+    market: Market,
+    positions: Any,
+    balances: Any,
+    model: str = "standard",
+    maintenance_basis: str = "mark",
+    threads: int | None = None,
+) -> _ArrowStream: ...
 def optimal_hedge(
     book: Book,
     market: Market,

@@ -124,7 +124,12 @@ def call(op: str, options: dict[str, Any], book: api.Book, market: api.Market, p
     if op == "greeks":
         return api.greeks(book, positions, market, **options)
     if op == "liquidation_scan":
+        if "margin_mode" in positions.column_names:
+            # the in-memory scan lists isolated positions beside accounts, with their collateral,
+            # which a slice of accounts does not carry: refused rather than scanned without it
+            raise input_error("positions", "margin_mode", "liquidation_scan on a cluster does not take isolated positions yet: scan the cross rows, or use me.liquidation_scan")
         return api.liquidation_scan(book, positions, balances, market, **options)
+    # margin: a margin_mode column makes these the cross accounts, as in me.margin
     return api.margin(book, positions, balances, market, **options)
 
 

@@ -82,6 +82,7 @@ import numpy as np
 import pyarrow as pa
 
 from margin_engine import _core
+from margin_engine import isolated as _isolated
 from margin_engine._inputs import (
     arrow_input,
     arrow_table,
@@ -120,6 +121,12 @@ _DOC_BLOCKS = {
         "  are ignored."
     ),
     "reads": "{reads_positions}\n{reads_balances}\n{reads_book}\n{reads_market}",
+    "reads_isolation": (
+        "- positions' optional ``margin_mode`` (utf8 ``\"cross\"``, the default, null = cross, or\n"
+        "  ``\"isolated\"``; one mode per (account, instrument)) and ``isolated_collateral``\n"
+        "  (``account_id``, ``instrument``, ``amount``: quote collateral >= 0 posted to that isolated\n"
+        "  position; one row per key, each key an isolated position; none = 0)."
+    ),
     "reads_linked": (
         "{reads}\n- the assets' ``underlying``: linked collateral moves with its underlying (stress,\n"
         "  distances and the map)."
@@ -345,6 +352,7 @@ def _per_account(
 @_doc
 def margin(
     book: Book, positions: Any, balances: Any, market: Market, *,
+    isolated_collateral: Any = None,
     model: Model = "standard", threads: int | None = None, output: Output = "arrow",
 ) -> Any:
     """Margin of every account in positions or balances: netting, valuation, the standard or
@@ -353,16 +361,83 @@ def margin(
     Reads:
 
     {reads}
+    {reads_isolation}
 
     Returns one row per account, sorted by ``account_id``:
 
     {account_columns}
 
+    With a ``margin_mode`` column these are the cross accounts: isolated positions and their
+    collateral are left out (they are :func:`isolated_margin`'s rows), so an account holding
+    only isolated positions and no balance has no row.
+
     Options:
 
     {options}
     """
+    split = _isolated.split(book, positions, isolated_collateral) if _can_split(book) else None
+    if split is not None:
+        positions = split.cross
     return _per_account(_core.margin, book, positions, balances, market, model, threads, output)
+
+
+def _can_split(book: Any) -> bool:
+    """Whether ``book`` is a :class:`Book` (else the core's own argument check reports it)."""
+    return isinstance(book, Book)
+
+
+@_doc
+def isolated_margin(
+    book: Book, positions: Any, isolated_collateral: Any, market: Market, *,
+    model: Model = "standard", maintenance_basis: Literal["mark", "entry"] = "mark",
+    threads: int | None = None, output: Output = "arrow",
+) -> Any:
+    """Margin of every isolated position on its own (``docs/methodology.md``, "Isolated
+    margin"; ``docs/liquidation.md`` §8): its isolated collateral plus its own P&L (and value,
+    for options), its margin from the model applied to that one position, its status, and its
+    liquidation price. Its loss stops at its collateral: the cross account never absorbs it.
+
+    Reads:
+
+    {reads_positions}
+    {reads_isolation}
+    {reads_book}
+    {reads_market}
+
+    Returns one row per isolated (account, instrument), sorted by ``account_id`` then
+    ``instrument``: ``account_id``, ``instrument``, then the columns of :func:`margin` for that
+    position alone (its collateral is a balance of the book's quote asset, the first asset
+    priced 1 and linked to no underlying, at that asset's weights): ``equity``,
+    ``collateral_initial``, ``collateral_maintenance``, ``initial_margin``,
+    ``maintenance_margin``, ``free_collateral``, ``margin_excess``, ``health``, ``status``; then
+    ``liquidation_price``: the underlying's index price at which the position's margin excess
+    crosses 0 (perpetual and future marks move with the index), nearest to the current index
+    price, searched on [1e-8, 100] × the index price; null when there is none. Perpetuals and
+    futures under the standard model: closed form, bracket by bracket of the margin tiers;
+    options and the portfolio model: a bracketing root finder (1e-12 relative) of where the status
+    turns liquidatable (short of maintenance by more than 1e-9 × max(1, MM)).
+
+    Options: ``maintenance_basis``: ``"mark"`` (maintenance margin on the mark notional, the
+    engine's rule) or ``"entry"`` (on the entry notional ``|Σ quantity × entry_price| ×
+    multiplier``, a row without entry price at the mark: Bybit / KuCoin isolated positions;
+    perpetuals and futures under the standard model only). Under ``model="portfolio"`` each
+    position gets the portfolio model's scan of that one position. Books with a non-v1
+    methodology are refused. ``threads`` and ``output`` as in :func:`margin`.
+    """
+    core_book, core_market, model, threads, output = _checked(book, market, model, threads, output)
+    basis = check_choice(maintenance_basis, "maintenance_basis", ("mark", "entry"))
+    split = _isolated.split(book, positions, isolated_collateral)
+    if split is None:
+        split = _isolated.split(book, _with_margin_mode(positions), isolated_collateral)
+    result = _core.isolated_margin(core_book, core_market, split.positions, split.balances, model, basis, threads)
+    return as_output(_isolated.to_keys(pa.table(result), split.keys), output)
+
+
+def _with_margin_mode(positions: Any) -> pa.Table:
+    """``positions`` with an all-cross ``margin_mode`` column (positions without the column
+    hold no isolated position)."""
+    t = arrow_table(positions, "positions")
+    return t.append_column("margin_mode", pa.array(["cross"] * t.num_rows, pa.string()))
 
 
 @_doc
@@ -414,6 +489,7 @@ def liquidation_scan(
     balances: Any,
     market: Market,
     *,
+    isolated_collateral: Any = None,
     model: Model = "standard",
     stress: dict[str, float] | None = None,
     distance: bool = False,
@@ -431,6 +507,7 @@ def liquidation_scan(
     Reads:
 
     {reads_linked}
+    {reads_isolation}
 
     Returns one row per account, the columns of :func:`margin`:
 
@@ -438,6 +515,12 @@ def liquidation_scan(
 
     Then ``shortfall`` = max(0, maintenance_margin − collateral_maintenance). Sorted bankrupt,
     liquidatable, margin_call, healthy, then by shortfall descending, then by ``account_id``.
+
+    With a ``margin_mode`` column, the queue lists the cross accounts (without their isolated
+    positions) and, beside them, every isolated position margined alone (as in
+    :func:`isolated_margin`): an ``instrument`` column after ``account_id`` is null on cross
+    rows and names the isolated position on the others; at equal status, shortfall and
+    ``account_id`` the cross row comes first, then the isolated positions by instrument.
     With ``distance=True`` also ``nearest_move`` (the signed move of smallest size, over the
     account's underlyings, that makes it liquidatable; 0 when it is liquidatable already; null
     when no move within ±50% does) and ``nearest_underlying`` (that move's underlying; null when
@@ -451,24 +534,25 @@ def liquidation_scan(
     distance = check_flag(distance, "distance")
     if distance and stress is not None:
         raise input_error("arguments", "distance", "distance=True is measured from the current market; pass stress=None")
-    return _table(
-        _core.liquidation_scan(
-            core_book,
-            core_market,
-            arrow_input(positions, "positions"),
-            arrow_input(balances, "balances"),
-            model,
-            _stress_pairs(stress),
-            distance,
-            threads,
-        ),
-        output,
-    )
+    split = _isolated.split(book, positions, isolated_collateral)
+
+    def scan(p: Any, b: Any) -> pa.Table:
+        return pa.table(_core.liquidation_scan(
+            core_book, core_market, arrow_input(p, "positions"), arrow_input(b, "balances"),
+            model, _stress_pairs(stress), distance, threads,
+        ))
+
+    if split is None:
+        return _table(scan(positions, balances), output)
+    cross = scan(split.cross, balances)
+    isolated = scan(split.positions, split.balances) if split.any_isolated else None
+    return as_output(_isolated.merge_scan(cross, isolated, split.keys), output)
 
 
 @_doc
 def liquidation_distance(
     book: Book, positions: Any, balances: Any, market: Market, *,
+    isolated_collateral: Any = None,
     model: Model = "standard", threads: int | None = None, output: Output = "arrow",
 ) -> Any:
     """Distance to liquidation per account × underlying it is exposed to (``docs/methodology.md``
@@ -490,11 +574,24 @@ def liquidation_distance(
     ``liquidation_price_down`` and ``liquidation_price_up`` (index price × (1 + move); null with
     the move, or when the underlying has no index price).
 
+    With a ``margin_mode`` column (and ``isolated_collateral``), a cross account's distances
+    leave its isolated positions out (they do not move it), and each isolated position margined
+    alone gets its own rows: an ``instrument`` column after ``account_id`` is null on cross rows
+    and names the isolated position on the others (sorted by ``account_id``, the cross rows
+    first, then by instrument).
+
     Options:
 
     {options}
     """
-    return _per_account(_core.liquidation_distance, book, positions, balances, market, model, threads, output)
+    split = _isolated.split(book, positions, isolated_collateral) if _can_split(book) else None
+    if split is None:
+        return _per_account(_core.liquidation_distance, book, positions, balances, market, model, threads, output)
+    cross = _per_account(_core.liquidation_distance, book, split.cross, balances, market, model, threads, "arrow")
+    isolated = None
+    if split.any_isolated:
+        isolated = _per_account(_core.liquidation_distance, book, split.positions, split.balances, market, model, threads, "arrow")
+    return as_output(_isolated.merge_by_account(cross, isolated, split.keys), output)
 
 
 @_doc
@@ -530,6 +627,7 @@ def liquidation_prices(
 @_doc
 def liquidation_map(
     book: Book, positions: Any, balances: Any, market: Market, *,
+    isolated_collateral: Any = None,
     model: Model = "standard", threads: int | None = None, output: Output = "arrow",
 ) -> Any:
     """The liquidation map of the whole book (``docs/liquidation.md`` §4): for each underlying
@@ -547,11 +645,22 @@ def liquidation_map(
     ``cumulative_accounts`` / ``cumulative_notional`` (running totals from level 0 outward, each
     side on its own, level 0 in both).
 
+    With a ``margin_mode`` column, each isolated position counts as an account of its own
+    (margined alone, as in :func:`isolated_margin`) and the cross accounts without their
+    isolated positions: the map is the sum of the two maps.
+
     Options:
 
     {options}
     """
-    return _per_account(_core.liquidation_map, book, positions, balances, market, model, threads, output)
+    split = _isolated.split(book, positions, isolated_collateral) if _can_split(book) else None
+    if split is None:
+        return _per_account(_core.liquidation_map, book, positions, balances, market, model, threads, output)
+    cross = _per_account(_core.liquidation_map, book, split.cross, balances, market, model, threads, "arrow")
+    if not split.any_isolated:
+        return as_output(cross, output)
+    isolated = _per_account(_core.liquidation_map, book, split.positions, split.balances, market, model, threads, "arrow")
+    return as_output(_isolated.sum_maps(cross, isolated), output)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -603,6 +712,7 @@ def liquidation_plan(
     buffer: float = 0.0,
     insurance_fund: float = 0.0,
     stress: dict[str, float] | None = None,
+    isolated_collateral: Any = None,
     threads: int | None = None,
     output: Output = "arrow",
 ) -> LiquidationPlan:
@@ -618,7 +728,18 @@ def liquidation_plan(
 
     {reads}
 
+    {reads_isolation}
+
     Returns a :class:`LiquidationPlan` (its tables' columns are listed there).
+
+    With a ``margin_mode`` column, the cross accounts (without their isolated positions) are
+    liquidated first, then every isolated position on its own: only its collateral stands
+    behind it, its deficit is its own (drawn from what the cross plans left of the insurance
+    fund, then bad debt of that position), and the cross account never covers it. ``closes``,
+    ``accounts`` and ``adl`` then have an ``instrument`` column after ``account_id`` (null for
+    cross accounts; ``closes`` keeps its own ``instrument`` and gets ``margin_mode``), the
+    isolated rows after the cross ones; ``underlyings`` sums both; ADL queues rank cross accounts
+    and isolated positions each among their own.
 
     Options: ``liquidation_fee`` in [0, 1), ``liquidator_share`` in [0, 1], ``buffer`` >= 0,
     ``insurance_fund`` >= 0 (USD), ``stress`` as in :func:`liquidation_scan`; ``output`` applies to
@@ -626,21 +747,26 @@ def liquidation_plan(
     {options}
     """
     core_book, core_market, model, threads, output = _checked(book, market, model, threads, output)
-    closes, accounts, underlyings, adl, liq_fees, ins_fees, fund_after = _core.liquidation_plan(
-        core_book,
-        core_market,
-        arrow_input(positions, "positions"),
-        arrow_input(balances, "balances"),
-        model,
-        check_number(liquidation_fee, "liquidation_fee", 0.0, 0.999999),
-        check_number(liquidator_share, "liquidator_share", 0.0, 1.0),
-        check_number(buffer, "buffer", 0.0),
-        check_number(insurance_fund, "insurance_fund", 0.0),
-        _stress_pairs(stress),
-        threads,
-    )
-    tables = (_table(t, output) for t in (closes, accounts, underlyings, adl))
-    return LiquidationPlan(*tables, liq_fees, ins_fees, fund_after)
+    fee = check_number(liquidation_fee, "liquidation_fee", 0.0, 0.999999)
+    share = check_number(liquidator_share, "liquidator_share", 0.0, 1.0)
+    buffer = check_number(buffer, "buffer", 0.0)
+    fund = check_number(insurance_fund, "insurance_fund", 0.0)
+    split = _isolated.split(book, positions, isolated_collateral)
+
+    def plan(p: Any, b: Any, fund: float) -> tuple[Any, ...]:
+        return _core.liquidation_plan(
+            core_book, core_market, arrow_input(p, "positions"), arrow_input(b, "balances"),
+            model, fee, share, buffer, fund, _stress_pairs(stress), threads,
+        )
+
+    if split is None:
+        closes, accounts, underlyings, adl, liq_fees, ins_fees, fund_after = plan(positions, balances, fund)
+        tables = (_table(t, output) for t in (closes, accounts, underlyings, adl))
+        return LiquidationPlan(*tables, liq_fees, ins_fees, fund_after)
+    cross = plan(split.cross, balances, fund)
+    isolated = plan(split.positions, split.balances, cross[6]) if split.any_isolated else None
+    tables, totals = _isolated.merge_plans(cross, isolated, split.keys)
+    return LiquidationPlan(*(as_output(t, output) for t in tables), *totals)
 
 
 @_doc
@@ -675,8 +801,14 @@ def optimal_hedge(
 
     Options: ``objective``: ``"maintenance"`` or ``"initial"`` margin to minimize; model (default
     ``"portfolio"``), threads and output as in :func:`margin`.
+
+    With a ``margin_mode`` column the hedge is of the cross account: its isolated positions are
+    left out (they are margined on their own, a cross hedge does not lower their margin).
     """
     core_book, core_market, model, threads, output = _checked(book, market, model, threads, output)
+    split = _isolated.split(book, positions)
+    if split is not None:
+        positions = split.cross
     objective = check_choice(objective, "objective", ("maintenance", "initial"))
     if not isinstance(hedge_instruments, (list, tuple)) or not all(
         isinstance(h, (str, int)) and not isinstance(h, bool) for h in hedge_instruments
@@ -859,4 +991,6 @@ def what_if(
     if not isinstance(book, Book) or not isinstance(market, Market):
         check_instance(book, Book, "book")
         check_instance(market, Market, "market")
+    if not isinstance(positions, (dict, list, tuple)) and positions is not None:
+        positions = _isolated.without_isolated(book, positions, "what_if")
     return _core.what_if(book._core, market._core, positions, balances, trades, check_model(model), premium_asset)

@@ -435,7 +435,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             with progress.step("validating book and market"):
                 book, market = tables.book(getattr(args, "methodology", None)), tables.market()
             with progress.step(f"margin, {args.model} model"):
-                results = api.margin(book, tables.positions, tables.balances, market, model=args.model, threads=args.threads)
+                results = api.margin(
+                    book, tables.positions, tables.balances, market, isolated_collateral=tables.isolated_collateral,
+                    model=args.model, threads=args.threads,
+                )  # fmt: skip
             if out is not None:
                 with progress.step(f"writing {args.out}"):
                     pq.write_table(results, out)
@@ -496,7 +499,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
         label = f"liquidation scan, {args.model} model" + (f", stress {stress}" if stress else "")
         label += ", with distance to liquidation (201 grid levels x underlying)" if args.distance else ""
         with progress.step(label):
-            scan = api.liquidation_scan(*held, model=args.model, stress=stress, distance=args.distance, threads=args.threads)
+            scan = api.liquidation_scan(
+                *held, isolated_collateral=tables.isolated_collateral, model=args.model, stress=stress,
+                distance=args.distance, threads=args.threads,
+            )  # fmt: skip
         _print_scan(scan, args)
         if out is not None:
             with progress.step(f"writing {args.out}"):
@@ -504,7 +510,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
             written.append(f"scan results written to {args.out}")
         if map_png is not None:
             with progress.step(f"liquidation map, {args.model} model"):
-                lmap = api.liquidation_map(*held, model=args.model, threads=args.threads)
+                lmap = api.liquidation_map(*held, isolated_collateral=tables.isolated_collateral, model=args.model, threads=args.threads)
             from margin_engine.charts import liquidation_map_png
 
             with progress.step(f"drawing {args.map}"):
@@ -513,7 +519,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
         if closes is not None and plan_accounts is not None:
             with progress.step(f"liquidation plans, {args.model} model"):
                 plan = api.liquidation_plan(
-                    *held, model=args.model, stress=stress, insurance_fund=args.insurance_fund, threads=args.threads
+                    *held, model=args.model, stress=stress, insurance_fund=args.insurance_fund,
+                    isolated_collateral=tables.isolated_collateral, threads=args.threads,
                 )  # fmt: skip
             pq.write_table(plan.closes, closes)
             pq.write_table(plan.accounts, plan_accounts)

@@ -185,6 +185,10 @@ class LiveBook:
         check_instance(market, Market, "market")
         model = check_model(model)
         allow_negative_balances = check_flag(allow_negative_balances, "allow_negative_balances")
+        # isolated positions are margined alone (me.isolated_margin); the live book is cross only
+        from margin_engine.isolated import without_isolated
+
+        positions = without_isolated(book, positions, "LiveBook")
         directory = None
         if journal is not None:
             directory = Path(journal)
@@ -232,6 +236,11 @@ class LiveBook:
         account if the id is unknown); an option fill also moves ``−quantity × multiplier ×
         price`` (the premium) and any fill ``−fee`` into the premium asset's balance (divided by
         its price). Re-margins the fills' accounts."""
+        from margin_engine.isolated import has_margin_mode
+
+        present, fills = has_margin_mode(fills)
+        if present:
+            raise input_error("fills", "margin_mode", "LiveBook does not model isolated positions yet: fills are cross")
         return self._changes(self._core.apply_fills(arrow_input(fills, "fills")))
 
     def apply_transfers(self, transfers: Any) -> Changes:

@@ -16,6 +16,7 @@ Modules:
 - `liquidation` — liquidation scan, stress, distance to liquidation and map (§8)
 - `plan`       — liquidation plans: closes, fees, insurance fund, bad debt, ADL (docs/liquidation.md §7)
 - `whatif`     — one account before and after trades (order entry)
+- `isolated`   — isolated positions margined alone, their liquidation prices
 
 Inputs are duck-typed: a book has `instruments`, `assets`, `risk_params`, `margin_tiers`; a market
 has `index_prices`, `marks`, `valuation_time_ns`. Tables are anything `pyarrow.table()` accepts.
@@ -23,6 +24,7 @@ has `index_prices`, `marks`, `valuation_time_ns`. Tables are anything `pyarrow.t
 
 from .black76 import Black76, black76, black76_scalar
 from .greeks import greeks
+from .isolated import isolated_margin
 from .liquidation import liquidation_distance, liquidation_distance_grid, liquidation_map, liquidation_prices, liquidation_scan
 from .plan import liquidation_plan
 from .portfolio import risk_arrays
@@ -34,6 +36,7 @@ __all__ = [
     "black76",
     "black76_scalar",
     "greeks",
+    "isolated_margin",
     "liquidation_distance",
     "liquidation_distance_grid",
     "liquidation_map",

@@ -5,7 +5,7 @@
 //! - [`pricing`]: `valuation` (netting and collateral, §2), `black76` (§5), `greeks` (§7);
 //! - [`models`]: `standard` (§3), `portfolio` (§4, v1's risk arrays);
 //! - [`methodology`]: a methodology as data (parameters, presets) and the one scenario engine it drives;
-//! - [`risk`]: `stress`, `liquidation` (§8), `plan`, `hedge`, `whatif`;
+//! - [`risk`]: `stress`, `liquidation` (§8), `plan`, `hedge`, `isolated`, `whatif`;
 //! - [`output`]: `results` (account rows, status §6, Arrow form), `trace`;
 //! - [`live`]: the live risk book (state, exposure index, events, journal);
 //! - [`engine`]: parallel orchestration, bit-identical for any thread count; [`error`].
@@ -27,4 +27,4 @@ pub use input::{accounts, book, market, rows, table};
 pub use models::{portfolio, standard, standard_rules};
 pub use output::{results, trace};
 pub use pricing::{black76, greeks, valuation};
-pub use risk::{hedge, liquidation, plan, roots, stress, whatif};
+pub use risk::{hedge, isolated, liquidation, plan, roots, stress, whatif};

@@ -15,7 +15,7 @@ use margin_core::methodology::BookMethodology;
 use margin_core::portfolio::{risk_arrays_batch, RiskArrays};
 use margin_core::table::Table;
 use margin_core::trace::Phases;
-use margin_core::{black76 as b76, hedge, liquidation, plan, results, roots, stress, InputError};
+use margin_core::{black76 as b76, hedge, isolated, liquidation, plan, results, roots, stress, InputError};
 use numpy::{PyArray1, PyReadonlyArray1};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -544,6 +544,38 @@ fn liquidation_plan(
     Ok((to_table(closes)?, to_table(accounts)?, to_table(underlyings)?, to_table(adl)?, totals.0, totals.1, totals.2))
 }
 
+/// Isolated positions, each given as an account of its own (positions: its rows; balances: its
+/// isolated collateral): the §6 columns plus `liquidation_price` (see margin_core::isolated).
+#[pyfunction]
+#[pyo3(signature = (book, market, positions, balances, model="standard", maintenance_basis="mark", threads=None))]
+#[allow(clippy::too_many_arguments)]
+fn isolated_margin(
+    py: Python<'_>,
+    book: &Book,
+    market: &Market,
+    positions: &Bound<'_, PyAny>,
+    balances: &Bound<'_, PyAny>,
+    model: &str,
+    maintenance_basis: &str,
+    threads: Option<usize>,
+) -> PyResult<PyTable> {
+    let model = parse_model(model)?;
+    let basis = isolated::MaintenanceBasis::parse(maintenance_basis).map_err(|e| input_error(py, &e))?;
+    let (shared_book, cache) = (book.inner.clone(), market);
+    let batch = with_accounts(py, book, market, positions, Some(balances), threads, |book, market, inputs| {
+        let risk = match model {
+            Model::Standard => None,
+            Model::Portfolio => {
+                engine::check_v1_portfolio(book, model, "isolated_margin")?;
+                cache.resolve(&shared_book, true)?.risk
+            }
+        };
+        let rows = isolated::isolated_margin(book, market, inputs, model, risk.as_deref(), basis)?;
+        Ok(isolated::isolated_batch(&rows))
+    })?;
+    to_table(batch)
+}
+
 /// Minimum-margin hedge per account × hedge instrument (exact; see margin_core::hedge).
 #[pyfunction]
 #[pyo3(signature = (book, market, positions, balances, hedge_instruments, model="portfolio", objective="maintenance", threads=None))]
@@ -673,6 +705,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(liquidation_map, m)?)?;
     m.add_function(wrap_pyfunction!(liquidation_plan, m)?)?;
     m.add_function(wrap_pyfunction!(optimal_hedge, m)?)?;
+    m.add_function(wrap_pyfunction!(isolated_margin, m)?)?;
     m.add_function(wrap_pyfunction!(black76, m)?)?;
     m.add_function(wrap_pyfunction!(whatif::what_if, m)?)?;
     m.add_function(wrap_pyfunction!(scenario::scenario_margin, m)?)?;

@@ -5,9 +5,11 @@
 //! - [`roots`]: exact liquidation prices (roots of the margin excess over the price axis);
 //! - [`plan`]: liquidation plans (what to close, in which order);
 //! - [`hedge`]: hedges that lower margin;
+//! - [`isolated`]: isolated positions margined alone, and their liquidation prices;
 //! - [`whatif`]: one account before and after a trade, for order entry.
 
 pub mod hedge;
+pub mod isolated;
 pub mod liquidation;
 pub mod plan;
 pub mod roots;
