@@ -132,6 +132,14 @@ _DOC_BLOCKS = {
         "(below initial), else ``healthy``. Below means short of the margin by more than\n"
         "1e-9 × max(1, margin)."
     ),
+    "reads_orders": (
+        "- ``orders`` (optional): resting orders, ``account_id``, ``instrument`` (a book key),\n"
+        "  ``quantity`` (float, signed: + bid, − ask, non-zero) and ``price`` (float > 0, the limit\n"
+        "  price). They add to ``initial_margin`` only: per instrument (standard model) or per\n"
+        "  underlying (portfolio model) the worse of all bids and all asks filling, plus the loss of\n"
+        "  a fill above (bid) or below (ask) the mark (``docs/methodology.md``, \"Open orders\").\n"
+        "  An account with orders and no other row gets a row. ``None``: no orders (today's numbers)."
+    ),
     "options": (
         "``model``: ``\"standard\"`` (per-position rates) or ``\"portfolio\"`` (scenario scan per\n"
         "underlying). ``threads``: worker threads (default all cores; never changes a result).\n"
@@ -172,6 +180,13 @@ class Book:
     - ``maintenance_margin_rate``: float > 0, the standard model's MM rate.
     - ``initial_margin_floor`` (options only): float >= 0, the floor of the short-option IM rate
       (Deribit: an IM rate of 0.15 and a floor of 0.10).
+    - ``imf_factor`` (optional, perpetuals and futures; null or 0 = none): float >= 0, Drift's
+      size premium: both rates become ``max(rate, 0.8 × rate + imf_factor × sqrt(|q| × multiplier))``
+      (Drift's integer imf_factor / 1e6). Standard model only; not with ``margin_tiers``.
+    - ``open_interest_lower_cap``, ``open_interest_upper_cap`` (optional pair, perpetuals and
+      futures; null = none): USD, lower <= upper; with an ``open_interest`` in ``marks`` the IM rate
+      becomes ``imr + clamp((OI − lower) / (upper − lower), 0, 1) × (1 − imr)`` (dYdX's OIMF).
+      Standard model only; not with ``margin_tiers``.
 
     ``assets``, one row per collateral asset:
 
@@ -183,6 +198,8 @@ class Book:
       borrows (negative amounts), maintenance <= initial.
     - ``size_premium`` (optional, default 0): float >= 0, no nulls; a holding of ``amount`` units
       has weight ``min(weight, 1.1 / (1 + size_premium × sqrt(amount)))``.
+    - ``liability_imf_factor`` (optional, null = 0): float >= 0, Drift's borrow size premium: a
+      negative balance's liability weights become ``max(w, 0.8 × w + factor × sqrt(|amount|))``.
     - ``underlying`` (optional, nullable): utf8; the asset's price moves with that underlying in
       stress tests, liquidation distances and the liquidation map.
 
@@ -287,6 +304,8 @@ class Market:
     - ``mark_price``: float >= 0, per contract (before the multiplier).
     - ``implied_vol`` (required for options; optional column, nullable for other kinds): float > 0
       (0.6 = 60% a year), used by the portfolio model's scenarios, stress and Greeks.
+    - ``open_interest`` (optional, nullable): float >= 0, the instrument's open notional in USD
+      (open interest × oracle price), read with the instruments' open-interest caps.
     - ``delta``, ``gamma``, ``vega``, ``theta`` (optional, all four or none): supplied per-contract
       Greeks (vega per vol point, theta per calendar day), finite; non-null on option rows. When
       given, :func:`greeks` uses them instead of Black-76.
@@ -331,17 +350,23 @@ def _per_account(
     return _table(core_function(core_book, core_market, positions, balances, model, threads), output)
 
 
+def _orders(orders: Any) -> Any:
+    """The optional ``orders`` table as Arrow (``None`` stays ``None``)."""
+    return None if orders is None else arrow_input(orders, "orders")
+
+
 @_doc
 def margin(
     book: Book, positions: Any, balances: Any, market: Market, *,
-    model: Model = "standard", threads: int | None = None, output: Output = "arrow",
+    orders: Any = None, model: Model = "standard", threads: int | None = None, output: Output = "arrow",
 ) -> Any:
-    """Margin of every account in positions or balances: netting, valuation, the standard or
-    portfolio model, and the account's status (``docs/methodology.md`` §2–§4, §6).
+    """Margin of every account in positions, balances or orders: netting, valuation, the
+    standard or portfolio model, and the account's status (``docs/methodology.md`` §2–§4, §6).
 
     Reads:
 
     {reads}
+    {reads_orders}
 
     Returns one row per account, sorted by ``account_id``:
 
@@ -351,7 +376,16 @@ def margin(
 
     {options}
     """
-    return _per_account(_core.margin, book, positions, balances, market, model, threads, output)
+    if orders is None:
+        return _per_account(_core.margin, book, positions, balances, market, model, threads, output)
+    core_book, core_market, model, threads, output = _checked(book, market, model, threads, output)
+    return _table(
+        _core.margin(
+            core_book, core_market, arrow_input(positions, "positions"), arrow_input(balances, "balances"),
+            model, threads, _orders(orders),
+        ),
+        output,
+    )
 
 
 @_doc
@@ -403,6 +437,7 @@ def liquidation_scan(
     balances: Any,
     market: Market,
     *,
+    orders: Any = None,
     model: Model = "standard",
     stress: dict[str, float] | None = None,
     distance: bool = False,
@@ -420,6 +455,9 @@ def liquidation_scan(
     Reads:
 
     {reads_linked}
+    {reads_orders}
+      Orders never move ``maintenance_margin``, ``shortfall`` or ``nearest_move``; under
+      ``stress`` their fill loss is measured against the moved marks.
 
     Returns one row per account, the columns of :func:`margin`:
 
@@ -450,6 +488,7 @@ def liquidation_scan(
             _stress_pairs(stress),
             distance,
             threads,
+            _orders(orders),
         ),
         output,
     )
@@ -762,6 +801,7 @@ def what_if(
     market: Market,
     trades: Any,
     *,
+    orders: Any = None,
     model: Model = "standard",
     premium_asset: str | None = None,
 ) -> WhatIf:
@@ -794,6 +834,11 @@ def what_if(
     collateral >= 0 after the trade, or the trade reduces risk: IM does not rise and free
     collateral does not fall).
 
+    ``orders`` (optional): the account's resting orders, in the forms ``trades`` takes
+    (``(instrument, quantity, price)`` tuples or a table with ``instrument``, ``quantity``,
+    ``price``; quantity non-zero, + bid, − ask). Both ``before`` and ``after`` include their
+    initial margin (``docs/methodology.md``, "Open orders"); the trades do not cancel them.
+
     Built for one account: no table conversion, no thread pool, the market resolved once per
     (book, market) pair and cached on the market. ``model`` as in :func:`margin`;
     ``premium_asset``: an asset key of the book, or ``None`` for the quote asset.
@@ -815,4 +860,4 @@ def what_if(
     if not isinstance(book, Book) or not isinstance(market, Market):
         check_instance(book, Book, "book")
         check_instance(market, Market, "market")
-    return _core.what_if(book._core, market._core, positions, balances, trades, check_model(model), premium_asset)
+    return _core.what_if(book._core, market._core, positions, balances, trades, check_model(model), premium_asset, orders)

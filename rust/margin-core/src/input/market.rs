@@ -41,6 +41,9 @@ pub struct MarketTables {
     pub index_confidence: Vec<f64>,
     /// Optional `confidence` column of `marks` (1 when absent).
     pub mark_confidence: Vec<f64>,
+    /// Optional `open_interest` column of `marks`: the instrument's open notional in USD (open
+    /// interest × oracle price, as dYdX measures it), NaN where null; `None` without the column.
+    pub open_interest: Option<Vec<f64>>,
     /// Rows of the optional `expiry_feeds` table.
     pub expiry_feeds: Vec<ExpiryFeedRow>,
 }
@@ -185,6 +188,10 @@ impl MarketTables {
             Some(c) => c.f64s(Domain::UnitInterval)?.into_owned(),
             None => vec![1.0; labels.len()],
         };
+        let open_interest = match m.optional_column("open_interest") {
+            Some(c) => Some(c.f64s_null_as_nan(Domain::NonNegative)?.into_owned()),
+            None => None,
+        };
         Ok(MarketTables {
             underlyings,
             index_price,
@@ -195,6 +202,7 @@ impl MarketTables {
             valuation_ns,
             index_confidence,
             mark_confidence,
+            open_interest,
             expiry_feeds: Vec::new(),
         })
     }
@@ -232,6 +240,11 @@ pub struct Market {
     /// The USD price of the book's quote asset: the index price of an `index_prices` row named
     /// like the quote asset (e.g. `USDC`), else 1. Read by a methodology's peg-loss add-on.
     pub quote_usd_price: f64,
+    /// Per instrument id: the initial margin rate scaled by open interest (dYdX,
+    /// [`crate::book::open_interest_rate`]) for instruments with caps and an `open_interest`;
+    /// the instrument's own rate elsewhere. `None` when no instrument is scaled: every rate is
+    /// the book's.
+    pub initial_margin_rate: Option<Vec<f64>>,
 }
 
 impl Market {
@@ -323,6 +336,21 @@ impl Market {
             .map_or(1.0, |row| tables.index_price[row]);
         let expiry_forward = expiry_feed.iter().map(|f| f.map_or(f64::NAN, |f: ExpiryFeed| f.forward())).collect();
         let expiry_confidence = expiry_feed.iter().map(|f| f.map_or(1.0, |f: ExpiryFeed| f.confidence)).collect();
+        let initial_margin_rate = match &tables.open_interest {
+            Some(oi) if ins.has_open_interest_caps() => {
+                let mut rates = ins.initial_margin_rate.clone();
+                for (row, key) in tables.instruments.iter().enumerate() {
+                    let Some(id) = ins.index.get(key) else { continue };
+                    let id = id as usize;
+                    let (lower, upper) = (ins.open_interest_lower_cap[id], ins.open_interest_upper_cap[id]);
+                    if !lower.is_nan() && !oi[row].is_nan() {
+                        rates[id] = crate::book::open_interest_rate(rates[id], lower, upper, oi[row]);
+                    }
+                }
+                Some(rates)
+            }
+            _ => None,
+        };
         Ok(Market {
             index_price,
             mark_price,
@@ -336,6 +364,7 @@ impl Market {
             expiry_forward,
             expiry_confidence,
             quote_usd_price,
+            initial_margin_rate,
         })
     }
 

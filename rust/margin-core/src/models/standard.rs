@@ -1,6 +1,6 @@
 //! Standard model (methodology §3): every netted position charged on its own.
 
-use crate::book::{Book, Kind};
+use crate::book::{size_premium_rate, Book, Kind};
 use crate::market::Market;
 use crate::valuation::NetPosition;
 
@@ -9,12 +9,29 @@ use crate::valuation::NetPosition;
 pub fn position_margin(book: &Book, market: &Market, p: &NetPosition) -> (f64, f64) {
     let id = p.instrument as usize;
     let spot = market.index_price[book.contracts[id].underlying as usize];
-    position_margin_at(book, id, p.quantity, market.mark_price[id], spot)
+    position_margin_in(book, market, id, p.quantity, market.mark_price[id], spot)
 }
 
-/// (IM, MM) of `quantity` contracts of instrument `id` at this mark and index price.
+/// [`position_margin_at`] with the market's open-interest-scaled initial margin rate of
+/// instrument `id` where it has one (dYdX, `Market::initial_margin_rate`).
+#[inline(always)]
+pub fn position_margin_in(book: &Book, market: &Market, id: usize, quantity: f64, mark: f64, spot: f64) -> (f64, f64) {
+    match &market.initial_margin_rate {
+        None => position_margin_at(book, id, quantity, mark, spot),
+        Some(rates) => position_margin_with(book, id, quantity, mark, spot, rates[id]),
+    }
+}
+
+/// (IM, MM) of `quantity` contracts of instrument `id` at this mark and index price (the
+/// instrument's own initial margin rate: maintenance margin never depends on open interest).
 #[inline(always)]
 pub fn position_margin_at(book: &Book, id: usize, quantity: f64, mark: f64, spot: f64) -> (f64, f64) {
+    position_margin_with(book, id, quantity, mark, spot, book.contracts[id].initial_margin_rate)
+}
+
+/// [`position_margin_at`] with `initial_rate` as a linear contract's initial margin rate.
+#[inline(always)]
+fn position_margin_with(book: &Book, id: usize, quantity: f64, mark: f64, spot: f64, initial_rate: f64) -> (f64, f64) {
     let c = &book.contracts[id];
     if c.kind.is_linear() {
         let notional = quantity.abs() * c.multiplier * mark;
@@ -23,7 +40,14 @@ pub fn position_margin_at(book: &Book, id: usize, quantity: f64, mark: f64, spot
                 return tiers.margin(notional);
             }
         }
-        return (notional * c.initial_margin_rate, notional * c.maintenance_margin_rate);
+        if c.imf_factor > 0.0 {
+            // Drift's size premium, on both rates, size in units of the underlying
+            let size = quantity.abs() * c.multiplier;
+            let im = size_premium_rate(initial_rate, c.imf_factor, size);
+            let mm = size_premium_rate(c.maintenance_margin_rate, c.imf_factor, size);
+            return (notional * im, notional * mm);
+        }
+        return (notional * initial_rate, notional * c.maintenance_margin_rate);
     }
     debug_assert_eq!(c.kind, Kind::Option);
     let strike = c.strike;
