@@ -46,7 +46,8 @@ def assert_same_bits(got: pa.Table, want: pa.Table) -> None:
 def stateless(book: me.Book, ref: ReferenceLiveBook, model: str) -> pa.Table:
     index, marks, ns = ref.market_tables()
     market = me.Market(index, marks, ns, expiry_feeds=ref.expiry_feeds)
-    return me.margin(book, ref.positions_table(), ref.balances_table(), market, model=model)
+    # resting orders enter initial margin (docs/methodology.md, "Open orders")
+    return me.margin(book, ref.positions_table(), ref.balances_table(), market, orders=ref.orders_table(), model=model)
 
 
 def statuses(t: pa.Table) -> dict[int, str]:
@@ -209,8 +210,9 @@ def check_an_order(data, s: Scenario) -> None:
     market = me.Market(index, marks, ns, expiry_feeds=s.ref.expiry_feeds)
     for m, live in s.live.items():
         try:
+            resting = [(o[1], o[2], o[3]) for o in s.ref.orders.values() if o[0] == account]
             want = me.what_if(s.book, positions if positions.num_rows else None, balances, market,
-                              [(instrument, quantity, price)], model=m)
+                              [(instrument, quantity, price)], orders=resting or None, model=m)
         except me.MarginInputError:
             with pytest.raises(me.MarginInputError):
                 live.check_order(account, instrument, quantity, price)

@@ -50,7 +50,13 @@ class Market:
     def valuation_time_ns(self) -> int: ...
 
 def margin(
-    book: Book, market: Market, positions: Any, balances: Any, model: str = "standard", threads: int | None = None
+    book: Book,
+    market: Market,
+    positions: Any,
+    balances: Any,
+    model: str = "standard",
+    threads: int | None = None,
+    orders: Any | None = None,
 ) -> _ArrowStream: ...
 def greeks(book: Book, market: Market, positions: Any, threads: int | None = None) -> _ArrowStream: ...
 def risk_arrays(book: Book, market: Market) -> _ArrowStream: ...
@@ -69,6 +75,7 @@ def liquidation_scan(
     stress: list[tuple[str, float]] | None = None,
     distance: bool = False,
     threads: int | None = None,
+    orders: Any | None = None,
 ) -> _ArrowStream: ...
 def liquidation_distance(
     book: Book, market: Market, positions: Any, balances: Any, model: str = "standard", threads: int | None = None
@@ -163,6 +170,7 @@ def what_if(
     trades: Any | None,
     model: str = "standard",
     premium_asset: str | int | None = None,
+    orders: Any | None = None,
 ) -> WhatIf: ...
 def scenario_margin(methodology: dict[str, Any], portfolio: dict[str, Any]) -> dict[str, Any]: ...
 def standard_rules_margin(

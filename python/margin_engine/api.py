@@ -142,6 +142,14 @@ _DOC_BLOCKS = {
         "(below initial), else ``healthy``. Below means short of the margin by more than\n"
         "1e-9 × max(1, margin)."
     ),
+    "reads_orders": (
+        "- ``orders`` (optional): resting orders, ``account_id``, ``instrument`` (a book key),\n"
+        "  ``quantity`` (float, signed: + bid, − ask, non-zero) and ``price`` (float > 0, the limit\n"
+        "  price). They add to ``initial_margin`` only: per instrument (standard model) or per\n"
+        "  underlying (portfolio model) the worse of all bids and all asks filling, plus the loss of\n"
+        "  a fill above (bid) or below (ask) the mark (``docs/methodology.md``, \"Open orders\").\n"
+        "  An account with orders and no other row gets a row. ``None``: no orders (today's numbers)."
+    ),
     "options": (
         "``model``: ``\"standard\"`` (per-position rates) or ``\"portfolio\"`` (scenario scan per\n"
         "underlying). ``threads``: worker threads (default all cores; never changes a result).\n"
@@ -190,6 +198,13 @@ class Book:
       (``docs/methodology.md`` §10).
     - ``settlement_asset`` (required on inverse rows): the asset the contract settles in, a key
       of ``assets`` linked (``assets.underlying``) to the instrument's own underlying.
+    - ``imf_factor`` (optional, perpetuals and futures; null or 0 = none): float >= 0, Drift's
+      size premium: both rates become ``max(rate, 0.8 × rate + imf_factor × sqrt(|q| × multiplier))``
+      (Drift's integer imf_factor / 1e6). Standard model only; not with ``margin_tiers``.
+    - ``open_interest_lower_cap``, ``open_interest_upper_cap`` (optional pair, perpetuals and
+      futures; null = none): USD, lower <= upper; with an ``open_interest`` in ``marks`` the IM rate
+      becomes ``imr + clamp((OI − lower) / (upper − lower), 0, 1) × (1 − imr)`` (dYdX's OIMF).
+      Standard model only; not with ``margin_tiers``.
 
     ``assets``, one row per collateral asset:
 
@@ -201,6 +216,8 @@ class Book:
       borrows (negative amounts), maintenance <= initial.
     - ``size_premium`` (optional, default 0): float >= 0, no nulls; a holding of ``amount`` units
       has weight ``min(weight, 1.1 / (1 + size_premium × sqrt(amount)))``.
+    - ``liability_imf_factor`` (optional, null = 0): float >= 0, Drift's borrow size premium: a
+      negative balance's liability weights become ``max(w, 0.8 × w + factor × sqrt(|amount|))``.
     - ``underlying`` (optional, nullable): utf8; the asset's price moves with that underlying in
       stress tests, liquidation distances and the liquidation map.
 
@@ -305,6 +322,8 @@ class Market:
     - ``mark_price``: float >= 0, per contract (before the multiplier).
     - ``implied_vol`` (required for options; optional column, nullable for other kinds): float > 0
       (0.6 = 60% a year), used by the portfolio model's scenarios, stress and Greeks.
+    - ``open_interest`` (optional, nullable): float >= 0, the instrument's open notional in USD
+      (open interest × oracle price), read with the instruments' open-interest caps.
     - ``delta``, ``gamma``, ``vega``, ``theta`` (optional, all four or none): supplied per-contract
       Greeks (vega per vol point, theta per calendar day), finite; non-null on option rows. When
       given, :func:`greeks` uses them instead of Black-76.
@@ -349,19 +368,25 @@ def _per_account(
     return _table(core_function(core_book, core_market, positions, balances, model, threads), output)
 
 
+def _orders(orders: Any) -> Any:
+    """The optional ``orders`` table as Arrow (``None`` stays ``None``)."""
+    return None if orders is None else arrow_input(orders, "orders")
+
+
 @_doc
 def margin(
     book: Book, positions: Any, balances: Any, market: Market, *,
-    isolated_collateral: Any = None,
+    orders: Any = None, isolated_collateral: Any = None,
     model: Model = "standard", threads: int | None = None, output: Output = "arrow",
 ) -> Any:
-    """Margin of every account in positions or balances: netting, valuation, the standard or
-    portfolio model, and the account's status (``docs/methodology.md`` §2–§4, §6).
+    """Margin of every account in positions, balances or orders: netting, valuation, the
+    standard or portfolio model, and the account's status (``docs/methodology.md`` §2–§4, §6).
 
     Reads:
 
     {reads}
     {reads_isolation}
+    {reads_orders}
 
     Returns one row per account, sorted by ``account_id``:
 
@@ -378,7 +403,16 @@ def margin(
     split = _isolated.split(book, positions, isolated_collateral) if _can_split(book) else None
     if split is not None:
         positions = split.cross
-    return _per_account(_core.margin, book, positions, balances, market, model, threads, output)
+    if orders is None:
+        return _per_account(_core.margin, book, positions, balances, market, model, threads, output)
+    core_book, core_market, model, threads, output = _checked(book, market, model, threads, output)
+    return _table(
+        _core.margin(
+            core_book, core_market, arrow_input(positions, "positions"), arrow_input(balances, "balances"),
+            model, threads, _orders(orders),
+        ),
+        output,
+    )
 
 
 def _can_split(book: Any) -> bool:
@@ -489,6 +523,7 @@ def liquidation_scan(
     balances: Any,
     market: Market,
     *,
+    orders: Any = None,
     isolated_collateral: Any = None,
     model: Model = "standard",
     stress: dict[str, float] | None = None,
@@ -508,6 +543,9 @@ def liquidation_scan(
 
     {reads_linked}
     {reads_isolation}
+    {reads_orders}
+      Orders never move ``maintenance_margin``, ``shortfall`` or ``nearest_move``; under
+      ``stress`` their fill loss is measured against the moved marks.
 
     Returns one row per account, the columns of :func:`margin`:
 
@@ -535,16 +573,18 @@ def liquidation_scan(
     if distance and stress is not None:
         raise input_error("arguments", "distance", "distance=True is measured from the current market; pass stress=None")
     split = _isolated.split(book, positions, isolated_collateral)
+    core_orders = _orders(orders)
 
-    def scan(p: Any, b: Any) -> pa.Table:
+    def scan(p: Any, b: Any, o: Any = None) -> pa.Table:
         return pa.table(_core.liquidation_scan(
             core_book, core_market, arrow_input(p, "positions"), arrow_input(b, "balances"),
-            model, _stress_pairs(stress), distance, threads,
+            model, _stress_pairs(stress), distance, threads, o,
         ))
 
     if split is None:
-        return _table(scan(positions, balances), output)
-    cross = scan(split.cross, balances)
+        return _table(scan(positions, balances, core_orders), output)
+    # resting orders belong to the cross account (docs/methodology.md: isolated margin)
+    cross = scan(split.cross, balances, core_orders)
     isolated = scan(split.positions, split.balances) if split.any_isolated else None
     return as_output(_isolated.merge_scan(cross, isolated, split.keys), output)
 
@@ -938,6 +978,7 @@ def what_if(
     market: Market,
     trades: Any,
     *,
+    orders: Any = None,
     model: Model = "standard",
     premium_asset: str | None = None,
 ) -> WhatIf:
@@ -970,6 +1011,11 @@ def what_if(
     collateral >= 0 after the trade, or the trade reduces risk: IM does not rise and free
     collateral does not fall).
 
+    ``orders`` (optional): the account's resting orders, in the forms ``trades`` takes
+    (``(instrument, quantity, price)`` tuples or a table with ``instrument``, ``quantity``,
+    ``price``; quantity non-zero, + bid, − ask). Both ``before`` and ``after`` include their
+    initial margin (``docs/methodology.md``, "Open orders"); the trades do not cancel them.
+
     Built for one account: no table conversion, no thread pool, the market resolved once per
     (book, market) pair and cached on the market. ``model`` as in :func:`margin`;
     ``premium_asset``: an asset key of the book, or ``None`` for the quote asset.
@@ -993,4 +1039,4 @@ def what_if(
         check_instance(market, Market, "market")
     if not isinstance(positions, (dict, list, tuple)) and positions is not None:
         positions = _isolated.without_isolated(book, positions, "what_if")
-    return _core.what_if(book._core, market._core, positions, balances, trades, check_model(model), premium_asset)
+    return _core.what_if(book._core, market._core, positions, balances, trades, check_model(model), premium_asset, orders)

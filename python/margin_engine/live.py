@@ -150,7 +150,9 @@ class LiveBook:
       ``balances``: ``account_id``, ``asset``, ``amount`` (as in :func:`margin_engine.margin`).
     - ``orders`` (optional): resting orders, ``order_id`` (integer >= 0, unique), ``account_id``
       (an account with a position or a balance), ``instrument``, ``quantity`` (signed, non-zero),
-      ``price`` (>= 0).
+      ``price`` (> 0). They add to the account's initial margin as ``orders`` of
+      :func:`margin_engine.margin` do (``docs/methodology.md``, "Open orders"), and
+      :meth:`check_order` sees them.
     - book and market: as in :func:`margin_engine.margin` (the book's methodology included); the
       live book keeps every row and column of the market's ``index_prices`` and ``marks``, its
       ``expiry_feeds`` and valuation time, and changes them by :meth:`update_market`.
@@ -253,8 +255,9 @@ class LiveBook:
 
     def place_orders(self, orders: Any) -> Changes:
         """Adds resting orders (columns as ``orders`` of :class:`LiveBook`). They are kept,
-        journaled and snapshotted; they do not enter margin yet (open-order margin is not part of
-        :func:`margin_engine.margin` yet; ``docs/live.md``)."""
+        journaled and snapshotted, and add their initial margin to their account (the worse of
+        all bids or all asks filling, ``docs/methodology.md`` "Open orders"); maintenance margin
+        and liquidation never see them."""
         return self._changes(self._core.place_orders(arrow_input(orders, "orders")))
 
     def cancel_orders(self, order_ids: Any) -> Changes:

@@ -107,6 +107,11 @@ class Instrument:
     def is_inverse(self) -> bool:
         """Whether the instrument is an inverse (coin-settled) contract."""
         return self.settlement == "inverse"
+    imf_factor: float = 0.0
+    """Optional column (default 0): Drift's size premium on a perpetual's or future's rates."""
+    open_interest_lower_cap: float | None = None
+    """Optional columns (default null): dYdX's open-interest caps (USD of open notional)."""
+    open_interest_upper_cap: float | None = None
 
     @property
     def is_option(self) -> bool:
@@ -136,6 +141,8 @@ class Asset:
     price_confidence: float = 1.0
     """Optional column (default 1): the price feed's confidence, read by the oracle-confidence
     add-on of a scenario methodology."""
+    liability_imf_factor: float = 0.0
+    """Optional column (default 0): Drift's size premium on a borrow's liability weights."""
 
 
 @dataclass(frozen=True)
@@ -219,6 +226,9 @@ def _read_instruments(table: pa.Table) -> list[Instrument]:
     floors = column(table, "initial_margin_floor")
     settlements = column(table, "settlement")
     settlement_assets = column(table, "settlement_asset")
+    imfs = column(table, "imf_factor", 0.0)
+    lower_caps = column(table, "open_interest_lower_cap")
+    upper_caps = column(table, "open_interest_upper_cap")
     return [
         Instrument(
             id=i,
@@ -234,6 +244,9 @@ def _read_instruments(table: pa.Table) -> list[Instrument]:
             initial_margin_floor=None if floors[i] is None else float(floors[i]),
             settlement=settlements[i] or "linear",
             settlement_asset=settlement_assets[i] if settlements[i] == "inverse" else None,
+            imf_factor=0.0 if imfs[i] is None else float(imfs[i]),
+            open_interest_lower_cap=None if lower_caps[i] is None else float(lower_caps[i]),
+            open_interest_upper_cap=None if upper_caps[i] is None else float(upper_caps[i]),
         )
         for i in range(table.num_rows)
     ]
@@ -250,6 +263,7 @@ def _read_assets(table: pa.Table) -> list[Asset]:
     premiums = column(table, "size_premium", 0.0)
     underlyings = column(table, "underlying")
     confidences = column(table, "price_confidence", 1.0)
+    liability_imfs = column(table, "liability_imf_factor", 0.0)
     return [
         Asset(
             id=i,
@@ -262,6 +276,7 @@ def _read_assets(table: pa.Table) -> list[Asset]:
             size_premium=0.0 if premiums[i] is None else float(premiums[i]),
             underlying=underlyings[i],
             price_confidence=1.0 if confidences[i] is None else float(confidences[i]),
+            liability_imf_factor=0.0 if liability_imfs[i] is None else float(liability_imfs[i]),
         )
         for i in range(table.num_rows)
     ]
@@ -348,6 +363,8 @@ class Mark:
     theta: float | None = None
     confidence: float = 1.0
     """Optional `confidence` column of marks (default 1)."""
+    open_interest: float | None = None
+    """Optional `open_interest` column of marks: open notional in USD (dYdX's OI × oracle price)."""
 
 
 @dataclass(frozen=True)
@@ -396,6 +413,7 @@ def read_market(market: Any, book: BookData) -> MarketData:
     vols = column(marks_table, "implied_vol")
     greek_cols = {g: column(marks_table, g) for g in ("delta", "gamma", "vega", "theta")}
     mark_conf = column(marks_table, "confidence", 1.0)
+    open_interest = column(marks_table, "open_interest")
     marks: dict[int, Mark] = {}
     for i, key in enumerate(keys):
         ins_id = book.instrument_ids.get(key)
@@ -409,6 +427,7 @@ def read_market(market: Any, book: BookData) -> MarketData:
             vega=_opt_float(greek_cols["vega"][i]),
             theta=_opt_float(greek_cols["theta"][i]),
             confidence=float(mark_conf[i]) if mark_conf[i] is not None else 1.0,
+            open_interest=_opt_float(open_interest[i]),
         )
     index_confidence = {
         u: float(c) for u, c in zip(column(index_table, "underlying"), column(index_table, "confidence", 1.0), strict=True)

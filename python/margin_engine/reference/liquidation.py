@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -270,6 +270,7 @@ def account_in(
     model: Model,
     closed: float = 0.0,
     closed_coins: Sequence[tuple[Instrument, float]] = (),
+    orders: list[Any] | None = None,
 ) -> AccountResult:
     """§6 row of one account in `scenario`: positions netted at the base market, revalued to the
     scenario's marks, margined (§3 / §4) and collateral valued (§2.5, stressed asset prices) in
@@ -286,6 +287,7 @@ def account_in(
         scenario.arrays,
         closed=closed,
         closed_coins=closed_coins,
+        orders=orders,
     )
 
 
@@ -307,6 +309,8 @@ class Accounts:
     """P&L of positions that netted to 0, per account (`valuation.closed_pnl`)."""
     closed_coins: dict[int, list[tuple[Instrument, float]]] = dataclasses.field(default_factory=dict)
     """Coin P&L of inverse positions that netted to 0, per account (`valuation.closed_inverse`)."""
+    orders: dict[int, list[Any]] = field(default_factory=dict)
+    """Resting orders per account (`orders.read_orders`); they add to initial margin only."""
 
     def row_in(self, scenario: Scenario, account_id: int, model: Model) -> AccountResult:
         """`account_in` of one of these accounts."""
@@ -318,10 +322,11 @@ class Accounts:
             model,
             self.closed.get(account_id, 0.0),
             self.closed_coins.get(account_id, ()),
+            self.orders.get(account_id),
         )
 
 
-def read_accounts(book: Any, positions: Any, balances: Any, market: Any) -> Accounts:
+def read_accounts(book: Any, positions: Any, balances: Any, market: Any, orders: Any = None) -> Accounts:
     """Read the inputs and net positions at the base market (§2.1)."""
     bd = read_book(book)
     md = read_market(market, bd)
@@ -330,8 +335,11 @@ def read_accounts(book: Any, positions: Any, balances: Any, market: Any) -> Acco
     by_account: dict[int, list[BalanceRow]] = {}
     for row in read_balances(balances, bd):
         by_account.setdefault(row.account_id, []).append(row)
-    ids = sorted(set(netted) | set(by_account))
-    return Accounts(bd, md, ids, netted, by_account, closed_pnl(rows, bd, md), closed_inverse(rows, bd, md))
+    from .orders import read_orders
+
+    orders_by_account = read_orders(orders, bd)
+    ids = sorted(set(netted) | set(by_account) | set(orders_by_account))
+    return Accounts(bd, md, ids, netted, by_account, closed_pnl(rows, bd, md), closed_inverse(rows, bd, md), orders_by_account)
 
 
 def _check_model(model: str) -> None:
@@ -773,6 +781,7 @@ def liquidation_scan(
     balances: Any,
     market: Any,
     *,
+    orders: Any = None,
     model: Model = "standard",
     stress: Mapping[str, float] | None = None,
     distance: bool = False,
@@ -791,7 +800,7 @@ def liquidation_scan(
         raise ValueError(
             "liquidation_scan: distance=True is measured from the current market; pass stress=None"
         )
-    accounts = read_accounts(book, positions, balances, market)
+    accounts = read_accounts(book, positions, balances, market, orders)
     scenario = scenario_of(accounts, stress)
 
     results = [

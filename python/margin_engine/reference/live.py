@@ -6,7 +6,9 @@ event (``docs/live.md``, "From events to rows"). The differential tests margin t
   An option fill's premium ``−(quantity × multiplier × price)`` and the fee move the premium
   asset's balance by ``(premium − fee) / asset price`` (a linear fill without a fee moves none).
 - A transfer adds ``amount`` to the (account, asset) balance, a new balance row if there is none.
-- Orders are kept by id; a market update replaces index prices, marks and (when given) vols.
+- Orders are kept by id, in placement order; they add their initial margin (``orders_table`` is
+  the ``orders`` table ``margin`` reads). A market update replaces index prices, marks and (when
+  given) vols.
 - A batch with any bad row changes nothing (``ValueError`` naming the first problem).
 """
 
@@ -102,7 +104,7 @@ class ReferenceLiveBook:
         for i, o in enumerate(orders):
             if o["account_id"] not in known or o["instrument"] not in self.kind:
                 raise ValueError(f"orders row {i}: unknown account or instrument")
-            if not math.isfinite(o["quantity"]) or o["quantity"] == 0 or not self._price_ok(o["price"]):
+            if not math.isfinite(o["quantity"]) or o["quantity"] == 0 or not (math.isfinite(o["price"]) and o["price"] > 0):
                 raise ValueError(f"orders row {i}: bad number")
         for o in orders:
             self.orders[o["order_id"]] = (o["account_id"], o["instrument"], float(o["quantity"]), float(o["price"]))
@@ -161,6 +163,16 @@ class ReferenceLiveBook:
             "account_id": pa.array([k[0] for k in keys], pa.uint64()),
             "asset": pa.array([k[1] for k in keys], pa.string()),
             "amount": pa.array([self.balances[k] for k in keys], pa.float64()),
+        })
+
+    def orders_table(self) -> pa.Table:
+        """The resting orders as the ``orders`` table of ``margin`` (placement order)."""
+        rows = list(self.orders.values())
+        return pa.table({
+            "account_id": pa.array([r[0] for r in rows], pa.uint64()),
+            "instrument": pa.array([r[1] for r in rows], self.key_type),
+            "quantity": pa.array([r[2] for r in rows], pa.float64()),
+            "price": pa.array([r[3] for r in rows], pa.float64()),
         })
 
     def account_rows(self, account_id: int) -> tuple[pa.Table, dict[str, float]]:

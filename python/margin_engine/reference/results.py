@@ -98,11 +98,14 @@ def account_result(
     methodology: Any = None,
     standard_rules: Any = None,
     closed_coins: Sequence[tuple[Instrument, float]] = (),
+    orders: list[Any] | None = None,
 ) -> AccountResult:
     """§6 row of one account: §2 valuation, §3 or §4 margin, then
     `free_collateral = collateral_initial − IM`, `margin_excess = collateral_maintenance − MM`.
     `extra_pnl` is value realized outside the positions and `closed` the P&L of positions that
     netted to 0, `closed_coins` that of inverse ones in coin (see `value_account`)."""
+    if orders and ((model == "standard" and standard_rules is not None) or (model == "portfolio" and methodology is not None)):
+        raise ValueError("resting orders are margined under v1's standard and portfolio models only")
     if model == "standard" and standard_rules is not None:
         # the book's generalized standard rules (they may change collateral too)
         from .scenario_inputs import market_feeds
@@ -140,6 +143,10 @@ def account_result(
         im, mm = portfolio_margin(positions, book, market, arrays)
     else:
         raise ValueError(f"unknown model {model!r}: expected 'standard' or 'portfolio'")
+    if orders:
+        from .orders import order_margin
+
+        im = im + order_margin(positions, orders, book, market, model, arrays)
     return AccountResult(
         account_id=account_id,
         equity=equity,
@@ -160,12 +167,15 @@ def margin(
     balances: Any,
     market: Any,
     *,
+    orders: Any = None,
     model: Model = "standard",
     threads: int | None = None,
 ) -> pa.Table:
-    """§6: one row per account present in `positions` or `balances`, sorted by `account_id`.
+    """§6: one row per account present in `positions`, `balances` or `orders`, sorted by
+    `account_id`.
 
-    `model` is `"standard"` (§3) or `"portfolio"` (§4). `threads` is accepted for API
+    `model` is `"standard"` (§3) or `"portfolio"` (§4); `orders` (optional) adds the resting
+    orders' initial margin (`orders.order_margin`). `threads` is accepted for API
     compatibility and ignored.
     """
     del threads
@@ -185,9 +195,12 @@ def margin(
 
     methodology = book_methodology(book)
     standard_rules = book_standard_rules(book)
+    from .orders import read_orders
+
+    orders_by_account = read_orders(orders, bd)
 
     columns: dict[str, list[Any]] = {name: [] for name in MARGIN_SCHEMA.names}
-    for account in sorted(set(netted) | set(balances_by_account)):
+    for account in sorted(set(netted) | set(balances_by_account) | set(orders_by_account)):
         result = account_result(
             account,
             netted.get(account, []),
@@ -200,6 +213,7 @@ def margin(
             methodology=methodology,
             standard_rules=standard_rules,
             closed_coins=coins.get(account, ()),
+            orders=orders_by_account.get(account),
         )
         for name in MARGIN_SCHEMA.names:
             columns[name].append(getattr(result, name))

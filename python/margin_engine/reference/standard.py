@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from ._tables import BookData, Instrument, MarketData, Tier
-from .valuation import NettedPosition, notional
+from .valuation import NettedPosition, notional, size_premium_rate
 
 RateKind = Literal["initial", "maintenance"]
 
@@ -43,13 +43,49 @@ def tiered_margin(notional_value: float, brackets: list[Tier], kind: RateKind) -
     return notional_value * rate - cum
 
 
+def open_interest_rate(base: float, lower: float, upper: float, open_interest: float) -> float:
+    """dYdX's open-interest-scaled initial margin rate: `base + s × (1 − base)` with
+    `s = clamp((OI − lower) / (upper − lower), 0, 1)` (1 from `OI >= upper`, 0 up to `OI <= lower`);
+    a base above 1 stays as it is."""
+    if open_interest >= upper:
+        s = 1.0
+    elif open_interest <= lower:
+        s = 0.0
+    else:
+        s = (open_interest - lower) / (upper - lower)
+    return base + s * max(1.0 - base, 0.0)
+
+
+def scaled_initial_rate(instrument: Instrument, market: MarketData) -> float | None:
+    """The instrument's initial margin rate scaled by the market's open interest, or `None`
+    when it has no caps or the market no `open_interest` for it (its own rate then)."""
+    if instrument.open_interest_lower_cap is None or instrument.open_interest_upper_cap is None:
+        return None
+    mark = market.marks.get(instrument.id)
+    if mark is None or mark.open_interest is None:
+        return None
+    return open_interest_rate(
+        instrument.initial_margin_rate, instrument.open_interest_lower_cap, instrument.open_interest_upper_cap, mark.open_interest
+    )
+
+
 def linear_margin(
-    position: NettedPosition, mark_price: float, tiers: list[Tier] | None
+    position: NettedPosition, mark_price: float, tiers: list[Tier] | None, initial_rate: float | None = None
 ) -> tuple[float, float]:
     """§3 perpetual / future: `IM = notional × imr`, `MM = notional × mmr`, tiered when the
-    instrument has `margin_tiers`. Returns `(IM, MM)`."""
+    instrument has `margin_tiers`; `initial_rate` replaces `imr` (open-interest scaling) and
+    the instrument's `imf_factor` adds Drift's size premium to both rates. Returns `(IM, MM)`."""
     value = notional(position, mark_price)
-    brackets = brackets_with_base(position.instrument, tiers)
+    ins = position.instrument
+    if not tiers and (ins.imf_factor > 0.0 or initial_rate is not None):
+        # size- and open-interest-dependent rates (they never combine with tiers)
+        imr = ins.initial_margin_rate if initial_rate is None else initial_rate
+        size = abs(position.quantity) * ins.multiplier
+        return (
+            value * size_premium_rate(imr, ins.imf_factor, size),
+            value * size_premium_rate(ins.maintenance_margin_rate, ins.imf_factor, size),
+        )
+    brackets = brackets_with_base(ins, tiers)
     return tiered_margin(value, brackets, "initial"), tiered_margin(value, brackets, "maintenance")
 
 
@@ -111,7 +147,7 @@ def position_margin(position: NettedPosition, book: BookData, market: MarketData
     if ins.is_inverse:
         return inverse_margin(position, book, mark_price, market.index_prices[ins.underlying])
     if not ins.is_option:
-        return linear_margin(position, mark_price, book.tiers.get(ins.id))
+        return linear_margin(position, mark_price, book.tiers.get(ins.id), scaled_initial_rate(ins, market))
     if position.quantity > 0.0:
         return 0.0, 0.0  # long option: premium paid, its value is in equity
     return short_option_margin(position, mark_price, market.index_prices[ins.underlying])

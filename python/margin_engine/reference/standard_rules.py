@@ -47,7 +47,7 @@ from ._tables import (
     read_positions,
 )
 from .results import health
-from .standard import linear_margin, out_of_the_money
+from .standard import linear_margin, out_of_the_money, scaled_initial_rate
 from .standard_params import StandardParams
 from .valuation import NettedPosition, closed_pnl, net_positions, notional, position_pnl, weighted_value
 
@@ -229,7 +229,7 @@ def isolated_charge(
     mark = market.marks[ins.id].mark_price
     if not ins.is_option:
         if params.linear_im_rate is None or params.linear_mm_rate is None:
-            return linear_margin(position, mark, book.tiers.get(ins.id))
+            return linear_margin(position, mark, book.tiers.get(ins.id), scaled_initial_rate(ins, market))
         value = notional(position, mark)
         return value * params.linear_im_rate, value * params.linear_mm_rate
     if position.quantity > 0.0:

@@ -184,11 +184,22 @@ def asset_weight(weight: float, size_premium: float, amount: float) -> float:
     return weight
 
 
+def size_premium_rate(rate: float, imf_factor: float, size: float) -> float:
+    """Drift's size premium (docs/methodology.md "Size- and open-interest-dependent rates"):
+    `max(rate, 0.8 × rate + imf_factor × sqrt(size))`, `rate` itself when `imf_factor` is 0. Used
+    on perpetual / future margin rates (size `|q| × multiplier`) and on borrows' liability
+    weights (size `|amount|`)."""
+    if imf_factor > 0.0:
+        return max(rate, 0.8 * rate + imf_factor * math.sqrt(size))
+    return rate
+
+
 def weighted_value(asset: Asset, amount: float, weight_set: WeightSet) -> float:
     """§2.5: a holding's collateral value under weight set `weight_set`.
 
     `amount > 0`: `amount × price × weight_w(asset, amount)`;
-    `amount < 0`: `amount × price × liability_weight_w`; `amount = 0`: 0.
+    `amount < 0`: `amount × price × liability_weight_w` (after the asset's
+    `liability_imf_factor` size premium on `|amount|`); `amount = 0`: 0.
     """
     if amount > 0.0:
         weight = asset.initial_weight if weight_set == "initial" else asset.maintenance_weight
@@ -197,7 +208,7 @@ def weighted_value(asset: Asset, amount: float, weight_set: WeightSet) -> float:
         liability = (
             asset.initial_liability_weight if weight_set == "initial" else asset.maintenance_liability_weight
         )
-        return amount * asset.price * liability
+        return amount * asset.price * size_premium_rate(liability, asset.liability_imf_factor, -amount)
     return 0.0
 
 

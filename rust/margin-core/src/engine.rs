@@ -15,7 +15,9 @@ use crate::market::Market;
 use crate::methodology::account::{account_requirements, ScenarioScratch};
 use crate::portfolio::{self, RiskArrays};
 use crate::results::{AccountRow, MarginColumns, OUTPUT_BLOCK};
-use crate::rows::{account_slots, Balances, Positions};
+use crate::accounts::AccountSlot as Slot;
+use crate::orders::{order_margin, OrderScratch};
+use crate::rows::{account_slots, Balances, Orders, Positions};
 use crate::standard;
 use crate::stress::revalue;
 use crate::table::Table;
@@ -53,6 +55,8 @@ pub struct Inputs<'a> {
     pub positions: Positions<'a>,
     pub balances: Balances<'a>,
     pub slots: Vec<AccountSlot>,
+    /// Resting orders (§10): they add to initial margin only. `None`: no orders table.
+    pub orders: Option<Orders<'a>>,
 }
 
 impl<'a> Inputs<'a> {
@@ -79,8 +83,108 @@ impl<'a> Inputs<'a> {
                 format!("{} accounts in one call; at most {MAX_ACCOUNTS} (the status column's utf8 offsets are 32-bit): stream in batches", slots.len()),
             ));
         }
-        Ok(Inputs { positions, balances, slots })
+        Ok(Inputs { positions, balances, slots, orders: None })
     }
+
+    /// These inputs with the optional `orders` table (§10): validated, its instruments checked
+    /// against the market, and an account that has orders but no position or balance row added
+    /// (its orders still require initial margin).
+    pub fn with_orders(mut self, book: &Book, market: &Market, orders: Option<&Table<'a>>) -> Result<Inputs<'a>> {
+        let Some(t) = orders else { return Ok(self) };
+        let orders = Orders::from_table(t, book)?;
+        market.check_covers(book, || orders.used_instruments(book.instruments.len()))?;
+        let missing: Vec<u64> = {
+            let mut k = 0;
+            let slots = &self.slots;
+            orders
+                .accounts()
+                .iter()
+                .copied()
+                .filter(|id| {
+                    while k < slots.len() && slots[k].account_id < *id {
+                        k += 1;
+                    }
+                    !(k < slots.len() && slots[k].account_id == *id)
+                })
+                .collect()
+        };
+        if !missing.is_empty() {
+            let mut merged = Vec::with_capacity(self.slots.len() + missing.len());
+            let mut extra = missing.into_iter().peekable();
+            for slot in self.slots.drain(..) {
+                while let Some(id) = extra.next_if(|id| *id < slot.account_id) {
+                    merged.push(Slot::new(id, 0..0, 0..0));
+                }
+                merged.push(slot);
+            }
+            merged.extend(extra.map(|id| Slot::new(id, 0..0, 0..0)));
+            self.slots = merged;
+        }
+        self.orders = Some(orders);
+        Ok(self)
+    }
+
+    /// Whether any resting order is present.
+    pub fn has_orders(&self) -> bool {
+        self.orders.as_ref().is_some_and(|o| !o.is_empty())
+    }
+}
+
+/// Size- and open-interest-dependent rates (`imf_factor`, open-interest caps) are rates of the
+/// standard model's perpetuals and futures: the portfolio model, and standard rules that replace
+/// the instruments' linear rates (`linear_im_rate`), refuse a book that has them rather than
+/// ignore them.
+pub fn check_size_rates(book: &Book, portfolio_model: bool) -> Result<()> {
+    if portfolio_model && book.methodology.portfolio.is_some() && book.assets.liability_imf_factor.iter().any(|f| *f > 0.0) {
+        return Err(InputError::new(
+            "assets",
+            "liability_imf_factor",
+            format!(
+                "a borrow size premium is not honoured by the scenario methodology '{}' (it reads the liability weights as haircuts): use model=\"standard\" or a v1 book",
+                book.methodology.name
+            ),
+        ));
+    }
+    if !book.instruments.has_size_rates() {
+        return Ok(());
+    }
+    let replaced = book.methodology.standard.as_ref().is_some_and(|r| r.linear_im_rate.is_some());
+    if portfolio_model || replaced {
+        let why = if portfolio_model { "the portfolio model margins perpetuals and futures by its scenarios, not by rates".to_string() } else {
+            format!("the book's methodology '{}' replaces the instruments' linear rates", book.methodology.name)
+        };
+        return Err(InputError::new(
+            "instruments",
+            "imf_factor",
+            format!("size- and open-interest-dependent rates (imf_factor, open_interest_lower_cap / open_interest_upper_cap) apply to the standard model's rates only; {why} (use model=\"standard\" with a v1 book, or drop those columns)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Orders are margined by v1's standard and portfolio models; a book whose methodology replaces
+/// the model the call uses refuses them rather than ignoring them.
+pub fn check_orders_supported(book: &Book, inputs: &Inputs, portfolio_model: bool) -> Result<()> {
+    check_orders_model(book, portfolio_model, inputs.has_orders())
+}
+
+/// [`check_orders_supported`] for a caller that knows whether it has orders.
+pub fn check_orders_model(book: &Book, portfolio_model: bool, has_orders: bool) -> Result<()> {
+    if !has_orders {
+        return Ok(());
+    }
+    let replaced = if portfolio_model { book.methodology.portfolio.is_some() } else { book.methodology.standard.is_some() };
+    if replaced {
+        return Err(InputError::new(
+            "orders",
+            "quantity",
+            format!(
+                "resting orders are margined under v1's standard and portfolio models only; the book's methodology '{}' does not margin them yet (omit orders, or use a v1 book)",
+                book.methodology.name
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Margin of every account under `model` (§3 / §4, with §2 collateral and §6 status).
@@ -117,6 +221,8 @@ pub fn margin_with_risk(book: &Book, market: &Market, inputs: &Inputs, risk: Opt
 /// without holding a vector of them beside the output (48 bytes an account).
 pub fn margin_columns(book: &Book, market: &Market, inputs: &Inputs, risk: Option<&RiskArrays>) -> Result<MarginColumns> {
     let mut phases = Phases::start();
+    check_orders_supported(book, inputs, risk.is_some())?;
+    check_size_rates(book, risk.is_some())?;
     let mut columns = MarginColumns::new(inputs.slots.len());
     let duplicates: Mutex<Vec<(u64, u32)>> = Mutex::new(Vec::new());
     let overflowed: Mutex<Vec<u64>> = Mutex::new(Vec::new());
@@ -125,7 +231,7 @@ pub fn margin_columns(book: &Book, market: &Market, inputs: &Inputs, risk: Optio
         AccountScratch::default,
         |scratch, (mut block, slots)| {
             for (i, slot) in slots.iter().enumerate() {
-                let row = pricing.account(slot, &inputs.positions, &inputs.balances, scratch).unwrap_or_else(|asset| {
+                let row = pricing.account_in(slot, inputs, scratch).unwrap_or_else(|asset| {
                     duplicates.lock().unwrap_or_else(|e| e.into_inner()).push((slot.account_id, asset));
                     AccountRow::new(slot.account_id, Collateral::default(), 0.0, 0.0, 0.0)
                 });
@@ -144,6 +250,8 @@ pub fn margin_columns(book: &Book, market: &Market, inputs: &Inputs, risk: Optio
 
 fn margin_rows(book: &Book, base: &Market, stress: Option<&Stress>, risk: Option<&RiskArrays>, inputs: &Inputs) -> Result<Vec<AccountRow>> {
     let mut phases = Phases::start();
+    check_orders_supported(book, inputs, risk.is_some())?;
+    check_size_rates(book, risk.is_some())?;
     // a repeated (account, asset) balance is rare: noted on the side, reported after the loop
     let duplicates: Mutex<Vec<(u64, u32)>> = Mutex::new(Vec::new());
     let rows: Vec<AccountRow> = inputs
@@ -152,7 +260,7 @@ fn margin_rows(book: &Book, base: &Market, stress: Option<&Stress>, risk: Option
         .with_min_len(256)
         .map_init(AccountScratch::default, |scratch, slot| {
             let priced = Pricing { book, base, stress, risk };
-            priced.account(slot, &inputs.positions, &inputs.balances, scratch).unwrap_or_else(|asset| {
+            priced.account_in(slot, inputs, scratch).unwrap_or_else(|asset| {
                 duplicates.lock().unwrap_or_else(|e| e.into_inner()).push((slot.account_id, asset));
                 AccountRow::new(slot.account_id, Collateral::default(), 0.0, 0.0, 0.0)
             })
@@ -182,6 +290,7 @@ pub struct AccountScratch {
     portfolio: portfolio::Scratch,
     scenario: ScenarioScratch,
     rules: crate::standard_rules::RulesScratch,
+    orders: OrderScratch,
 }
 
 /// Everything needed to margin one account: the book, the market positions are valued at, an
@@ -202,12 +311,33 @@ impl Pricing<'_> {
         self.account_with(slot, positions, balances, 0.0, scratch)
     }
 
+    /// [`Pricing::account`] of a slot of `inputs`, with its resting orders when there are any.
+    pub fn account_in(&self, slot: &AccountSlot, inputs: &Inputs, scratch: &mut AccountScratch) -> std::result::Result<AccountRow, u32> {
+        let orders = inputs.orders.as_ref().map(|o| (o, o.rows_of(slot.account_id)));
+        self.account_full(slot, &inputs.positions, &inputs.balances, 0.0, orders, scratch)
+    }
+
     pub fn account_with(
         &self,
         slot: &AccountSlot,
         positions: &Positions,
         balances: &Balances,
         extra_pnl: f64,
+        scratch: &mut AccountScratch,
+    ) -> std::result::Result<AccountRow, u32> {
+        self.account_full(slot, positions, balances, extra_pnl, None, scratch)
+    }
+
+    /// [`Pricing::account_with`] plus the account's resting orders `(orders, its rows)`: their
+    /// initial margin (`crate::orders`) is added to the positions' (v1 models only: see
+    /// [`check_orders_supported`]).
+    pub fn account_full(
+        &self,
+        slot: &AccountSlot,
+        positions: &Positions,
+        balances: &Balances,
+        extra_pnl: f64,
+        orders: Option<(&Orders, std::ops::Range<usize>)>,
         scratch: &mut AccountScratch,
     ) -> std::result::Result<AccountRow, u32> {
         let book = self.book;
@@ -238,7 +368,7 @@ impl Pricing<'_> {
             let feeds = Feeds::of_market(market);
             return Ok(account_margin(book, market, rules, &feeds, &inputs, &mut scratch.rules).row(slot.account_id));
         }
-        let (initial_margin, maintenance_margin) = match (self.risk, &book.methodology.portfolio) {
+        let (mut initial_margin, maintenance_margin) = match (self.risk, &book.methodology.portfolio) {
             (None, _) => net.iter().fold((0.0, 0.0), |(im, mm), p| {
                 let (i, m) = standard::position_margin(book, market, p);
                 (im + i, mm + m)
@@ -254,6 +384,9 @@ impl Pricing<'_> {
                 account_requirements(book, market, scenarios, net, balances, &scratch.balances, asset_price, values, &mut scratch.scenario)
             }
         };
+        if let Some((orders, rows)) = orders {
+            initial_margin += order_margin(book, market, self.risk, net, orders, rows, &mut scratch.orders);
+        }
         // open positions' P&L and option value, then the P&L of positions that netted to 0
         let mut pnl: f64 = net.iter().fold(extra_pnl, |s, p| s + p.value) + scratch.net.closed_pnl;
         if !scratch.net.closed_inverse.is_empty() {

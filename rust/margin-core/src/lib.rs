@@ -24,7 +24,7 @@ pub mod risk;
 
 pub use error::{InputError, Result};
 pub use input::{accounts, book, market, rows, table};
-pub use models::{portfolio, standard, standard_rules};
+pub use models::{orders, portfolio, standard, standard_rules};
 pub use output::{results, trace};
 pub use pricing::{black76, greeks, valuation};
 pub use risk::{hedge, isolated, liquidation, plan, roots, stress, whatif};

@@ -128,6 +128,22 @@ fn with_accounts<T: Send>(
     threads: Option<usize>,
     work: impl FnOnce(&CoreBook, &CoreMarket, &Inputs) -> Result<T, InputError> + Send,
 ) -> PyResult<T> {
+    with_accounts_and_orders(py, book, market, positions, balances, None, threads, work)
+}
+
+/// [`with_accounts`] with an optional `orders` table (§10) read into the inputs.
+#[allow(clippy::too_many_arguments)]
+fn with_accounts_and_orders<T: Send>(
+    py: Python<'_>,
+    book: &Book,
+    market: &Market,
+    positions: &Bound<'_, PyAny>,
+    balances: Option<&Bound<'_, PyAny>>,
+    orders: Option<&Bound<'_, PyAny>>,
+    threads: Option<usize>,
+    work: impl FnOnce(&CoreBook, &CoreMarket, &Inputs) -> Result<T, InputError> + Send,
+) -> PyResult<T> {
+    let orders = orders.map(|o| OwnedTable::read(o, "orders")).transpose()?;
     let mut phases = Phases::start();
     let positions = OwnedTable::read(positions, "positions")?;
     let balances = balances.map(|b| OwnedTable::read(b, "balances")).transpose()?;
@@ -138,7 +154,8 @@ fn with_accounts<T: Send>(
             let market = market.resolve(&book, false)?.market;
             phases.lap("market resolved");
             let balances = balances.as_ref().map(|b| b.table());
-            let inputs = Inputs::new(&book, &market, Some(&positions.table()), balances.as_ref())?;
+            let orders = orders.as_ref().map(|o| o.table());
+            let inputs = Inputs::new(&book, &market, Some(&positions.table()), balances.as_ref())?.with_orders(&book, &market, orders.as_ref())?;
             let out = work(&book, &market, &inputs);
             phases.lap("work done (incl. output arrays)");
             drop(inputs);
@@ -293,7 +310,8 @@ pub(crate) fn parse_model(model: &str) -> PyResult<Model> {
 
 /// Margin of every account (§6 columns).
 #[pyfunction]
-#[pyo3(signature = (book, market, positions, balances, model="standard", threads=None))]
+#[pyo3(signature = (book, market, positions, balances, model="standard", threads=None, orders=None))]
+#[allow(clippy::too_many_arguments)]
 fn margin(
     py: Python<'_>,
     book: &Book,
@@ -302,10 +320,11 @@ fn margin(
     balances: &Bound<'_, PyAny>,
     model: &str,
     threads: Option<usize>,
+    orders: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<PyTable> {
     let model = parse_model(model)?;
     let (shared_book, cache) = (book.inner.clone(), market);
-    let batch = with_accounts(py, book, market, positions, Some(balances), threads, |book, market, inputs| {
+    let batch = with_accounts_and_orders(py, book, market, positions, Some(balances), orders, threads, |book, market, inputs| {
             // the portfolio model's risk arrays, computed once per (book, market) and cached
             let risk = match model {
                 Model::Standard => None,
@@ -348,7 +367,7 @@ fn stressed(book: &CoreBook, market: &CoreMarket, stress: &Option<Vec<(String, f
 /// The liquidation scan (§8): margin columns plus `shortfall`, most severe first; optionally
 /// under a stress and with each account's nearest liquidation move.
 #[pyfunction]
-#[pyo3(signature = (book, market, positions, balances, model="standard", stress=None, distance=false, threads=None))]
+#[pyo3(signature = (book, market, positions, balances, model="standard", stress=None, distance=false, threads=None, orders=None))]
 #[allow(clippy::too_many_arguments)]
 fn liquidation_scan(
     py: Python<'_>,
@@ -360,12 +379,13 @@ fn liquidation_scan(
     stress: Option<Vec<(String, f64)>>,
     distance: bool,
     threads: Option<usize>,
+    orders: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<PyTable> {
     let model = parse_model(model)?;
     if distance && stress.is_some() {
         return Err(MarginInputError::new_err("arguments.distance: distance=True is measured from the current market; pass stress=None"));
     }
-    let batch = with_accounts(py, book, market, positions, Some(balances), threads, |book, market, inputs| {
+    let batch = with_accounts_and_orders(py, book, market, positions, Some(balances), orders, threads, |book, market, inputs| {
             let moved = stressed(&book, &market, &stress)?;
             let stress = moved.as_ref().map(|(m, a)| engine::Stress { market: m, asset_price: a });
             let rows = engine::margin_under(&book, &market, stress, &inputs, model)?;

@@ -225,7 +225,8 @@ fn read_balances(book: &CoreBook, obj: Option<&Bound<'_, PyAny>>) -> Result<Vec<
 
 /// Margin of one account before and after `trades` (see `margin_engine.what_if`).
 #[pyfunction]
-#[pyo3(signature = (book, market, positions, balances, trades, model="standard", premium_asset=None))]
+#[pyo3(signature = (book, market, positions, balances, trades, model="standard", premium_asset=None, orders=None))]
+#[allow(clippy::too_many_arguments)]
 pub fn what_if(
     py: Python<'_>,
     book: &Book,
@@ -235,6 +236,7 @@ pub fn what_if(
     trades: Option<&Bound<'_, PyAny>>,
     model: &str,
     premium_asset: Option<&Bound<'_, PyAny>>,
+    orders: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<WhatIf> {
     let portfolio = matches!(parse_model(model)?, margin_core::engine::Model::Portfolio);
     let core_book = &book.inner;
@@ -242,6 +244,7 @@ pub fn what_if(
     let read = || -> Result<_, InputError> {
         let positions = RowReader { table: "positions", key_column: "instrument", price_column: "entry_price", index }.read(positions)?;
         let trades = RowReader { table: "trades", key_column: "instrument", price_column: "price", index }.read(trades)?;
+        let orders = RowReader { table: "orders", key_column: "instrument", price_column: "price", index }.read(orders)?;
         let balances = read_balances(core_book, balances)?;
         let premium_asset = match premium_asset.filter(|a| !a.is_none()) {
             None => None,
@@ -251,14 +254,15 @@ pub fn what_if(
                 InputError::new("arguments", "premium_asset", "unknown asset (not in the book)").with_offenders(bad)
             })?),
         };
-        Ok((positions, balances, trades, premium_asset))
+        Ok((positions, balances, trades, premium_asset, orders))
     };
     let w = run_with_gil(py, || {
-        let (positions, balances, trades, premium_asset) = read()?;
+        let (positions, balances, trades, premium_asset, orders) = read()?;
+        margin_core::engine::check_size_rates(core_book, portfolio)?;
         let resolved = market.resolve(core_book, portfolio)?;
         // `resolve` hands out risk arrays only to the portfolio model
         let pricing = Pricing { book: core_book, base: &resolved.market, stress: None, risk: resolved.risk.as_deref() };
-        core_whatif::what_if(&pricing, &positions, &balances, &trades, premium_asset)
+        core_whatif::what_if_with_orders(&pricing, &positions, &balances, &trades, premium_asset, &orders)
     })?;
     WhatIf::of(py, &w)
 }

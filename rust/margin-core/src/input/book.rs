@@ -105,12 +105,57 @@ pub struct Instruments {
     /// The asset an inverse contract settles in (a key of `assets`, linked to the contract's
     /// underlying); `None` for linear contracts.
     pub settlement_asset: Vec<Option<u32>>,
+    /// Optional `imf_factor` column (0 when absent): Drift's size premium on the margin rates of
+    /// a perpetual or future, `rate(size) = max(rate, 0.8 × rate + imf_factor × sqrt(size))`,
+    /// size `|q| × multiplier` in units of the underlying (see [`size_premium_rate`]).
+    pub imf_factor: Vec<f64>,
+    /// Optional `open_interest_lower_cap` / `open_interest_upper_cap` columns (NaN when absent
+    /// or null): dYdX's open-interest-scaled initial margin rate, caps in USD of open notional.
+    pub open_interest_lower_cap: Vec<f64>,
+    pub open_interest_upper_cap: Vec<f64>,
+}
+
+/// Drift's size premium on a rate (perp margin ratios, borrow liability weights):
+/// `max(rate, 0.8 × rate + imf × sqrt(size))`; `rate` itself when `imf` is 0.
+#[inline(always)]
+pub fn size_premium_rate(rate: f64, imf: f64, size: f64) -> f64 {
+    if imf > 0.0 {
+        rate.max(0.8 * rate + imf * size.sqrt())
+    } else {
+        rate
+    }
+}
+
+/// dYdX's open-interest-scaled initial margin rate: `base + s × (1 − base)` with
+/// `s = clamp((OI − lower) / (upper − lower), 0, 1)` (`s = 1` from OI >= upper on, `0` up to OI <=
+/// lower), OI the instrument's open notional in USD. `base` above 1 is left as it is.
+#[inline]
+pub fn open_interest_rate(base: f64, lower: f64, upper: f64, open_interest: f64) -> f64 {
+    let s = if open_interest >= upper {
+        1.0
+    } else if open_interest <= lower {
+        0.0
+    } else {
+        (open_interest - lower) / (upper - lower)
+    };
+    base + s * (1.0 - base).max(0.0)
 }
 
 impl Instruments {
     /// Whether any instrument is inverse (coin-settled).
     pub fn has_inverse(&self) -> bool {
         self.inverse.iter().any(|i| *i)
+    }
+
+    /// Whether any instrument has open-interest caps (the market's `open_interest` then scales
+    /// its initial margin rate).
+    pub fn has_open_interest_caps(&self) -> bool {
+        self.open_interest_lower_cap.iter().any(|c| !c.is_nan())
+    }
+
+    /// Whether any instrument's rates depend on position size or open interest.
+    pub fn has_size_rates(&self) -> bool {
+        self.imf_factor.iter().any(|f| *f > 0.0) || self.has_open_interest_caps()
     }
 
     pub fn len(&self) -> usize {
@@ -142,6 +187,8 @@ pub struct Contract {
     pub tiered: bool,
     /// Coin-settled (`Instruments::inverse`): values and margins in the settlement coin.
     pub inverse: bool,
+    /// Drift's size premium (`Instruments::imf_factor`), 0 = none.
+    pub imf_factor: f64,
 }
 
 impl Contract {
@@ -158,6 +205,7 @@ impl Contract {
                 is_call: ins.is_call[i],
                 tiered: ins.tiers[i].is_some(),
                 inverse: ins.inverse[i],
+                imf_factor: ins.imf_factor[i],
             })
             .collect()
     }
@@ -174,6 +222,10 @@ pub struct Assets {
     pub initial_liability_weight: Vec<f64>,
     pub maintenance_liability_weight: Vec<f64>,
     pub size_premium: Vec<f64>,
+    /// Optional `liability_imf_factor` column (0 when absent): Drift's size premium on a borrow's
+    /// liability weights, `max(w, 0.8 × w + factor × sqrt(|amount|))` (see
+    /// [`size_premium_rate`]); distinct from `size_premium`, which discounts held assets.
+    pub liability_imf_factor: Vec<f64>,
     pub underlying: Vec<Option<u32>>,
     /// Optional `price_confidence` column (1 when absent): the confidence in [0, 1] of the
     /// asset's price feed, read by a methodology's oracle-confidence add-on.
@@ -323,6 +375,13 @@ impl Book {
         if let Some(t) = margin_tiers {
             attach_tiers(&mut instruments, &t)?;
         }
+        check_rows(
+            "instruments",
+            "imf_factor",
+            "a size premium (imf_factor > 0) or open-interest caps do not combine with margin tiers: use one or the other",
+            &instrument_labels,
+            |i| instruments.tiers[i].is_some() && (instruments.imf_factor[i] > 0.0 || !instruments.open_interest_lower_cap[i].is_nan()),
+        )?;
 
         let mut assets = parse_assets(&assets_t, &asset_labels)?;
         assets.index = asset_index;
@@ -411,8 +470,35 @@ fn parse_instruments(t: &Table, labels: &[String]) -> Result<Instruments> {
     check_rows(t.name, "initial_margin_floor", "options need an initial_margin_floor >= 0", labels, |i| {
         is_option(i) && floor_opt[i].is_none()
     })?;
-
     let n = labels.len();
+    let imf_factor = match t.optional_column("imf_factor") {
+        Some(c) => c.f64s_null_as_nan(Domain::NonNegative)?.iter().map(|f| if f.is_nan() { 0.0 } else { *f }).collect(),
+        None => vec![0.0; n],
+    };
+    check_rows(t.name, "imf_factor", "a size premium applies to perpetuals and futures only (null or 0 for options)", labels, |i| {
+        is_option(i) && imf_factor[i] > 0.0
+    })?;
+    let caps = |name: &str| -> Result<Option<Vec<f64>>> {
+        t.optional_column(name).map(|c| c.f64s_null_as_nan(Domain::NonNegative).map(|v| v.into_owned())).transpose()
+    };
+    let (open_interest_lower_cap, open_interest_upper_cap) = match (caps("open_interest_lower_cap")?, caps("open_interest_upper_cap")?) {
+        (None, None) => (vec![f64::NAN; n], vec![f64::NAN; n]),
+        (Some(lower), Some(upper)) => {
+            check_rows(t.name, "open_interest_upper_cap", "open-interest caps come in pairs: both null or both set", labels, |i| {
+                lower[i].is_nan() != upper[i].is_nan()
+            })?;
+            check_rows(t.name, "open_interest_upper_cap", "open_interest_upper_cap must be >= open_interest_lower_cap", labels, |i| {
+                upper[i] < lower[i]
+            })?;
+            check_rows(t.name, "open_interest_lower_cap", "open-interest caps apply to perpetuals and futures only (null for options)", labels, |i| {
+                is_option(i) && !lower[i].is_nan()
+            })?;
+            (lower, upper)
+        }
+        (Some(_), None) => return Err(crate::error::InputError::new(t.name, "open_interest_upper_cap", "missing: open_interest_lower_cap needs open_interest_upper_cap")),
+        (None, Some(_)) => return Err(crate::error::InputError::new(t.name, "open_interest_lower_cap", "missing: open_interest_upper_cap needs open_interest_lower_cap")),
+    };
+
     Ok(Instruments {
         keys: Vec::new(),
         labels: labels.to_vec(),
@@ -429,6 +515,9 @@ fn parse_instruments(t: &Table, labels: &[String]) -> Result<Instruments> {
         inverse: vec![false; n],
         settlement_asset: vec![None; n],
         kind,
+        imf_factor,
+        open_interest_lower_cap,
+        open_interest_upper_cap,
     })
 }
 
@@ -493,6 +582,10 @@ fn parse_assets(t: &Table, labels: &[String]) -> Result<Assets> {
         Some(c) => c.f64s(Domain::NonNegative)?.into_owned(),
         None => vec![0.0; labels.len()],
     };
+    let liability_imf_factor = match t.optional_column("liability_imf_factor") {
+        Some(c) => c.f64s_null_as_nan(Domain::NonNegative)?.iter().map(|f| if f.is_nan() { 0.0 } else { *f }).collect(),
+        None => vec![0.0; labels.len()],
+    };
     let price_confidence = match t.optional_column("price_confidence") {
         Some(c) => c.f64s(Domain::UnitInterval)?.into_owned(),
         None => vec![1.0; labels.len()],
@@ -506,6 +599,7 @@ fn parse_assets(t: &Table, labels: &[String]) -> Result<Assets> {
         initial_liability_weight,
         maintenance_liability_weight,
         size_premium,
+        liability_imf_factor,
         underlying: Vec::new(),
         price_confidence,
     })

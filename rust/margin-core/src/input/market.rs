@@ -41,6 +41,9 @@ pub struct MarketTables {
     pub index_confidence: Vec<f64>,
     /// Optional `confidence` column of `marks` (1 when absent).
     pub mark_confidence: Vec<f64>,
+    /// Optional `open_interest` column of `marks`: the instrument's open notional in USD (open
+    /// interest × oracle price, as dYdX measures it), NaN where null; `None` without the column.
+    pub open_interest: Option<Vec<f64>>,
     /// Rows of the optional `expiry_feeds` table.
     pub expiry_feeds: Vec<ExpiryFeedRow>,
 }
@@ -185,6 +188,10 @@ impl MarketTables {
             Some(c) => c.f64s(Domain::UnitInterval)?.into_owned(),
             None => vec![1.0; labels.len()],
         };
+        let open_interest = match m.optional_column("open_interest") {
+            Some(c) => Some(c.f64s_null_as_nan(Domain::NonNegative)?.into_owned()),
+            None => None,
+        };
         Ok(MarketTables {
             underlyings,
             index_price,
@@ -195,6 +202,7 @@ impl MarketTables {
             valuation_ns,
             index_confidence,
             mark_confidence,
+            open_interest,
             expiry_feeds: Vec::new(),
         })
     }
@@ -235,6 +243,11 @@ pub struct Market {
     /// Per instrument id: the USD price of the coin an inverse contract settles in (the
     /// assets table's price, moved with the underlying under stress); NaN for linear contracts.
     pub settlement_price: Vec<f64>,
+    /// Per instrument id: the initial margin rate scaled by open interest (dYdX,
+    /// [`crate::book::open_interest_rate`]) for instruments with caps and an `open_interest`;
+    /// the instrument's own rate elsewhere. `None` when no instrument is scaled: every rate is
+    /// the book's.
+    pub initial_margin_rate: Option<Vec<f64>>,
 }
 
 impl Market {
@@ -326,6 +339,21 @@ impl Market {
             .map_or(1.0, |row| tables.index_price[row]);
         let expiry_forward = expiry_feed.iter().map(|f| f.map_or(f64::NAN, |f: ExpiryFeed| f.forward())).collect();
         let expiry_confidence = expiry_feed.iter().map(|f| f.map_or(1.0, |f: ExpiryFeed| f.confidence)).collect();
+        let initial_margin_rate = match &tables.open_interest {
+            Some(oi) if ins.has_open_interest_caps() => {
+                let mut rates = ins.initial_margin_rate.clone();
+                for (row, key) in tables.instruments.iter().enumerate() {
+                    let Some(id) = ins.index.get(key) else { continue };
+                    let id = id as usize;
+                    let (lower, upper) = (ins.open_interest_lower_cap[id], ins.open_interest_upper_cap[id]);
+                    if !lower.is_nan() && !oi[row].is_nan() {
+                        rates[id] = crate::book::open_interest_rate(rates[id], lower, upper, oi[row]);
+                    }
+                }
+                Some(rates)
+            }
+            _ => None,
+        };
         Ok(Market {
             index_price,
             mark_price,
@@ -340,6 +368,7 @@ impl Market {
             expiry_confidence,
             quote_usd_price,
             settlement_price: ins.settlement_asset.iter().map(|a| a.map_or(f64::NAN, |a| book.assets.price[a as usize])).collect(),
+            initial_margin_rate,
         })
     }
 

@@ -252,3 +252,82 @@ impl<'a> Balances<'a> {
 pub fn account_slots(positions: &Positions, balances: &Balances) -> Vec<AccountSlot> {
     merge_accounts(&positions.accounts, &positions.starts, &balances.accounts, &balances.starts)
 }
+
+/// An orders table's `quantity` column: finite and non-zero (+ bid, − ask), offenders by row.
+pub fn order_quantities<'a>(t: &Table<'a>) -> Result<Cow<'a, [f64]>> {
+    let quantity = t.column("quantity")?.f64s(Domain::Finite)?;
+    let mut zero = Offenders::default();
+    for (r, q) in quantity.iter().enumerate() {
+        if *q == 0.0 {
+            zero.push(|| format!("row {r}"));
+        }
+    }
+    zero.into_result(t.name, "quantity", "an order's quantity must be non-zero (+ bid, − ask)")?;
+    Ok(quantity)
+}
+
+/// Resting orders (METHODOLOGY-v2 §10), rows in account order: `account_id, instrument,
+/// quantity` (signed, + bid, − ask, never 0) and `price` (a limit price, > 0).
+pub struct Orders<'a> {
+    pub instrument: Vec<u32>,
+    pub quantity: Cow<'a, [f64]>,
+    pub price: Cow<'a, [f64]>,
+    accounts: Vec<u64>,
+    starts: Vec<usize>,
+}
+
+impl<'a> Orders<'a> {
+    /// Reads and validates the orders table: unknown instruments, nulls, NaN, a zero quantity or
+    /// a price that is not > 0 are errors naming the rows.
+    pub fn from_table(t: &Table<'a>, book: &Book) -> Result<Orders<'a>> {
+        check_row_count(t)?;
+        let ids = t.column("account_id")?.account_ids()?;
+        let instrument = t.column("instrument")?.map_keys(&book.instruments.index, "instrument")?;
+        let quantity = order_quantities(t)?;
+        let price = t.column("price")?.f64s(Domain::Price)?;
+        let Grouping { order, accounts, starts } = group_by_account(&ids);
+        let order = order.as_deref();
+        Ok(Orders {
+            instrument: match order {
+                None => instrument,
+                Some(_) => gather(&instrument, order),
+            },
+            quantity: reorder(quantity, order),
+            price: reorder(price, order),
+            accounts,
+            starts,
+        })
+    }
+
+    /// The rows of `account_id` (empty when it has no orders).
+    pub fn rows_of(&self, account_id: u64) -> std::ops::Range<usize> {
+        match self.accounts.binary_search(&account_id) {
+            Ok(k) => self.starts[k]..self.starts[k + 1],
+            Err(_) => 0..0,
+        }
+    }
+
+    /// Accounts with orders, ascending.
+    pub fn accounts(&self) -> &[u64] {
+        &self.accounts
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.instrument.is_empty()
+    }
+
+    /// Which instruments any order references (to check the market covers them).
+    pub fn used_instruments(&self, n_instruments: usize) -> Vec<bool> {
+        let mut used = vec![false; n_instruments];
+        for i in &self.instrument {
+            used[*i as usize] = true;
+        }
+        used
+    }
+
+    /// The orders of a single account (account id 0).
+    pub fn one_account(instrument: Vec<u32>, quantity: Vec<f64>, price: Vec<f64>) -> Orders<'static> {
+        let n = instrument.len();
+        Orders { instrument, quantity: Cow::Owned(quantity), price: Cow::Owned(price), accounts: vec![0], starts: vec![0, n] }
+    }
+}

@@ -116,22 +116,15 @@ fn unique_order_ids(table: &str, ids: &[u64]) -> Result<()> {
 }
 
 /// `orders`: `order_id` (integer >= 0, unique), `account_id`, `instrument`, `quantity` (finite,
-/// non-zero, signed), `price` (finite, >= 0).
+/// non-zero, signed), `price` (finite, > 0: a limit price, margined against the mark).
 pub fn read_orders(t: &Table, book: &Book) -> Result<Vec<Order>> {
     t.check_unique_column_names()?;
     let order_id = t.column("order_id")?.account_ids()?;
     unique_order_ids(t.name, &order_id)?;
     let ids = t.column("account_id")?.account_ids()?;
     let instrument = t.column("instrument")?.map_keys(&book.instruments.index, "instrument")?;
-    let quantity = t.column("quantity")?.f64s(Domain::Finite)?;
-    let mut zero = Offenders::default();
-    for (r, q) in quantity.iter().enumerate() {
-        if *q == 0.0 {
-            zero.push(|| format!("row {r}"));
-        }
-    }
-    zero.into_result(t.name, "quantity", "an order's quantity must not be 0")?;
-    let price = t.column("price")?.f64s(Domain::NonNegative)?;
+    let quantity = crate::rows::order_quantities(t)?;
+    let price = t.column("price")?.f64s(Domain::Price)?;
     Ok((0..ids.len())
         .map(|r| Order { order_id: order_id[r], account_id: ids[r], instrument: instrument[r], quantity: quantity[r], price: price[r] })
         .collect())

@@ -165,6 +165,10 @@ impl MarketState {
                     if let Some(g) = &mut t.greeks {
                         g.push(None);
                     }
+                    // a new instrument's open interest is unknown: its own rate
+                    if let Some(oi) = &mut t.open_interest {
+                        oi.push(f64::NAN);
+                    }
                 }
             }
         }
@@ -371,6 +375,7 @@ impl LiveBook {
         if book.instruments.has_inverse() {
             return Err(crate::error::InputError::new("instruments", "settlement", "LiveBook does not support inverse (coin-settled) contracts yet; use me.margin"));
         }
+        crate::engine::check_size_rates(&book, config.model == Model::Portfolio)?;
         let market = market_state.resolve(&book)?;
         let risk = match (config.model, margin) {
             (Model::Portfolio, true) => Some(RiskArrays::new(&book, &market)),
@@ -528,6 +533,8 @@ impl LiveBook {
     }
 
     fn stage_orders(&self, orders: &[Order], staging: &mut Staging) -> Result<()> {
+        // resting orders enter initial margin: a methodology that cannot margin them refuses
+        crate::engine::check_orders_model(&self.book, self.config.model == Model::Portfolio, !orders.is_empty())?;
         let (mut resting, mut unknown) = (Offenders::default(), Offenders::default());
         for (r, o) in orders.iter().enumerate() {
             if self.state.orders.contains_key(&o.order_id) {
@@ -649,7 +656,8 @@ impl LiveBook {
             .iter()
             .map(|r| Row { instrument: r.instrument, quantity: r.quantity, price: (!r.entry_price.is_nan()).then_some(r.entry_price) })
             .collect();
-        whatif::what_if(&self.pricing(), &positions, &a.balances, &trades, self.config.premium_asset)
+        let orders: Vec<Row> = a.orders.iter().map(|o| Row { instrument: o.instrument, quantity: o.quantity, price: Some(o.price) }).collect();
+        whatif::what_if_with_orders(&self.pricing(), &positions, &a.balances, &trades, self.config.premium_asset, &orders)
     }
 
     /// Every account's last margin row, by account id: `me.margin`'s rows on the current state.

@@ -18,7 +18,7 @@ use crate::accounts::AccountSlot;
 use crate::book::Book;
 use crate::engine::{AccountScratch, Pricing};
 use crate::results::AccountRow;
-use crate::rows::{Balances, InstrumentIds, Positions};
+use crate::rows::{Balances, InstrumentIds, Orders, Positions};
 
 use super::index::Exposure;
 
@@ -85,6 +85,7 @@ impl Account {
 pub struct Scratch {
     positions: Positions<'static>,
     balances: Balances<'static>,
+    orders: Orders<'static>,
     account: AccountScratch,
 }
 
@@ -93,6 +94,7 @@ impl Default for Scratch {
         Scratch {
             positions: Positions::one_account(Vec::new(), Vec::new(), Some(Vec::new())),
             balances: Balances::one_account(Vec::new(), Vec::new()),
+            orders: Orders::one_account(Vec::new(), Vec::new(), Vec::new()),
             account: AccountScratch::default(),
         }
     }
@@ -119,9 +121,23 @@ pub fn margin_account(pricing: &Pricing, a: &Account, s: &mut Scratch) -> Accoun
     amount.clear();
     amount.extend(a.balances.iter().map(|b| b.1));
     let slot = AccountSlot::new(a.id, 0..a.positions.len(), 0..a.balances.len());
+    // resting orders add their initial margin (crate::orders), as `me.margin(orders=)` does
+    let orders = if a.orders.is_empty() {
+        None
+    } else {
+        s.orders.instrument.clear();
+        s.orders.instrument.extend(a.orders.iter().map(|o| o.instrument));
+        let q = s.orders.quantity.to_mut();
+        q.clear();
+        q.extend(a.orders.iter().map(|o| o.quantity));
+        let p = s.orders.price.to_mut();
+        p.clear();
+        p.extend(a.orders.iter().map(|o| o.price));
+        Some((&s.orders, 0..a.orders.len()))
+    };
     // balances are one per asset by construction: the duplicate error cannot arise
     pricing
-        .account(&slot, &s.positions, &s.balances, &mut s.account)
+        .account_full(&slot, &s.positions, &s.balances, 0.0, orders, &mut s.account)
         .unwrap_or_else(|_| AccountRow::new(a.id, Default::default(), f64::NAN, f64::NAN, f64::NAN))
 }
 

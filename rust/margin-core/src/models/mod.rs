@@ -8,4 +8,5 @@
 
 pub mod portfolio;
 pub mod standard;
+pub mod orders;
 pub mod standard_rules;

@@ -434,7 +434,7 @@ pub fn isolated_charge(book: &Book, market: &Market, rules: &StandardRules, p: &
                 let notional = p.quantity.abs() * c.multiplier * mark;
                 (notional * im_rate, notional * mm_rate)
             }
-            _ => standard::position_margin_at(book, id, p.quantity, mark, spot, market.settlement_price[id]),
+            _ => standard::position_margin_in(book, market, id, p.quantity, mark, spot),
         };
     }
     if p.quantity > 0.0 {

@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use crate::book::{Book, Kind};
+use crate::book::{size_premium_rate, Book, Kind};
 use crate::market::Market;
 use crate::rows::{Balances, Positions};
 
@@ -219,10 +219,12 @@ pub fn value_balance(book: &Book, asset: usize, amount: f64, price: f64) -> Coll
             weighted_maintenance: amount * price * size_adjusted_weight(a.maintenance_weight[asset], sp, amount),
         }
     } else if amount < 0.0 {
+        // Drift's size premium on a borrow (0 = none: the weights themselves)
+        let imf = a.liability_imf_factor[asset];
         Collateral {
             cash,
-            weighted_initial: amount * price * a.initial_liability_weight[asset],
-            weighted_maintenance: amount * price * a.maintenance_liability_weight[asset],
+            weighted_initial: amount * price * size_premium_rate(a.initial_liability_weight[asset], imf, -amount),
+            weighted_maintenance: amount * price * size_premium_rate(a.maintenance_liability_weight[asset], imf, -amount),
         }
     } else {
         Collateral::default()

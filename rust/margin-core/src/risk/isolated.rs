@@ -123,11 +123,18 @@ fn check_supported(book: &Book, market: &Market, inputs: &Inputs, model: Model, 
     }
     let mut options = Offenders::default();
     let mut mixed = Offenders::default();
+    let mut unmodelled = Offenders::default();
     let mut scratch = Scratch::default();
     for slot in &inputs.slots {
         net_positions(slot.positions(), &inputs.positions, book, market, &mut scratch);
         if scratch.net.len() > 1 {
             mixed.push(|| format!("account {}", slot.account_id));
+        }
+        for p in &scratch.net {
+            let c = &book.contracts[p.instrument as usize];
+            if c.inverse || c.imf_factor > 0.0 {
+                unmodelled.push(|| format!("'{}'", book.instruments.labels[p.instrument as usize]));
+            }
         }
         if basis == MaintenanceBasis::Entry {
             if let Some(p) = scratch.net.first() {
@@ -138,6 +145,11 @@ fn check_supported(book: &Book, market: &Market, inputs: &Inputs, model: Model, 
         }
     }
     mixed.into_result("positions", "instrument", "an isolated account holds one instrument")?;
+    unmodelled.into_result(
+        "positions",
+        "margin_mode",
+        "isolated margin of inverse (coin-settled) contracts or of contracts with a size premium (imf_factor) is not modelled yet: hold them cross",
+    )?;
     options.into_result("positions", "instrument", "maintenance_basis='entry' applies to perpetuals and futures, not options")
 }
 
@@ -213,11 +225,11 @@ fn excess_at(book: &Book, market: &Market, model: Model, p: &NetPosition, collat
     };
     let mm = match (entry_mm, model) {
         (Some(mm), _) => mm,
-        (None, Model::Standard) => position_margin_at(book, id, p.quantity, moved_mark, s).1,
+        (None, Model::Standard) => position_margin_at(book, id, p.quantity, moved_mark, s, f64::NAN).1, // linear: no settlement coin
         (None, Model::Portfolio) => {
             let scenarios = portfolio::scenarios(&book.underlyings.risk[u]);
             let mut array = Vec::with_capacity(scenarios.len());
-            portfolio::instrument_array_at(book, market, id, s, moved_mark, &scenarios, &mut array);
+            portfolio::instrument_array_at(book, market, id, s, moved_mark, f64::NAN, &scenarios, &mut array);
             let mut pnl = Vec::new();
             let moved = NetPosition { value, ..*p };
             portfolio::positions_margin_of(book, s, &scenarios, u, std::iter::once((&moved, &array[..])), &mut pnl).maintenance_margin

@@ -41,8 +41,8 @@ use crate::portfolio::{group_by_underlying, instrument_array_at, positions_margi
 use crate::results::AccountRow;
 use crate::standard::position_margin_at;
 use crate::portfolio::RiskArrays;
-use crate::stress::{moved_price, stress_asset_prices, stress_market, stressed_mark};
-use crate::valuation::{net_positions, value_balance, NetPosition, Scratch};
+use crate::stress::{inverse_value_at, moved_price, stress_asset_prices, stress_market, stressed_mark};
+use crate::valuation::{net_positions, notional_at, value_balance, NetPosition, Scratch};
 
 /// Largest move up: 100× the index price.
 pub const MAX_MOVE_UP: f64 = 99.0;
@@ -91,6 +91,9 @@ struct Exposure<'s> {
     u: usize,
     positions: &'s [(u32, NetPosition)],
     linked: &'s [(usize, f64)],
+    /// Inverse positions of the account that netted to 0: `(instrument, coin P&L)` (those of `u`
+    /// move with its coin).
+    closed_coins: &'s [(u32, f64)],
 }
 
 /// Shared by every account.
@@ -121,6 +124,11 @@ impl Context<'_> {
         let (book, market) = (self.book, self.market);
         let ins = &book.instruments;
         let mut c = 0.0;
+        for &(id, coin) in x.closed_coins {
+            if ins.underlying[id as usize] as usize == x.u {
+                c += coin * moved_price(market.settlement_price[id as usize], m);
+            }
+        }
         for &(a, amount) in x.linked {
             c += value_balance(book, a, amount, moved_price(book.assets.price[a], m)).weighted_maintenance;
         }
@@ -135,11 +143,17 @@ impl Context<'_> {
                 None => stressed_mark(book, market, id, m, spot),
             };
             let size = p.quantity * ins.multiplier[id];
-            c += if ins.kind[id].is_linear() { p.value + size * (mark - market.mark_price[id]) } else { size * mark };
+            // an inverse contract: coin value at the moved mark, converted at the coin price moved with u
+            let coin_price = moved_price(market.settlement_price[id], m);
+            c += match (ins.inverse[id], ins.kind[id].is_linear()) {
+                (true, _) => inverse_value_at(book, market, id, p, mark, coin_price).0,
+                (false, true) => p.value + size * (mark - market.mark_price[id]),
+                (false, false) => size * mark,
+            };
             match (&self.scenarios, at) {
-                (None, _) => margin += position_margin_at(book, id, p.quantity, mark, spot).1,
+                (None, _) => margin += position_margin_at(book, id, p.quantity, mark, spot, coin_price).1,
                 (Some(_), Some((cache, side, i))) => arrays.extend_from_slice(&cache.arrays[side][i * cache.n_scenarios..(i + 1) * cache.n_scenarios]),
-                (Some(s), None) => instrument_array_at(book, market, id, spot, mark, &s[x.u], arrays),
+                (Some(s), None) => instrument_array_at(book, market, id, spot, mark, coin_price, &s[x.u], arrays),
             }
         }
         if let Some(s) = &self.scenarios {
@@ -362,7 +376,7 @@ impl AxisValues {
         let ins = &book.instruments;
         let held: Vec<usize> = (0..ins.len()).filter(|id| used[*id] && ins.underlying[*id] as usize == u).collect();
         let mut slot = vec![NONE; ins.len()];
-        if !held.iter().any(|id| !ins.kind[*id].is_linear()) {
+        if !held.iter().any(|id| !ins.kind[*id].is_linear() || ins.inverse[*id]) {
             return AxisValues { slot, held: 0, n_scenarios: 0, marks: [Vec::new(), Vec::new()], arrays: [Vec::new(), Vec::new()] };
         }
         for (k, id) in held.iter().enumerate() {
@@ -378,7 +392,7 @@ impl AxisValues {
                     let mut arrays = Vec::with_capacity(held.len() * scenarios.len());
                     if !scenarios.is_empty() {
                         for (id, mark) in held.iter().zip(&marks) {
-                            instrument_array_at(book, market, *id, spot, *mark, scenarios, &mut arrays);
+                            instrument_array_at(book, market, *id, spot, *mark, moved_price(market.settlement_price[*id], *m), scenarios, &mut arrays);
                         }
                     }
                     (marks, arrays)
@@ -415,12 +429,14 @@ fn account_row(ctx: &Context, cache: &AxisValues, inputs: &Inputs, u: usize, slo
         }
     }
     s.linked_u.sort_unstable_by_key(|(a, _)| *a);
-    let x = Exposure { u, positions, linked: &s.linked_u };
+    let x = Exposure { u, positions, linked: &s.linked_u, closed_coins: &s.net.closed_inverse };
     let notional: f64 = positions
         .iter()
         .map(|(_, p)| p.quantity.abs() * ins.multiplier[p.instrument as usize] * market.mark_price[p.instrument as usize])
         .sum();
-    let closed = positions.iter().all(|(_, p)| ins.kind[p.instrument as usize].is_linear());
+    // inverse contracts' coin P&L is 1/price: not piecewise linear, bracketed
+    let closed = positions.iter().all(|(_, p)| ins.kind[p.instrument as usize].is_linear() && !ins.inverse[p.instrument as usize])
+        && !s.net.closed_inverse.iter().any(|(id, _)| ins.underlying[*id as usize] as usize == u);
     let e_now = row.margin_excess();
     let roots = if e_now < 0.0 {
         (Some(0.0), Some(0.0), Method::Liquidatable)
@@ -519,7 +535,7 @@ fn full_account_row(ctx: &Context, model: Model, inputs: &Inputs, u: usize, at: 
         .net
         .iter()
         .filter(|p| ins.underlying[p.instrument as usize] as usize == u)
-        .map(|p| p.quantity.abs() * ins.multiplier[p.instrument as usize] * market.mark_price[p.instrument as usize])
+        .map(|p| notional_at(book, p.instrument as usize, p.quantity, market.mark_price[p.instrument as usize], market.settlement_price[p.instrument as usize]))
         .sum();
     distance_row(slot.account_id, u as u32, roots, notional, row)
 }

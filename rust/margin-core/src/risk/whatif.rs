@@ -30,7 +30,7 @@ use crate::book::Kind;
 use crate::engine::{AccountScratch, Pricing};
 use crate::error::{InputError, Offenders, Result};
 use crate::results::AccountRow;
-use crate::rows::{Balances, Positions};
+use crate::rows::{Balances, Orders, Positions};
 
 /// One position row or trade of the account: instrument id, contracts, and an entry price
 /// (positions) or trade price (trades), `None` for the mark.
@@ -82,7 +82,37 @@ fn check_rows(rows: &[Row], table: &'static str, price_column: &'static str) -> 
 /// `(asset id, amount)`; option premiums settle in `premium_asset` (`None`: the book's
 /// [`quote_asset`](crate::book::Assets::quote_asset)).
 pub fn what_if(pricing: &Pricing, positions: &[Row], balances: &[(u32, f64)], trades: &[Row], premium_asset: Option<u32>) -> Result<WhatIf> {
+    what_if_with_orders(pricing, positions, balances, trades, premium_asset, &[])
+}
+
+/// [`what_if`] of an account with resting `orders` (`price` their limit price): both `before`
+/// and `after` include their initial margin (`crate::orders`), the trades do not cancel them.
+pub fn what_if_with_orders(
+    pricing: &Pricing,
+    positions: &[Row],
+    balances: &[(u32, f64)],
+    trades: &[Row],
+    premium_asset: Option<u32>,
+    orders: &[Row],
+) -> Result<WhatIf> {
     let (book, market) = (pricing.book, pricing.base);
+    crate::engine::check_orders_model(book, pricing.risk.is_some(), !orders.is_empty())?;
+    let (mut zero, mut price) = (Offenders::default(), Offenders::default());
+    for (i, o) in orders.iter().enumerate() {
+        if !(o.quantity.is_finite() && o.quantity != 0.0) {
+            zero.push(|| format!("row {i} = {}", o.quantity));
+        }
+        if !o.price.is_some_and(|p| p.is_finite() && p > 0.0) {
+            price.push(|| format!("row {i}"));
+        }
+    }
+    zero.into_result("orders", "quantity", "an order's quantity must be finite and non-zero (+ bid, − ask)")?;
+    price.into_result("orders", "price", "an order needs a limit price, finite and > 0")?;
+    let resting = Orders::one_account(
+        orders.iter().map(|o| o.instrument).collect(),
+        orders.iter().map(|o| o.quantity).collect(),
+        orders.iter().map(|o| o.price.unwrap_or(f64::NAN)).collect(),
+    );
     check_rows(positions, "positions", "entry_price")?;
     check_rows(trades, "trades", "price")?;
     let mut amount = Offenders::default();
@@ -92,14 +122,14 @@ pub fn what_if(pricing: &Pricing, positions: &[Row], balances: &[(u32, f64)], tr
         }
     }
     amount.into_result("balances", "amount", "values must be finite numbers (NaN or infinite found)")?;
-    if positions.iter().chain(trades).any(|r| {
+    if positions.iter().chain(trades).chain(orders).any(|r| {
         let id = r.instrument as usize;
         market.mark_price[id].is_nan() || market.index_price[book.instruments.underlying[id] as usize].is_nan()
     }) {
         // the slow path names what is missing, as for the bulk functions
         market.check_covers(book, || {
             let mut used = vec![false; book.instruments.len()];
-            for r in positions.iter().chain(trades) {
+            for r in positions.iter().chain(trades).chain(orders) {
                 used[r.instrument as usize] = true;
             }
             used
@@ -180,7 +210,8 @@ pub fn what_if(pricing: &Pricing, positions: &[Row], balances: &[(u32, f64)], tr
     let mut margin = |positions: &Positions, balances: &Balances, extra_pnl: f64| -> Result<AccountRow> {
         let n = positions.quantity.len();
         let slot = AccountSlot::new(0, 0..n, 0..balances.amount.len());
-        let row = pricing.account_with(&slot, positions, balances, extra_pnl, &mut scratch).map_err(|asset| {
+        let resting = (!orders.is_empty()).then(|| (&resting, 0..orders.len()));
+        let row = pricing.account_full(&slot, positions, balances, extra_pnl, resting, &mut scratch).map_err(|asset| {
             let mut duplicate = Offenders::default();
             duplicate.push(|| format!("'{}'", book.assets.labels[asset as usize]));
             InputError::new("balances", "asset", "duplicate asset in the account's balances").with_offenders(duplicate)
