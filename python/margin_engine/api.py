@@ -637,6 +637,7 @@ def liquidation_distance(
 @_doc
 def liquidation_prices(
     book: Book, positions: Any, balances: Any, market: Market, *,
+    isolated_collateral: Any = None,
     model: Model = "standard", threads: int | None = None, output: Output = "arrow",
 ) -> Any:
     """Exact liquidation prices per account × underlying it is exposed to (``docs/liquidation.md``
@@ -655,13 +656,25 @@ def liquidation_prices(
     ``"closed_form"`` (every position in the underlying is a perpetual or future: the excess is
     piecewise linear in the price and solved piece by piece), ``"bracketed"`` (options: sampled
     on the axis, the first sign change refined to 1e-10 of the price) or ``"liquidatable"``
-    (below maintenance now: both moves 0).
+    (below maintenance now: both moves 0). An inverse contract's coin P&L is not linear in the
+    price: its rows are ``"bracketed"``.
+
+    With a ``margin_mode`` column (and ``isolated_collateral``), as in :func:`liquidation_distance`:
+    cross rows leave the isolated positions out, each isolated position margined alone gets its
+    own rows, told apart by an ``instrument`` column after ``account_id`` (null on cross rows).
 
     Options:
 
     {options}
     """
-    return _per_account(_core.liquidation_prices, book, positions, balances, market, model, threads, output)
+    split = _isolated.split(book, positions, isolated_collateral) if _can_split(book) else None
+    if split is None:
+        return _per_account(_core.liquidation_prices, book, positions, balances, market, model, threads, output)
+    cross = _per_account(_core.liquidation_prices, book, split.cross, balances, market, model, threads, "arrow")
+    isolated = None
+    if split.any_isolated:
+        isolated = _per_account(_core.liquidation_prices, book, split.positions, split.balances, market, model, threads, "arrow")
+    return as_output(_isolated.merge_by_account(cross, isolated, split.keys), output)
 
 
 @_doc

@@ -312,7 +312,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         api.liquidation_scan(book, tables.positions, tables.balances, market, threads=args.threads)
     with progress.step("liquidation scan, BTC -20% stress"):
         stressed = api.liquidation_scan(book, tables.positions, tables.balances, market, stress={"BTC": -0.2}, threads=args.threads)
-    with progress.step("distance to liquidation (201 grid levels x underlying)"):
+    with progress.step("exact liquidation prices (roots per account x underlying)"):
         distances = api.liquidation_distance(book, tables.positions, tables.balances, market, threads=args.threads)
     with progress.step("liquidation plans, standard model"):
         plan = api.liquidation_plan(book, tables.positions, tables.balances, market, insurance_fund=10e6, threads=args.threads)
@@ -326,7 +326,53 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print_calibrated(tables, market, results, args, progress)
     _print_liquidation(stressed, distances)
     _print_plan_and_hedges(plan, hedges)
+    _print_mechanics(tables, args, progress)
     return 0
+
+
+def _print_mechanics(tables: BookTables, args: argparse.Namespace, progress: Progress) -> None:
+    """Exchange mechanics (docs/methodology.md §10) on the same book, mixed in by
+    ``synthetic.with_mechanics``: inverse perpetuals, isolated positions, resting orders and
+    unsettled funding, margined by the standard model."""
+    from margin_engine import synthetic
+
+    with progress.step("mixing in inverse perpetuals, isolated positions, resting orders, funding"):
+        mb = synthetic.with_mechanics(tables)
+        book = api.Book(mb.instruments, mb.assets, None, mb.margin_tiers)
+        market = api.Market(mb.index_prices, mb.marks, mb.valuation_time)
+    iso = mb.isolated_collateral
+    with progress.step("margin of the cross accounts, with and without their resting orders"):
+        with_orders = api.margin(book, mb.positions, mb.balances, market, orders=mb.orders, isolated_collateral=iso, threads=args.threads)
+        without = api.margin(book, mb.positions, mb.balances, market, isolated_collateral=iso, threads=args.threads)
+    with progress.step("isolated positions margined alone, with liquidation prices"):
+        isolated = api.isolated_margin(book, mb.positions, iso, market, threads=args.threads)
+    inverse_names = [name for name, _, _ in synthetic.INVERSE_PERPETUALS]
+    holds_inverse = pc.is_in(mb.positions.column("instrument").cast(pa.string()), pa.array(inverse_names))
+    inverse_accounts = pc.unique(mb.positions.filter(holds_inverse).column("account_id"))
+    sample = inverse_accounts.slice(0, 20_000)
+    sample_positions = mb.positions.filter(pc.is_in(mb.positions.column("account_id"), sample))
+    sample_balances = mb.balances.filter(pc.is_in(mb.balances.column("account_id"), sample))
+    with progress.step(f"exact liquidation prices of {len(sample):,} accounts holding inverse perpetuals"):
+        prices = api.liquidation_prices(book, sample_positions, sample_balances, market, isolated_collateral=iso, threads=args.threads)
+    c = mb.counts
+    say()
+    say(f"exchange mechanics on the same book (standard model): {c['inverse_accounts']:,} accounts hold inverse "
+        f"perpetuals ({', '.join(inverse_names)}, settled in coin), {c['isolated_positions']:,} isolated positions, "
+        f"{c['orders']:,} resting orders on {c['order_accounts']:,} accounts, {c['funding_rows']:,} rows with unsettled funding "
+        f"({_usd(_sum(mb.positions, 'unsettled_funding'))} net)")
+    extra = _sum(with_orders, "initial_margin") - _sum(without, "initial_margin")
+    calls = _status_counts(with_orders)["margin_call"] - _status_counts(without)["margin_call"]
+    say(f"    resting orders add {_usd(extra)} of initial margin (worst of all bids or all asks filling); "
+        f"{calls:+,} margin calls; maintenance unchanged")
+    ic = _status_counts(isolated)
+    liq = isolated.column("liquidation_price")
+    say(f"    isolated positions: {isolated.num_rows:,} margined alone on {_usd(_sum(isolated, 'collateral_maintenance'))} of their own "
+        f"collateral; liquidatable {ic['liquidatable']:,}, bankrupt {ic['bankrupt']:,}; "
+        f"{len(liq) - liq.null_count:,} with a liquidation price")
+    method = dict(zip(*prices.group_by("method").aggregate([("account_id", "count")]).to_pydict().values())) if prices.num_rows else {}
+    far = pc.sum(pc.fill_null(pc.or_kleene(pc.less(prices.column("move_down"), -0.5), pc.greater(prices.column("move_up"), 0.5)), False)).as_py() or 0
+    say(f"    inverse accounts' exact liquidation prices: {prices.num_rows:,} account x underlying rows ("
+        + ", ".join(f"{k} {v:,}" for k, v in sorted(method.items())) + f"); {far:,} beyond ±50% that a grid stops at")
 
 
 def _print_calibrated(tables: BookTables, market: Any, results: dict[str, pa.Table], args: argparse.Namespace,

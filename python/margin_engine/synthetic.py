@@ -63,6 +63,7 @@ import math
 import pathlib
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -1113,11 +1114,12 @@ class MechanicsBook:
     counts: dict
 
 
-def with_mechanics(book: SyntheticBook, seed: int = 11, *, inverse_share: float = 0.2,
+def with_mechanics(book: "SyntheticBook | Any", seed: int = 11, *, inverse_share: float = 0.2,
                    isolated_share: float = 0.05, order_share: float = 0.1,
                    funding_share: float = 0.3) -> MechanicsBook:
     """The generated ``book`` with cross, isolated and inverse accounts, open orders and funding.
 
+    ``book``: a :class:`SyntheticBook` (or any object with its tables and ``valuation_time``).
     Deterministic by ``seed``; ``book``'s own tables are not changed (``generate`` stays the book
     every benchmark and test pins):
 
@@ -1253,6 +1255,9 @@ def with_mechanics(book: SyntheticBook, seed: int = 11, *, inverse_share: float 
         "margin_mode": pa.array(margin_mode, pa.string()),
         "unsettled_funding": pa.array(funding, pa.float64()),
     })
+    valuation_ns = getattr(book, "valuation_time_ns", None)
+    if valuation_ns is None:
+        valuation_ns = int(book.valuation_time.timestamp()) * 10**9
     return MechanicsBook(instruments, book.assets, book.margin_tiers, positions, book.balances,
                          book.index_prices, marks, orders, isolated_collateral,
-                         book.valuation_time, book.valuation_time_ns, counts)
+                         book.valuation_time, valuation_ns, counts)
