@@ -118,12 +118,11 @@ def test_what_if_matches_reference(model, data):
         for k, q in data.draw(st.lists(st.tuples(st.sampled_from(keys), st.floats(-5.0, 5.0).filter(lambda x: x != 0.0)), min_size=1, max_size=3))
         if marks[k] > 0.0
     ]
-    try:
-        got = me.what_if(book, positions, balances, market, trades, model=model)
-    except me.MarginInputError as e:
-        assert "quote asset" in str(e)  # a linear option trade without a quote asset
-        return
-    want = reference.what_if(ref_book, positions, balances, ref_market, trades, model=model)
+    # linear option premiums settle in a coin (the books may have no quote asset); coin-settled
+    # ones in their own coin whatever premium_asset says
+    premium_asset = next(a for a in example["assets"].column("asset").to_pylist() if a.startswith("COIN-"))
+    got = me.what_if(book, positions, balances, market, trades, model=model, premium_asset=premium_asset)
+    want = reference.what_if(ref_book, positions, balances, ref_market, trades, model=model, premium_asset=premium_asset)
     for side in ("before", "after"):
         g, w = getattr(got, side), getattr(want, side)
         for name in ("equity", "collateral_initial", "collateral_maintenance", "initial_margin", "maintenance_margin"):
@@ -468,3 +467,22 @@ def test_absent_columns_change_nothing():
     want = me.margin(book, pos, bal, market)
     assert me.margin(linear, pos, bal, market).equals(want)
     assert me.margin(book, positions([(1, "XBTUSD", 2.0, 49_000.0)], [None]), bal, market).equals(want)
+
+
+def test_what_if_of_inverse_trades_is_margin_with_the_trade_rows():
+    """An inverse perpetual bought at `price` is the row `(quantity, entry = price)`; a
+    coin-settled option bought at `price` pays `quantity × mult × price` coins out of the
+    account's settlement-coin balance and holds the option at its mark."""
+    rows = [{"instrument": "XBTUSD"},
+            {"instrument": "C", "kind": "option", "strike": 55_000.0, "option_type": "call", "expiry": 1_601_020_800,
+             "initial_margin_rate": 0.15, "maintenance_margin_rate": 0.075, "initial_margin_floor": 0.1}]  # fmt: skip
+    book = coin_book(rows, 50_100.0)
+    market = coin_market(50_000.0, {"XBTUSD": 50_200.0, "C": 0.02}, {"C": 0.7})
+    w = me.what_if(book, None, {"BTC": 2.0}, market, [("XBTUSD", 30_000.0, 49_900.0), ("C", -4.0, 0.021)])
+    m = me.margin(
+        book, positions([(0, "XBTUSD", 30_000.0, 49_900.0), (0, "C", -4.0, None)]), balances([(0, "BTC", 2.0 + 4 * 0.021)]), market
+    ).to_pylist()[0]
+    for name in ("equity", "collateral_initial", "collateral_maintenance", "initial_margin", "maintenance_margin"):
+        assert math.isclose(getattr(w.after, name), m[name], rel_tol=1e-12), name
+    assert math.isclose(w.premium, 4 * 0.021 * 50_100.0, rel_tol=1e-12)
+    assert math.isclose(w.trade_pnl, (30_000.0 * (1 / 49_900.0 - 1 / 50_200.0) - 4 * (0.02 - 0.021)) * 50_100.0, rel_tol=1e-12)
