@@ -195,7 +195,9 @@ def test_scan_lists_isolated_positions_beside_accounts():
     collateral = _collateral((1, "BTCUSDT", 100.0))
     scan = me.liquidation_scan(book, positions, balances, _market(19_950.0), isolated_collateral=collateral)
     rows = [(r["account_id"], r["instrument"], r["status"]) for r in scan.to_pylist()]
-    assert rows == [(1, "BTCUSDT", "liquidatable"), (2, None, "healthy"), (1, None, "healthy")] or rows[0] == (1, "BTCUSDT", "liquidatable")
+    # the isolated long (1.5 at 20,000, collateral 100) lost 75 and needs 149.6: liquidatable alone;
+    # account 1's cross part (10,000 of cash) stays healthy
+    assert rows == [(1, "BTCUSDT", "liquidatable"), (1, None, "healthy"), (2, None, "healthy")]
     assert scan.column_names[:2] == ["account_id", "instrument"]
     # without a margin_mode column: today's output, bit for bit
     plain = positions.drop_columns(["margin_mode"])
@@ -463,3 +465,27 @@ def test_cluster_scan_refuses_isolated_positions():
     with pytest.raises(me.MarginInputError, match="on a cluster"):
         _distributed.call("liquidation_scan", {}, book, market, p, b)
     assert _distributed.call("margin", {}, book, market, p, b).equals(me.margin(book, p, b, market))
+
+
+def test_cli_scan_reads_isolated_collateral(tmp_path, capsys):
+    """``margin-engine scan DIR`` reads an optional isolated_collateral.parquet beside positions
+    with a margin_mode column, and lists the isolated positions in the scan."""
+    import pyarrow.parquet as pq
+
+    from margin_engine import cli
+
+    assert cli.main(["generate", "--accounts", "50", "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    positions = pq.read_table(tmp_path / "b" / "positions.parquet")
+    modes = ["isolated"] + ["cross"] * (positions.num_rows - 1)
+    first = positions.slice(0, 1)
+    same = [i for i, (a, k) in enumerate(zip(positions["account_id"].to_pylist(), positions["instrument"].to_pylist()))
+            if (a, k) == (first["account_id"][0].as_py(), first["instrument"][0].as_py())]
+    modes = ["isolated" if i in same else "cross" for i in range(positions.num_rows)]
+    pq.write_table(positions.append_column("margin_mode", pa.array(modes)), tmp_path / "b" / "positions.parquet")
+    pq.write_table(pa.table({"account_id": first["account_id"], "instrument": first["instrument"], "amount": [1e6]}),
+                   tmp_path / "b" / "isolated_collateral.parquet")
+    assert cli.main(["scan", str(tmp_path / "b"), "--out", str(tmp_path / "scan.parquet"), "--quiet"]) == 0
+    scan = pq.read_table(tmp_path / "scan.parquet")
+    isolated = scan.filter(pa.compute.is_valid(scan["instrument"])).to_pylist()
+    assert [(r["account_id"], r["instrument"]) for r in isolated] == [(first["account_id"][0].as_py(), first["instrument"][0].as_py())]
+    assert isolated[0]["equity"] >= 1e6 - 1e5

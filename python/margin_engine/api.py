@@ -741,6 +741,11 @@ class LiquidationPlan:
 
     ``liquidator_fees``, ``insurance_fees``: fee totals; ``insurance_fund_after``: the fund after
     the fees paid in and the deficits drawn.
+
+    With isolated positions (a ``margin_mode`` column in positions): ``closes`` gains
+    ``margin_mode`` (``cross`` or ``isolated``) after ``account_id``; ``accounts`` and ``adl``
+    gain ``instrument`` after ``account_id`` (null for a cross account, else the isolated
+    position liquidated on its own).
     """
 
     closes: Any
@@ -780,7 +785,6 @@ def liquidation_plan(
     Reads:
 
     {reads}
-
     {reads_isolation}
 
     Returns a :class:`LiquidationPlan` (its tables' columns are listed there).
