@@ -660,11 +660,12 @@ def account_roots(
     scenarios: Scenarios,
     model: Model,
     closed: float = 0.0,
+    closed_coins: Sequence[tuple[Instrument, float]] = (),
 ) -> list[DistanceRow]:
     """Exact distance rows of one account, one per exposed underlying (sorted by name): the whole
     account recomputed in the market with that underlying moved, at every point tried."""
     book = scenarios.book
-    current = account_in(scenarios.base, account_id, positions, balances, model, closed)
+    current = account_in(scenarios.base, account_id, positions, balances, model, closed, closed_coins)
     e0 = current.margin_excess
     rows: list[DistanceRow] = []
     for u in exposed_underlyings(positions, balances, book):
@@ -684,7 +685,7 @@ def account_roots(
 
                 def excess_at(m: float, u: str = u, cached: set[float] = cached) -> float:
                     scenario = _moved(scenarios, u, m, m in cached)
-                    return account_in(scenario, account_id, positions, balances, model, closed).margin_excess
+                    return account_in(scenario, account_id, positions, balances, model, closed, closed_coins).margin_excess
 
                 sides.append(first_root(e0, points, excess_at))
             moves = (sides[0], sides[1])
