@@ -604,6 +604,8 @@ def tier_breakpoints(
     in the price."""
     out: set[float] = set()
     for p in positions:
+        if p.instrument.is_inverse:
+            continue  # 1/price P&L: bracketed on the axis, as the engine does
         notional_now = notional(p, market.marks[p.instrument.id].mark_price)
         if not notional_now > 0.0:
             continue
@@ -671,7 +673,7 @@ def account_roots(
     for u in exposed_underlyings(positions, balances, book):
         in_u = [p for p in positions if p.instrument.underlying == u]
         linear = all(not p.instrument.is_option for p in in_u)
-        exposure = sum(notional(p, scenarios.market.marks[p.instrument.id].mark_price) for p in in_u)
+        exposure = sum(notional(p, scenarios.market.marks[p.instrument.id].mark_price, book) for p in in_u)
         if e0 < 0.0:
             moves: tuple[float | None, float | None] = (0.0, 0.0)
             method = "liquidatable"
