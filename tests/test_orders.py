@@ -1,4 +1,4 @@
-"""Resting orders (docs/methodology.md "Open orders", METHODOLOGY-v2 §10): the Rust engine
+"""Resting orders (docs/methodology.md §10, "Open orders"): the Rust engine
 against the reference on random books with random orders, hand-worked cases, and bad input.
 
 The rule is the worst case of Drift's and Mango's open-order margin. Drift ("Margin" in the
@@ -188,3 +188,35 @@ def test_a_methodology_that_replaces_the_model_refuses_orders():
     orders = pa.table({"account_id": [1], "instrument": ["BTC-PERP"], "quantity": [1.0], "price": [50_000.0]})
     with pytest.raises(me.MarginInputError, match="orders"):
         me.margin(derive, positions, balances, market, orders=orders)
+
+
+def test_cli_run_and_scan_read_an_orders_table(tmp_path, capsys):
+    """A book directory with `orders.parquet`: `run` and `scan` margin the orders as
+    `me.margin(orders=)` does; `run --stream` refuses them."""
+    import pyarrow.parquet as pq
+
+    from margin_engine import cli, synthetic
+    from margin_engine.io import BookTables, write_book
+
+    g = synthetic.generate(50, seed=3)
+    key = g.marks.column("instrument")[0].as_py()
+    account = g.positions.column("account_id")[0].as_py()
+    orders = pa.table({"account_id": pa.array([account], g.positions.schema.field("account_id").type),
+                       "instrument": pa.array([key], g.marks.schema.field("instrument").type),
+                       "quantity": [-1000.0], "price": [g.marks.column("mark_price")[0].as_py() or 1.0]})
+    tables = BookTables(instruments=g.instruments, assets=g.assets, positions=g.positions, balances=g.balances,
+                        index_prices=g.index_prices, marks=g.marks, valuation_time=g.valuation_time,
+                        margin_tiers=g.margin_tiers, orders=orders)
+    d = tmp_path / "book"
+    write_book(tables, d)
+    out = tmp_path / "m.parquet"
+    assert cli.main(["--quiet", "run", str(d), "--out", str(out)]) == 0
+    book, market = tables.book(), tables.market()
+    want = me.margin(book, g.positions, g.balances, market, orders=orders)
+    assert pq.read_table(out).equals(want)
+    assert not want.equals(me.margin(book, g.positions, g.balances, market))
+    scan_out = tmp_path / "s.parquet"
+    assert cli.main(["--quiet", "scan", str(d), "--out", str(scan_out)]) == 0
+    assert pq.read_table(scan_out).equals(me.liquidation_scan(book, g.positions, g.balances, market, orders=orders))
+    assert cli.main(["--quiet", "run", str(d), "--stream"]) != 0
+    assert "--stream does not margin orders" in capsys.readouterr().err

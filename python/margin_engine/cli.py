@@ -429,13 +429,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         out = outputs.file(args.out)
         with progress.step(f"reading {args.book}"):
             tables = read_book(args.book, rows=not args.stream)
+        if args.stream and tables.orders is not None:
+            raise MarginInputError(f"orders.*: {args.book} has resting orders; --stream does not margin orders yet (run without --stream)")
         if args.stream:
             accounts, im, mm, counts = _stream_margin(args, tables, out, progress)
         else:
             with progress.step("validating book and market"):
                 book, market = tables.book(getattr(args, "methodology", None)), tables.market()
             with progress.step(f"margin, {args.model} model"):
-                results = api.margin(book, tables.positions, tables.balances, market, model=args.model, threads=args.threads)
+                results = api.margin(
+                    book, tables.positions, tables.balances, market, orders=tables.orders, model=args.model, threads=args.threads
+                )
             if out is not None:
                 with progress.step(f"writing {args.out}"):
                     pq.write_table(results, out)
@@ -496,7 +500,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
         label = f"liquidation scan, {args.model} model" + (f", stress {stress}" if stress else "")
         label += ", with distance to liquidation (201 grid levels x underlying)" if args.distance else ""
         with progress.step(label):
-            scan = api.liquidation_scan(*held, model=args.model, stress=stress, distance=args.distance, threads=args.threads)
+            scan = api.liquidation_scan(
+                *held, orders=tables.orders, model=args.model, stress=stress, distance=args.distance, threads=args.threads
+            )
         _print_scan(scan, args)
         if out is not None:
             with progress.step(f"writing {args.out}"):

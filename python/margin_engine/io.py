@@ -4,6 +4,7 @@ Layout (what ``margin-engine generate`` writes and ``run`` / ``scan`` read)::
 
     DIR/instruments.parquet  assets.parquet  positions.parquet  balances.parquet
         index_prices.parquet marks.parquet   [margin_tiers.parquet] [risk_params.parquet]
+        [orders.parquet]     (resting orders: account_id, instrument, quantity, price)
         meta.json            {"valuation_time": "2026-11-25T08:00:00+00:00"}
 
 Any table may instead be a folder of Parquet files (a partitioned dataset), e.g.
@@ -43,7 +44,7 @@ from margin_engine._core import MarginInputError
 from margin_engine._inputs import input_error
 
 REQUIRED = ("instruments", "assets", "positions", "balances", "index_prices", "marks")
-OPTIONAL = ("margin_tiers", "risk_params")
+OPTIONAL = ("margin_tiers", "risk_params", "orders")
 
 
 @dataclasses.dataclass
@@ -59,6 +60,8 @@ class BookTables:
     valuation_time: dt.datetime
     margin_tiers: pa.Table | None = None
     risk_params: pa.Table | None = None
+    orders: pa.Table | None = None
+    """Resting orders (``me.margin(..., orders=)``): they add initial margin."""
 
     @property
     def nbytes(self) -> int:
