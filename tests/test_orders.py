@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 from conftest import assert_tables_close, engine_objects
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import books
 
@@ -220,3 +220,40 @@ def test_cli_run_and_scan_read_an_orders_table(tmp_path, capsys):
     assert pq.read_table(scan_out).equals(me.liquidation_scan(book, g.positions, g.balances, market, orders=orders))
     assert cli.main(["--quiet", "run", str(d), "--stream"]) != 0
     assert "--stream does not margin orders" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", ["standard", "portfolio"])
+@settings(max_examples=60)
+@given(case=with_orders(max_accounts=4))
+def test_what_if_with_orders_is_margin_with_orders(model, case):
+    """`me.what_if(orders=)`: `before` is the account's row of `me.margin(orders=)` bit for bit,
+    and `after` (a trade at the mark) the row with the trade appended."""
+    example, orders = case
+    book, market = engine_objects(example)
+    rows = orders.to_pylist()
+    if not rows:
+        return
+    account = rows[0]["account_id"]
+    mine = [r for r in rows if r["account_id"] == account]
+    def only(t: pa.Table) -> pa.Table:
+        return t.filter(pa.array([a == account for a in t.column("account_id").to_pylist()], pa.bool_()))
+
+    positions, balances, account_orders = only(example["positions"]), only(example["balances"]), only(orders)
+    kinds = dict(zip(example["instruments"].column("instrument").to_pylist(), example["instruments"].column("kind").to_pylist(), strict=True))
+    linear = [r["instrument"] for r in mine if kinds[r["instrument"]] != "option"]
+    trade = (linear[0], 1.5) if linear else None  # an option trade would need a quote asset
+    w = me.what_if(book, positions.drop_columns(["account_id"]) if positions.num_rows else None,
+                   {r["asset"]: r["amount"] for r in balances.to_pylist()}, market, [trade] if trade else None,
+                   orders=[(r["instrument"], r["quantity"], r["price"]) for r in mine], model=model)
+    whole = me.margin(book, positions, balances, market, orders=account_orders, model=model).to_pylist()[0]
+    assert w.before.initial_margin == whole["initial_margin"]
+    assert w.before.maintenance_margin == whole["maintenance_margin"]
+    assert w.before.status == whole["status"]
+    if trade is None:
+        return
+    traded = pa.concat_tables([positions.select(["account_id", "instrument", "quantity"]),
+                               pa.table({"account_id": pa.array([account], positions.schema.field("account_id").type),
+                                         "instrument": pa.array([trade[0]], positions.schema.field("instrument").type),
+                                         "quantity": [trade[1]]})])
+    after = me.margin(book, traded, balances, market, orders=account_orders, model=model).to_pylist()[0]
+    assert math.isclose(w.after.initial_margin, after["initial_margin"], rel_tol=1e-9, abs_tol=1e-9)
