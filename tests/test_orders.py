@@ -1,4 +1,4 @@
-"""Resting orders (docs/methodology.md "Open orders", METHODOLOGY-v2 §10): the Rust engine
+"""Resting orders (docs/methodology.md §10, "Open orders"): the Rust engine
 against the reference on random books with random orders, hand-worked cases, and bad input.
 
 The rule is the worst case of Drift's and Mango's open-order margin. Drift ("Margin" in the
@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 from conftest import assert_tables_close, engine_objects
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import books
 
@@ -188,3 +188,72 @@ def test_a_methodology_that_replaces_the_model_refuses_orders():
     orders = pa.table({"account_id": [1], "instrument": ["BTC-PERP"], "quantity": [1.0], "price": [50_000.0]})
     with pytest.raises(me.MarginInputError, match="orders"):
         me.margin(derive, positions, balances, market, orders=orders)
+
+
+def test_cli_run_and_scan_read_an_orders_table(tmp_path, capsys):
+    """A book directory with `orders.parquet`: `run` and `scan` margin the orders as
+    `me.margin(orders=)` does; `run --stream` refuses them."""
+    import pyarrow.parquet as pq
+
+    from margin_engine import cli, synthetic
+    from margin_engine.io import BookTables, write_book
+
+    g = synthetic.generate(50, seed=3)
+    key = g.marks.column("instrument")[0].as_py()
+    account = g.positions.column("account_id")[0].as_py()
+    orders = pa.table({"account_id": pa.array([account], g.positions.schema.field("account_id").type),
+                       "instrument": pa.array([key], g.marks.schema.field("instrument").type),
+                       "quantity": [-1000.0], "price": [g.marks.column("mark_price")[0].as_py() or 1.0]})
+    tables = BookTables(instruments=g.instruments, assets=g.assets, positions=g.positions, balances=g.balances,
+                        index_prices=g.index_prices, marks=g.marks, valuation_time=g.valuation_time,
+                        margin_tiers=g.margin_tiers, orders=orders)
+    d = tmp_path / "book"
+    write_book(tables, d)
+    out = tmp_path / "m.parquet"
+    assert cli.main(["--quiet", "run", str(d), "--out", str(out)]) == 0
+    book, market = tables.book(), tables.market()
+    want = me.margin(book, g.positions, g.balances, market, orders=orders)
+    assert pq.read_table(out).equals(want)
+    assert not want.equals(me.margin(book, g.positions, g.balances, market))
+    scan_out = tmp_path / "s.parquet"
+    assert cli.main(["--quiet", "scan", str(d), "--out", str(scan_out)]) == 0
+    assert pq.read_table(scan_out).equals(me.liquidation_scan(book, g.positions, g.balances, market, orders=orders))
+    assert cli.main(["--quiet", "run", str(d), "--stream"]) != 0
+    assert "--stream does not margin orders" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", ["standard", "portfolio"])
+@settings(max_examples=60)
+@given(case=with_orders(max_accounts=4))
+def test_what_if_with_orders_is_margin_with_orders(model, case):
+    """`me.what_if(orders=)`: `before` is the account's row of `me.margin(orders=)` bit for bit,
+    and `after` (a trade at the mark) the row with the trade appended."""
+    example, orders = case
+    book, market = engine_objects(example)
+    rows = orders.to_pylist()
+    if not rows:
+        return
+    account = rows[0]["account_id"]
+    mine = [r for r in rows if r["account_id"] == account]
+    def only(t: pa.Table) -> pa.Table:
+        return t.filter(pa.array([a == account for a in t.column("account_id").to_pylist()], pa.bool_()))
+
+    positions, balances, account_orders = only(example["positions"]), only(example["balances"]), only(orders)
+    kinds = dict(zip(example["instruments"].column("instrument").to_pylist(), example["instruments"].column("kind").to_pylist(), strict=True))
+    linear = [r["instrument"] for r in mine if kinds[r["instrument"]] != "option"]
+    trade = (linear[0], 1.5) if linear else None  # an option trade would need a quote asset
+    w = me.what_if(book, positions.drop_columns(["account_id"]) if positions.num_rows else None,
+                   {r["asset"]: r["amount"] for r in balances.to_pylist()}, market, [trade] if trade else None,
+                   orders=[(r["instrument"], r["quantity"], r["price"]) for r in mine], model=model)
+    whole = me.margin(book, positions, balances, market, orders=account_orders, model=model).to_pylist()[0]
+    assert w.before.initial_margin == whole["initial_margin"]
+    assert w.before.maintenance_margin == whole["maintenance_margin"]
+    assert w.before.status == whole["status"]
+    if trade is None:
+        return
+    traded = pa.concat_tables([positions.select(["account_id", "instrument", "quantity"]),
+                               pa.table({"account_id": pa.array([account], positions.schema.field("account_id").type),
+                                         "instrument": pa.array([trade[0]], positions.schema.field("instrument").type),
+                                         "quantity": [trade[1]]})])
+    after = me.margin(book, traded, balances, market, orders=account_orders, model=model).to_pylist()[0]
+    assert math.isclose(w.after.initial_margin, after["initial_margin"], rel_tol=1e-9, abs_tol=1e-9)

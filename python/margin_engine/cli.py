@@ -475,6 +475,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         out = outputs.file(args.out)
         with progress.step(f"reading {args.book}"):
             tables = read_book(args.book, rows=not args.stream)
+        if args.stream and tables.orders is not None:
+            raise MarginInputError(f"orders.*: {args.book} has resting orders; --stream does not margin orders yet (run without --stream)")
         if args.stream:
             accounts, im, mm, counts = _stream_margin(args, tables, out, progress)
         else:
@@ -482,7 +484,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 book, market = tables.book(getattr(args, "methodology", None)), tables.market()
             with progress.step(f"margin, {args.model} model"):
                 results = api.margin(
-                    book, tables.positions, tables.balances, market, isolated_collateral=tables.isolated_collateral,
+                    book, tables.positions, tables.balances, market, orders=tables.orders, isolated_collateral=tables.isolated_collateral,
                     model=args.model, threads=args.threads,
                 )  # fmt: skip
             if out is not None:
@@ -546,7 +548,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         label += ", with distance to liquidation (201 grid levels x underlying)" if args.distance else ""
         with progress.step(label):
             scan = api.liquidation_scan(
-                *held, isolated_collateral=tables.isolated_collateral, model=args.model, stress=stress,
+                *held, orders=tables.orders, isolated_collateral=tables.isolated_collateral, model=args.model, stress=stress,
                 distance=args.distance, threads=args.threads,
             )  # fmt: skip
         _print_scan(scan, args)

@@ -5,6 +5,7 @@ Layout (what ``margin-engine generate`` writes and ``run`` / ``scan`` read)::
     DIR/instruments.parquet  assets.parquet  positions.parquet  balances.parquet
         index_prices.parquet marks.parquet   [margin_tiers.parquet] [risk_params.parquet]
         [isolated_collateral.parquet]
+        [orders.parquet]     (resting orders: account_id, instrument, quantity, price)
         meta.json            {"valuation_time": "2026-11-25T08:00:00+00:00"}
 
 Any table may instead be a folder of Parquet files (a partitioned dataset), e.g.
@@ -44,7 +45,7 @@ from margin_engine._core import MarginInputError
 from margin_engine._inputs import input_error
 
 REQUIRED = ("instruments", "assets", "positions", "balances", "index_prices", "marks")
-OPTIONAL = ("margin_tiers", "risk_params", "isolated_collateral")
+OPTIONAL = ("margin_tiers", "risk_params", "isolated_collateral", "orders")
 
 
 @dataclasses.dataclass
@@ -63,6 +64,8 @@ class BookTables:
     isolated_collateral: pa.Table | None = None
     """Quote collateral of isolated positions (docs/methodology.md §10), when positions have a
     ``margin_mode`` column."""
+    orders: pa.Table | None = None
+    """Resting orders (``me.margin(..., orders=)``): they add initial margin."""
 
     @property
     def nbytes(self) -> int:

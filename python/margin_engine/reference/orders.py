@@ -1,4 +1,4 @@
-"""Initial margin of resting orders (docs/methodology.md "Open orders", METHODOLOGY-v2 §10).
+"""Initial margin of resting orders (docs/methodology.md §10, "Open orders").
 
 The worst case of Drift's and Mango's open-order margin: per group of an account's positions,
 either every bid fills or every ask fills, whichever requires more initial margin, and the

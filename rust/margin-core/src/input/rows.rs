@@ -266,7 +266,7 @@ pub fn order_quantities<'a>(t: &Table<'a>) -> Result<Cow<'a, [f64]>> {
     Ok(quantity)
 }
 
-/// Resting orders (METHODOLOGY-v2 §10), rows in account order: `account_id, instrument,
+/// Resting orders (docs/methodology.md §10), rows in account order: `account_id, instrument,
 /// quantity` (signed, + bid, − ask, never 0) and `price` (a limit price, > 0).
 pub struct Orders<'a> {
     pub instrument: Vec<u32>,
