@@ -1,6 +1,7 @@
 """How far the exact liquidation prices are from the former grid walk, on a generated book.
 
-    python benches/liquidation_exact_report.py --accounts 100000 [--model standard] [--threads 2]
+    python benches/liquidation_exact_report.py --accounts 100000 [--model standard] [--threads 2] \
+        [--markdown benches/results/liquidation_exact.md]   # appended to docs/performance.md by report.py
 
 Prints, per model, the time of each, how many moves each finds (within ±50% for the grid, on the
 whole axis for the exact roots), and where both exist the largest |exact − grid|, split into
@@ -27,7 +28,9 @@ def main() -> None:
     parser.add_argument("--accounts", type=int, default=100_000)
     parser.add_argument("--model", action="append")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--markdown", default=None, help="also write the table as a markdown section here")
     args = parser.parse_args()
+    lines: list[str] = []
     b = synthetic.generate(args.accounts, seed=7)
     book = me.Book(b.instruments, b.assets, None, b.margin_tiers)
     market = me.Market(b.index_prices, b.marks, b.valuation_time_ns)
@@ -57,6 +60,22 @@ def main() -> None:
         print(f"  moves found: {found}")
         for method, (n, worst) in stats.items():
             print(f"  {method}: {n:,} moves found by both, max |exact − grid| = {worst:.3e}")
+        lines.append(
+            f"| {model} | {t1 - t0:.2f} s | {t2 - t1:.2f} s | {found['grid']:,} | {found['exact']:,} "
+            f"({found['exact beyond ±50%']:,} beyond ±50%) | {stats['closed_form'][1]:.1e} ({stats['closed_form'][0]:,}) "
+            f"| {stats['bracketed'][1]:.1e} ({stats['bracketed'][0]:,}) |"
+        )
+    if args.markdown:
+        with open(args.markdown, "w") as out:
+            out.write(
+                f"## Exact liquidation prices vs the grid walk ({args.accounts:,} accounts, {args.threads} threads)\n\n"
+                "`me.liquidation_distance` (exact roots, docs/liquidation.md §3) against the former grid walk "
+                "(`_core.liquidation_distance_grid`) on the generated book; made by "
+                "`benches/liquidation_exact_report.py`. Max |exact − grid| over the moves both find, by how the "
+                "exact root was found (count in brackets).\n\n"
+                "| model | grid walk | exact | moves (grid) | moves (exact) | max diff, closed form | max diff, bracketed |\n"
+                "|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n"
+            )
 
 
 if __name__ == "__main__":

@@ -468,7 +468,11 @@ def main(argv: list[str] | None = None) -> int:
     chart_path = args.out.with_name("performance-scaling.png")
     chart = chart_path.name if draw_chart(results, chart_path) else None
     stream = json.loads(args.stream.read_text()) if args.stream and args.stream.exists() else None
-    args.out.write_text(report(data, results, memory, chart, stream))
+    text = report(data, results, memory, chart, stream)
+    exact = Path(__file__).resolve().parent / "results" / "liquidation_exact.md"
+    if exact.exists():  # written by benches/liquidation_exact_report.py --markdown
+        text += "\n" + exact.read_text()
+    args.out.write_text(text)
     print(f"wrote {args.out}" + (f" and {chart_path}" if chart else " (no chart: matplotlib missing)"))
     return 0
 

@@ -619,7 +619,8 @@ def tier_breakpoints(
 def first_root(e0: float, points: list[float], excess_at: Any) -> float | None:
     """The first crossing below 0 along `points` (outward from 0, `e(0) = e0 >= 0`): the first
     point with `e < 0` and the previous one bracket it, bisected until the bracket is narrower
-    than 1e-12 of the price ratio. None when `e >= 0` at every point."""
+    than 1e-12 of the price ratio; the answer is the zero of the straight line through the last
+    bracket's ends. None when `e >= 0` at every point."""
     a, ea = 0.0, e0
     for b in points:
         eb = excess_at(b)
@@ -628,11 +629,14 @@ def first_root(e0: float, points: list[float], excess_at: Any) -> float | None:
                 if abs(b - a) <= max(BISECTION_TOLERANCE * (1.0 + min(a, b)), 1e-16):
                     break
                 c = 0.5 * (a + b)
-                if excess_at(c) < 0.0:
-                    b = c
+                ec = excess_at(c)
+                if ec < 0.0:
+                    b, eb = c, ec
                 else:
-                    a = c
-            return 0.5 * (a + b)
+                    a, ea = c, ec
+            # the zero of the line through the last bracket's ends (inside it; exact on a line)
+            root = a + (b - a) * ea / (ea - eb)
+            return min(max(root, min(a, b)), max(a, b))
         a, ea = b, eb
     return None
 

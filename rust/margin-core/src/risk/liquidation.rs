@@ -1,7 +1,9 @@
 //! Liquidation scan, distance to liquidation and the liquidation map (docs/methodology.md §8).
 //!
-//! The scan is the margin run sorted by severity. Distances walk a grid of moves of one
-//! underlying at a time (±0.5% steps out to ±50%). The walk goes one underlying after the other:
+//! The scan is the margin run sorted by severity. The grid walk here (±0.5% steps out to ±50%,
+//! linear interpolation) gives the liquidation map its levels and is kept as
+//! `liquidation_distance_grid`; distances themselves are the exact roots of [`crate::roots`].
+//! The walk moves one underlying at a time. The walk goes one underlying after the other:
 //! for underlying `u`, the marks (and, for the portfolio model, risk arrays) at every grid point
 //! are computed for the instruments of `u` that some account holds, and for the assets linked to
 //! `u`, then every account exposed to `u` re-adds only what the move changes: its positions in
@@ -668,7 +670,8 @@ pub fn nearest(rows: &[DistanceRow]) -> Option<(f64, u32)> {
 /// [`distances`] returns them. An account below maintenance now (the walk's level 0) gets move 0
 /// and no underlying: no move is "the" cause, it is liquidatable as it stands, whether or not
 /// it is exposed to any underlying. Otherwise [`nearest`] with its underlying; `None` when no
-/// move within ±50% liquidates it.
+/// move liquidates it (within ±50% for the grid walk's rows; on the whole axis for the exact
+/// rows of [`crate::roots::exact_distances`], which the scan uses).
 pub fn nearest_by_account(rows: &[AccountRow], distances: &[DistanceRow]) -> Vec<Option<(f64, Option<u32>)>> {
     let mut out = Vec::with_capacity(rows.len());
     let mut k = 0;
