@@ -558,8 +558,12 @@ def _distance_table(accounts: Accounts, rows: list[DistanceRow]) -> pa.Table:
 
 MAX_MOVE_UP = 99.0
 """Largest move up: 100× the index price."""
-OUTER_STEP = 0.05
-"""Relative price step of the sample axis beyond ±50%."""
+NEAR_STEP = 0.01
+NEAR_STEPS = 10
+MIDDLE_STEP = 0.025
+MIDDLE_STEPS = 8
+OUTER_STEP = 0.15
+"""Relative price step of the sample axis beyond ±30% (near it: 1% steps to ±10%, 2.5% to ±30%)."""
 LOWEST_RATIO = 1e-3
 """Lowest sampled price ratio above 0 on the way down (then price 0 itself)."""
 BISECTION_TOLERANCE = 1e-12
@@ -580,18 +584,20 @@ PRICES_SCHEMA = pa.schema(
 
 
 def axis(side: int) -> list[float]:
-    """Sample moves of one side, outward: `side × 0.005 j` (j = 1..100), then price ratios
-    `1.5 × 1.05^k` below 100 and 100 itself (up), or `0.5 × 0.95^k` above 0.001 and 0 itself
-    (down)."""
-    out = [side * GRID_STEP * j for j in range(1, GRID_LEVELS + 1)]
-    edge = 1.0 + side * GRID_STEP * GRID_LEVELS
-    k = 1
+    """Sample moves of one side, outward: `side × 0.01 j` (j = 1..10), `side × (0.10 + 0.025 j)`
+    (j = 1..8), then price ratios `1.3 × 1.15^k` below 100 and 100 itself (up), or `0.7 × 0.85^k`
+    above 0.001 and 0 itself (down), each ratio the previous one times the factor (the engine's
+    arithmetic, so both sample the same points)."""
+    out = [side * NEAR_STEP * j for j in range(1, NEAR_STEPS + 1)]
+    near = NEAR_STEP * NEAR_STEPS
+    out.extend(side * (near + MIDDLE_STEP * j) for j in range(1, MIDDLE_STEPS + 1))
+    r = 1.0 + side * (near + MIDDLE_STEP * MIDDLE_STEPS)
+    factor = 1.0 + side * OUTER_STEP
     while True:
-        r = edge * (1.0 + side * OUTER_STEP) ** k
+        r *= factor
         if (side > 0 and r >= 1.0 + MAX_MOVE_UP) or (side < 0 and r <= LOWEST_RATIO):
             break
         out.append(r - 1.0)
-        k += 1
     out.append(MAX_MOVE_UP if side > 0 else -1.0)
     return out
 

@@ -46,42 +46,39 @@ use crate::valuation::{net_positions, notional_at, value_balance, NetPosition, S
 
 /// Largest move up: 100× the index price.
 pub const MAX_MOVE_UP: f64 = 99.0;
-/// Relative price step of the sample axis beyond ±50%.
-pub const OUTER_STEP: f64 = 0.05;
+/// Sample axis near the price: steps of 1% out to ±10% (`NEAR_STEPS`), then of 2.5% out to ±30%
+/// (`MIDDLE_STEPS`); beyond, price ratios growing by `OUTER_STEP` (up) or shrinking by it (down).
+pub const NEAR_STEP: f64 = 0.01;
+pub const NEAR_STEPS: usize = 10;
+pub const MIDDLE_STEP: f64 = 0.025;
+pub const MIDDLE_STEPS: usize = 8;
+/// Relative price step of the sample axis beyond ±30%.
+pub const OUTER_STEP: f64 = 0.15;
 /// Lowest sampled price ratio above 0 on the way down (then price 0 itself).
 pub const LOWEST_RATIO: f64 = 1e-3;
 /// Width of the final bracket relative to the price `S (1 + m)` (and at least 1e-15 of `S`).
 pub const TOLERANCE: f64 = 1e-10;
 
 /// The sample moves of one side (`side` −1 down, +1 up), outward from the current price:
-/// `±0.005 j` for j = 1..=100, then price ratios `1.5 × 1.05^k` below 100 and 100 itself (up) or
-/// `0.5 × 0.95^k` above 0.001 and 0 itself (down).
+/// `±0.01 j` (j = 1..=10), `±(0.10 + 0.025 j)` (j = 1..=8), then price ratios `1.3 × 1.15^k` below
+/// 100 and 100 itself (up) or `0.7 × 0.85^k` above 0.001 and 0 itself (down), each ratio the
+/// previous one times the factor. About 50 points up and 60 down: the sampling only brackets the
+/// first crossing (refined to [`TOLERANCE`]); a dip below maintenance narrower than the spacing
+/// can be stepped over (docs/liquidation.md §3).
 pub fn axis(side: f64) -> Vec<f64> {
-    let mut out: Vec<f64> = (1..=GRID_LEVELS).map(|j| side * GRID_STEP * j as f64).collect();
-    let edge = 1.0 + side * GRID_STEP * GRID_LEVELS as f64;
-    if side > 0.0 {
-        let mut k = 1;
-        loop {
-            let r = edge * (1.0 + OUTER_STEP).powi(k);
-            if r >= 1.0 + MAX_MOVE_UP {
-                break;
-            }
-            out.push(r - 1.0);
-            k += 1;
+    let mut out: Vec<f64> = (1..=NEAR_STEPS).map(|j| side * NEAR_STEP * j as f64).collect();
+    let near = NEAR_STEP * NEAR_STEPS as f64;
+    out.extend((1..=MIDDLE_STEPS).map(|j| side * (near + MIDDLE_STEP * j as f64)));
+    let mut r = 1.0 + side * (near + MIDDLE_STEP * MIDDLE_STEPS as f64);
+    let factor = 1.0 + side * OUTER_STEP;
+    loop {
+        r *= factor;
+        if (side > 0.0 && r >= 1.0 + MAX_MOVE_UP) || (side < 0.0 && r <= LOWEST_RATIO) {
+            break;
         }
-        out.push(MAX_MOVE_UP);
-    } else {
-        let mut k = 1;
-        loop {
-            let r = edge * (1.0 - OUTER_STEP).powi(k);
-            if r <= LOWEST_RATIO {
-                break;
-            }
-            out.push(r - 1.0);
-            k += 1;
-        }
-        out.push(-1.0);
+        out.push(r - 1.0);
     }
+    out.push(if side > 0.0 { MAX_MOVE_UP } else { -1.0 });
     out
 }
 
@@ -548,14 +545,17 @@ mod tests {
     fn the_axis_covers_price_zero_to_one_hundred_times() {
         let up = axis(1.0);
         let down = axis(-1.0);
-        assert_eq!(up[99], 0.5);
+        assert_eq!(up[NEAR_STEPS - 1], 0.1);
+        assert!((up[NEAR_STEPS + MIDDLE_STEPS - 1] - 0.3).abs() < 1e-15);
         assert_eq!(*up.last().unwrap(), MAX_MOVE_UP);
         assert_eq!(*down.last().unwrap(), -1.0);
         assert!(up.windows(2).all(|w| w[1] > w[0]) && down.windows(2).all(|w| w[1] < w[0]));
-        // beyond ±50%, consecutive prices at most 5% apart (down to 0.1% of the price)
-        assert!(up[100..].windows(2).all(|w| (1.0 + w[1]) / (1.0 + w[0]) <= 1.0 + OUTER_STEP + 1e-12));
+        // beyond ±30%, consecutive prices at most 15% apart (down to 0.1% of the price)
+        let k = NEAR_STEPS + MIDDLE_STEPS;
+        assert!(up[k..].windows(2).all(|w| (1.0 + w[1]) / (1.0 + w[0]) <= 1.0 + OUTER_STEP + 1e-12));
         let n = down.len();
-        assert!(down[100..n - 1].windows(2).all(|w| (1.0 + w[1]) / (1.0 + w[0]) >= 1.0 - OUTER_STEP - 1e-12));
+        assert!(down[k..n - 1].windows(2).all(|w| (1.0 + w[1]) / (1.0 + w[0]) >= 1.0 - OUTER_STEP - 1e-12));
+        assert!(up.len() < 60 && down.len() < 70, "{} {}", up.len(), down.len());
     }
 
     #[test]
