@@ -489,3 +489,56 @@ def test_cli_scan_reads_isolated_collateral(tmp_path, capsys):
     isolated = scan.filter(pa.compute.is_valid(scan["instrument"])).to_pylist()
     assert [(r["account_id"], r["instrument"]) for r in isolated] == [(first["account_id"][0].as_py(), first["instrument"][0].as_py())]
     assert isolated[0]["equity"] >= 1e6 - 1e5
+
+
+# maintenance_basis as a methodology option: the book's methodology decides what isolated_margin
+# charges when the call does not say, and the functions that margin isolated rows on the mark
+# refuse such a book rather than answer on the mark.
+def _entry_book() -> me.Book:
+    plain = _book(imr=0.02, mmr=0.005)
+    return me.Book(plain.instruments, plain.assets, None, None, methodology=me.Methodology.preset("v1", name="bybit-like", maintenance_basis="entry"))
+
+
+def test_entry_basis_from_the_methodology_is_the_keyword_s():
+    positions = _positions(_isolated(1, "BTCUSDT", 1.0, 20_000.0), _isolated(2, "BTCUSDT", -2.0, 21_000.0))
+    collateral = _collateral((1, "BTCUSDT", 400.0), (2, "BTCUSDT", 900.0))
+    market = _market(20_500.0)
+    by_methodology = me.isolated_margin(_entry_book(), positions, collateral, market)
+    by_keyword = me.isolated_margin(_book(imr=0.02, mmr=0.005), positions, collateral, market, maintenance_basis="entry")
+    on_the_mark = me.isolated_margin(_entry_book(), positions, collateral, market, maintenance_basis="mark")
+    assert by_methodology.equals(by_keyword)
+    assert by_methodology.column("maintenance_margin").to_pylist() == pytest.approx([100.0, 210.0], rel=1e-12)
+    assert on_the_mark.column("maintenance_margin").to_pylist() == pytest.approx([102.5, 205.0], rel=1e-12)
+    # Bybit example 1 through the methodology: LP 19,700
+    one = me.isolated_margin(_entry_book(), _positions(_isolated(1, "BTCUSDT", 1.0, 20_000.0)),
+                             _collateral((1, "BTCUSDT", 400.0)), _market(20_000.0))
+    assert one.column("liquidation_price").to_pylist()[0] == pytest.approx(19_700.0, rel=1e-12)
+
+
+def test_entry_basis_methodology_round_trips_and_is_validated(tmp_path):
+    m = me.Methodology.preset("v1", name="bybit-like", maintenance_basis="entry")
+    assert m != me.Methodology.preset("v1", name="bybit-like")  # the cache key sees the basis
+    assert "entry notional" in m.describe()
+    for suffix in (".toml", ".json"):
+        path = tmp_path / f"m{suffix}"
+        m.to_file(path)
+        assert me.Methodology.from_file(path) == m
+    assert "maintenance_basis" not in me.Methodology.preset("v1").to_dict()  # mark: files unchanged
+    with pytest.raises(me.MarginInputError, match="maintenance_basis"):
+        me.Methodology.preset("v1", maintenance_basis="average")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\npreset = "v1"\nmaintenance_basis = "entyr"\n')
+    with pytest.raises(me.MarginInputError, match="maintenance_basis"):
+        me.Methodology.from_file(bad)
+
+
+def test_functions_margining_isolated_rows_on_the_mark_refuse_an_entry_basis_book():
+    positions = _positions(_isolated(1, "BTCUSDT", 1.0, 20_000.0), {**_isolated(1, "BTCUSDT", 0.0, 20_000.0), "account_id": 3, "margin_mode": "cross"})
+    collateral = _collateral((1, "BTCUSDT", 400.0))
+    balances = pa.table({"account_id": pa.array([3], pa.uint64()), "asset": ["USDT"], "amount": [100.0]})
+    book, market = _entry_book(), _market(20_000.0)
+    for call in (me.liquidation_scan, me.liquidation_distance, me.liquidation_prices, me.liquidation_map, me.liquidation_plan):
+        with pytest.raises(me.MarginInputError, match="maintenance_basis"):
+            call(book, positions, balances, market, isolated_collateral=collateral)
+    # cross accounts alone are margined on the mark, as before
+    assert me.margin(book, positions, balances, market, isolated_collateral=collateral).num_rows == 1

@@ -415,6 +415,17 @@ def margin(
     )
 
 
+def _entry_basis_refused(book: Any, split: Any, what: str) -> None:
+    """Isolated rows beside the cross accounts are margined on the mark; a book whose methodology
+    charges isolated maintenance on the entry notional gets them from ``isolated_margin`` only."""
+    if split is not None and split.any_isolated and getattr(getattr(book, "methodology", None), "maintenance_basis", "mark") == "entry":
+        raise input_error(
+            "arguments", "maintenance_basis",
+            f"{what} margins isolated positions on the mark; the book's methodology charges their maintenance on the "
+            "entry notional (maintenance_basis='entry'): use isolated_margin for them, or a methodology on the mark",
+        )  # fmt: skip
+
+
 def _can_split(book: Any) -> bool:
     """Whether ``book`` is a :class:`Book` (else the core's own argument check reports it)."""
     return isinstance(book, Book)
@@ -423,7 +434,7 @@ def _can_split(book: Any) -> bool:
 @_doc
 def isolated_margin(
     book: Book, positions: Any, isolated_collateral: Any, market: Market, *,
-    model: Model = "standard", maintenance_basis: Literal["mark", "entry"] = "mark",
+    model: Model = "standard", maintenance_basis: Literal["mark", "entry"] | None = None,
     threads: int | None = None, output: Output = "arrow",
 ) -> Any:
     """Margin of every isolated position on its own (``docs/methodology.md``, "Isolated
@@ -451,14 +462,17 @@ def isolated_margin(
     options and the portfolio model: a bracketing root finder (1e-12 relative) of where the status
     turns liquidatable (short of maintenance by more than 1e-9 × max(1, MM)).
 
-    Options: ``maintenance_basis``: ``"mark"`` (maintenance margin on the mark notional, the
-    engine's rule) or ``"entry"`` (on the entry notional ``|Σ quantity × entry_price| ×
+    Options: ``maintenance_basis``: ``None`` (the default: the book methodology's
+    ``maintenance_basis``, ``"mark"`` without a methodology), ``"mark"`` (maintenance margin on
+    the mark notional, the engine's rule) or ``"entry"`` (on the entry notional ``|Σ quantity × entry_price| ×
     multiplier``, a row without entry price at the mark: Bybit / KuCoin isolated positions;
     perpetuals and futures under the standard model only). Under ``model="portfolio"`` each
     position gets the portfolio model's scan of that one position. Books with a non-v1
     methodology are refused. ``threads`` and ``output`` as in :func:`margin`.
     """
     core_book, core_market, model, threads, output = _checked(book, market, model, threads, output)
+    if maintenance_basis is None:  # the book's methodology says (docs/methodology.md §10.2)
+        maintenance_basis = getattr(getattr(book, "methodology", None), "maintenance_basis", "mark")
     basis = check_choice(maintenance_basis, "maintenance_basis", ("mark", "entry"))
     split = _isolated.split(book, positions, isolated_collateral)
     if split is None:
@@ -573,6 +587,7 @@ def liquidation_scan(
     if distance and stress is not None:
         raise input_error("arguments", "distance", "distance=True is measured from the current market; pass stress=None")
     split = _isolated.split(book, positions, isolated_collateral)
+    _entry_basis_refused(book, split, "liquidation_scan")
     core_orders = _orders(orders)
 
     def scan(p: Any, b: Any, o: Any = None) -> pa.Table:
@@ -625,6 +640,7 @@ def liquidation_distance(
     {options}
     """
     split = _isolated.split(book, positions, isolated_collateral) if _can_split(book) else None
+    _entry_basis_refused(book, split, "liquidation_distance")
     if split is None:
         return _per_account(_core.liquidation_distance, book, positions, balances, market, model, threads, output)
     cross = _per_account(_core.liquidation_distance, book, split.cross, balances, market, model, threads, "arrow")
@@ -668,6 +684,7 @@ def liquidation_prices(
     {options}
     """
     split = _isolated.split(book, positions, isolated_collateral) if _can_split(book) else None
+    _entry_basis_refused(book, split, "liquidation_prices")
     if split is None:
         return _per_account(_core.liquidation_prices, book, positions, balances, market, model, threads, output)
     cross = _per_account(_core.liquidation_prices, book, split.cross, balances, market, model, threads, "arrow")
@@ -707,6 +724,7 @@ def liquidation_map(
     {options}
     """
     split = _isolated.split(book, positions, isolated_collateral) if _can_split(book) else None
+    _entry_basis_refused(book, split, "liquidation_map")
     if split is None:
         return _per_account(_core.liquidation_map, book, positions, balances, market, model, threads, output)
     cross = _per_account(_core.liquidation_map, book, split.cross, balances, market, model, threads, "arrow")
@@ -809,6 +827,7 @@ def liquidation_plan(
     buffer = check_number(buffer, "buffer", 0.0)
     fund = check_number(insurance_fund, "insurance_fund", 0.0)
     split = _isolated.split(book, positions, isolated_collateral)
+    _entry_basis_refused(book, split, "liquidation_plan")
 
     def plan(p: Any, b: Any, fund: float) -> tuple[Any, ...]:
         return _core.liquidation_plan(

@@ -81,7 +81,8 @@ _STANDARD_KEYS = ("preset",) + tuple(_STANDARD_FIELDS)
 _STANDARD_OPTIONAL = tuple(n for n, f in _STANDARD_FIELDS.items() if f.default is None)
 _STANDARD_FROM_INSTRUMENT = ("option_im_rate", "option_im_floor", "call_mm_rate", "put_mm_rate",
                              "linear_im_rate", "linear_mm_rate")
-_TOP_KEYS = ("name", "preset", "portfolio", "standard")
+_TOP_KEYS = ("name", "preset", "portfolio", "standard", "maintenance_basis")
+MAINTENANCE_BASES = ("mark", "entry")
 # errors of exchange_methodology, by the column they name, back to the argument given
 _EXCHANGE_ARG_COLUMNS = {
     "calendar_basis.basis_rate_scale": "basis_rate_scale",
@@ -1123,15 +1124,22 @@ class Methodology:
     Methodology('mine', portfolio=Portfolio('derive_pmrm2': 31 scenarios), standard='derive_standard')
     """
 
-    __slots__ = ("name", "portfolio", "standard", "_key")
+    __slots__ = ("name", "portfolio", "standard", "maintenance_basis", "_key")
 
     name: str
     portfolio: Portfolio
     standard: StandardParams
+    maintenance_basis: str
+    """``"mark"`` (the default) or ``"entry"``: the notional an isolated position's maintenance
+    margin is charged on (Bybit and KuCoin charge isolated positions on the entry notional;
+    docs/methodology.md §10.2). Read by ``isolated_margin``; cross accounts stay on the mark."""
 
-    def __init__(self, name: str, portfolio: Any = "v1", standard: Any = "v1") -> None:
+    def __init__(self, name: str, portfolio: Any = "v1", standard: Any = "v1", maintenance_basis: str = "mark") -> None:
         if not isinstance(name, str) or not name:
             raise _error(("name",), f"expected a non-empty string, got {name!r}", None)
+        if maintenance_basis not in MAINTENANCE_BASES:
+            raise _error(("maintenance_basis",), f"expected 'mark' or 'entry', got {maintenance_basis!r}", None)
+        object.__setattr__(self, "maintenance_basis", maintenance_basis)
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "portfolio", _portfolio_part(portfolio, ("portfolio",), name))
         object.__setattr__(self, "standard", _standard_part(standard, ("standard",)))
@@ -1168,6 +1176,7 @@ class Methodology:
         new_name = overrides.pop("name", name)
         if not isinstance(new_name, str) or not new_name:
             raise _error(("name",), f"expected a non-empty string, got {new_name!r}", None)
+        basis = overrides.pop("maintenance_basis", "mark")
         if "portfolio" in overrides:
             base_p = _portfolio_part(overrides.pop("portfolio"), ("portfolio",), new_name)
         if "standard" in overrides:
@@ -1175,7 +1184,7 @@ class Methodology:
         p_patch, s_patch = _route_overrides(overrides)
         portfolio = _build_portfolio(p_patch, base_p, ("portfolio",), None, new_name) if p_patch else base_p
         standard = _build_standard(s_patch, base_s, ("standard",), None) if s_patch else base_s
-        return cls(new_name, portfolio, standard)
+        return cls(new_name, portfolio, standard, basis)
 
     @classmethod
     def from_dict(cls, data: Any, *, _source: _Source | None = None) -> Methodology:
@@ -1218,7 +1227,10 @@ class Methodology:
         else:
             raise _error(("standard",), "missing: give a [standard] table (preset = \"v1\" for the v1 rules) "
                                         "or a top-level preset", src)
-        return cls(name, portfolio, standard)
+        basis = data.get("maintenance_basis", "mark")
+        if basis not in MAINTENANCE_BASES:
+            raise _error(("maintenance_basis",), f"expected \"mark\" or \"entry\", got {basis!r}", src)
+        return cls(name, portfolio, standard, basis)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Methodology:
@@ -1242,7 +1254,10 @@ class Methodology:
 
     def to_dict(self) -> dict[str, Any]:
         """The plain structure of a methodology file (no preset reference: every number is in it)."""
-        return {"name": self.name, "portfolio": self.portfolio.to_dict(), "standard": _standard_dict(self.standard)}
+        out = {"name": self.name, "portfolio": self.portfolio.to_dict(), "standard": _standard_dict(self.standard)}
+        if self.maintenance_basis != "mark":  # the default is left out: files of the mark basis stay as they were
+            out["maintenance_basis"] = self.maintenance_basis
+        return out
 
     def to_file(self, path: str | Path) -> None:
         """Write `to_dict` as TOML (`.toml`) or JSON (`.json`), atomically (a temporary file
@@ -1314,6 +1329,10 @@ class Methodology:
             out += _describe_scenarios(m, f"underlying {u}")
         out.append("")
         out += _describe_standard(self.standard)
+        out.append("")
+        out.append(f"Isolated positions: maintenance margin on the {self.maintenance_basis} notional"
+                   + (" (|Σ quantity × entry price| × multiplier, as Bybit and KuCoin; initial margin on the mark)"
+                      if self.maintenance_basis == "entry" else " (|quantity| × multiplier × mark)"))
         return "\n".join(out) + "\n"
 
     # --- value semantics -------------------------------------------------------------------
