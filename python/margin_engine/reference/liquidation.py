@@ -565,6 +565,8 @@ MIDDLE_STEPS = 8
 OUTER_STEP = 0.15
 """Relative price step of the sample axis beyond ±30% (near it: 1% steps to ±10%, 2.5% to ±30%)."""
 LOWEST_RATIO = 1e-3
+LAST_DOWN = -1.0 + 1e-12
+"""The last sample down: 1e-12 of the price, not 0 (an inverse contract's coin P&L is unbounded there)."""
 """Lowest sampled price ratio above 0 on the way down (then price 0 itself)."""
 BISECTION_TOLERANCE = 1e-12
 """Width of the final bisection bracket, relative to the price ratio `1 + m`."""
@@ -586,7 +588,7 @@ PRICES_SCHEMA = pa.schema(
 def axis(side: int) -> list[float]:
     """Sample moves of one side, outward: `side × 0.01 j` (j = 1..10), `side × (0.10 + 0.025 j)`
     (j = 1..8), then price ratios `1.3 × 1.15^k` below 100 and 100 itself (up), or `0.7 × 0.85^k`
-    above 0.001 and 0 itself (down), each ratio the previous one times the factor (the engine's
+    above 0.001 and then 1e-12 of the price (down), each ratio the previous one times the factor (the engine's
     arithmetic, so both sample the same points)."""
     out = [side * NEAR_STEP * j for j in range(1, NEAR_STEPS + 1)]
     near = NEAR_STEP * NEAR_STEPS
@@ -598,7 +600,7 @@ def axis(side: int) -> list[float]:
         if (side > 0 and r >= 1.0 + MAX_MOVE_UP) or (side < 0 and r <= LOWEST_RATIO):
             break
         out.append(r - 1.0)
-    out.append(MAX_MOVE_UP if side > 0 else -1.0)
+    out.append(MAX_MOVE_UP if side > 0 else LAST_DOWN)
     return out
 
 

@@ -54,14 +54,17 @@ pub const MIDDLE_STEP: f64 = 0.025;
 pub const MIDDLE_STEPS: usize = 8;
 /// Relative price step of the sample axis beyond ±30%.
 pub const OUTER_STEP: f64 = 0.15;
-/// Lowest sampled price ratio above 0 on the way down (then price 0 itself).
+/// Lowest sampled price ratio above 0 on the way down (then [`LAST_DOWN`]).
 pub const LOWEST_RATIO: f64 = 1e-3;
+/// The last sample down: a price of 1e-12 of the index, not 0 itself (an inverse contract's coin
+/// P&L is unbounded at 0; every other value is continuous there).
+pub const LAST_DOWN: f64 = -1.0 + 1e-12;
 /// Width of the final bracket relative to the price `S (1 + m)` (and at least 1e-15 of `S`).
 pub const TOLERANCE: f64 = 1e-10;
 
 /// The sample moves of one side (`side` −1 down, +1 up), outward from the current price:
 /// `±0.01 j` (j = 1..=10), `±(0.10 + 0.025 j)` (j = 1..=8), then price ratios `1.3 × 1.15^k` below
-/// 100 and 100 itself (up) or `0.7 × 0.85^k` above 0.001 and 0 itself (down), each ratio the
+/// 100 and 100 itself (up) or `0.7 × 0.85^k` above 0.001 and then 1e-12 of the price (down), each ratio the
 /// previous one times the factor. About 50 points up and 60 down: the sampling only brackets the
 /// first crossing (refined to [`TOLERANCE`]); a dip below maintenance narrower than the spacing
 /// can be stepped over (docs/liquidation.md §3).
@@ -78,7 +81,7 @@ pub fn axis(side: f64) -> Vec<f64> {
         }
         out.push(r - 1.0);
     }
-    out.push(if side > 0.0 { MAX_MOVE_UP } else { -1.0 });
+    out.push(if side > 0.0 { MAX_MOVE_UP } else { LAST_DOWN });
     out
 }
 
@@ -548,7 +551,7 @@ mod tests {
         assert_eq!(up[NEAR_STEPS - 1], 0.1);
         assert!((up[NEAR_STEPS + MIDDLE_STEPS - 1] - 0.3).abs() < 1e-15);
         assert_eq!(*up.last().unwrap(), MAX_MOVE_UP);
-        assert_eq!(*down.last().unwrap(), -1.0);
+        assert_eq!(*down.last().unwrap(), LAST_DOWN);
         assert!(up.windows(2).all(|w| w[1] > w[0]) && down.windows(2).all(|w| w[1] < w[0]));
         // beyond ±30%, consecutive prices at most 15% apart (down to 0.1% of the price)
         let k = NEAR_STEPS + MIDDLE_STEPS;
