@@ -21,7 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from inverse_strategies import inverse_books, near_inverse_books
 from strategies import book_underlyings, reference_objects
-from test_liquidation import ReferenceWalk, compare_distances
+from test_liquidation import ReferenceWalk, compare_distances, engine_grid
+from test_liquidation_exact import ReferenceExcess, root_explained, same_root
 
 import margin_engine as me
 from margin_engine import reference
@@ -92,9 +93,20 @@ def test_distance_matches_reference(model, data):
     example = data.draw(near_inverse_books(model=model))
     args = _args(example)
     book, market = reference_objects(example)
-    got = me.liquidation_distance(*args, model=model)
-    want = reference.liquidation_distance(book, example["positions"], example["balances"], market, model=model)
+    # the grid walk (the liquidation map's levels) against the reference's grid walk
+    got = engine_grid(*args, model=model)
+    want = reference.liquidation_distance_grid(book, example["positions"], example["balances"], market, model=model)
     compare_distances(got, want, ReferenceWalk(example, model))
+    # the exact roots against the reference twin's (inverse contracts are bracketed: 1/price)
+    got = me.liquidation_prices(*args, model=model)
+    want = reference.liquidation_prices(book, example["positions"], example["balances"], market, model=model)
+    excess = ReferenceExcess(example, model)
+    for g, w in zip(got.to_pylist(), want.to_pylist(), strict=True):
+        assert (g["account_id"], g["underlying"]) == (w["account_id"], w["underlying"])
+        for side, name in ((-1, "down"), (1, "up")):
+            gm, wm = g[f"move_{name}"], w[f"move_{name}"]
+            if not same_root(gm, wm):
+                assert root_explained(excess, g["account_id"], g["underlying"], side, gm), (g, w, side)
 
 
 @pytest.mark.parametrize("model", MODELS)

@@ -353,7 +353,8 @@ def _print_mechanics(tables: BookTables, args: argparse.Namespace, progress: Pro
     sample_positions = mb.positions.filter(pc.is_in(mb.positions.column("account_id"), sample))
     sample_balances = mb.balances.filter(pc.is_in(mb.balances.column("account_id"), sample))
     with progress.step(f"exact liquidation prices of {len(sample):,} accounts holding inverse perpetuals"):
-        prices = api.liquidation_prices(book, sample_positions, sample_balances, market, isolated_collateral=iso, threads=args.threads)
+        sample_iso = iso.filter(pc.is_in(iso.column("account_id"), sample))
+        prices = api.liquidation_prices(book, sample_positions, sample_balances, market, isolated_collateral=sample_iso, threads=args.threads)
     c = mb.counts
     say()
     say(f"exchange mechanics on the same book (standard model): {c['inverse_accounts']:,} accounts hold inverse "

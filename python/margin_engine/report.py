@@ -378,7 +378,8 @@ def _stress(
 
 def _distance(scan: pa.Table) -> pa.Table:
     """Accounts by |nearest_move| bucket: liquidatable (or bankrupt) now, then by the size of the
-    move, then "not within ±50%" (a null move: no move of one underlying within the grid)."""
+    move (exact roots, so also "beyond 50%"), then "no move liquidates" (a null move: no move of
+    one underlying, from price 0 to 100× the index, makes the account liquidatable)."""
     move = np.asarray(scan.column("nearest_move").to_numpy(zero_copy_only=False), dtype=np.float64)
     mm = _col(scan, "maintenance_margin")
     now = _is(scan, "liquidatable") | _is(scan, "bankrupt")
@@ -402,7 +403,9 @@ def _distance(scan: pa.Table) -> pa.Table:
         last = k == len(edges) - 2  # the grid's end (±50%) belongs to the last bucket
         label = f"within {100 * hi:g}%" if k == 0 else f"{100 * lo:g}% to {100 * hi:g}%"
         add(label, lo, hi, reached & (size >= lo) & ((size <= hi) if last else (size < hi)))
-    add("not within ±50%", None, None, ~now & ~reached)
+    # the moves are exact roots on the whole price axis (price 0 to 100× the index)
+    add("beyond 50%", DISTANCE_BUCKETS[-1], None, reached & (size > DISTANCE_BUCKETS[-1]))
+    add("no move liquidates", None, None, ~now & ~reached)
     schema = pa.schema([("bucket", pa.string()), ("move_low", pa.float64()), ("move_high", pa.float64()),
                         ("accounts", pa.int64()), ("accounts_down", pa.int64()), ("accounts_up", pa.int64()),
                         ("maintenance_margin", pa.float64())])

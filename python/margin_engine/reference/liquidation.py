@@ -585,15 +585,21 @@ PRICES_SCHEMA = pa.schema(
 )
 
 
-def axis(side: int) -> list[float]:
+def axis(side: int, model: str = "standard") -> list[float]:
     """Sample moves of one side, outward: `side × 0.01 j` (j = 1..10), `side × (0.10 + 0.025 j)`
     (j = 1..8), then price ratios `1.3 × 1.15^k` below 100 and 100 itself (up), or `0.7 × 0.85^k`
     above 0.001 and then 1e-12 of the price (down), each ratio the previous one times the factor (the engine's
-    arithmetic, so both sample the same points)."""
-    out = [side * NEAR_STEP * j for j in range(1, NEAR_STEPS + 1)]
-    near = NEAR_STEP * NEAR_STEPS
-    out.extend(side * (near + MIDDLE_STEP * j) for j in range(1, MIDDLE_STEPS + 1))
-    r = 1.0 + side * (near + MIDDLE_STEP * MIDDLE_STEPS)
+    arithmetic, so both sample the same points). The portfolio model's axis is denser inside
+    ±50%: `side × 0.005 j` (j = 1..100), then the same outer ratios from 1.5 / 0.5 on (its worst
+    loss over scenarios can dip below maintenance within a few percent of the price)."""
+    if model == "portfolio":
+        out = [side * GRID_STEP * j for j in range(1, GRID_LEVELS + 1)]
+        r = 1.0 + side * GRID_STEP * GRID_LEVELS
+    else:
+        out = [side * NEAR_STEP * j for j in range(1, NEAR_STEPS + 1)]
+        near = NEAR_STEP * NEAR_STEPS
+        out.extend(side * (near + MIDDLE_STEP * j) for j in range(1, MIDDLE_STEPS + 1))
+        r = 1.0 + side * (near + MIDDLE_STEP * MIDDLE_STEPS)
     factor = 1.0 + side * OUTER_STEP
     while True:
         r *= factor
@@ -692,7 +698,7 @@ def account_roots(
         else:
             sides = []
             for side in (-1, 1):
-                points = axis(side)
+                points = axis(side, model)
                 cached = set(points)
                 if linear and model == "standard":
                     points = sorted(set(points) | set(tier_breakpoints(in_u, book, scenarios.market, side)), key=abs)

@@ -72,7 +72,19 @@ pub fn axis(side: f64) -> Vec<f64> {
     let mut out: Vec<f64> = (1..=NEAR_STEPS).map(|j| side * NEAR_STEP * j as f64).collect();
     let near = NEAR_STEP * NEAR_STEPS as f64;
     out.extend((1..=MIDDLE_STEPS).map(|j| side * (near + MIDDLE_STEP * j as f64)));
-    let mut r = 1.0 + side * (near + MIDDLE_STEP * MIDDLE_STEPS as f64);
+    outer(out, 1.0 + side * (near + MIDDLE_STEP * MIDDLE_STEPS as f64), side)
+}
+
+/// The portfolio model's axis: the former grid's 0.5% steps out to ±50% (its excess, a worst
+/// loss over scenarios, can dip below maintenance and come back within a few percent of the
+/// price, which the sparse axis steps over), then the same outer ratios.
+pub fn dense_axis(side: f64) -> Vec<f64> {
+    let out: Vec<f64> = (1..=GRID_LEVELS).map(|j| side * GRID_STEP * j as f64).collect();
+    outer(out, 1.0 + side * GRID_STEP * GRID_LEVELS as f64, side)
+}
+
+/// `out` continued outward from the price ratio `r` by the outer ratios, then the last point.
+fn outer(mut out: Vec<f64>, mut r: f64, side: f64) -> Vec<f64> {
     let factor = 1.0 + side * OUTER_STEP;
     loop {
         r *= factor;
@@ -301,7 +313,8 @@ pub fn exact_distances(book: &Book, market: &Market, inputs: &Inputs, model: Mod
     let n_underlyings = book.underlyings.names.len();
     let full = needs_full_account(book, model);
     let scenarios = (model == Model::Portfolio && !full).then(|| book.underlyings.risk.iter().map(scenarios).collect());
-    let ctx = Context { book, market, scenarios, up: axis(1.0), down: axis(-1.0) };
+    let (up, down) = if model == Model::Portfolio { (dense_axis(1.0), dense_axis(-1.0)) } else { (axis(1.0), axis(-1.0)) };
+    let ctx = Context { book, market, scenarios, up, down };
     let exposures = exposures(book, market, inputs);
     let mut touched = vec![false; n_underlyings];
     for u in exposures.iter().flatten() {
