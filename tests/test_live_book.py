@@ -136,10 +136,11 @@ def draw_fill(data, s: Scenario) -> dict:
 
 
 def _linear(s: "Scenario") -> list[Any]:
-    """Resting orders on perpetuals and futures only. KNOWN BUG (open, 2026-12-03): a short
-    option ask followed by an index move gave LiveBook's initial margin 0.2384 against
-    me.margin(orders=)'s 0.125 on a hypothesis book; until it is found, option orders are left
-    out of this sequence test (docs/live.md, "Resting orders")."""
+    """Resting orders on perpetuals and futures only. KNOWN BUG (open, 2026-12-03): with resting
+    option orders and market moves LiveBook's initial margin differs from me.margin(orders=)
+    (e.g. 0.2384 against 0.125); until it is found, option orders are left out of this sequence
+    test (docs/live.md, "Orders"). Accounts with orders on instruments they do not hold are now
+    re-margined on a move of those instruments (live/index.rs), which fixed the linear case."""
     return [i for i in s.instruments if s.kind[i] != "option"] or s.instruments
 
 def draw_batch(data, s: Scenario):

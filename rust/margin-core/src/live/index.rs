@@ -18,19 +18,18 @@ pub struct Exposure {
     pub by_underlying: Vec<Vec<u32>>,
 }
 
-/// The instruments of an account's rows (ascending, once each).
-fn instruments(a: &Account) -> impl Iterator<Item = u32> + '_ {
-    let mut last = None;
-    a.positions.iter().filter_map(move |r| {
-        let new = last != Some(r.instrument);
-        last = Some(r.instrument);
-        new.then_some(r.instrument)
-    })
+/// The instruments of an account's position rows and resting orders (ascending, once each): a
+/// resting order's margin moves with its instrument's mark, held or not.
+fn instruments(a: &Account) -> Vec<u32> {
+    let mut out: Vec<u32> = a.positions.iter().map(|r| r.instrument).chain(a.orders.iter().map(|o| o.instrument)).collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// The underlyings an account is exposed to (ascending, once each).
 pub fn underlyings(book: &Book, a: &Account) -> Vec<u32> {
-    let mut out: Vec<u32> = instruments(a).map(|i| book.instruments.underlying[i as usize]).collect();
+    let mut out: Vec<u32> = instruments(a).into_iter().map(|i| book.instruments.underlying[i as usize]).collect();
     out.extend(a.balances.iter().filter_map(|(asset, _)| book.assets.underlying[*asset as usize]));
     out.sort_unstable();
     out.dedup();
@@ -47,7 +46,7 @@ impl Exposure {
 
     /// Lists account `i` (now `after`, before `before`) under what `after` holds and `before` did not.
     pub fn add(&mut self, book: &Book, i: u32, before: Option<&Account>, after: &Account) {
-        let mut old = before.map(|b| instruments(b).collect::<Vec<u32>>()).unwrap_or_default();
+        let mut old = before.map(instruments).unwrap_or_default();
         for id in instruments(after) {
             if old.binary_search(&id).is_err() {
                 self.by_instrument[id as usize].push(i);
