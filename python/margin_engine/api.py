@@ -426,6 +426,22 @@ def _entry_basis_refused(book: Any, split: Any, what: str) -> None:
         )  # fmt: skip
 
 
+def _split_by_margin_mode(core: Any, what: str, book: Any, positions: Any, balances: Any, market: Any,
+                          isolated_collateral: Any, model: Any, threads: Any, output: Any) -> Any:
+    """A per-account × underlying kernel over cross accounts and, beside them, each isolated
+    position margined alone (an ``instrument`` column tells them apart); the kernel alone
+    without a ``margin_mode`` column."""
+    split = _isolated.split(book, positions, isolated_collateral) if _can_split(book) else None
+    _entry_basis_refused(book, split, what)
+    if split is None:
+        return _per_account(core, book, positions, balances, market, model, threads, output)
+    cross = _per_account(core, book, split.cross, balances, market, model, threads, "arrow")
+    isolated = None
+    if split.any_isolated:
+        isolated = _per_account(core, book, split.positions, split.balances, market, model, threads, "arrow")
+    return as_output(_isolated.merge_by_account(cross, isolated, split.keys), output)
+
+
 def _can_split(book: Any) -> bool:
     """Whether ``book`` is a :class:`Book` (else the core's own argument check reports it)."""
     return isinstance(book, Book)
@@ -639,15 +655,7 @@ def liquidation_distance(
 
     {options}
     """
-    split = _isolated.split(book, positions, isolated_collateral) if _can_split(book) else None
-    _entry_basis_refused(book, split, "liquidation_distance")
-    if split is None:
-        return _per_account(_core.liquidation_distance, book, positions, balances, market, model, threads, output)
-    cross = _per_account(_core.liquidation_distance, book, split.cross, balances, market, model, threads, "arrow")
-    isolated = None
-    if split.any_isolated:
-        isolated = _per_account(_core.liquidation_distance, book, split.positions, split.balances, market, model, threads, "arrow")
-    return as_output(_isolated.merge_by_account(cross, isolated, split.keys), output)
+    return _split_by_margin_mode(_core.liquidation_distance, "liquidation_distance", book, positions, balances, market, isolated_collateral, model, threads, output)
 
 
 @_doc
@@ -683,15 +691,7 @@ def liquidation_prices(
 
     {options}
     """
-    split = _isolated.split(book, positions, isolated_collateral) if _can_split(book) else None
-    _entry_basis_refused(book, split, "liquidation_prices")
-    if split is None:
-        return _per_account(_core.liquidation_prices, book, positions, balances, market, model, threads, output)
-    cross = _per_account(_core.liquidation_prices, book, split.cross, balances, market, model, threads, "arrow")
-    isolated = None
-    if split.any_isolated:
-        isolated = _per_account(_core.liquidation_prices, book, split.positions, split.balances, market, model, threads, "arrow")
-    return as_output(_isolated.merge_by_account(cross, isolated, split.keys), output)
+    return _split_by_margin_mode(_core.liquidation_prices, "liquidation_prices", book, positions, balances, market, isolated_collateral, model, threads, output)
 
 
 @_doc
