@@ -135,14 +135,6 @@ def draw_fill(data, s: Scenario) -> dict:
 
 
 
-def _linear(s: "Scenario") -> list[Any]:
-    """Resting orders on perpetuals and futures only. KNOWN BUG (open, 2026-12-03): with resting
-    option orders and market moves LiveBook's initial margin differs from me.margin(orders=)
-    (e.g. 0.2384 against 0.125); until it is found, option orders are left out of this sequence
-    test (docs/live.md, "Orders"). Accounts with orders on instruments they do not hold are now
-    re-margined on a move of those instruments (live/index.rs), which fixed the linear case."""
-    return [i for i in s.instruments if s.kind[i] != "option"] or s.instruments
-
 def draw_batch(data, s: Scenario):
     """(kind, reference action, live action): the actions apply the same batch."""
     kind = data.draw(st.sampled_from(["fills", "fills", "transfers", "place", "cancel", "index", "marks", "both", "time"]))
@@ -163,7 +155,7 @@ def draw_batch(data, s: Scenario):
         rows = []
         for _ in range(data.draw(st.integers(1, 2))):
             rows.append({"order_id": s.next_order, "account_id": draw_account(data, s, new=False),
-                         "instrument": data.draw(st.sampled_from(_linear(s))), "quantity": data.draw(QUANTITIES),
+                         "instrument": data.draw(st.sampled_from(s.instruments)), "quantity": data.draw(QUANTITIES),
                          "price": data.draw(st.sampled_from([0.0, 1.0, 123.5]))})
             s.next_order += 1
         table = pa.table({"order_id": pa.array([r["order_id"] for r in rows], pa.uint64()),
@@ -313,6 +305,29 @@ def test_market_moves_remargin_only_the_exposed_accounts(small):
     again = live.update_market(index_prices=pa.table({"underlying": ["ETH"], "index_price": [2_800.0]}))
     assert again.remargined == 2  # the new account is in the index now
     assert live.seq == 5
+
+
+@pytest.mark.parametrize("model", ["standard", "portfolio"])
+def test_a_new_valuation_time_remargins_accounts_with_only_resting_orders(small, model):
+    """Regression (found by the sequence test with option orders): a new valuation time re-margined
+    only accounts with positions, so an account resting an option order and holding nothing kept
+    its old initial margin while the option's time value (and its expiry) moved."""
+    book, market, positions, balances = small
+    live = me.LiveBook(book, market, positions, balances, model=model)
+    orders = pa.table({"order_id": pa.array([1, 2], pa.uint64()), "account_id": pa.array([7, 2], pa.uint64()),
+                       "instrument": ["BTC-C", "BTC-C"], "quantity": [-2.0, 1.0], "price": [1_000.0, 1_100.0]})
+    live.apply_transfers(pa.table({"account_id": pa.array([7], pa.uint64()), "asset": ["USD"], "amount": [5_000.0]}))
+    live.place_orders(orders)
+    resting = orders.drop_columns(["order_id"])
+    seen = set()
+    for ns in (1_750_000_000_000_000_000, 1_799_000_000_000_000_000, 1_900_000_000_000_000_000):  # the last: expired
+        moved = live.update_market(valuation_time=ns)
+        assert moved.remargined == 4  # accounts 1, 2, 3 hold positions; 7 rests an order only
+        want = me.margin(book, live.positions(), live.balances(), live.market(), orders=resting, model=model)
+        assert_same_bits(live.margin(), want)
+        seen.add(want.filter(pc.equal(want.column("account_id"), 7)).column("initial_margin")[0].as_py())
+    if model == "portfolio":  # revalued with time to expiry: the order-only account's margin moves
+        assert len(seen) > 1
 
 
 def test_bad_batches_are_rejected_whole_and_name_the_rows(small):

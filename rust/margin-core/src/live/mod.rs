@@ -571,7 +571,8 @@ impl LiveBook {
         state.apply(update);
         let market = state.resolve(book)?;
         // a new valuation time, or a new index price of the quote asset (its peg, read by
-        // methodologies), reaches every account with positions
+        // methodologies), reaches every account with positions or resting orders (an order's
+        // fill loss against an option's mark moves with time even when the account holds nothing)
         let quote = book.assets.quote_asset().map(|a| book.assets.labels[a as usize].as_str());
         let all = update.valuation_ns.is_some_and(|ns| ns != self.market_state.valuation_ns())
             || update.index_prices.iter().any(|(name, _)| Some(name.as_str()) == quote);
@@ -590,7 +591,12 @@ impl LiveBook {
             updated_risk(book, &market, risk, &instruments, all)
         });
         let touched = if all {
-            (0..self.state.accounts.len() as u32).filter(|i| !self.state.accounts[*i as usize].positions.is_empty()).collect()
+            (0..self.state.accounts.len() as u32)
+                .filter(|i| {
+                    let a = &self.state.accounts[*i as usize];
+                    !a.positions.is_empty() || !a.orders.is_empty()
+                })
+                .collect()
         } else {
             self.state.exposure.touched(self.state.accounts.len(), &moved, &marked)
         };
