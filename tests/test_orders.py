@@ -40,7 +40,10 @@ def with_orders(draw: Any, max_accounts: int = 12) -> tuple[dict[str, Any], pa.T
     for _ in range(draw(st.integers(0, 12))):
         key = draw(st.sampled_from(keys))
         q = draw(st.sampled_from([1.0, 0.5, 2.0, 3.25, 10.0])) * draw(st.sampled_from([1.0, -1.0]))
-        price = (marks[key] or 1.0) * draw(st.sampled_from([1.0, 0.9, 1.1, 0.5, 1.5, 1.01]))  # > 0
+        # order prices must be normal floats: a near-zero option mark times 0.5 can underflow into the
+        # subnormal range, which the engine (rightly) refuses
+        mark = marks[key] if marks[key] and marks[key] > 1e-300 else 1.0
+        price = mark * draw(st.sampled_from([1.0, 0.9, 1.1, 0.5, 1.5, 1.01]))
         rows.append({"account_id": draw(st.sampled_from(candidates)), "instrument": key, "quantity": q, "price": price})
     id_type = example["positions"].schema.field("account_id").type
     key_type = example["marks"].schema.field("instrument").type
