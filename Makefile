@@ -21,8 +21,11 @@ test: test-rust test-python
 test-rust:
 	cargo test -p margin-core --release
 
+# pytest-xdist spreads the suite over the machine's cores (TEST_WORKERS=0: one process); worksteal
+# keeps both busy though a few hypothesis tests take much longer than the rest.
+TEST_WORKERS ?= auto
 test-python: $(BUILD_STAMP)
-	$(PY) -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest tests -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 build: $(BUILD_STAMP)
 
@@ -51,7 +54,7 @@ $(PY):
 
 $(DEPS_STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "maturin>=1.10,<2" "numpy>=1.24" "pyarrow>=15" "pytest>=8" "hypothesis>=6.100" \
+	$(PY) -m pip install -q "maturin>=1.10,<2" "numpy>=1.24" "pyarrow>=15" "pytest>=8" "pytest-xdist>=3.5" "hypothesis>=6.100" \
 		"pytest-benchmark>=4" "QuantLib>=1.30" "polars>=1.0" "duckdb>=1.0" "matplotlib>=3.7" "pandas>=2.0" "scipy>=1.9" "arch>=6" "tomli>=2; python_version<'3.11'"
 	$(PY) -m pip install -q "pyspark>=4.0" "dask[dataframe]>=2024.12"  # tests/test_spark.py (needs Java 17+), tests/test_dask.py
 	touch $@

@@ -70,6 +70,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import importlib
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -252,11 +253,11 @@ def _run_partition(job: _Job, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.
 
 def _check_frame(df: Any, table: str) -> DataFrame:
     if not isinstance(df, DataFrame):
-        try:  # Spark Connect's DataFrame is another class
-            from pyspark.sql.connect.dataframe import DataFrame as ConnectDataFrame
-        except ImportError:  # pragma: no cover
-            ConnectDataFrame = ()  # noqa: N806
-        if not isinstance(df, ConnectDataFrame):
+        # Spark Connect's DataFrame is another class; a Connect frame exists only once its module
+        # is loaded, so look it up rather than import it (importing pyspark.sql.connect without
+        # grpc exits the interpreter when __main__ has no file, as under pytest-xdist or embedding)
+        connect = sys.modules.get("pyspark.sql.connect.dataframe")
+        if connect is None or not isinstance(df, connect.DataFrame):
             raise input_error(table, "*", f"expected a Spark DataFrame, got {type(df).__name__}")
     fields = {f.name: f.dataType for f in df.schema.fields}
     for column, types in {**_REQUIRED[table], **_OPTIONAL[table]}.items():
