@@ -132,12 +132,12 @@ pub(crate) fn methodology(obj: &Bound<'_, PyAny>) -> Result<ScenarioMethodology,
     let mut scenarios = Vec::new();
     for row in f.list("scenarios")? {
         let r = Fields::of(M, "scenarios".into(), row)?;
-        scenarios.push(ScenarioRow {
-            spot_move: r.f64("spot_move")?,
-            vol_shock: VolShockKind::parse(&r.string_or("vol_shock", "none")?)?,
-            weight: r.f64_or("weight", 1.0)?,
-            group: r.string_or("group", "regular")?,
-        });
+        scenarios.push(ScenarioRow::new(
+            r.f64("spot_move")?,
+            VolShockKind::parse(&r.string_or("vol_shock", "none")?)?,
+            r.f64_or("weight", 1.0)?,
+            r.string_or("group", "regular")?,
+        ));
     }
     let vs = f.sub("vol_shock")?.ok_or_else(|| err(M, "vol_shock", "missing"))?;
     let loss_factors = match f.sub("loss_factors")? {

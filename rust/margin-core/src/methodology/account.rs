@@ -24,7 +24,7 @@ use crate::valuation::NetPosition;
 
 use super::book::ScenarioByUnderlying;
 use super::params::*;
-use super::scenario::{scenario_requirements, ScenarioBuffers, precompute_expiry_with, row_eval, DirectValues, Eval, ExpiryPrecompute, OptionValues};
+use super::scenario::{expiry_factors, scenario_requirements, ExpiryFactors, ScenarioBuffers, precompute_expiry_with, row_eval, DirectValues, Eval, ExpiryPrecompute, OptionValues};
 
 /// The key of an account's portfolio of coins linked to no underlying it trades.
 pub const UNLINKED: u32 = u32::MAX;
@@ -251,6 +251,9 @@ fn expiry_holding(book: &Book, market: &Market, id: usize, options: Option<Vec<O
 pub struct InstrumentValues {
     start: Vec<Option<u32>>,
     values: Vec<f64>,
+    /// Per instrument: its expiry's factors (the expiry built from this option, as an account's
+    /// expiry is built from its first option).
+    factors: Vec<Option<ExpiryFactors>>,
 }
 
 const HEAD: usize = 4;
@@ -259,7 +262,7 @@ impl InstrumentValues {
     pub fn new(book: &Book, market: &Market, methodology: &ScenarioByUnderlying) -> InstrumentValues {
         use rayon::prelude::*;
         let ins = &book.instruments;
-        let per: Vec<Option<Vec<f64>>> = (0..ins.len())
+        let per: Vec<Option<(Vec<f64>, ExpiryFactors)>> = (0..ins.len())
             .into_par_iter()
             .map(|id| {
                 let u = ins.underlying[id] as usize;
@@ -286,21 +289,26 @@ impl InstrumentValues {
                         _ => v.value(&e, o, pre.discount, row_eval(&pre, row, r, m)),
                     });
                 }
-                Some(out)
+                Some((out, expiry_factors(&e, m)))
             })
             .collect();
         let mut start = Vec::with_capacity(ins.len());
+        let mut factors = Vec::with_capacity(ins.len());
         let mut values = Vec::new();
         for p in per {
             match p {
-                None => start.push(None),
-                Some(v) => {
+                None => {
+                    start.push(None);
+                    factors.push(None);
+                }
+                Some((v, f)) => {
                     start.push(Some(values.len() as u32));
                     values.extend(v);
+                    factors.push(Some(f));
                 }
             }
         }
-        InstrumentValues { start, values }
+        InstrumentValues { start, values, factors }
     }
 
     #[inline]
@@ -331,6 +339,11 @@ impl OptionValues for InstrumentValues {
 
     fn delta(&self, e: &ExpiryHolding, o: &OptionHolding) -> f64 {
         self.at(o, 3).unwrap_or_else(|| DirectValues.delta(e, o))
+    }
+
+    fn expiry_factors(&self, e: &ExpiryHolding, m: &ScenarioMethodology) -> ExpiryFactors {
+        let first = e.options.first().and_then(|o| usize::try_from(o.order).ok());
+        first.and_then(|id| self.factors.get(id).copied().flatten()).unwrap_or_else(|| expiry_factors(e, m))
     }
 
     fn rows(&self, o: &OptionHolding, rows: usize) -> Option<&[f64]> {

@@ -48,9 +48,17 @@ pub struct ScenarioRow {
     pub vol_shock: VolShockKind,
     pub weight: f64,
     pub group: String,
+    /// `group == "extreme"`, set by [`ScenarioRow::new`]: the combination reads it for every
+    /// row of every portfolio.
+    pub extreme: bool,
 }
 
 impl ScenarioRow {
+    pub fn new(spot_move: f64, vol_shock: VolShockKind, weight: f64, group: String) -> ScenarioRow {
+        let extreme = group == "extreme";
+        ScenarioRow { spot_move, vol_shock, weight, group, extreme }
+    }
+
     /// `1 + spot_move`.
     pub fn spot_factor(&self) -> f64 {
         1.0 + self.spot_move

@@ -157,6 +157,10 @@ pub trait OptionValues {
     fn contract_pnl(&self, e: &ExpiryHolding, pre: &ExpiryPrecompute, o: &OptionHolding, row: &ScenarioRow, r: usize, m: &ScenarioMethodology) -> f64;
     /// Black-76 delta of one contract on the current forward.
     fn delta(&self, e: &ExpiryHolding, o: &OptionHolding) -> f64;
+    /// The expiry's [`ExpiryFactors`] (a cache reads them by its first option's instrument).
+    fn expiry_factors(&self, e: &ExpiryHolding, m: &ScenarioMethodology) -> ExpiryFactors {
+        expiry_factors(e, m)
+    }
     /// The contract's numbers under rows `0..rows` when they are stored (what `value`,
     /// `skewed` or `contract_pnl` would read, row by row), so that a portfolio's rows are
     /// summed holding by holding over one slice; `None`: ask per row.
@@ -254,11 +258,27 @@ pub fn precompute_expiry(e: &ExpiryHolding, m: &ScenarioMethodology) -> ExpiryPr
     precompute_expiry_with(e, m, &DirectValues)
 }
 
-pub fn precompute_expiry_with(e: &ExpiryHolding, m: &ScenarioMethodology, v: &impl OptionValues) -> ExpiryPrecompute {
+/// What an expiry's numbers take from its time to expiry and rate alone (no holding): the same
+/// for every account holding the expiry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ExpiryFactors {
+    pub discount: f64,
+    pub vol_up: f64,
+    pub vol_down: f64,
+    pub static_long: f64,
+    pub static_short: f64,
+}
+
+pub fn expiry_factors(e: &ExpiryHolding, m: &ScenarioMethodology) -> ExpiryFactors {
     let discount = discount_factor(e, m);
-    let mtm = expiry_value_with(e, discount, Eval::Mtm, v);
     let (vol_up, vol_down) = vol_shock_factors(e, m);
     let (static_long, static_short) = static_discount_factors(e, discount, m);
+    ExpiryFactors { discount, vol_up, vol_down, static_long, static_short }
+}
+
+pub fn precompute_expiry_with(e: &ExpiryHolding, m: &ScenarioMethodology, v: &impl OptionValues) -> ExpiryPrecompute {
+    let ExpiryFactors { discount, vol_up, vol_down, static_long, static_short } = v.expiry_factors(e, m);
+    let mtm = expiry_value_with(e, discount, Eval::Mtm, v);
     let (basis_up_pnl, basis_down_pnl, basis_charge) = basis_contingency_with(e, mtm, discount, m, v);
     ExpiryPrecompute { mtm, discount, vol_up, vol_down, static_long, static_short, basis_up_pnl, basis_down_pnl, basis_charge }
 }
@@ -358,26 +378,26 @@ impl Held {
     }
 }
 
-/// Options then linear holdings, stably sorted by `order`, into `items` (cleared first).
-fn ordered_holdings(p: &ScenarioPortfolio, items: &mut Vec<Held>) {
+/// Options then linear holdings, stably sorted by `order`, into `items` (cleared first) with
+/// their keys beside them (the sort reads no holding).
+fn ordered_holdings(p: &ScenarioPortfolio, items: &mut Vec<(i64, Held)>) {
     items.clear();
     for (i, e) in p.expiries.iter().enumerate() {
-        items.extend((0..e.options.len()).map(|o| Held::Option(i as u32, o as u32)));
+        items.extend(e.options.iter().enumerate().map(|(k, o)| (o.order, Held::Option(i as u32, k as u32))));
     }
-    items.extend((0..p.linears.len()).map(|l| Held::Linear(l as u32)));
-    items.sort_by_key(|h| match h.resolve(p) {
-        HeldRef::Option(_, o) => o.order,
-        HeldRef::Linear(l) => l.order,
-    });
+    items.extend(p.linears.iter().enumerate().map(|(k, l)| (l.order, Held::Linear(k as u32))));
+    if !items.is_sorted_by_key(|(order, _)| *order) {
+        items.sort_by_key(|(order, _)| *order);
+    }
 }
 
 /// `risk_array` revaluation of every row into `pnls`: per row the perpetual, then each holding
 /// in the account's order, then the risk-cancelling coins, the sum times the row's weight.
 /// Holding by holding over all rows, each row's terms added in that order (as row by row).
-fn risk_array_pnls(p: &ScenarioPortfolio, pres: &[ExpiryPrecompute], held: &[Held], m: &ScenarioMethodology, v: &impl OptionValues, pnls: &mut Vec<f64>) {
+fn risk_array_pnls(p: &ScenarioPortfolio, pres: &[ExpiryPrecompute], held: &[(i64, Held)], m: &ScenarioMethodology, v: &impl OptionValues, pnls: &mut Vec<f64>) {
     let rows = &m.scenarios;
     pnls.extend(rows.iter().map(|row| if p.perp_quantity != 0.0 { p.perp_quantity * ((row.spot_factor() - 1.0) * p.perp_mark) } else { 0.0 }));
-    for h in held {
+    for (_, h) in held {
         match h.resolve(p) {
             HeldRef::Linear(l) => {
                 for (pnl, row) in pnls.iter_mut().zip(rows) {
@@ -540,19 +560,24 @@ fn concentration_charge(deltas: &[(usize, f64)], m: &ScenarioMethodology) -> f64
 
 /// Shorts beyond the longs of the same strike (calls and puts together), summed over strikes.
 fn naked_short_options(e: &ExpiryHolding) -> f64 {
-    // strikes in order of first appearance, as the reference's dict
-    let mut strikes: Vec<(f64, Vec<f64>)> = Vec::new();
-    for o in &e.options {
-        match strikes.iter_mut().find(|(k, _)| *k == o.strike) {
-            Some((_, qs)) => qs.push(o.quantity),
-            None => strikes.push((o.strike, vec![o.quantity])),
-        }
-    }
+    // strikes in order of first appearance (as the reference's dict), each strike's shorts and
+    // longs summed in holding order; an expiry holds a few options, so the quadratic scan beats
+    // a map (and allocates nothing)
+    let options = &e.options;
     let mut naked = 0.0;
-    for (_, qs) in &strikes {
-        let shorts = -qs.iter().filter(|&&q| q < 0.0).fold(0.0, |a, q| a + q);
-        let longs = qs.iter().filter(|&&q| q > 0.0).fold(0.0, |a, q| a + q);
-        naked += (shorts - longs).max(0.0);
+    for (i, o) in options.iter().enumerate() {
+        if options[..i].iter().any(|p| p.strike == o.strike) {
+            continue; // not the strike's first appearance
+        }
+        let (mut shorts, mut longs) = (0.0, 0.0);
+        for p in std::iter::once(o).chain(options[i + 1..].iter().filter(|p| p.strike == o.strike)) {
+            if p.quantity < 0.0 {
+                shorts += p.quantity;
+            } else if p.quantity > 0.0 {
+                longs += p.quantity;
+            }
+        }
+        naked += (-shorts - longs).max(0.0);
     }
     naked
 }
@@ -627,9 +652,9 @@ pub fn initial_loss_factor(p: &ScenarioPortfolio, m: &ScenarioMethodology) -> f6
 }
 
 /// v1's short-option minimum over the short options, in the holdings' order.
-fn short_option_minimum(p: &ScenarioPortfolio, held: &[Held], rate: f64) -> f64 {
+fn short_option_minimum(p: &ScenarioPortfolio, held: &[(i64, Held)], rate: f64) -> f64 {
     let mut total = 0.0;
-    for h in held {
+    for (_, h) in held {
         if let HeldRef::Option(_, o) = h.resolve(p) {
             if o.quantity < 0.0 {
                 total += o.quantity.abs() * o.multiplier * p.spot * rate;
@@ -644,26 +669,30 @@ fn first_max(a: f64, b: f64) -> f64 {
     if b > a { b } else { a }
 }
 
-/// Whether a row's group is `extreme`: its first byte compared first, since every row of every
-/// portfolio asks and most rows are `regular`.
-#[inline(always)]
-fn is_extreme(group: &str) -> bool {
-    group.as_bytes().first() == Some(&b'e') && group == "extreme"
-}
-
 /// The `max_of_groups` rule's `(IM, MM)` requirements.
-fn max_of_group_requirements(p: &ScenarioPortfolio, held: &[Held], pnls: &[f64], basis: f64, cont: &Contingencies, m: &ScenarioMethodology) -> Result<(f64, f64)> {
+fn max_of_group_requirements(p: &ScenarioPortfolio, held: &[(i64, Held)], pnls: &[f64], basis: f64, cont: &Contingencies, m: &ScenarioMethodology) -> Result<(f64, f64)> {
     let mg = m
         .max_of_groups
         .as_ref()
         .ok_or_else(|| InputError::new("methodology", "max_of_groups", "combination max_of_groups needs the max_of_groups parameters"))?;
     // the lowest P&L of the regular and of the extreme rows (Python's `min`: the first unless a
     // later one is smaller), in one pass
-    let (mut regular, mut extreme_low): (Option<f64>, Option<f64>) = (None, None);
+    let (mut regular, mut extreme_low) = (f64::NAN, f64::NAN);
+    let (mut any_regular, mut any_extreme) = (false, false);
     for (r, &v) in m.scenarios.iter().zip(pnls) {
-        let acc = if is_extreme(&r.group) { &mut extreme_low } else { &mut regular };
-        *acc = Some(match *acc { Some(a) if v.partial_cmp(&a) != Some(std::cmp::Ordering::Less) => a, _ => v });
+        if r.extreme {
+            if !any_extreme || v < extreme_low {
+                extreme_low = v;
+            }
+            any_extreme = true;
+        } else {
+            if !any_regular || v < regular {
+                regular = v;
+            }
+            any_regular = true;
+        }
     }
+    let (regular, extreme_low) = (any_regular.then_some(regular), any_extreme.then_some(extreme_low));
     let mut scan = regular.map_or(0.0, |w| first_max(0.0, -w));
     if m.basis_contingency.is_some() {
         scan = first_max(scan, -basis);
@@ -730,8 +759,8 @@ pub struct ScenarioBuffers {
     pnls: Vec<f64>,
     /// One expiry's shocked value per row.
     shocked: Vec<f64>,
-    /// The holdings in the account's order.
-    held: Vec<Held>,
+    /// The holdings in the account's order, each with its sort key.
+    held: Vec<(i64, Held)>,
     /// Delta per expiry bucket.
     deltas: Vec<(usize, f64)>,
 }
@@ -814,7 +843,7 @@ mod tests {
     use super::*;
 
     fn row(spot_move: f64, vol_shock: VolShockKind, weight: f64, group: &str) -> ScenarioRow {
-        ScenarioRow { spot_move, vol_shock, weight, group: group.to_string() }
+        ScenarioRow::new(spot_move, vol_shock, weight, group.to_string())
     }
 
     fn methodology(scenarios: Vec<ScenarioRow>) -> ScenarioMethodology {
