@@ -565,9 +565,9 @@ MIDDLE_STEPS = 8
 OUTER_STEP = 0.15
 """Relative price step of the sample axis beyond ±30% (near it: 1% steps to ±10%, 2.5% to ±30%)."""
 LOWEST_RATIO = 1e-3
+"""Lowest sampled price ratio above 0 on the way down (then `LAST_DOWN`)."""
 LAST_DOWN = -1.0 + 1e-12
 """The last sample down: 1e-12 of the price, not 0 (an inverse contract's coin P&L is unbounded there)."""
-"""Lowest sampled price ratio above 0 on the way down (then price 0 itself)."""
 BISECTION_TOLERANCE = 1e-12
 """Width of the final bisection bracket, relative to the price ratio `1 + m`."""
 
