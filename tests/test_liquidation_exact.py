@@ -289,6 +289,57 @@ def test_options_are_bracketed_and_accounts_below_maintenance_are_marked():
     assert want[0]["move_up"] == pytest.approx(up, rel=1e-9)
 
 
+def _generated_option_accounts() -> tuple[me.Book, me.Market, pa.Table, pa.Table]:
+    """Accounts found on the 1M-account generated book (seed 7) under the portfolio model, on the
+    same instruments and market: long options and nothing else (no balance). Account 4 adds a
+    short perpetual and 500 USD, so it has a real crossing up."""
+    from margin_engine import synthetic
+
+    b = synthetic.generate(200, seed=7)
+    book = me.Book(b.instruments, b.assets, None, b.margin_tiers)
+    market = me.Market(b.index_prices, b.marks, b.valuation_time_ns)
+    rows = [
+        (1, "ETH-27NOV26-3600-P", 15.0),  # 4732687772 on the 1M book
+        (2, "ETH-11DEC26-2750-C", 63.0),  # 6000515401
+        (3, "BTC-25DEC26-86000-C", 2.0),  # 6653734329
+        (4, "ETH-27NOV26-3600-P", 15.0),
+        (4, "ETH-PERP", -1.0),
+    ]
+    positions = pa.table(
+        {
+            "account_id": pa.array([r[0] for r in rows], pa.uint64()),
+            "instrument": [r[1] for r in rows],
+            "quantity": [r[2] for r in rows],
+            "entry_price": pa.array([None] * len(rows), pa.float64()),
+        }
+    )
+    balances = pa.table({"account_id": pa.array([4], pa.uint64()), "asset": ["USDC"], "amount": [500.0]})
+    return book, market, positions, balances
+
+
+def test_an_excess_resting_on_zero_is_not_a_crossing():
+    """A long-options-only account without collateral under the portfolio model: its maintenance
+    margin is the whole value it can lose, so its excess is the option's value in the worst
+    scenario, which tends to 0 as the option goes out of the money, and along the axis the engine
+    computes it as ±1e-13 (the difference of two equal sums). Taking the first sample that rounds
+    below 0 as the liquidation price showed a liquidation price for an account that can never be
+    liquidated (0.30875 up for account 1, -0.5625 for account 3; the grid walk had its own noise
+    roots). No crossing, in the engine, the grid walk and the reference; a real crossing next to
+    it (account 4) is still found, and is a root of the stressed margin."""
+    book, market, positions, balances = _generated_option_accounts()
+    exact = me.liquidation_prices(book, positions, balances, market, model="portfolio").to_pylist()
+    grid = grid_distance(book, positions, balances, market, "portfolio").to_pylist()
+    want = reference.liquidation_prices(book, positions, balances, market, model="portfolio").to_pylist()
+    for rows in (exact, grid, want):
+        for r in rows[:3]:
+            assert r["move_down"] is None and r["move_up"] is None, r
+    up = exact[3]["move_up"]
+    assert up is not None and 0.0 < up
+    assert same_root(up, want[3]["move_up"])
+    (moved,) = me.liquidation_scan(book, positions, balances, market, model="portfolio", stress={"ETH": up}).filter(pc.equal(pc.field("account_id"), 4)).to_pylist()
+    assert abs(moved["margin_excess"]) <= 1e-6, moved
+
+
 # --------------------------------------------------------------------------------------------
 # Binance USDⓈ-M: cross-margin liquidation price with tiered maintenance amounts
 # --------------------------------------------------------------------------------------------

@@ -408,23 +408,39 @@ def exposed_underlyings(
     return sorted(names)
 
 
-def walk(base_excess: float, side: int, excess_at: Any) -> tuple[float | None, int | None]:
+ROUNDING = 1e-12
+"""Relative size of the rounding in a margin excess (a sum and difference of values, margins
+and scenario losses, each exact to a few ulps: about 1e-15 of the account's size), with room."""
+
+
+def rounding_level(current: AccountResult, exposure: float) -> float:
+    """How far below 0 an excess must go to count as a crossing: `ROUNDING × (|collateral_maintenance|
+    + maintenance_margin + notional)` of the account now and the underlying moved. An excess that
+    rests on 0 to rounding (a long-options-only account: its maintenance margin is all the value it
+    can lose) has no liquidation price."""
+    return ROUNDING * (abs(current.collateral_maintenance) + abs(current.maintenance_margin) + abs(exposure))
+
+
+def walk(base_excess: float, side: int, level: float, excess_at: Any) -> tuple[float | None, int | None]:
     """One side of the walk (`side` −1 = down, +1 = up). `excess_at(j)` is the margin excess
     under the move `side × 0.005 j`.
 
     Already liquidatable (`e_0 < 0`): move 0 at level 0. Otherwise the first j = 1..100 with
-    `e_j < 0` gives `m* = m_{j−1} + (m_j − m_{j−1}) × e_{j−1} / (e_{j−1} − e_j)`; no crossing up
-    to ±50%: `(None, None)`.
+    `e_j < −level` (below 0 by more than rounding) gives `m* = m_{j−1} + (m_j − m_{j−1}) × e_{j−1}
+    / (e_{j−1} − e_j)`, with `level` added to both excesses when `e_{j−1} < 0` (an excess resting
+    on 0, then falling); no crossing up to ±50%: `(None, None)`.
     """
     if base_excess < 0.0:
         return 0.0, 0
     previous = base_excess
     for j in range(1, GRID_LEVELS + 1):
         e = excess_at(j)
-        if e < 0.0:
+        if e < -level:
+            shift = 0.0 if previous >= 0.0 else level
+            ea, eb = previous + shift, e + shift
             m_a = side * grid_move(j - 1)
             m_b = side * grid_move(j)
-            return m_a + (m_b - m_a) * previous / (previous - e), j
+            return m_a + (m_b - m_a) * ea / (ea - eb), j
         previous = e
     return None, None
 
@@ -449,12 +465,13 @@ def account_distances(
             scenario = scenarios.moved({u: side * grid_move(j)})
             return account_in(scenario, account_id, positions, balances, model, closed, closed_coins).margin_excess
 
-        move_down, level_down = walk(base_excess, -1, lambda j: excess_at(j, -1))
-        move_up, level_up = walk(base_excess, 1, lambda j: excess_at(j, 1))
         exposure = 0.0
         for p in positions:
             if p.instrument.underlying == u:
                 exposure += notional(p, scenarios.market.marks[p.instrument.id].mark_price, book)
+        level = rounding_level(current, exposure)
+        move_down, level_down = walk(base_excess, -1, level, lambda j: excess_at(j, -1))
+        move_up, level_up = walk(base_excess, 1, level, lambda j: excess_at(j, 1))
         rows.append(
             DistanceRow(
                 account_id,
@@ -630,20 +647,24 @@ def tier_breakpoints(
     return sorted(out, key=abs)
 
 
-def first_root(e0: float, points: list[float], excess_at: Any) -> float | None:
+def first_root(e0: float, points: list[float], level: float, excess_at: Any) -> float | None:
     """The first crossing below 0 along `points` (outward from 0, `e(0) = e0 >= 0`): the first
-    point with `e < 0` and the previous one bracket it, bisected until the bracket is narrower
-    than 1e-12 of the price ratio; the answer is the zero of the straight line through the last
-    bracket's ends. None when `e >= 0` at every point."""
+    point with `e < −level` (below 0 by more than rounding) and the previous one bracket it,
+    bisected until the bracket is narrower than 1e-12 of the price ratio; the answer is the zero
+    of the straight line through the last bracket's ends. When the previous point is itself a
+    little below 0 (an excess resting on 0, then falling) the zero sought is that of `e + level`.
+    None when `e >= −level` at every point."""
     a, ea = 0.0, e0
     for b in points:
         eb = excess_at(b)
-        if eb < 0.0:
+        if eb < -level:
+            shift = 0.0 if ea >= 0.0 else level
+            ea, eb = ea + shift, eb + shift
             for _ in range(400):
                 if abs(b - a) <= max(BISECTION_TOLERANCE * (1.0 + min(a, b)), 1e-16):
                     break
                 c = 0.5 * (a + b)
-                ec = excess_at(c)
+                ec = excess_at(c) + shift
                 if ec < 0.0:
                     b, eb = c, ec
                 else:
@@ -692,6 +713,7 @@ def account_roots(
         in_u = [p for p in positions if p.instrument.underlying == u]
         linear = all(not p.instrument.is_option for p in in_u)
         exposure = sum(notional(p, scenarios.market.marks[p.instrument.id].mark_price, book) for p in in_u)
+        level = rounding_level(current, exposure)
         if e0 < 0.0:
             moves: tuple[float | None, float | None] = (0.0, 0.0)
             method = "liquidatable"
@@ -707,7 +729,7 @@ def account_roots(
                     scenario = _moved(scenarios, u, m, m in cached)
                     return account_in(scenario, account_id, positions, balances, model, closed, closed_coins).margin_excess
 
-                sides.append(first_root(e0, points, excess_at))
+                sides.append(first_root(e0, points, level, excess_at))
             moves = (sides[0], sides[1])
             method = "closed_form" if linear else "bracketed"
         rows.append(

@@ -142,18 +142,36 @@ impl Slots {
     }
 }
 
+/// Relative size of the rounding in a margin excess: a sum and difference of values, margins
+/// and scenario losses, each exact to a few ulps, so it is known to about 1e-15 of the
+/// account's size; 1e-12 leaves a wide margin.
+pub const ROUNDING: f64 = 1e-12;
+
+/// How far below 0 an account's excess must go to count as a crossing: [`ROUNDING`] × its size
+/// now (`|collateral_maintenance| + maintenance_margin + notional` of the underlying moved). An
+/// account whose excess only rests on 0 (long options with no other collateral: its
+/// maintenance margin is the whole value it can lose) has no liquidation price, though the
+/// excess it computes is ±1e-13 along the axis.
+pub fn rounding_level(row: &AccountRow, notional: f64) -> f64 {
+    ROUNDING * (row.collateral_maintenance.abs() + row.maintenance_margin.abs() + notional.abs())
+}
+
 /// Where along one side of the walk the account first falls below maintenance, given the
-/// excess at grid level `j` (1..=100) of that side.
-fn walk(base_excess: f64, side: f64, mut excess_at: impl FnMut(usize) -> f64) -> (Option<f64>, Option<u32>) {
+/// excess at grid level `j` (1..=100) of that side: the first level with `e < −level` (below 0
+/// by more than rounding, [`rounding_level`]), interpolated on the line through it and the level
+/// before (the line of `e + level` when the level before is itself a little below 0).
+fn walk(base_excess: f64, side: f64, level: f64, mut excess_at: impl FnMut(usize) -> f64) -> (Option<f64>, Option<u32>) {
     if base_excess < 0.0 {
         return (Some(0.0), Some(0));
     }
     let mut previous = base_excess;
     for j in 1..=GRID_LEVELS {
         let e = excess_at(j);
-        if e < 0.0 {
+        if e < -level {
+            let shift = if previous >= 0.0 { 0.0 } else { level };
+            let (ea, eb) = (previous + shift, e + shift);
             let (m_a, m_b) = (side * grid_move(j as i32 - 1), side * grid_move(j as i32));
-            return (Some(m_a + (m_b - m_a) * previous / (previous - e)), Some(j as u32));
+            return (Some(m_a + (m_b - m_a) * ea / (ea - eb)), Some(j as u32));
         }
         previous = e;
     }
@@ -315,9 +333,9 @@ fn accounts_by_underlying(book: &Book, inputs: &Inputs) -> (Vec<usize>, Vec<u32>
 /// [`walk`] down, then up, from `excess_at(g)` at grid point `g` (level `g − 100`):
 /// `(move_down, level_down, move_up, level_up)`.
 #[inline(always)]
-fn walk_both_sides(base_excess: f64, mut excess_at: impl FnMut(usize) -> f64) -> (Option<f64>, Option<u32>, Option<f64>, Option<u32>) {
-    let (move_down, level_down) = walk(base_excess, -1.0, |j| excess_at(GRID_LEVELS - j));
-    let (move_up, level_up) = walk(base_excess, 1.0, |j| excess_at(GRID_LEVELS + j));
+fn walk_both_sides(base_excess: f64, level: f64, mut excess_at: impl FnMut(usize) -> f64) -> (Option<f64>, Option<u32>, Option<f64>, Option<u32>) {
+    let (move_down, level_down) = walk(base_excess, -1.0, level, |j| excess_at(GRID_LEVELS - j));
+    let (move_up, level_up) = walk(base_excess, 1.0, level, |j| excess_at(GRID_LEVELS + j));
     (move_down, level_down, move_up, level_up)
 }
 
@@ -570,6 +588,7 @@ fn walk_underlying(w: &Walk, u: u32, grid: &UnderlyingGrid, slot: &AccountSlot, 
             notional_at(book, id, p.quantity, market.mark_price[id], market.settlement_price[id])
         })
         .sum();
+    let level = rounding_level(row, notional);
     let (move_down, level_down, move_up, level_up) = if base_excess < 0.0 {
         (Some(0.0), Some(0), Some(0.0), Some(0))
     } else {
@@ -628,11 +647,11 @@ fn walk_underlying(w: &Walk, u: u32, grid: &UnderlyingGrid, slot: &AccountSlot, 
         }
         let excess = &s.excess;
         match w.risk {
-            None => walk_both_sides(base_excess, |g| excess[g]),
+            None => walk_both_sides(base_excess, level, |g| excess[g]),
             Some(risk) => {
                 let r = &risk[u as usize];
                 let pnl = &mut s.pnl;
-                walk_both_sides(base_excess, |g| {
+                walk_both_sides(base_excess, level, |g| {
                     let arrays = positions.iter().map(|(_, p)| (p, r.array(&grid.risk[g], instrument_slot(p))));
                     excess[g] - positions_margin_of(book, grid.spot[g], &r.scenarios, u as usize, arrays, pnl).maintenance_margin
                 })

@@ -9,7 +9,8 @@
 //!
 //! The axis is `m ∈ (−1, 99]`: down to price 0 (exclusive), up to 100× the index. On each side
 //! the root is the FIRST crossing moving away from the current price: the smallest `|m|` where
-//! `e` goes below 0.
+//! `e` goes below 0 by more than rounding ([`rounding_level`]: an excess that rests on 0 to the
+//! last digits, as a long-options-only account's does, is not a crossing).
 //!
 //! - **Closed form** (`Method::ClosedForm`): when every position in `u` is a perpetual or a
 //!   future, `e(m)` is piecewise linear in the price. Under the standard model the pieces are cut
@@ -35,7 +36,7 @@ use rayon::prelude::*;
 use crate::accounts::AccountSlot;
 use crate::book::Book;
 use crate::engine::{AccountScratch, Inputs, Model, Pricing, Stress};
-use crate::liquidation::{DistanceRow, Method, GRID_LEVELS, GRID_STEP};
+use crate::liquidation::{rounding_level, DistanceRow, Method, GRID_LEVELS, GRID_STEP};
 use crate::market::Market;
 use crate::portfolio::{group_by_underlying, instrument_array_at, positions_margin_of, scenarios, Scenario};
 use crate::results::AccountRow;
@@ -209,18 +210,23 @@ impl Context<'_> {
 }
 
 /// The first crossing below 0 along `points` (moves outward from 0, where the excess is
-/// `e0 ≥ 0`), from the excess `e(m)`: the crossing on the piece `[previous, point]` solved as a
-/// linear piece (`closed`) or refined by [`refine`]. `None` when `e` stays ≥ 0 at every point.
-fn first_crossing(e0: f64, points: &[f64], closed: bool, mut e: impl FnMut(f64) -> f64) -> Option<f64> {
+/// `e0 ≥ 0`), from the excess `e(m)`: the first point with `e < −level` (below 0 by more than
+/// rounding, [`rounding_level`]) and the point before it bracket the crossing, solved as a
+/// linear piece (`closed`) or refined by [`refine`]. When the point before is itself a little
+/// below 0 (an excess resting on 0 to rounding, then falling), the crossing solved for is that
+/// of `e + level`. `None` when `e` stays ≥ −level at every point.
+fn first_crossing(e0: f64, points: &[f64], closed: bool, level: f64, mut e: impl FnMut(f64) -> f64) -> Option<f64> {
     let (mut a, mut ea) = (0.0, e0);
     for &b in points {
         let eb = e(b);
-        if eb < 0.0 {
+        if eb < -level {
+            let shift = if ea >= 0.0 { 0.0 } else { level };
+            let (ea, eb) = (ea + shift, eb + shift);
             if closed {
                 let root = a + (b - a) * ea / (ea - eb);
                 return Some(clamp_between(root, a, b));
             }
-            return Some(refine(a, ea, b, eb, e));
+            return Some(refine(a, ea, b, eb, |m| e(m) + shift));
         }
         a = b;
         ea = eb;
@@ -451,6 +457,7 @@ fn account_row(ctx: &Context, cache: &AxisValues, inputs: &Inputs, u: usize, slo
     let closed = positions.iter().all(|(_, p)| ins.kind[p.instrument as usize].is_linear() && !ins.inverse[p.instrument as usize])
         && !s.net.closed_inverse.iter().any(|(id, _)| ins.underlying[*id as usize] as usize == u);
     let e_now = row.margin_excess();
+    let level = rounding_level(row, notional);
     let roots = if e_now < 0.0 {
         (Some(0.0), Some(0.0), Method::Liquidatable)
     } else {
@@ -460,11 +467,11 @@ fn account_row(ctx: &Context, cache: &AxisValues, inputs: &Inputs, u: usize, slo
         let mut side = |sign: f64| {
             if closed {
                 ctx.breakpoints(&x, sign, bp);
-                first_crossing(e_now, bp, true, |m| e(m, None))
+                first_crossing(e_now, bp, true, level, |m| e(m, None))
             } else {
                 let (side, points) = if sign > 0.0 { (1, &ctx.up) } else { (0, &ctx.down) };
                 let mut k = 0;
-                first_crossing(e_now, points, false, |m| {
+                first_crossing(e_now, points, false, level, |m| {
                     // the axis points in order from the cache, then the refinement's own
                     if k < points.len() && points[k] == m {
                         k += 1;
@@ -516,6 +523,15 @@ fn full_account_row(ctx: &Context, model: Model, inputs: &Inputs, u: usize, at: 
     let (book, market) = (ctx.book, ctx.market);
     let ins = &book.instruments;
     let e_now = row.margin_excess();
+    net_positions(slot.positions(), &inputs.positions, book, market, &mut scratch.net);
+    let notional: f64 = scratch
+        .net
+        .net
+        .iter()
+        .filter(|p| ins.underlying[p.instrument as usize] as usize == u)
+        .map(|p| notional_at(book, p.instrument as usize, p.quantity, market.mark_price[p.instrument as usize], market.settlement_price[p.instrument as usize]))
+        .sum();
+    let level = rounding_level(row, notional);
     let excess = |moved: &Moved, scratch: &mut AccountScratch| -> f64 {
         let stress = Stress { market: &moved.market, asset_price: &moved.asset_price };
         let pricing = Pricing { book, base: market, stress: Some(&stress), risk: moved.risk.as_ref() };
@@ -529,7 +545,7 @@ fn full_account_row(ctx: &Context, model: Model, inputs: &Inputs, u: usize, at: 
     } else {
         let side = |points: &[f64], at: &[Moved], scratch: &mut AccountScratch| {
             let mut k = 0;
-            first_crossing(e_now, points, false, |m| {
+            first_crossing(e_now, points, false, level, |m| {
                 if k < points.len() && points[k] == m {
                     k += 1;
                     excess(&at[k - 1], scratch)
@@ -542,14 +558,6 @@ fn full_account_row(ctx: &Context, model: Model, inputs: &Inputs, u: usize, at: 
         let up = side(&ctx.up, &at[1], scratch);
         (down, up, Method::Bracketed)
     };
-    net_positions(slot.positions(), &inputs.positions, book, market, &mut scratch.net);
-    let notional = scratch
-        .net
-        .net
-        .iter()
-        .filter(|p| ins.underlying[p.instrument as usize] as usize == u)
-        .map(|p| notional_at(book, p.instrument as usize, p.quantity, market.mark_price[p.instrument as usize], market.settlement_price[p.instrument as usize]))
-        .sum();
     distance_row(slot.account_id, u as u32, roots, notional, row)
 }
 
@@ -577,7 +585,7 @@ mod tests {
     #[test]
     fn illinois_finds_the_root_of_a_curve_to_the_tolerance() {
         let f = |m: f64| 0.3 - (1.0 + m).powi(3) * 0.2; // root at (1.5)^(1/3) - 1
-        let root = first_crossing(f(0.0), &axis(1.0), false, f).unwrap();
+        let root = first_crossing(f(0.0), &axis(1.0), false, 0.0, f).unwrap();
         let exact = 1.5f64.powf(1.0 / 3.0) - 1.0;
         assert!(((1.0 + root) - (1.0 + exact)).abs() <= 2e-10 * (1.0 + exact), "{root} {exact}");
     }
@@ -586,7 +594,38 @@ mod tests {
     fn the_first_crossing_is_taken_not_a_later_one() {
         // below 0 between 10% and 20% up, above again up to 60%, below beyond
         let f = |m: f64| -(m - 0.1) * (m - 0.2) * (m - 0.6);
-        let root = first_crossing(f(0.0), &axis(1.0), false, f).unwrap();
+        let root = first_crossing(f(0.0), &axis(1.0), false, 0.0, f).unwrap();
         assert!((root - 0.1).abs() <= 1e-10, "{root}");
+    }
+
+    /// ±1e-13 by the sample's index: rounding noise on an excess that is 0.
+    fn noise(m: f64) -> f64 {
+        if ((m * 1000.0).round() as i64) % 3 == 0 { -1e-13 } else { 1e-13 }
+    }
+
+    #[test]
+    fn rounding_below_zero_is_not_a_crossing() {
+        // an excess falling to 0 by 20% up and resting there, as noise: no crossing
+        let level = 1e-12;
+        let rests = |m: f64| if m < 0.2 { 100.0 * (0.2 - m) } else { noise(m) };
+        assert_eq!(first_crossing(rests(0.0), &axis(1.0), false, level, rests), None);
+        // the same, then falling from 40% up: the crossing is where it leaves 0, to rounding
+        let falls = |m: f64| if m < 0.2 { 100.0 * (0.2 - m) } else if m < 0.4 { noise(m) } else { -100.0 * (m - 0.4) + noise(m) };
+        let root = first_crossing(falls(0.0), &axis(1.0), false, level, falls).unwrap();
+        assert!((root - 0.4).abs() <= 1e-10, "{root}");
+        // without the level the first sample rounding below 0 was taken
+        let noisy = first_crossing(falls(0.0), &axis(1.0), false, 0.0, falls).unwrap();
+        assert!(noisy < 0.4 - 0.01, "{noisy}");
+        // closed form: a line that reaches 0 and rests there, then falls
+        let bp = [0.2, 0.3, 0.4, 0.5];
+        let line = |m: f64| if m <= 0.2 { 100.0 * (0.2 - m) } else if m <= 0.4 { -1e-13 } else { -100.0 * (m - 0.4) - 1e-13 };
+        let root = first_crossing(line(0.0), &bp, true, level, line).unwrap();
+        assert!((root - 0.4).abs() <= 1e-12, "{root}");
+    }
+
+    #[test]
+    fn an_excess_tending_to_zero_from_above_has_no_crossing() {
+        let f = |m: f64| 1e-3 * (1.0 + m).powi(4);
+        assert_eq!(first_crossing(f(0.0), &axis(-1.0), false, 1e-12, f), None);
     }
 }
