@@ -1,6 +1,6 @@
 """me.forecast_margin: the simulated paths are filtered historical simulation (each day's moves are
 past standardized returns of one common date, revolatilized by the EWMA along the path), the
-engine is called once per path and day, the counts and shortfall equal an independent computation
+engine margins every path and day (in blocks), the counts and shortfall equal an independent computation
 from the paths' moves, the tail accounts, the forecast-driven rebalance; real data; bad inputs."""
 
 from __future__ import annotations
@@ -101,14 +101,18 @@ def test_counts_and_shortfall_equal_an_independent_computation(monkeypatch):
     balances = pa.table({"account_id": [1, 2, 3, 4], "asset": ["USD"] * 4, "amount": cash})
     import margin_engine.api as api
 
-    calls = []
-    real = api.liquidation_scan
+    from margin_engine import _core
+
+    calls, passes = [], []
+    real, real_pass = api.liquidation_scan, _core.stressed_paths
     monkeypatch.setattr(api, "liquidation_scan", lambda *a, **k: calls.append(k.get("stress")) or real(*a, **k))
+    monkeypatch.setattr(_core, "stressed_paths", lambda *a, **k: passes.append(len(a[5])) or real_pass(*a, **k))
     ticks = []
     fc = me.forecast_margin(_book(), positions, balances, _market(prices), prices, days=4, paths=100, lookback="800d",
                             model="standard", tail=0.95, progress=lambda d, t: ticks.append((d, t)))  # fmt: skip
-    assert len(calls) == 1 + 100 * 4 + 5 and calls[0] is None  # today, every path × day, the 5 tail paths again
-    assert ticks[-1] == (400, 400)
+    assert calls == [None]  # today's scan; the paths are margined by the engine's path pass
+    assert passes == [248, 152, 5]  # blocks of 62 paths x 4 days, then the 5 tail paths' last day
+    assert ticks == [(248, 400), (400, 400)]
     by = {(r["path"], r["day"], r["underlying"]): r["move"] for r in fc.moves.to_pylist()}
     qa = {1: 1.0, 2: -1.0, 3: 0.0, 4: 0.5}
     qb = {1: 0.0, 2: 0.0, 3: 20.0, 4: -5.0}
@@ -235,6 +239,16 @@ def test_forecast_bad_inputs():
     with pytest.raises(me.MarginInputError) as e:
         me.forecast_margin(_book(), positions, balances, "market", prices)
     assert e.value.column == "market"
+    # isolated positions are refused by name; a margin_mode column of cross positions only is read
+    isolated = positions.append_column("margin_mode", pa.array(["isolated"]))
+    with pytest.raises(me.MarginInputError) as e:
+        me.forecast_margin(_book(), isolated, balances, _market(prices), prices, lookback="800d")
+    assert (e.value.table, e.value.column, e.value.offenders) == ("positions", "margin_mode", ["account 1 AAA-PERP"])
+    cross = positions.append_column("margin_mode", pa.array(["cross"]))
+    kw = {"lookback": "800d", "days": 2, "paths": 10, "model": "standard"}
+    assert me.forecast_margin(_book(), cross, balances, _market(prices), prices, **kw).paths.equals(
+        me.forecast_margin(_book(), positions, balances, _market(prices), prices, **kw).paths
+    )
 
 
 def test_unpriced_underlyings_held_at_todays_price():

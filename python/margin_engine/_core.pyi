@@ -230,3 +230,14 @@ class LiveBook:
     def journal(self) -> bool: ...
     @staticmethod
     def _set_failpoint(name: str | None = None, delay_us: int = 0, fd: int = -1) -> None: ...
+def stressed_paths(
+    book: Book,
+    market: Market,
+    positions: Any,
+    balances: Any,
+    underlyings: list[str],
+    moves: list[list[float]],
+    days: int,
+    model: str = "standard",
+    threads: int | None = None,
+) -> tuple[Any, Any]: ...

@@ -4,8 +4,10 @@ Simulated paths of the underlyings over the next days, the book margined by the 
 each: filtered historical simulation (each day's standardized returns of every underlying drawn
 together from one past date of the lookback, so cross-asset co-movement and fat tails come from
 history; the volatility updated along the path by the EWMA or the fitted GARCH(1,1)). Each
-(path, day) is one bulk :func:`margin_engine.liquidation_scan` under the stress of that path's
-cumulative moves. Out come the per-day distributions of margin calls, liquidations and shortfall,
+(path, day) is the book margined under the stress of that path's cumulative moves, each
+account's row the one :func:`margin_engine.liquidation_scan` gives under that stress; the engine
+margins every account under a block of scenarios in one pass (``margin_core::paths``) and hands
+back only the totals, not a table per scenario. Out come the per-day distributions of margin calls, liquidations and shortfall,
 the accounts that drive the tail, and a forecast-driven :func:`margin_engine.rebalance`.
 """
 
@@ -138,6 +140,52 @@ class Forecast:
         )
 
 
+_SCENARIOS_PER_CALL = 250
+"""Scenarios margined per engine call: the progress callback runs between calls."""
+
+
+def _cross_positions(book: Any, positions: Any) -> Any:
+    """``positions`` without a ``margin_mode`` column; isolated positions are refused (their
+    rows would be liquidation-queue rows of their own, which the per-account results of the
+    forecast do not have yet)."""
+    from margin_engine import isolated as _isolated
+
+    split = _isolated.split(book, positions, None)
+    if split is None:
+        return positions
+    if split.any_isolated:
+        keys = split.keys
+        raise input_error(
+            "positions", "margin_mode", "forecast_margin margins cross accounts only; isolated positions are not forecast yet",
+            [f"account {a} {i}" for a, i in zip(keys.column("account_id").to_pylist()[:10], keys.column("instrument").to_pylist()[:10])],
+        )  # fmt: skip
+    return split.cross
+
+
+def _margin_along(
+    book: Any, positions: Any, balances: Any, market: Any, model: str, threads: Any, held: list[str], moves: np.ndarray, days: int
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Every account under each row of ``moves`` (scenario × held underlying; ``days`` rows a
+    path) in one engine pass: per-scenario totals (``margin_call``, ``liquidatable`` with
+    bankrupt, ``bankrupt``, ``shortfall``, ``call_amount``) and per account (by ``account_id``)
+    the paths liquidatable on the last day / on any day and the shortfall summed over the
+    scenarios. The rows are those of ``liquidation_scan(stress=)`` under each scenario."""
+    from margin_engine import _core
+    from margin_engine._inputs import arrow_input
+    from margin_engine.api import _checked
+
+    core_book, core_market, model, threads, _ = _checked(book, market, model, threads)
+    totals, accounts = _core.stressed_paths(
+        core_book, core_market, arrow_input(positions, "positions"), arrow_input(balances, "balances"),
+        list(held), np.ascontiguousarray(moves, dtype=np.float64).tolist(), int(days), model, threads,
+    )  # fmt: skip
+    t, a = pa.table(totals), pa.table(accounts)
+    return (
+        {k: t.column(k).to_numpy().astype(np.float64) for k in ("margin_call", "liquidatable", "bankrupt", "shortfall", "call_amount")},
+        {k: a.column(k).to_numpy() for k in ("account_id", "liquidatable_last", "liquidatable_any", "shortfall")},
+    )
+
+
 def forecast_margin(
     book: Any,
     positions: Any,
@@ -174,7 +222,10 @@ def forecast_margin(
     ``method``: ``"fhs"`` (EWMA filter, λ = ``decay`` a day) or ``"garch"`` (GARCH(1,1) fitted by
     ``arch`` per underlying over the ``lookback``). Each day of each path draws one past date of the
     lookback (common to all underlyings) and takes its standardized returns, times the path's
-    current vol. ``paths × days`` bulk engine calls; ``progress(done, total)`` after each.
+    current vol. The engine margins the book ``paths × days`` times (blocks of 250 scenarios a
+    pass, each account's row the one ``liquidation_scan(stress=)`` gives); ``progress(done,
+    total)`` after each block, in scenarios. Positions with a ``margin_mode`` column: cross
+    positions only (isolated ones raise ``MarginInputError``, not forecast yet).
     ``seed``: the draws (same seed, same forecast). ``unpriced="hold"``: underlyings without a
     history stay at today's prices along every path (``Forecast.held_constant``) instead of raising.
 
@@ -264,6 +315,7 @@ def forecast_margin(
         else:
             var = lam * var + (1.0 - lam) * r * r
 
+    positions = _cross_positions(book, positions)
     base = liquidation_scan(book, positions, balances, market, model=model, threads=threads).sort_by("account_id")
     ids = base.column("account_id").to_numpy()
     counts0 = _status_counts(base)
@@ -276,38 +328,25 @@ def forecast_margin(
     stats = {k: np.zeros((paths, days)) for k in ("margin_call", "liquidatable", "bankrupt", "shortfall", "call_amount")}
     liq_last = np.zeros(ids.size, dtype=np.int64)
     liq_any = np.zeros(ids.size, dtype=np.int64)
-    total, done = paths * days, 0
-    for p in range(paths):
-        any_path = np.zeros(ids.size, dtype=bool)
-        for d in range(days):
-            stress = {u: float(moves[p, d, j]) for j, u in enumerate(held)}
-            scan = liquidation_scan(book, positions, balances, market, model=model, stress=stress, threads=threads)
-            counts = _status_counts(scan)
-            n_liq = counts.get("liquidatable", 0) + counts.get("bankrupt", 0)
-            stats["margin_call"][p, d] = counts.get("margin_call", 0)
-            stats["liquidatable"][p, d] = n_liq
-            stats["bankrupt"][p, d] = counts.get("bankrupt", 0)
-            stats["shortfall"][p, d] = scan.column("shortfall").to_numpy().sum()
-            gap = scan.column("initial_margin").to_numpy() - scan.column("collateral_initial").to_numpy()
-            stats["call_amount"][p, d] = np.maximum(gap, 0.0).sum()
-            if n_liq:  # the scan lists bankrupt then liquidatable accounts first
-                where = np.searchsorted(ids, scan.column("account_id").slice(0, n_liq).to_numpy())
-                any_path[where] = True
-                if d == days - 1:
-                    liq_last[where] += 1
-            done += 1
-            if progress is not None:
-                progress(done, total)
-        liq_any += any_path
+    # one engine pass per block of whole paths (the progress callback between blocks)
+    block = max(1, _SCENARIOS_PER_CALL // days)
+    for first in range(0, paths, block):
+        last = min(paths, first + block)
+        totals, per_account = _margin_along(book, positions, balances, market, model, threads, held, moves[first:last].reshape(-1, n_u), days)
+        for k in stats:
+            stats[k][first:last] = totals[k].reshape(last - first, days)
+        if not np.array_equal(per_account["account_id"], ids):  # the engine's rows are the scan's accounts
+            raise RuntimeError("forecast: the engine's accounts differ from the scan's")
+        liq_last += per_account["liquidatable_last"]
+        liq_any += per_account["liquidatable_any"]
+        if progress is not None:
+            progress(last * days, paths * days)
 
     # the tail: the worst (1 − tail) share of paths by total shortfall on the last day
     n_tail = max(1, int(math.ceil((1.0 - tail) * paths - 1e-9)))  # 1e-9: (1 − 0.95)·100 is 5.000000000000004
     tail_paths = np.argsort(-stats["shortfall"][:, -1], kind="stable")[:n_tail]
-    tail_sum = np.zeros(ids.size)
-    for p in tail_paths:
-        stress = {u: float(moves[p, days - 1, j]) for j, u in enumerate(held)}
-        scan = liquidation_scan(book, positions, balances, market, model=model, stress=stress, threads=threads)
-        tail_sum[np.searchsorted(ids, scan.column("account_id").to_numpy())] += scan.column("shortfall").to_numpy()
+    _, per_account = _margin_along(book, positions, balances, market, model, threads, held, moves[tail_paths, days - 1, :], 1)
+    tail_sum = per_account["shortfall"]
     tail_mean = tail_sum / n_tail
     order = np.argsort(-tail_mean, kind="stable")[:top]
     order = order[tail_mean[order] > 0] if (tail_mean[order] > 0).any() else order[:0]

@@ -26,6 +26,7 @@ from .black76 import Black76, black76, black76_scalar
 from .greeks import greeks
 from .isolated import isolated_margin
 from .liquidation import liquidation_distance, liquidation_distance_grid, liquidation_map, liquidation_prices, liquidation_scan
+from .paths import stressed_paths
 from .plan import liquidation_plan
 from .portfolio import risk_arrays
 from .results import margin
@@ -43,6 +44,7 @@ __all__ = [
     "liquidation_prices",
     "liquidation_plan",
     "liquidation_scan",
+    "stressed_paths",
     "margin",
     "risk_arrays",
     "WhatIfResult",

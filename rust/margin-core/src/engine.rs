@@ -273,7 +273,7 @@ fn margin_rows(book: &Book, base: &Market, stress: Option<&Stress>, risk: Option
     Ok(rows)
 }
 
-fn check_duplicates(book: &Book, mut duplicates: Vec<(u64, u32)>) -> Result<()> {
+pub(crate) fn check_duplicates(book: &Book, mut duplicates: Vec<(u64, u32)>) -> Result<()> {
     duplicates.sort_unstable(); // found by many threads: report in account order
     let mut dup = Offenders::default();
     for (account_id, asset) in duplicates {
@@ -405,7 +405,7 @@ fn check_finite(rows: &[AccountRow]) -> Result<()> {
     report_overflow(rows.iter().filter(|r| !r.is_finite()).map(|r| r.account_id).collect())
 }
 
-fn report_overflow(mut accounts: Vec<u64>) -> Result<()> {
+pub(crate) fn report_overflow(mut accounts: Vec<u64>) -> Result<()> {
     accounts.sort_unstable(); // found by many threads: report in account order
     let mut bad = Offenders::default();
     for account in accounts {

@@ -27,4 +27,4 @@ pub use input::{accounts, book, market, rows, table};
 pub use models::{orders, portfolio, standard, standard_rules};
 pub use output::{results, trace};
 pub use pricing::{black76, greeks, valuation};
-pub use risk::{hedge, isolated, liquidation, plan, roots, stress, whatif};
+pub use risk::{hedge, isolated, liquidation, paths, plan, roots, stress, whatif};

@@ -401,6 +401,40 @@ fn liquidation_scan(
     to_table(batch)
 }
 
+/// Every account under every scenario of simulated paths (`moves[s][j]`: the move of
+/// `underlyings[j]` in scenario `s`, `days` scenarios a path), summarized: per-scenario totals
+/// and per-account path counts (see `margin_core::paths`).
+#[pyfunction]
+#[pyo3(signature = (book, market, positions, balances, underlyings, moves, days, model="standard", threads=None))]
+#[allow(clippy::too_many_arguments)]
+fn stressed_paths(
+    py: Python<'_>,
+    book: &Book,
+    market: &Market,
+    positions: &Bound<'_, PyAny>,
+    balances: &Bound<'_, PyAny>,
+    underlyings: Vec<String>,
+    moves: Vec<Vec<f64>>,
+    days: usize,
+    model: &str,
+    threads: Option<usize>,
+) -> PyResult<(PyTable, PyTable)> {
+    let model = parse_model(model)?;
+    let (totals, accounts) = with_accounts(py, book, market, positions, Some(balances), threads, |book, market, inputs| {
+        let mut by_underlying = Vec::with_capacity(moves.len());
+        for (s, row) in moves.iter().enumerate() {
+            if row.len() != underlyings.len() {
+                return Err(InputError::new("arguments", "moves", format!("scenario {s} has {} moves for {} underlyings", row.len(), underlyings.len())));
+            }
+            let named: Vec<(String, f64)> = underlyings.iter().cloned().zip(row.iter().copied()).collect();
+            by_underlying.push(stress::moves_by_underlying(&book, &named)?);
+        }
+        let (totals, accounts) = margin_core::paths::stressed_paths(&book, &market, &inputs, model, &by_underlying, days)?;
+        Ok((results::scenario_totals_batch(&totals), results::account_totals_batch(&accounts)))
+    })?;
+    Ok((to_table(totals)?, to_table(accounts)?))
+}
+
 /// Distance to liquidation per account × underlying (§8): the exact roots (docs/liquidation.md §3).
 #[pyfunction]
 #[pyo3(signature = (book, market, positions, balances, model="standard", threads=None))]
@@ -716,6 +750,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Market>()?;
     m.add_function(wrap_pyfunction!(margin, m)?)?;
     m.add_function(wrap_pyfunction!(greeks, m)?)?;
+    m.add_function(wrap_pyfunction!(stressed_paths, m)?)?;
     m.add_function(wrap_pyfunction!(risk_arrays, m)?)?;
     m.add_function(wrap_pyfunction!(scenario_losses, m)?)?;
     m.add_function(wrap_pyfunction!(liquidation_scan, m)?)?;

@@ -673,3 +673,45 @@ pub fn scenario_risk_arrays_batch(book: &Book, rows: &[(u32, u32, f64)]) -> Reco
     }
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("columns match the schema")
 }
+
+/// [`crate::paths::stressed_paths`]'s per-scenario totals: `scenario` (path × days + day),
+/// `margin_call`, `liquidatable` (bankrupt included), `bankrupt`, `shortfall`, `call_amount`.
+pub fn scenario_totals_batch(t: &crate::paths::ScenarioTotals) -> RecordBatch {
+    let n = t.shortfall.len() as u64;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("scenario", DataType::UInt64, false),
+        Field::new("margin_call", DataType::UInt64, false),
+        Field::new("liquidatable", DataType::UInt64, false),
+        Field::new("bankrupt", DataType::UInt64, false),
+        f64_field("shortfall"),
+        f64_field("call_amount"),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt64Array::from_iter_values(0..n)),
+        Arc::new(UInt64Array::from(t.margin_call.clone())),
+        Arc::new(UInt64Array::from(t.liquidatable.clone())),
+        Arc::new(UInt64Array::from(t.bankrupt.clone())),
+        Arc::new(Float64Array::from(t.shortfall.clone())),
+        Arc::new(Float64Array::from(t.call_amount.clone())),
+    ];
+    RecordBatch::try_new(schema, columns).expect("columns match the schema by construction")
+}
+
+/// [`crate::paths::stressed_paths`]'s per-account results, in account order: `account_id`,
+/// `liquidatable_last`, `liquidatable_any` (paths), `shortfall` (summed over the scenarios).
+pub fn account_totals_batch(t: &crate::paths::AccountTotals) -> RecordBatch {
+    use arrow_array::UInt32Array;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("account_id", DataType::UInt64, false),
+        Field::new("liquidatable_last", DataType::UInt32, false),
+        Field::new("liquidatable_any", DataType::UInt32, false),
+        f64_field("shortfall"),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt64Array::from(t.account_id.clone())),
+        Arc::new(UInt32Array::from(t.liquidatable_last.clone())),
+        Arc::new(UInt32Array::from(t.liquidatable_any.clone())),
+        Arc::new(Float64Array::from(t.shortfall.clone())),
+    ];
+    RecordBatch::try_new(schema, columns).expect("columns match the schema by construction")
+}
