@@ -123,6 +123,8 @@ struct Context<'a> {
 struct RootScratch {
     net: Scratch,
     grouped: Vec<(u32, NetPosition)>,
+    /// The account's exposed underlyings.
+    exposed: Vec<u32>,
     linked_u: Vec<(usize, f64)>,
     arrays: Vec<f64>,
     pnl: Vec<f64>,
@@ -321,34 +323,113 @@ pub fn exact_distances(book: &Book, market: &Market, inputs: &Inputs, model: Mod
     let scenarios = (model == Model::Portfolio && !full).then(|| book.underlyings.risk.iter().map(scenarios).collect());
     let (up, down) = if model == Model::Portfolio { (dense_axis(1.0), dense_axis(-1.0)) } else { (axis(1.0), axis(-1.0)) };
     let ctx = Context { book, market, scenarios, up, down };
+    let used = inputs.positions.used_instruments(ins.len());
+    if !full {
+        return incremental_distances(&ctx, inputs, rows, &used);
+    }
     let exposures = exposures(book, market, inputs);
     let mut touched = vec![false; n_underlyings];
     for u in exposures.iter().flatten() {
         touched[*u as usize] = true;
     }
-    let used = inputs.positions.used_instruments(ins.len());
     let mut out: Vec<(usize, DistanceRow)> = Vec::new();
     for u in (0..n_underlyings).filter(|u| touched[*u]) {
         let accounts: Vec<usize> = (0..inputs.slots.len()).into_par_iter().filter(|i| exposures[*i].binary_search(&(u as u32)).is_ok()).collect();
-        let found: Vec<(usize, DistanceRow)> = if full {
-            let build = |points: &[f64]| -> Vec<Moved> { points.par_iter().map(|m| Moved::new(book, market, model, u, *m)).collect() };
-            let at = [build(&ctx.down), build(&ctx.up)];
-            accounts
-                .par_iter()
-                .map_init(AccountScratch::default, |scratch, &i| (i, full_account_row(&ctx, model, inputs, u, &at, &inputs.slots[i], &rows[i], scratch)))
-                .collect()
-        } else {
-            let cache = AxisValues::new(&ctx, u, &used);
-            accounts
-                .par_iter()
-                .map_init(RootScratch::default, |s, &i| (i, account_row(&ctx, &cache, inputs, u, &inputs.slots[i], &rows[i], s)))
-                .collect()
-        };
+        let build = |points: &[f64]| -> Vec<Moved> { points.par_iter().map(|m| Moved::new(book, market, model, u, *m)).collect() };
+        let at = [build(&ctx.down), build(&ctx.up)];
+        let found: Vec<(usize, DistanceRow)> = accounts
+            .par_iter()
+            .map_init(AccountScratch::default, |scratch, &i| (i, full_account_row(&ctx, model, inputs, u, &at, &inputs.slots[i], &rows[i], scratch)))
+            .collect();
         out.extend(found);
     }
     // found underlying by underlying: a stable sort by account keeps each account's in order
     out.par_sort_by_key(|(i, _)| *i);
     out.into_iter().map(|(_, d)| d).collect()
+}
+
+/// Bytes of axis values held at once by [`incremental_distances`]: underlyings are taken in
+/// batches whose caches fit (one batch on most books).
+const CACHE_BUDGET: usize = 256 << 20;
+
+/// Accounts taken together per batch of underlyings under the incremental evaluator.
+const ACCOUNT_CHUNK: usize = 1024;
+
+/// [`exact_distances`] with the incremental evaluator: the axis values of a batch of
+/// underlyings are built first; then each account is netted and grouped once and its row on
+/// every underlying of the batch it is exposed to is found (in underlying order, so the rows
+/// come out by account, then underlying).
+fn incremental_distances(ctx: &Context, inputs: &Inputs, rows: &[AccountRow], used: &[bool]) -> Vec<DistanceRow> {
+    let book = ctx.book;
+    let ins = &book.instruments;
+    let n_underlyings = book.underlyings.names.len();
+    let points = ctx.up.len() + ctx.down.len();
+    let bytes = |u: usize| {
+        let held = (0..ins.len()).filter(|id| used[*id] && ins.underlying[*id] as usize == u).count();
+        let n_scenarios = ctx.scenarios.as_ref().map_or(0, |s| s[u].len());
+        held * points * (1 + n_scenarios) * 8
+    };
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    let mut size = 0;
+    for u in 0..n_underlyings {
+        let b = bytes(u);
+        if batches.is_empty() || size + b > CACHE_BUDGET {
+            batches.push(Vec::new());
+            size = 0;
+        }
+        batches.last_mut().expect("pushed above").push(u);
+        size += b;
+    }
+    let mut out: Vec<(usize, DistanceRow)> = Vec::new();
+    for batch in &batches {
+        let mut in_batch = vec![false; n_underlyings];
+        for &u in batch {
+            in_batch[u] = true;
+        }
+        let caches: Vec<Option<AxisValues>> = (0..n_underlyings).map(|u| in_batch[u].then(|| AxisValues::new(ctx, u, used))).collect();
+        let found: Vec<Vec<(usize, DistanceRow)>> = inputs
+            .slots
+            .par_chunks(ACCOUNT_CHUNK)
+            .enumerate()
+            .map_init(RootScratch::default, |s, (c, slots)| {
+                let mut found = Vec::new();
+                for (k, slot) in slots.iter().enumerate() {
+                    let i = c * ACCOUNT_CHUNK + k;
+                    net_positions(slot.positions(), &inputs.positions, book, ctx.market, &mut s.net);
+                    group_by_underlying(book, &s.net.net, &mut s.grouped);
+                    exposed_underlyings(book, inputs, slot, &s.grouped, &mut s.exposed);
+                    for j in 0..s.exposed.len() {
+                        let u = s.exposed[j] as usize;
+                        if let Some(cache) = &caches[u] {
+                            found.push((i, account_row(ctx, cache, inputs, u, slot, &rows[i], s)));
+                        }
+                    }
+                }
+                found
+            })
+            .collect();
+        out.extend(found.into_iter().flatten());
+    }
+    if batches.len() > 1 {
+        // found batch by batch: a stable sort by account keeps each account's in order
+        out.par_sort_by_key(|(i, _)| *i);
+    }
+    out.into_iter().map(|(_, d)| d).collect()
+}
+
+/// An account's exposed underlyings, ascending, from its grouped netted positions and its
+/// balances (the linked underlyings of non-zero balances): [`exposures`]' rule.
+fn exposed_underlyings(book: &Book, inputs: &Inputs, slot: &AccountSlot, grouped: &[(u32, NetPosition)], out: &mut Vec<u32>) {
+    out.clear();
+    out.extend(grouped.iter().map(|(u, _)| *u));
+    for r in slot.balances() {
+        let a = inputs.balances.asset[r] as usize;
+        if let (Some(u), true) = (book.assets.underlying[a], inputs.balances.amount[r] != 0.0) {
+            out.push(u);
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
 }
 
 /// Each account's exposed underlyings, ascending.
@@ -429,12 +510,11 @@ impl AxisValues {
 /// An axis point: side (0 down, 1 up) and index into [`axis`].
 type AxisPoint = Option<(usize, usize)>;
 
-/// The exact distance row of one account on underlying `u` (the incremental evaluator).
+/// The exact distance row of one account on underlying `u` (the incremental evaluator), from
+/// its positions netted in `s.net` and grouped by underlying in `s.grouped`.
 fn account_row(ctx: &Context, cache: &AxisValues, inputs: &Inputs, u: usize, slot: &AccountSlot, row: &AccountRow, s: &mut RootScratch) -> DistanceRow {
     let (book, market) = (ctx.book, ctx.market);
     let ins = &book.instruments;
-    net_positions(slot.positions(), &inputs.positions, book, market, &mut s.net);
-    group_by_underlying(book, &s.net.net, &mut s.grouped);
     let start = s.grouped.partition_point(|(g, _)| (*g as usize) < u);
     let end = s.grouped.partition_point(|(g, _)| *g as usize <= u);
     let positions = &s.grouped[start..end];
