@@ -396,7 +396,11 @@ fn ordered_holdings(p: &ScenarioPortfolio, items: &mut Vec<(i64, Held)>) {
 /// Holding by holding over all rows, each row's terms added in that order (as row by row).
 fn risk_array_pnls(p: &ScenarioPortfolio, pres: &[ExpiryPrecompute], held: &[(i64, Held)], m: &ScenarioMethodology, v: &impl OptionValues, pnls: &mut Vec<f64>) {
     let rows = &m.scenarios;
-    pnls.extend(rows.iter().map(|row| if p.perp_quantity != 0.0 { p.perp_quantity * ((row.spot_factor() - 1.0) * p.perp_mark) } else { 0.0 }));
+    if p.perp_quantity != 0.0 {
+        pnls.extend(rows.iter().map(|row| p.perp_quantity * ((row.spot_factor() - 1.0) * p.perp_mark)));
+    } else {
+        pnls.resize(rows.len(), 0.0);
+    }
     for (_, h) in held {
         match h.resolve(p) {
             HeldRef::Linear(l) => {
@@ -670,29 +674,42 @@ fn first_max(a: f64, b: f64) -> f64 {
 }
 
 /// The `max_of_groups` rule's `(IM, MM)` requirements.
-fn max_of_group_requirements(p: &ScenarioPortfolio, held: &[(i64, Held)], pnls: &[f64], basis: f64, cont: &Contingencies, m: &ScenarioMethodology) -> Result<(f64, f64)> {
+/// The lowest row P&Ls, found in one pass over the rows: the worst loss (from the basis
+/// charge: the first row below it, then any row lower still) and its row, and the lowest P&L of
+/// the regular and of the extreme rows (Python's `min`: the first unless a later one is smaller;
+/// `None` without such rows).
+struct RowMinima {
+    worst: f64,
+    worst_row: Option<usize>,
+    regular: Option<f64>,
+    extreme: Option<f64>,
+}
+
+impl RowMinima {
+    fn of(rows: &[ScenarioRow], pnls: &[f64], basis: f64) -> RowMinima {
+        let (mut worst, mut worst_row) = (basis, None);
+        let (mut regular, mut extreme) = (None::<f64>, None::<f64>);
+        for (i, (r, &v)) in rows.iter().zip(pnls).enumerate() {
+            if v < worst {
+                worst = v;
+                worst_row = Some(i);
+            }
+            let low = if r.extreme { &mut extreme } else { &mut regular };
+            match low {
+                Some(w) if !(v < *w) => {}
+                _ => *low = Some(v),
+            }
+        }
+        RowMinima { worst, worst_row, regular, extreme }
+    }
+}
+
+fn max_of_group_requirements(p: &ScenarioPortfolio, held: &[(i64, Held)], minima: &RowMinima, basis: f64, cont: &Contingencies, m: &ScenarioMethodology) -> Result<(f64, f64)> {
     let mg = m
         .max_of_groups
         .as_ref()
         .ok_or_else(|| InputError::new("methodology", "max_of_groups", "combination max_of_groups needs the max_of_groups parameters"))?;
-    // the lowest P&L of the regular and of the extreme rows (Python's `min`: the first unless a
-    // later one is smaller), in one pass
-    let (mut regular, mut extreme_low) = (f64::NAN, f64::NAN);
-    let (mut any_regular, mut any_extreme) = (false, false);
-    for (r, &v) in m.scenarios.iter().zip(pnls) {
-        if r.extreme {
-            if !any_extreme || v < extreme_low {
-                extreme_low = v;
-            }
-            any_extreme = true;
-        } else {
-            if !any_regular || v < regular {
-                regular = v;
-            }
-            any_regular = true;
-        }
-    }
-    let (regular, extreme_low) = (any_regular.then_some(regular), any_extreme.then_some(extreme_low));
+    let (regular, extreme_low) = (minima.regular, minima.extreme);
     let mut scan = regular.map_or(0.0, |w| first_max(0.0, -w));
     if m.basis_contingency.is_some() {
         scan = first_max(scan, -basis);
@@ -811,13 +828,8 @@ fn evaluate(p: &ScenarioPortfolio, m: &ScenarioMethodology, v: &impl OptionValue
     }
 
     let basis = pres.iter().fold(0.0, |a, x| a + x.basis_charge);
-    let (mut worst, mut worst_row) = (basis, None);
-    for (i, &v) in pnls.iter().enumerate() {
-        if v < worst {
-            worst = v;
-            worst_row = Some(i);
-        }
-    }
+    let minima = RowMinima::of(&m.scenarios, pnls, basis);
+    let (worst, worst_row) = (minima.worst, minima.worst_row);
 
     let cont = contingencies_with(p, m, pres, v, &mut buffers.deltas)?;
     let im_factor = initial_loss_factor(p, m);
@@ -825,7 +837,7 @@ fn evaluate(p: &ScenarioPortfolio, m: &ScenarioMethodology, v: &impl OptionValue
     let equity = mtm + p.cash;
     let (im, mm, im_req, mm_req) = match m.combination {
         Combination::MaxOfGroups => {
-            let (im_req, mm_req) = max_of_group_requirements(p, held, pnls, basis, &cont, m)?;
+            let (im_req, mm_req) = max_of_group_requirements(p, held, &minima, basis, &cont, m)?;
             (equity - im_req, equity - mm_req, im_req, mm_req)
         }
         Combination::LossFactor => (
