@@ -340,12 +340,27 @@ impl Pricing<'_> {
         orders: Option<(&Orders, std::ops::Range<usize>)>,
         scratch: &mut AccountScratch,
     ) -> std::result::Result<AccountRow, u32> {
+        net_positions(slot.positions(), positions, self.book, self.base, &mut scratch.net);
+        self.account_netted(slot, balances, extra_pnl, orders, scratch)
+    }
+
+    /// [`Pricing::account_full`] of an account whose positions are already netted at the base
+    /// market in `scratch.net` (by [`net_positions`]): a caller margining one account under many
+    /// stresses nets it once and restores `scratch.net.net` before each call (a stress revalues
+    /// the netted positions in place).
+    pub fn account_netted(
+        &self,
+        slot: &AccountSlot,
+        balances: &Balances,
+        extra_pnl: f64,
+        orders: Option<(&Orders, std::ops::Range<usize>)>,
+        scratch: &mut AccountScratch,
+    ) -> std::result::Result<AccountRow, u32> {
         let book = self.book;
         let (market, asset_price) = match self.stress {
             Some(s) => (s.market, s.asset_price),
             None => (self.base, &book.assets.price[..]),
         };
-        net_positions(slot.positions(), positions, book, self.base, &mut scratch.net);
         if self.stress.is_some() {
             for p in scratch.net.net.iter_mut() {
                 *p = revalue(book, self.base, market, p);

@@ -6,7 +6,8 @@
 //! `s / days`. Each account's row under a scenario is exactly the row
 //! `liquidation_scan(stress=)` gives ([`Pricing::account_in`] in the moved market), so what is
 //! summed here is what a loop of bulk scans would sum, without building, sorting and handing
-//! over a table per scenario.
+//! over a table per scenario, and with each account's positions netted once (at today's market,
+//! as every scenario nets them) rather than once per scenario.
 //!
 //! Per scenario: the number of accounts on margin call, liquidatable (bankrupt included) and
 //! bankrupt, the total shortfall and the total margin call amount `Σ max(IM − collateral_initial,
@@ -29,11 +30,12 @@ use crate::market::Market;
 use crate::portfolio::RiskArrays;
 use crate::results::Status;
 use crate::stress::{stress_asset_prices, stress_market};
+use crate::valuation::{net_positions, NetPosition};
 
 /// Accounts summed together before their sums are added in order.
 pub const CHUNK: usize = 512;
 /// Largest number of scenarios margined per pass over the accounts.
-pub const BLOCK: usize = 256;
+pub const BLOCK: usize = 64;
 
 /// Per-scenario totals, in scenario order.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -172,10 +174,16 @@ fn chunk(
         .zip(&stresses)
         .map(|(m, stress)| Pricing { book, base: market, stress: Some(stress), risk: m.risk.as_ref() })
         .collect();
+    let mut netted: Vec<NetPosition> = Vec::new();
     for (i, slot) in slots.iter().enumerate() {
+        // netted once at today's market; each scenario revalues a copy
+        net_positions(slot.positions(), &inputs.positions, book, market, &mut scratch.net);
+        netted.clone_from(&scratch.net.net);
+        let orders = inputs.orders.as_ref().map(|o| (o, o.rows_of(slot.account_id)));
         let mut liquidatable_on_path = false;
         for (k, pricing) in pricings.iter().enumerate() {
-            let row = match pricing.account_in(slot, inputs, scratch) {
+            scratch.net.net.clone_from(&netted);
+            let row = match pricing.account_netted(slot, &inputs.balances, 0.0, orders.clone(), scratch) {
                 Ok(row) => row,
                 Err(asset) => {
                     out.duplicates.push((slot.account_id, asset));
