@@ -1,12 +1,13 @@
 """Benchmark: ``me.forecast_margin`` on a generated book beside the cost of one bulk stressed
-margin call (``liquidation_scan(..., stress=...)``), which it makes ``paths × days`` times.
+margin call (``liquidation_scan(..., stress=...)``): the forecast margins the whole book
+``paths × days`` times (in the engine's path pass, each account's row the one that call gives).
 
     pytest benches/test_bench_forecast.py --benchmark-only                 # 10,000 accounts, 20 paths x 5 days
     BENCH_FULL=1 pytest benches/test_bench_forecast.py --benchmark-only    # also 1,000,000 accounts, 1,000 x 5
 
 ``BENCH_FORECAST_PATHS`` / ``BENCH_FORECAST_DAYS`` / ``BENCH_FORECAST_SIZES`` override the
-defaults. ``extra_info`` records ``calls`` (paths × days + the tail reruns + 1) so that the forecast's
-time can be set against ``calls ×`` the single call's (``suite = "forecast"``; benches/report.py
+defaults. ``extra_info`` records ``calls`` (scenarios margined: paths × days + the tail paths'
+last day + today's scan) so that the forecast's time can be set against ``calls ×`` the single call's (``suite = "forecast"``; benches/report.py
 leaves this suite out of docs/performance.md). Needs the shared price data, or skips.
 """
 
