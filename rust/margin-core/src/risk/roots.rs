@@ -397,7 +397,7 @@ fn incremental_distances(ctx: &Context, inputs: &Inputs, rows: &[AccountRow], us
                     let i = c * ACCOUNT_CHUNK + k;
                     net_positions(slot.positions(), &inputs.positions, book, ctx.market, &mut s.net);
                     group_by_underlying(book, &s.net.net, &mut s.grouped);
-                    exposed_underlyings(book, inputs, slot, &s.grouped, &mut s.exposed);
+                    exposed_underlyings(book, inputs, slot, s.grouped.iter().map(|(u, _)| *u), &mut s.exposed);
                     for j in 0..s.exposed.len() {
                         let u = s.exposed[j] as usize;
                         if let Some(cache) = &caches[u] {
@@ -418,10 +418,10 @@ fn incremental_distances(ctx: &Context, inputs: &Inputs, rows: &[AccountRow], us
 }
 
 /// An account's exposed underlyings, ascending, from its grouped netted positions and its
-/// balances (the linked underlyings of non-zero balances): [`exposures`]' rule.
-fn exposed_underlyings(book: &Book, inputs: &Inputs, slot: &AccountSlot, grouped: &[(u32, NetPosition)], out: &mut Vec<u32>) {
+/// balances (the linked underlyings of non-zero balances).
+fn exposed_underlyings(book: &Book, inputs: &Inputs, slot: &AccountSlot, held: impl Iterator<Item = u32>, out: &mut Vec<u32>) {
     out.clear();
-    out.extend(grouped.iter().map(|(u, _)| *u));
+    out.extend(held);
     for r in slot.balances() {
         let a = inputs.balances.asset[r] as usize;
         if let (Some(u), true) = (book.assets.underlying[a], inputs.balances.amount[r] != 0.0) {
@@ -440,15 +440,8 @@ fn exposures(book: &Book, market: &Market, inputs: &Inputs) -> Vec<Vec<u32>> {
         .par_iter()
         .map_init(Scratch::default, |net, slot| {
             net_positions(slot.positions(), &inputs.positions, book, market, net);
-            let mut exposed: Vec<u32> = net.net.iter().map(|p| ins.underlying[p.instrument as usize]).collect();
-            for r in slot.balances() {
-                let a = inputs.balances.asset[r] as usize;
-                if let (Some(u), true) = (book.assets.underlying[a], inputs.balances.amount[r] != 0.0) {
-                    exposed.push(u);
-                }
-            }
-            exposed.sort_unstable();
-            exposed.dedup();
+            let mut exposed = Vec::new();
+            exposed_underlyings(book, inputs, slot, net.net.iter().map(|p| ins.underlying[p.instrument as usize]), &mut exposed);
             exposed
         })
         .collect()
