@@ -25,8 +25,8 @@ from margin_engine.calibration.forecast import _margin_along
 TOTALS = ("margin_call", "liquidatable", "bankrupt", "shortfall", "call_amount")
 
 
-def _engine(book: Any, positions: Any, balances: Any, market: Any, names: list[str], moves: np.ndarray, days: int, model: str, threads: int | None = None):
-    return _margin_along(book, positions, balances, market, model, threads, names, moves, days)
+def _engine(book: Any, positions: Any, balances: Any, market: Any, names: list[str], moves: np.ndarray, days: int, model: str, threads: int | None = None, paths_per_block: int | None = None):
+    return _margin_along(book, positions, balances, market, model, threads, names, moves, days, paths_per_block)
 
 
 def _size(example: dict[str, Any]) -> float:
@@ -64,9 +64,9 @@ def test_path_totals_match_the_reference_twin(model, data):
         assert math.isclose(accounts["shortfall"][i], w["shortfall"], rel_tol=1e-9, abs_tol=tol)
 
 
-def _generated(n: int = 2_000):
+def _generated(n: int = 2_000, methodology: str = "v1"):
     b = synthetic.generate(n, seed=11)
-    book = me.Book(b.instruments, b.assets, None, b.margin_tiers)
+    book = me.Book(b.instruments, b.assets, None, b.margin_tiers, methodology=methodology)
     market = me.Market(b.index_prices, b.marks, b.valuation_time_ns)
     return book, b.positions, b.balances, market
 
@@ -111,6 +111,22 @@ def test_path_totals_are_the_same_on_any_thread_count(model):
     for a, b in zip(one, two, strict=True):
         for k in a:
             assert np.array_equal(a[k], b[k]), k  # bit for bit, floats included
+
+
+@pytest.mark.parametrize(("model", "methodology"), [("standard", "v1"), ("portfolio", "v1"), ("portfolio", "exchange")])
+def test_path_totals_do_not_depend_on_the_block_size(model, methodology):
+    """The engine sizes its blocks of paths by the moved markets' bytes: one path a block, a few,
+    all of them, or its own choice give the same numbers to the bit."""
+    book, positions, balances, market = _generated(1_500, methodology)
+    names = list(book.underlyings)
+    days = 2
+    moves = np.random.default_rng(8).normal(0.0, 0.1, (5 * days, len(names)))
+    runs = [_engine(book, positions, balances, market, names, moves, days, model, paths_per_block=b) for b in (None, 1, 2, 5, 64)]
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other, strict=True):
+            for k in a:
+                assert np.array_equal(a[k], b[k]), k
+    assert runs[0][0]["liquidatable"].sum() > 0  # the moves do liquidate some accounts
 
 
 def test_path_pass_names_bad_arguments():

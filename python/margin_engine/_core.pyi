@@ -240,4 +240,5 @@ def stressed_paths(
     days: int,
     model: str = "standard",
     threads: int | None = None,
+    paths_per_block: int | None = None,
 ) -> tuple[Any, Any]: ...

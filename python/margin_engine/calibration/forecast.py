@@ -163,13 +163,16 @@ def _cross_positions(book: Any, positions: Any) -> Any:
 
 
 def _margin_along(
-    book: Any, positions: Any, balances: Any, market: Any, model: str, threads: Any, held: list[str], moves: np.ndarray, days: int
+    book: Any, positions: Any, balances: Any, market: Any, model: str, threads: Any, held: list[str], moves: np.ndarray, days: int,
+    paths_per_block: int | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Every account under each row of ``moves`` (scenario × held underlying; ``days`` rows a
     path) in one engine pass: per-scenario totals (``margin_call``, ``liquidatable`` with
     bankrupt, ``bankrupt``, ``shortfall``, ``call_amount``) and per account (by ``account_id``)
     the paths liquidatable on the last day / on any day and the shortfall summed over the
-    scenarios. The rows are those of ``liquidation_scan(stress=)`` under each scenario."""
+    scenarios. The rows are those of ``liquidation_scan(stress=)`` under each scenario.
+    ``paths_per_block``: paths margined per pass over the accounts (default: as many as fit in
+    the engine's cache budget); it changes no number."""
     from margin_engine import _core
     from margin_engine._inputs import arrow_input
     from margin_engine.api import _checked
@@ -177,7 +180,7 @@ def _margin_along(
     core_book, core_market, model, threads, _ = _checked(book, market, model, threads)
     totals, accounts = _core.stressed_paths(
         core_book, core_market, arrow_input(positions, "positions"), arrow_input(balances, "balances"),
-        list(held), np.ascontiguousarray(moves, dtype=np.float64).tolist(), int(days), model, threads,
+        list(held), np.ascontiguousarray(moves, dtype=np.float64).tolist(), int(days), model, threads, paths_per_block,
     )  # fmt: skip
     t, a = pa.table(totals), pa.table(accounts)
     return (

@@ -405,7 +405,7 @@ fn liquidation_scan(
 /// `underlyings[j]` in scenario `s`, `days` scenarios a path), summarized: per-scenario totals
 /// and per-account path counts (see `margin_core::paths`).
 #[pyfunction]
-#[pyo3(signature = (book, market, positions, balances, underlyings, moves, days, model="standard", threads=None))]
+#[pyo3(signature = (book, market, positions, balances, underlyings, moves, days, model="standard", threads=None, paths_per_block=None))]
 #[allow(clippy::too_many_arguments)]
 fn stressed_paths(
     py: Python<'_>,
@@ -418,6 +418,7 @@ fn stressed_paths(
     days: usize,
     model: &str,
     threads: Option<usize>,
+    paths_per_block: Option<usize>,
 ) -> PyResult<(PyTable, PyTable)> {
     let model = parse_model(model)?;
     let (totals, accounts) = with_accounts(py, book, market, positions, Some(balances), threads, |book, market, inputs| {
@@ -429,7 +430,7 @@ fn stressed_paths(
             let named: Vec<(String, f64)> = underlyings.iter().cloned().zip(row.iter().copied()).collect();
             by_underlying.push(stress::moves_by_underlying(&book, &named)?);
         }
-        let (totals, accounts) = margin_core::paths::stressed_paths(&book, &market, &inputs, model, &by_underlying, days)?;
+        let (totals, accounts) = margin_core::paths::stressed_paths_in_blocks(&book, &market, &inputs, model, &by_underlying, days, paths_per_block)?;
         Ok((results::scenario_totals_batch(&totals), results::account_totals_batch(&accounts)))
     })?;
     Ok((to_table(totals)?, to_table(accounts)?))

@@ -251,6 +251,15 @@ pub struct Market {
 }
 
 impl Market {
+    /// The size of its per-instrument and per-underlying columns, in bytes (what margining an
+    /// account may read; supplied Greeks not counted).
+    pub fn bytes(&self) -> usize {
+        let f64s = self.index_price.len() * 2
+            + self.mark_price.len() * 7
+            + self.initial_margin_rate.as_ref().map_or(0, Vec::len);
+        8 * f64s + self.expiry_feed.len() * std::mem::size_of::<Option<ExpiryFeed>>()
+    }
+
     pub fn resolve(book: &Book, tables: &MarketTables) -> Result<Market> {
         let ins = &book.instruments;
         // an exchange-wide feed may price more than this book: what the book does not know is

@@ -311,6 +311,11 @@ impl InstrumentValues {
         InstrumentValues { start, values, factors }
     }
 
+    /// The size of the stored values, in bytes.
+    pub fn bytes(&self) -> usize {
+        8 * self.values.len() + self.start.len() * std::mem::size_of::<Option<u32>>() + self.factors.len() * std::mem::size_of::<Option<ExpiryFactors>>()
+    }
+
     #[inline]
     fn at(&self, o: &OptionHolding, k: usize) -> Option<f64> {
         let s = *self.start.get(usize::try_from(o.order).ok()?)?;

@@ -130,6 +130,11 @@ impl RiskArrays {
         RiskArrays { scenarios, offset, pnl: arrays.concat(), scenario_values: None }
     }
 
+    /// The size of the arrays (or of the scenario methodology's option values), in bytes.
+    pub fn bytes(&self) -> usize {
+        8 * self.pnl.len() + self.scenario_values.as_ref().map_or(0, |v| v.bytes())
+    }
+
     /// An error naming the instruments whose scenario P&L overflows float64.
     pub fn check_finite(&self, book: &Book) -> crate::Result<()> {
         let mut bad = crate::error::Offenders::default();

@@ -16,9 +16,14 @@
 //!
 //! **Same numbers on any thread count.** Accounts are cut into fixed chunks of [`CHUNK`] slots;
 //! each chunk sums its accounts in slot order, and the chunks' sums are added in chunk order.
-//! Counts are integers. Scenarios are handled in blocks of whole paths (at most [`BLOCK`]
-//! scenarios), so the moved markets (and, for the portfolio model, their risk arrays) held at once
-//! stay small whatever the number of paths.
+//! Counts are integers. Scenarios are handled in blocks of whole paths, so the moved markets
+//! (and, for the portfolio model, their risk arrays) held at once stay small whatever the number
+//! of paths: at most [`BLOCK`] scenarios, and no more than fit in [`BLOCK_BYTES`] (at least one
+//! path). An account is margined under every scenario of a block in turn, so a block's moved
+//! markets are read once per account: kept within a cache's size they are read from cache, where a
+//! block of 64 portfolio-model markets of the generated book (1.1 MB of risk arrays each) is read
+//! from memory and costs twice as much per scenario. The block size changes no number: each
+//! account's and each scenario's sums are made in scenario order whatever the blocks.
 
 use rayon::prelude::*;
 
@@ -36,6 +41,9 @@ use crate::valuation::{net_positions, NetPosition};
 pub const CHUNK: usize = 512;
 /// Largest number of scenarios margined per pass over the accounts.
 pub const BLOCK: usize = 64;
+/// Largest size of a block's moved markets (prices and risk arrays), unless one path alone is
+/// larger: about what a core's share of the cache holds.
+pub const BLOCK_BYTES: usize = 4 << 20;
 
 /// Per-scenario totals, in scenario order.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -84,10 +92,32 @@ struct MovedMarket {
     risk: Option<RiskArrays>,
 }
 
+impl MovedMarket {
+    /// What an account's margin may read of it, in bytes.
+    fn bytes(&self) -> usize {
+        self.market.bytes() + 8 * self.asset_price.len() + self.risk.as_ref().map_or(0, RiskArrays::bytes)
+    }
+}
+
 /// Every account of `inputs` under every scenario of `moves` (`moves[s]`: the move of each book
 /// underlying, in book order, as [`crate::stress::moves_by_underlying`] gives it), `days`
 /// scenarios a path.
 pub fn stressed_paths(book: &Book, market: &Market, inputs: &Inputs, model: Model, moves: &[Vec<f64>], days: usize) -> Result<(ScenarioTotals, AccountTotals)> {
+    stressed_paths_in_blocks(book, market, inputs, model, moves, days, None)
+}
+
+/// [`stressed_paths`] with `paths_per_block` paths a block (`None`: as many as [`BLOCK`] and
+/// [`BLOCK_BYTES`] allow); the results do not depend on it (the tests check they do not).
+#[allow(clippy::too_many_arguments)]
+pub fn stressed_paths_in_blocks(
+    book: &Book,
+    market: &Market,
+    inputs: &Inputs,
+    model: Model,
+    moves: &[Vec<f64>],
+    days: usize,
+    paths_per_block: Option<usize>,
+) -> Result<(ScenarioTotals, AccountTotals)> {
     let n_u = book.underlyings.names.len();
     if days == 0 || !moves.len().is_multiple_of(days) {
         return Err(InputError::new("arguments", "days", format!("{} scenarios are not whole paths of {days} days", moves.len())));
@@ -105,20 +135,26 @@ pub fn stressed_paths(book: &Book, market: &Market, inputs: &Inputs, model: Mode
         liquidatable_any: vec![0; n],
         shortfall: vec![0.0; n],
     };
-    let paths_per_block = (BLOCK / days).max(1);
+    let moved = |m: &Vec<f64>| {
+        let moved = stress_market(book, market, m);
+        let risk = (model == Model::Portfolio).then(|| RiskArrays::new(book, &moved));
+        MovedMarket { asset_price: stress_asset_prices(book, m), market: moved, risk }
+    };
+    let paths_per_block = match (paths_per_block, moves.first()) {
+        (Some(p), _) => p.max(1),
+        (None, None) => 1,
+        (None, Some(m)) => {
+            // every moved market of a book has the same size: measure the first
+            let bytes = moved(m).bytes().max(1);
+            (BLOCK.min(BLOCK_BYTES / bytes) / days).max(1)
+        }
+    };
     let mut duplicates: Vec<(u64, u32)> = Vec::new();
     let mut overflowed: Vec<u64> = Vec::new();
     for first_path in (0..moves.len() / days).step_by(paths_per_block) {
         let start = first_path * days;
         let end = (start + paths_per_block * days).min(moves.len());
-        let block: Vec<MovedMarket> = moves[start..end]
-            .par_iter()
-            .map(|m| {
-                let moved = stress_market(book, market, m);
-                let risk = (model == Model::Portfolio).then(|| RiskArrays::new(book, &moved));
-                MovedMarket { asset_price: stress_asset_prices(book, m), market: moved, risk }
-            })
-            .collect();
+        let block: Vec<MovedMarket> = moves[start..end].par_iter().map(moved).collect();
         let chunks: Vec<ChunkResult> = inputs
             .slots
             .par_chunks(CHUNK)
