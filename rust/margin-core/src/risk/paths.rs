@@ -140,21 +140,22 @@ pub fn stressed_paths_in_blocks(
         let risk = (model == Model::Portfolio).then(|| RiskArrays::new(book, &moved));
         MovedMarket { asset_price: stress_asset_prices(book, m), market: moved, risk }
     };
-    let paths_per_block = match (paths_per_block, moves.first()) {
+    // every moved market of a book has the same size: the first is built, measured, and kept
+    // for the first block
+    let mut first = moves.first().map(moved);
+    let paths_per_block = match (paths_per_block, &first) {
         (Some(p), _) => p.max(1),
         (None, None) => 1,
-        (None, Some(m)) => {
-            // every moved market of a book has the same size: measure the first
-            let bytes = moved(m).bytes().max(1);
-            (BLOCK.min(BLOCK_BYTES / bytes) / days).max(1)
-        }
+        (None, Some(m)) => (BLOCK.min(BLOCK_BYTES / m.bytes().max(1)) / days).max(1),
     };
     let mut duplicates: Vec<(u64, u32)> = Vec::new();
     let mut overflowed: Vec<u64> = Vec::new();
     for first_path in (0..moves.len() / days).step_by(paths_per_block) {
         let start = first_path * days;
         let end = (start + paths_per_block * days).min(moves.len());
-        let block: Vec<MovedMarket> = moves[start..end].par_iter().map(moved).collect();
+        let built = usize::from(start == 0 && first.is_some());
+        let mut block: Vec<MovedMarket> = first.take().into_iter().collect();
+        block.par_extend(moves[start + built..end].par_iter().map(moved));
         let chunks: Vec<ChunkResult> = inputs
             .slots
             .par_chunks(CHUNK)
