@@ -223,7 +223,7 @@ pub(crate) fn methodology(obj: &Bound<'_, PyAny>) -> Result<ScenarioMethodology,
     };
     Ok(ScenarioMethodology {
         name: f.string_or("name", "")?,
-        scenarios,
+        scenarios: ScenarioTable::new(scenarios),
         vol_shock: vol_shock(&vs)?,
         loss_factors,
         skew_shock,

@@ -24,7 +24,7 @@ use crate::valuation::NetPosition;
 
 use super::book::ScenarioByUnderlying;
 use super::params::*;
-use super::scenario::{expiry_factors, scenario_requirements, ExpiryFactors, ScenarioBuffers, precompute_expiry_with, row_eval, DirectValues, Eval, ExpiryPrecompute, OptionValues};
+use super::scenario::{expiry_factors, linear_contract_pnl, scenario_requirements, ExpiryFactors, ScenarioBuffers, precompute_expiry_with, row_eval, DirectValues, Eval, ExpiryPrecompute, OptionValues};
 
 /// The key of an account's portfolio of coins linked to no underlying it trades.
 pub const UNLINKED: u32 = u32::MAX;
@@ -165,21 +165,8 @@ pub fn for_each_portfolio(
             }
             let pos = &net[k as usize];
             let id = pos.instrument as usize;
-            let mark = market.mark_price[id];
-            let days = market.time_to_expiry[id] * 365.0;
             match ins.kind[id] {
-                Kind::Perpetual | Kind::Future => p.linears.push(LinearHolding {
-                    quantity: pos.quantity,
-                    mark,
-                    multiplier: ins.multiplier[id],
-                    seconds_to_expiry: match (ins.kind[id], ins.expiry_ns[id]) {
-                        (Kind::Future, Some(e)) => Some(seconds_to(e, market.valuation_ns)),
-                        _ => None,
-                    },
-                    order: id as i64,
-                    days_to_expiry: (ins.kind[id] == Kind::Future).then_some(days),
-                    confidence: market.mark_confidence[id],
-                }),
+                Kind::Perpetual | Kind::Future => p.linears.push(linear_holding(book, market, id, pos.quantity)),
                 Kind::Option => {
                     let expiry_ns = ins.expiry_ns[id].unwrap_or(0);
                     let option = option_holding(book, market, id, pos.quantity);
@@ -219,6 +206,23 @@ fn reset(p: &mut ScenarioPortfolio, spare: &mut Vec<ExpiryHolding>) {
     p.perp_confidence = 1.0;
 }
 
+/// A perpetual's or future's holding as the account builder makes it (quantity `q`).
+fn linear_holding(book: &Book, market: &Market, id: usize, q: f64) -> LinearHolding {
+    let ins = &book.instruments;
+    LinearHolding {
+        quantity: q,
+        mark: market.mark_price[id],
+        multiplier: ins.multiplier[id],
+        seconds_to_expiry: match (ins.kind[id], ins.expiry_ns[id]) {
+            (Kind::Future, Some(e)) => Some(seconds_to(e, market.valuation_ns)),
+            _ => None,
+        },
+        order: id as i64,
+        days_to_expiry: (ins.kind[id] == Kind::Future).then_some(market.time_to_expiry[id] * 365.0),
+        confidence: market.mark_confidence[id],
+    }
+}
+
 /// One contract's holding as the account builder makes it (quantity `q`).
 fn option_holding(book: &Book, market: &Market, id: usize, q: f64) -> OptionHolding {
     let ins = &book.instruments;
@@ -246,10 +250,14 @@ fn expiry_holding(book: &Book, market: &Market, id: usize, options: Option<Vec<O
 /// Every option's numbers under its underlying's methodology, computed once per market by
 /// [`DirectValues`] on a one-contract holding, so that reading them gives the same bits:
 /// per option `[mtm, basis up, basis down, delta, row 0, row 1, ...]` (a row: the contract's
-/// value, or under `risk_array` revaluation its P&L with the multiplier).
+/// value, or under `risk_array` revaluation its P&L with the multiplier); per perpetual and
+/// future its [`linear_contract_pnl`] under each row.
 #[derive(Debug, Clone, Default)]
 pub struct InstrumentValues {
+    /// Per instrument: where an option's numbers start in `values`.
     start: Vec<Option<u32>>,
+    /// Per instrument: where a perpetual's or future's rows start in `values`.
+    linear_start: Vec<Option<u32>>,
     values: Vec<f64>,
     /// Per instrument: its expiry's factors (the expiry built from this option, as an account's
     /// expiry is built from its first option).
@@ -262,14 +270,22 @@ impl InstrumentValues {
     pub fn new(book: &Book, market: &Market, methodology: &ScenarioByUnderlying) -> InstrumentValues {
         use rayon::prelude::*;
         let ins = &book.instruments;
-        let per: Vec<Option<(Vec<f64>, ExpiryFactors)>> = (0..ins.len())
+        enum Values {
+            Option(Vec<f64>, ExpiryFactors),
+            Linear(Vec<f64>),
+        }
+        let per: Vec<Option<Values>> = (0..ins.len())
             .into_par_iter()
             .map(|id| {
                 let u = ins.underlying[id] as usize;
-                if ins.kind[id] != Kind::Option || market.mark_price[id].is_nan() || market.index_price[u].is_nan() {
+                let m = methodology.for_underlying(u);
+                if ins.kind[id] != Kind::Option {
+                    let l = linear_holding(book, market, id, 1.0);
+                    return Some(Values::Linear(m.scenarios.iter().map(|row| linear_contract_pnl(&l, row)).collect()));
+                }
+                if market.mark_price[id].is_nan() || market.index_price[u].is_nan() {
                     return None;
                 }
-                let m = methodology.for_underlying(u);
                 let mut e = expiry_holding(book, market, id, None);
                 e.options.push(option_holding(book, market, id, 1.0));
                 let o = &e.options[0];
@@ -289,31 +305,36 @@ impl InstrumentValues {
                         _ => v.value(&e, o, pre.discount, row_eval(&pre, row, r, m)),
                     });
                 }
-                Some((out, expiry_factors(&e, m)))
+                Some(Values::Option(out, expiry_factors(&e, m)))
             })
             .collect();
         let mut start = Vec::with_capacity(ins.len());
+        let mut linear_start = Vec::with_capacity(ins.len());
         let mut factors = Vec::with_capacity(ins.len());
         let mut values = Vec::new();
         for p in per {
-            match p {
-                None => {
-                    start.push(None);
-                    factors.push(None);
-                }
-                Some((v, f)) => {
-                    start.push(Some(values.len() as u32));
+            let at = Some(values.len() as u32);
+            let (s, l, f) = match p {
+                None => (None, None, None),
+                Some(Values::Option(v, f)) => {
                     values.extend(v);
-                    factors.push(Some(f));
+                    (at, None, Some(f))
                 }
-            }
+                Some(Values::Linear(v)) => {
+                    values.extend(v);
+                    (None, at, None)
+                }
+            };
+            start.push(s);
+            linear_start.push(l);
+            factors.push(f);
         }
-        InstrumentValues { start, values, factors }
+        InstrumentValues { start, linear_start, values, factors }
     }
 
     /// The size of the stored values, in bytes.
     pub fn bytes(&self) -> usize {
-        8 * self.values.len() + self.start.len() * std::mem::size_of::<Option<u32>>() + self.factors.len() * std::mem::size_of::<Option<ExpiryFactors>>()
+        8 * self.values.len() + (self.start.len() + self.linear_start.len()) * std::mem::size_of::<Option<u32>>() + self.factors.len() * std::mem::size_of::<Option<ExpiryFactors>>()
     }
 
     #[inline]
@@ -353,6 +374,11 @@ impl OptionValues for InstrumentValues {
 
     fn rows(&self, o: &OptionHolding, rows: usize) -> Option<&[f64]> {
         let s = (*self.start.get(usize::try_from(o.order).ok()?)?)? as usize + HEAD;
+        self.values.get(s..s + rows)
+    }
+
+    fn linear_rows(&self, l: &LinearHolding, rows: usize) -> Option<&[f64]> {
+        let s = (*self.linear_start.get(usize::try_from(l.order).ok()?)?)? as usize;
         self.values.get(s..s + rows)
     }
 }

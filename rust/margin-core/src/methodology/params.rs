@@ -65,6 +65,86 @@ impl ScenarioRow {
     }
 }
 
+/// The scenario table: its rows, and beside them the columns that every portfolio's pass over
+/// the rows reads, kept contiguous (built with the table, which cannot change after; the rows
+/// are read through `Deref` as a slice).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ScenarioTable {
+    rows: Vec<ScenarioRow>,
+    /// `spot_factor() − 1` of each row: what a perpetual's mark and a coin's value move by.
+    factor_moves: Vec<f64>,
+    weights: Vec<f64>,
+    extreme: Vec<bool>,
+    skew: Vec<bool>,
+    /// The first regular (not extreme) row and the first extreme row.
+    first_regular: Option<usize>,
+    first_extreme: Option<usize>,
+    /// `Some(k)` when rows `..k` are the regular ones and rows `k..` the extreme ones.
+    classes_split: Option<usize>,
+}
+
+impl ScenarioTable {
+    pub fn new(rows: Vec<ScenarioRow>) -> ScenarioTable {
+        ScenarioTable {
+            factor_moves: rows.iter().map(|r| r.spot_factor() - 1.0).collect(),
+            weights: rows.iter().map(|r| r.weight).collect(),
+            extreme: rows.iter().map(|r| r.extreme).collect(),
+            skew: rows.iter().map(|r| r.vol_shock.is_skew()).collect(),
+            first_regular: rows.iter().position(|r| !r.extreme),
+            first_extreme: rows.iter().position(|r| r.extreme),
+            classes_split: {
+                let k = rows.iter().take_while(|r| !r.extreme).count();
+                rows[k..].iter().all(|r| r.extreme).then_some(k)
+            },
+            rows,
+        }
+    }
+
+    /// `spot_factor() − 1` per row.
+    pub fn factor_moves(&self) -> &[f64] {
+        &self.factor_moves
+    }
+
+    /// `weight` per row.
+    pub fn weights(&self) -> &[f64] {
+        &self.weights
+    }
+
+    /// `extreme` per row.
+    pub fn extreme(&self) -> &[bool] {
+        &self.extreme
+    }
+
+    /// Whether each row is a skew row.
+    pub fn skew(&self) -> &[bool] {
+        &self.skew
+    }
+
+    /// The first regular row and the first extreme row (`None`: the table has none).
+    pub fn first_of_each_class(&self) -> (Option<usize>, Option<usize>) {
+        (self.first_regular, self.first_extreme)
+    }
+
+    /// `Some(k)` when the regular rows are rows `..k` and the extreme rows `k..` (v1's grid and
+    /// the presets list them so), `None` when the classes interleave.
+    pub fn classes_split(&self) -> Option<usize> {
+        self.classes_split
+    }
+}
+
+impl From<Vec<ScenarioRow>> for ScenarioTable {
+    fn from(rows: Vec<ScenarioRow>) -> Self {
+        ScenarioTable::new(rows)
+    }
+}
+
+impl std::ops::Deref for ScenarioTable {
+    type Target = [ScenarioRow];
+    fn deref(&self) -> &[ScenarioRow] {
+        &self.rows
+    }
+}
+
 /// Term-scaled vol multipliers: `τ = reference_days / max(days, dte_floor_days)`,
 /// `up = 1 + vol_up τ^p`, `down = max(down_floor, 1 − vol_down τ^p)`.
 #[derive(Debug, Clone, PartialEq)]
@@ -188,7 +268,7 @@ pub enum Combination {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScenarioMethodology {
     pub name: String,
-    pub scenarios: Vec<ScenarioRow>,
+    pub scenarios: ScenarioTable,
     pub vol_shock: VolShock,
     pub loss_factors: LossFactors,
     pub skew_shock: Option<SkewShock>,

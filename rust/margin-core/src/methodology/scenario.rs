@@ -167,6 +167,11 @@ pub trait OptionValues {
     fn rows(&self, _o: &OptionHolding, _rows: usize) -> Option<&[f64]> {
         None
     }
+    /// A linear contract's P&L under rows `0..rows` ([`linear_contract_pnl`], row by row) when
+    /// stored; `None`: compute per row.
+    fn linear_rows(&self, _l: &LinearHolding, _rows: usize) -> Option<&[f64]> {
+        None
+    }
 }
 
 /// Computes every value from the holding.
@@ -321,7 +326,8 @@ fn shocked_expiry_value(e: &ExpiryHolding, pre: &ExpiryPrecompute, row: &Scenari
     })
 }
 
-fn linear_contract_pnl(lin: &LinearHolding, row: &ScenarioRow) -> f64 {
+/// One linear contract's P&L under `row`: `multiplier × mark × spot_move`.
+pub fn linear_contract_pnl(lin: &LinearHolding, row: &ScenarioRow) -> f64 {
     lin.multiplier * lin.mark * row.spot_move
 }
 
@@ -391,64 +397,83 @@ fn ordered_holdings(p: &ScenarioPortfolio, items: &mut Vec<(i64, Held)>) {
     }
 }
 
+/// `pnls[r] += q × values[r]` for every row.
+#[inline]
+fn add_scaled(pnls: &mut [f64], q: f64, values: &[f64]) {
+    for (pnl, &x) in pnls.iter_mut().zip(values) {
+        *pnl += q * x;
+    }
+}
+
 /// `risk_array` revaluation of every row into `pnls`: per row the perpetual, then each holding
 /// in the account's order, then the risk-cancelling coins, the sum times the row's weight.
 /// Holding by holding over all rows, each row's terms added in that order (as row by row).
 fn risk_array_pnls(p: &ScenarioPortfolio, pres: &[ExpiryPrecompute], held: &[(i64, Held)], m: &ScenarioMethodology, v: &impl OptionValues, pnls: &mut Vec<f64>) {
     let rows = &m.scenarios;
     if p.perp_quantity != 0.0 {
-        pnls.extend(rows.iter().map(|row| p.perp_quantity * ((row.spot_factor() - 1.0) * p.perp_mark)));
+        pnls.extend(rows.factor_moves().iter().map(|&mv| p.perp_quantity * (mv * p.perp_mark)));
     } else {
         pnls.resize(rows.len(), 0.0);
     }
     for (_, h) in held {
         match h.resolve(p) {
-            HeldRef::Linear(l) => {
-                for (pnl, row) in pnls.iter_mut().zip(rows) {
-                    *pnl += l.quantity * linear_contract_pnl(l, row);
-                }
-            }
-            HeldRef::Option(i, o) => match v.rows(o, rows.len()) {
-                Some(values) => {
-                    for (pnl, &x) in pnls.iter_mut().zip(values) {
-                        *pnl += o.quantity * x;
+            HeldRef::Linear(l) => match v.linear_rows(l, rows.len()) {
+                Some(values) => add_scaled(pnls, l.quantity, values),
+                None => {
+                    for (pnl, row) in pnls.iter_mut().zip(rows.iter()) {
+                        *pnl += l.quantity * linear_contract_pnl(l, row);
                     }
                 }
+            },
+            HeldRef::Option(i, o) => match v.rows(o, rows.len()) {
+                Some(values) => add_scaled(pnls, o.quantity, values),
                 None => {
-                    for (r, (pnl, row)) in pnls.iter_mut().zip(rows).enumerate() {
+                    for (r, (pnl, row)) in pnls.iter_mut().zip(rows.iter()).enumerate() {
                         *pnl += o.quantity * v.contract_pnl(&p.expiries[i], &pres[i], o, row, r, m);
                     }
                 }
             },
         }
     }
-    for (pnl, row) in pnls.iter_mut().zip(rows) {
-        let mv = row.spot_factor() - 1.0;
-        for c in &p.collaterals {
-            if c.risk_cancelling {
-                *pnl += c.value * mv;
-            }
+    // coin by coin over the rows: each row still adds its coins in the portfolio's order
+    for c in p.collaterals.iter().filter(|c| c.risk_cancelling) {
+        for (pnl, &mv) in pnls.iter_mut().zip(rows.factor_moves()) {
+            *pnl += c.value * mv;
         }
-        *pnl *= row.weight;
+    }
+    for (pnl, &w) in pnls.iter_mut().zip(rows.weights()) {
+        *pnl *= w;
     }
 }
 
 /// `expiry_sum` revaluation of every row into `pnls`, each row's terms added in
-/// [`scenario_pnl`]'s order (perpetual, linear holdings, expiries, coins); an expiry's shocked
-/// value summed option by option over all rows in `shocked`.
+/// [`scenario_pnl`]'s order (perpetual, linear holdings, expiries, coins), term by term over
+/// all rows; an expiry's shocked value summed option by option over all rows in `shocked`.
 fn expiry_sum_pnls(p: &ScenarioPortfolio, pres: &[ExpiryPrecompute], m: &ScenarioMethodology, v: &impl OptionValues, pnls: &mut Vec<f64>, shocked: &mut Vec<f64>) -> Result<()> {
     let rows = &m.scenarios;
+    let weights = rows.weights();
     if m.skew_shock.is_none() && !p.expiries.is_empty() && rows.iter().any(|r| r.vol_shock.is_skew()) {
         skew_shock_of(m)?;
     }
-    pnls.extend(rows.iter().map(|row| {
-        let mv = row.spot_factor() - 1.0;
-        let mut pnl = if p.perp_quantity != 0.0 { p.perp_quantity * (mv * p.perp_mark) * row.weight } else { 0.0 };
-        for lin in &p.linears {
-            pnl += lin.quantity * linear_contract_pnl(lin, row) * row.weight;
+    if p.perp_quantity != 0.0 {
+        pnls.extend(rows.factor_moves().iter().zip(weights).map(|(&mv, &w)| p.perp_quantity * (mv * p.perp_mark) * w));
+    } else {
+        pnls.resize(rows.len(), 0.0);
+    }
+    for lin in &p.linears {
+        match v.linear_rows(lin, rows.len()) {
+            Some(values) => {
+                for ((pnl, &x), &w) in pnls.iter_mut().zip(values).zip(weights) {
+                    *pnl += lin.quantity * x * w;
+                }
+            }
+            None => {
+                for (pnl, row) in pnls.iter_mut().zip(rows.iter()) {
+                    *pnl += lin.quantity * linear_contract_pnl(lin, row) * row.weight;
+                }
+            }
         }
-        pnl
-    }));
+    }
     for (e, pre) in p.expiries.iter().zip(pres) {
         shocked.clear();
         shocked.resize(rows.len(), 0.0);
@@ -460,27 +485,24 @@ fn expiry_sum_pnls(p: &ScenarioPortfolio, pres: &[ExpiryPrecompute], m: &Scenari
                     }
                 }
                 None => {
-                    for (r, (s, row)) in shocked.iter_mut().zip(rows).enumerate() {
+                    for (r, (s, row)) in shocked.iter_mut().zip(rows.iter()).enumerate() {
                         *s += o.quantity * o.multiplier * shocked_option_value(e, o, pre, row, r, m, v)?;
                     }
                 }
             }
         }
-        for ((pnl, row), &value) in pnls.iter_mut().zip(rows).zip(shocked.iter()) {
+        for ((pnl, &w), (&value, &skew)) in pnls.iter_mut().zip(weights).zip(shocked.iter().zip(rows.skew())) {
             let value = value * if value >= 0.0 { pre.static_long } else { pre.static_short };
-            let mut expiry_pnl = (value - pre.mtm) * row.weight;
-            if row.vol_shock.is_skew() {
+            let mut expiry_pnl = (value - pre.mtm) * w;
+            if skew {
                 expiry_pnl = -expiry_pnl.abs();
             }
             *pnl += expiry_pnl;
         }
     }
-    for (pnl, row) in pnls.iter_mut().zip(rows) {
-        let mv = row.spot_factor() - 1.0;
-        for c in &p.collaterals {
-            if c.risk_cancelling {
-                *pnl += c.value * mv * row.weight;
-            }
+    for c in p.collaterals.iter().filter(|c| c.risk_cancelling) {
+        for ((pnl, &mv), &w) in pnls.iter_mut().zip(rows.factor_moves()).zip(weights) {
+            *pnl += c.value * mv * w;
         }
     }
     Ok(())
@@ -693,28 +715,19 @@ impl RowMinima {
     /// compared in changes nothing but which of two equal zeros (0.0, −0.0) is kept and whether
     /// a leading NaN is kept: in those cases (a NaN basis, a class led by a NaN, a minimum of
     /// zero) the answer is the in-order pass's, so both give the same bits always.
-    fn of(rows: &[ScenarioRow], pnls: &[f64], basis: f64) -> RowMinima {
-        // `if v < w { v } else { w }` skips a NaN `v`, as the in-order pass does after its first value
+    fn of(rows: &ScenarioTable, pnls: &[f64], basis: f64) -> RowMinima {
+        let (regular, extreme) = match rows.classes_split() {
+            // the classes are two slices: one running minimum each
+            Some(k) if k <= pnls.len() => (lane_minimum(&pnls[..k]), lane_minimum(&pnls[k..])),
+            _ => masked_lane_minima(rows.extreme(), pnls),
+        };
+        let (first_regular, first_extreme) = rows.first_of_each_class();
+        let (first_regular, first_extreme) = (first_regular.and_then(|i| pnls.get(i).copied()), first_extreme.and_then(|i| pnls.get(i).copied()));
         let low = |w: f64, v: f64| if v < w { v } else { w };
-        let (mut all, mut regular, mut extreme) = ([f64::INFINITY; LANES], [f64::INFINITY; LANES], [f64::INFINITY; LANES]);
-        let (mut first_regular, mut first_extreme) = (None::<f64>, None::<f64>);
-        for (chunk_rows, chunk) in rows.chunks(LANES).zip(pnls.chunks(LANES)) {
-            for (k, (r, &v)) in chunk_rows.iter().zip(chunk).enumerate() {
-                all[k] = low(all[k], v);
-                if r.extreme {
-                    extreme[k] = low(extreme[k], v);
-                    first_extreme.get_or_insert(v);
-                } else {
-                    regular[k] = low(regular[k], v);
-                    first_regular.get_or_insert(v);
-                }
-            }
-        }
-        let fold = |lanes: [f64; LANES]| lanes.into_iter().fold(f64::INFINITY, low);
         let fast = RowMinima {
-            worst: low(basis, fold(all)),
-            regular: first_regular.map(|_| fold(regular)),
-            extreme: first_extreme.map(|_| fold(extreme)),
+            worst: low(low(basis, regular), extreme),
+            regular: first_regular.map(|_| regular),
+            extreme: first_extreme.map(|_| extreme),
         };
         let zero = |x: Option<f64>| x == Some(0.0);
         let nan = |x: Option<f64>| x.is_some_and(f64::is_nan);
@@ -740,6 +753,38 @@ impl RowMinima {
         }
         RowMinima { worst, regular, extreme }
     }
+}
+
+/// The smallest of `values` that is not NaN (`+inf` if none), in [`LANES`] independent lanes.
+#[inline]
+fn lane_minimum(values: &[f64]) -> f64 {
+    // `if v < w { v } else { w }`: a NaN `v` never replaces `w`
+    let low = |w: f64, v: f64| if v < w { v } else { w };
+    let mut lanes = [f64::INFINITY; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane = low(*lane, v);
+        }
+    }
+    for (lane, &v) in lanes.iter_mut().zip(rest) {
+        *lane = low(*lane, v);
+    }
+    lanes.into_iter().fold(f64::INFINITY, low)
+}
+
+/// [`lane_minimum`] of the regular and of the extreme rows when the classes interleave: each
+/// value goes to its class's lane, the other class's lane sees `+inf` (which replaces nothing).
+fn masked_lane_minima(extreme_rows: &[bool], values: &[f64]) -> (f64, f64) {
+    let low = |w: f64, v: f64| if v < w { v } else { w };
+    let (mut regular, mut extreme) = ([f64::INFINITY; LANES], [f64::INFINITY; LANES]);
+    for (k, (&x, &v)) in extreme_rows.iter().zip(values).enumerate() {
+        let (r, e) = if x { (f64::INFINITY, v) } else { (v, f64::INFINITY) };
+        regular[k % LANES] = low(regular[k % LANES], r);
+        extreme[k % LANES] = low(extreme[k % LANES], e);
+    }
+    (regular.into_iter().fold(f64::INFINITY, low), extreme.into_iter().fold(f64::INFINITY, low))
 }
 
 /// The row of the worst loss: the first row below the basis charge, then any row lower still
@@ -912,7 +957,7 @@ mod tests {
     fn methodology(scenarios: Vec<ScenarioRow>) -> ScenarioMethodology {
         ScenarioMethodology {
             name: "hand".into(),
-            scenarios,
+            scenarios: ScenarioTable::new(scenarios),
             vol_shock: VolShock {
                 vol_up: 0.5,
                 vol_down: 0.3,
@@ -1007,7 +1052,7 @@ mod tests {
 
     #[test]
     fn row_minima_in_lanes_give_the_in_order_bits() {
-        // tables of 0 to 80 rows, extreme rows anywhere, values with ties, both zeros, NaN and
+        // tables of 0 to 80 rows, values with ties, both zeros, NaN and
         // infinities: every field bit for bit
         let mut state = 0x9e37_79b9_7f4a_7c15_u64;
         let mut next = move || {
@@ -1020,7 +1065,11 @@ mod tests {
         let bits = |m: RowMinima| (m.worst.to_bits(), m.regular.map(f64::to_bits), m.extreme.map(f64::to_bits));
         for case in 0..20_000 {
             let n = (next() % 81) as usize;
-            let rows: Vec<ScenarioRow> = (0..n).map(|_| row(0.0, VolShockKind::None, 1.0, if next() % 4 == 0 { "extreme" } else { "regular" })).collect();
+            // half the tables regular rows then extreme ones (two slices), half interleaved
+            let k = (next() % (n as u64 + 1)) as usize;
+            let extreme = |i: usize, x: u64| if case % 2 == 0 { i >= k } else { x % 4 == 0 };
+            let rows = ScenarioTable::new((0..n).map(|i| row(0.0, VolShockKind::None, 1.0, if extreme(i, next()) { "extreme" } else { "regular" })).collect());
+            assert_eq!(rows.classes_split().is_some(), case % 2 == 0 || rows.extreme().windows(2).all(|w| w[0] <= w[1]));
             // a third of the tables from the pool, a third from its zeros, NaN and positives alone
             // (minima of zero, in either sign), a third from a plain range
             let pool: &[f64] = match case % 3 { 0 => &pool, 1 => &pool[4..], _ => &[] };
